@@ -1,0 +1,193 @@
+// Package bustest is the behaviour suite every fnmesh transport passes:
+// the same calls, sends, errors, middleware and breakers, on the
+// in-memory bus and on Redis.
+//
+//	func TestMemory(t *testing.T) {
+//		bustest.Run(t, func(t *testing.T) bus.Bus { return bus.NewMemory() })
+//	}
+package bustest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/handlers"
+)
+
+// NewBus returns a fresh bus for one test; the suite closes it.
+type NewBus func(t *testing.T) bus.Bus
+
+// Run runs every behaviour test against buses from newBus.
+func Run(t *testing.T, newBus NewBus) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, h *Harness)
+	}{
+		{"CallReturnsResult", testCallReturnsResult},
+		{"CallsSpreadOverReplicas", testCallsSpreadOverReplicas},
+		{"ReplicaRunsManyAtOnce", testReplicaRunsManyAtOnce},
+		{"DeadlineTravelsWithRequest", testDeadlineTravels},
+		{"TimeoutWithNoReplica", testTimeoutWithNoReplica},
+		{"ExpiredRequestIsNotRun", testExpiredRequestIsNotRun},
+		{"CanceledContext", testCanceledContext},
+		{"SendsRunOnce", testSendsRunOnce},
+		{"SendRetriesWithBackoff", testSendRetries},
+		{"FailingSendIsDeadLettered", testFailingSendIsDeadLettered},
+		{"ApplicationErrorCrossesTheWire", testApplicationError},
+		{"UnknownFunctionIsNotFound", testUnknownFunction},
+		{"PanicBecomesInternal", testPanicBecomesInternal},
+		{"ValidationNamesFields", testValidation},
+		{"MalformedArguments", testMalformedArguments},
+		{"OversizedArguments", testOversizedArguments},
+		{"MalformedMessageIsDeadLettered", testMalformedMessage},
+		{"TokenCheck", testTokenCheck},
+		{"RequireRole", testRequireRole},
+		{"PublicFunction", testPublicFunction},
+		{"ServiceWithoutAuthDoesNotRun", testServiceWithoutAuth},
+		{"BreakerOpensAndRecovers", testBreakerOpensAndRecovers},
+		{"BreakerIgnoresCallerErrors", testBreakerIgnoresCallerErrors},
+		{"GracefulStopFinishesRunningCalls", testGracefulStop},
+		{"ClosedClientFailsWaitingCalls", testClosedClient},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.fn(t, NewHarness(t, newBus(t)))
+		})
+	}
+}
+
+// Harness starts services and clients on one bus and stops them when the
+// test ends.
+type Harness struct {
+	T   *testing.T
+	Bus bus.Bus
+}
+
+// NewHarness wraps b; b is closed when the test ends.
+func NewHarness(t *testing.T, b bus.Bus) *Harness {
+	t.Cleanup(func() { b.Close() })
+	return &Harness{T: t, Bus: b}
+}
+
+// Name returns a service name unique to this run.
+func Name(prefix string) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// Quiet is a logger that drops everything, for services whose failures
+// are the point of a test.
+var Quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// Start runs one replica of svc until the test ends and waits until it
+// has joined its group. Run's error is checked at the end.
+func (h *Harness) Start(svc *handlers.Service) {
+	h.T.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- svc.Run(ctx, h.Bus) }()
+	h.T.Cleanup(func() {
+		cancel()
+		if err := <-errc; err != nil {
+			h.T.Errorf("service %s: Run: %v", svc.Name(), err)
+		}
+	})
+	select {
+	case <-svc.Started():
+	case err := <-errc:
+		h.T.Fatalf("service %s did not start: %v", svc.Name(), err)
+	case <-time.After(10 * time.Second):
+		h.T.Fatalf("service %s did not start in 10s", svc.Name())
+	}
+}
+
+// StartStoppable runs one replica and returns a function that stops it
+// and returns Run's error.
+func (h *Harness) StartStoppable(svc *handlers.Service) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- svc.Run(ctx, h.Bus) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-errc })
+		return err
+	}
+	h.T.Cleanup(func() { stop() })
+	return stop
+}
+
+// Client returns a client on the harness's bus.
+func (h *Harness) Client(cfg client.Config) *client.Client {
+	h.T.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = Quiet
+	}
+	c, err := client.New(h.Bus, cfg)
+	if err != nil {
+		h.T.Fatalf("client.New: %v", err)
+	}
+	h.T.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Eventually polls cond until it holds or d passes. For outcomes that
+// have no signal of their own to wait on (a record appearing in Redis).
+func Eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// WantCode fails the test unless err is a *fnmesh.Error with code.
+func WantCode(t *testing.T, err error, code fnmesh.Code) *fnmesh.Error {
+	t.Helper()
+	var fe *fnmesh.Error
+	if !errors.As(err, &fe) {
+		t.Fatalf("got error %v (%T), want a *fnmesh.Error with code %s", err, err, code)
+	}
+	if fe.Code != code {
+		t.Fatalf("got code %s (%v), want %s", fe.Code, err, code)
+	}
+	return fe
+}
+
+// AddIn and AddOut are the arguments and result of the suite's math.add.
+type AddIn struct {
+	A int `json:"a" validate:"gte=0"`
+	B int `json:"b" validate:"gte=0"`
+}
+type AddOut struct {
+	Sum int `json:"sum"`
+}
+
+func add(_ context.Context, in AddIn) (AddOut, error) { return AddOut{Sum: in.A + in.B}, nil }
+
+// openService returns a service that runs without a token check.
+func openService(name string, opts ...func(*handlers.Config)) *handlers.Service {
+	cfg := handlers.Config{AllowUnauthenticated: true, Logger: Quiet}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return handlers.NewService(name, cfg)
+}
+
+func fn(service, function string) string { return fmt.Sprintf("%s.%s", service, function) }

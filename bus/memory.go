@@ -1,0 +1,370 @@
+package bus
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Memory is the in-process Bus: the same semantics as Redis (consumer
+// groups shared by replicas, concurrency per member, nack redelivers,
+// reply inboxes that vanish with their owner, dead letters) without a
+// server. Nothing survives the process.
+type Memory struct {
+	mu      sync.Mutex
+	queues  map[string]*memQueue
+	inboxes map[string]chan *message.Message
+	dead    map[string][]DeadLetter
+	seq     atomic.Uint64
+	done    chan struct{}
+	closed  bool
+}
+
+var _ Bus = (*Memory)(nil)
+
+// deadLetterCap bounds the dead letters Memory keeps per service.
+const deadLetterCap = 10000
+
+// NewMemory returns an empty in-memory bus.
+func NewMemory() *Memory {
+	return &Memory{
+		queues:  map[string]*memQueue{},
+		inboxes: map[string]chan *message.Message{},
+		dead:    map[string][]DeadLetter{},
+		done:    make(chan struct{}),
+	}
+}
+
+// Publisher implements Bus.
+func (b *Memory) Publisher() message.Publisher { return memPublisher{b} }
+
+// GroupSubscriber implements Bus.
+func (b *Memory) GroupSubscriber(cfg GroupConfig) (message.Subscriber, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &memGroupSubscriber{bus: b, cfg: cfg, closing: make(chan struct{})}, nil
+}
+
+// InboxSubscriber implements Bus.
+func (b *Memory) InboxSubscriber() (message.Subscriber, error) {
+	return &memInboxSubscriber{bus: b, closing: make(chan struct{})}, nil
+}
+
+// DeadLetters implements Bus.
+func (b *Memory) DeadLetters(_ context.Context, service string, count int) ([]DeadLetter, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	all := b.dead[DeadLetterTopic(service)]
+	if count > 0 && len(all) > count {
+		all = all[len(all)-count:]
+	}
+	return append([]DeadLetter(nil), all...), nil
+}
+
+// Close implements Bus.
+func (b *Memory) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.closed {
+		b.closed = true
+		close(b.done)
+	}
+	return nil
+}
+
+func (b *Memory) queue(topic string) *memQueue {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	q := b.queues[topic]
+	if q == nil {
+		q = newMemQueue(b.done)
+		b.queues[topic] = q
+	}
+	return q
+}
+
+// Backlog returns the number of messages on topic not yet delivered.
+func (b *Memory) Backlog(topic string) int {
+	return b.queue(topic).len()
+}
+
+type memPublisher struct{ b *Memory }
+
+func (p memPublisher) Publish(topic string, msgs ...*message.Message) error {
+	b := p.b
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	switch {
+	case IsReplyTopic(topic):
+		b.mu.Lock()
+		inbox := b.inboxes[topic]
+		b.mu.Unlock()
+		if inbox == nil {
+			return nil // owner gone: dropped, as Redis does with NOMKSTREAM
+		}
+		for _, m := range msgs {
+			select {
+			case inbox <- m.Copy():
+			case <-m.Context().Done():
+				return m.Context().Err()
+			case <-b.done:
+				return ErrClosed
+			}
+		}
+	case strings.HasSuffix(topic, ":dead"):
+		b.mu.Lock()
+		for _, m := range msgs {
+			id := strconv.FormatInt(time.Now().UnixMilli(), 10) + "-" + strconv.FormatUint(b.seq.Add(1), 10)
+			d := decodeDeadLetter(id, m.Metadata, m.Payload)
+			list := append(b.dead[topic], d)
+			if len(list) > deadLetterCap {
+				list = list[len(list)-deadLetterCap:]
+			}
+			b.dead[topic] = list
+		}
+		b.mu.Unlock()
+	default:
+		q := b.queue(topic)
+		for _, m := range msgs {
+			id := strconv.FormatInt(time.Now().UnixMilli(), 10) + "-" + strconv.FormatUint(b.seq.Add(1), 10)
+			q.push(&memItem{msg: m.Copy(), id: id})
+		}
+	}
+	return nil
+}
+
+func (p memPublisher) Close() error { return nil }
+
+// memItem is one message on a queue and how often it was delivered.
+type memItem struct {
+	msg   *message.Message
+	id    string
+	count int
+}
+
+// memQueue is an unbounded FIFO whose items are handed out on one
+// channel, so the members reading it compete for items.
+type memQueue struct {
+	mu    sync.Mutex
+	items []*memItem
+	wake  chan struct{}
+	out   chan *memItem
+}
+
+func newMemQueue(done <-chan struct{}) *memQueue {
+	q := &memQueue{wake: make(chan struct{}, 1), out: make(chan *memItem)}
+	go q.pump(done)
+	return q
+}
+
+func (q *memQueue) push(it *memItem) {
+	q.mu.Lock()
+	q.items = append(q.items, it)
+	q.mu.Unlock()
+	q.signal()
+}
+
+// pushFront returns a nacked item to the head of the queue.
+func (q *memQueue) pushFront(it *memItem) {
+	q.mu.Lock()
+	q.items = append([]*memItem{it}, q.items...)
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *memQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *memQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+func (q *memQueue) pump(done <-chan struct{}) {
+	for {
+		q.mu.Lock()
+		var head *memItem
+		if len(q.items) > 0 {
+			head = q.items[0]
+		}
+		q.mu.Unlock()
+		if head == nil {
+			select {
+			case <-q.wake:
+				continue
+			case <-done:
+				return
+			}
+		}
+		select {
+		case q.out <- head:
+			// A nack may have put items in front of head meanwhile:
+			// remove head itself, not whatever is first now.
+			q.mu.Lock()
+			if q.items[0] == head {
+				q.items[0] = nil
+				q.items = q.items[1:]
+				q.mu.Unlock()
+				continue
+			}
+			for i, it := range q.items {
+				if it == head {
+					copy(q.items[i:], q.items[i+1:])
+					q.items[len(q.items)-1] = nil
+					q.items = q.items[:len(q.items)-1]
+					break
+				}
+			}
+			q.mu.Unlock()
+		case <-q.wake: // a nack may have put an item in front of head
+		case <-done:
+			return
+		}
+	}
+}
+
+type memGroupSubscriber struct {
+	bus       *Memory
+	cfg       GroupConfig
+	closing   chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+func (s *memGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	select {
+	case <-s.closing:
+		return nil, ErrClosed
+	case <-s.bus.done:
+		return nil, ErrClosed
+	default:
+	}
+	q := s.bus.queue(topic)
+	out := make(chan *message.Message)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(out)
+		slots := make(chan struct{}, s.cfg.Concurrency)
+		for {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			case <-s.closing:
+				return
+			case <-s.bus.done:
+				return
+			}
+			var it *memItem
+			select {
+			case it = <-q.out:
+			case <-ctx.Done():
+				return
+			case <-s.closing:
+				return
+			case <-s.bus.done:
+				return
+			}
+			it.count++
+			m := it.msg.Copy()
+			m.SetContext(withDelivery(ctx, Delivery{EntryID: it.id, Count: it.count}))
+			select {
+			case out <- m:
+			case <-ctx.Done():
+				q.pushFront(it)
+				return
+			case <-s.closing:
+				q.pushFront(it)
+				return
+			}
+			go func(it *memItem, m *message.Message) {
+				select {
+				case <-m.Acked():
+				case <-m.Nacked():
+					q.pushFront(it)
+				case <-s.bus.done:
+				}
+				<-slots
+			}(it, m)
+		}
+	}()
+	return out, nil
+}
+
+func (s *memGroupSubscriber) Close() error {
+	s.closeOnce.Do(func() { close(s.closing) })
+	s.wg.Wait()
+	return nil
+}
+
+type memInboxSubscriber struct {
+	bus       *Memory
+	closing   chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+func (s *memInboxSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	b := s.bus
+	in := make(chan *message.Message, 1024)
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, ErrClosed
+	}
+	b.inboxes[topic] = in
+	b.mu.Unlock()
+	out := make(chan *message.Message)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(out)
+		defer func() {
+			b.mu.Lock()
+			delete(b.inboxes, topic)
+			b.mu.Unlock()
+		}()
+		for {
+			select {
+			case m := <-in:
+				select {
+				case out <- m:
+				case <-ctx.Done():
+					return
+				case <-s.closing:
+					return
+				}
+			case <-ctx.Done():
+				return
+			case <-s.closing:
+				return
+			case <-b.done:
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+func (s *memInboxSubscriber) Close() error {
+	s.closeOnce.Do(func() { close(s.closing) })
+	s.wg.Wait()
+	return nil
+}

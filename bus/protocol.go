@@ -1,0 +1,256 @@
+package bus
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/fnmesh/fnmesh"
+)
+
+// ProtocolVersion is the value of the "v" field this code writes and reads.
+const ProtocolVersion = "1"
+
+// Group is the consumer group every replica of a service joins on the
+// service's request stream.
+const Group = "fnmesh"
+
+// Topic names. On Redis a topic is the stream key itself; the braces are a
+// Redis Cluster hash tag, so a service's request stream and its dead
+// letters live on one shard, and reply streams spread by inbox id.
+func RequestTopic(service string) string    { return "fnmesh:{" + service + "}:req" }
+func DeadLetterTopic(service string) string { return "fnmesh:{" + service + "}:dead" }
+func ReplyTopic(inbox string) string        { return "fnmesh:reply:{" + inbox + "}" }
+
+// IsReplyTopic reports whether topic names a caller's reply stream.
+func IsReplyTopic(topic string) bool { return strings.HasPrefix(topic, "fnmesh:reply:") }
+
+// Field names of request, reply and dead-letter entries. They are the
+// Redis stream fields one for one; docs/PROTOCOL.md describes each.
+const (
+	FieldVersion     = "v"
+	FieldID          = "id"
+	FieldFunction    = "fn"
+	FieldPayload     = "p"
+	FieldReplyTo     = "rt"
+	FieldDeadline    = "dl"
+	FieldToken       = "tok"
+	FieldCaller      = "from"
+	FieldTraceParent = "tp"
+	FieldIdempotency = "ik"
+
+	FieldCode    = "code"
+	FieldMessage = "msg"
+	FieldDetails = "det"
+	FieldReplica = "by"
+
+	FieldReason   = "reason"
+	FieldAttempts = "attempts"
+	FieldEntry    = "entry"
+	FieldAt       = "at"
+)
+
+// requestFieldOrder is the order in which a Redis publisher writes known
+// fields, so entries read well in redis-cli.
+var fieldOrder = []string{
+	FieldVersion, FieldID, FieldFunction, FieldReplyTo, FieldDeadline, FieldCaller,
+	FieldIdempotency, FieldTraceParent, FieldToken,
+	FieldCode, FieldMessage, FieldDetails, FieldReplica,
+	FieldReason, FieldAttempts, FieldEntry, FieldAt,
+}
+
+// Request is one function call as it travels on the bus.
+type Request struct {
+	ID             string    // correlation id, unique per caller inbox
+	Function       string    // function name within the service, e.g. "add"
+	Payload        []byte    // JSON arguments
+	ReplyTo        string    // reply topic; empty for Send
+	Deadline       time.Time // zero: none
+	Token          string    // bearer token, may be empty
+	Caller         string    // caller's name, for logs and metrics
+	TraceParent    string    // W3C traceparent, may be empty
+	IdempotencyKey string    // may be empty
+}
+
+// Message encodes r as a watermill message: fields in Metadata, the
+// arguments in Payload.
+func (r *Request) Message() *message.Message {
+	m := message.NewMessage(r.ID, r.Payload)
+	md := m.Metadata
+	md[FieldVersion] = ProtocolVersion
+	md[FieldID] = r.ID
+	md[FieldFunction] = r.Function
+	setIf(md, FieldReplyTo, r.ReplyTo)
+	if !r.Deadline.IsZero() {
+		md[FieldDeadline] = strconv.FormatInt(r.Deadline.UnixMilli(), 10)
+	}
+	setIf(md, FieldToken, r.Token)
+	setIf(md, FieldCaller, r.Caller)
+	setIf(md, FieldTraceParent, r.TraceParent)
+	setIf(md, FieldIdempotency, r.IdempotencyKey)
+	return m
+}
+
+func setIf(md message.Metadata, k, v string) {
+	if v != "" {
+		md[k] = v
+	}
+}
+
+// ErrMalformed is wrapped by every decoding error: the entry is not a
+// request (or reply) this version understands.
+var ErrMalformed = errors.New("malformed entry")
+
+// DecodeRequest reads a request from m. On error the returned Request still
+// holds whatever could be read (notably ID and ReplyTo), so that the
+// sender can be answered.
+func DecodeRequest(m *message.Message) (*Request, error) {
+	md := m.Metadata
+	r := &Request{
+		ID:             md[FieldID],
+		Function:       md[FieldFunction],
+		Payload:        m.Payload,
+		ReplyTo:        md[FieldReplyTo],
+		Token:          md[FieldToken],
+		Caller:         md[FieldCaller],
+		TraceParent:    md[FieldTraceParent],
+		IdempotencyKey: md[FieldIdempotency],
+	}
+	if r.ReplyTo != "" && !IsReplyTopic(r.ReplyTo) {
+		// Never write replies to a key that is not a reply stream: a
+		// malformed or hostile entry must not make replicas grow other keys.
+		r.ReplyTo = ""
+		return r, fmt.Errorf("%w: field %q is not a reply stream", ErrMalformed, FieldReplyTo)
+	}
+	if v, ok := md[FieldVersion]; ok && v != ProtocolVersion {
+		return r, fmt.Errorf("%w: protocol version %q, want %q", ErrMalformed, v, ProtocolVersion)
+	}
+	if dl := md[FieldDeadline]; dl != "" {
+		ms, err := strconv.ParseInt(dl, 10, 64)
+		if err != nil || ms <= 0 {
+			return r, fmt.Errorf("%w: field %q is not unix milliseconds: %q", ErrMalformed, FieldDeadline, dl)
+		}
+		r.Deadline = time.UnixMilli(ms)
+	}
+	if r.ID == "" {
+		return r, fmt.Errorf("%w: missing field %q", ErrMalformed, FieldID)
+	}
+	if r.Function == "" {
+		return r, fmt.Errorf("%w: missing field %q", ErrMalformed, FieldFunction)
+	}
+	return r, nil
+}
+
+// Reply is the answer to one Call.
+type Reply struct {
+	ID      string // correlation id of the request
+	Payload []byte // JSON result when Err is nil
+	Err     *fnmesh.Error
+	Replica string // replica that answered
+}
+
+type wireDetails struct {
+	Fields []fnmesh.FieldViolation `json:"fields,omitempty"`
+}
+
+// Message encodes r as a watermill message.
+func (r *Reply) Message() *message.Message {
+	m := message.NewMessage(r.ID, nil)
+	md := m.Metadata
+	md[FieldID] = r.ID
+	setIf(md, FieldReplica, r.Replica)
+	if r.Err != nil {
+		md[FieldCode] = string(r.Err.Code)
+		md[FieldMessage] = r.Err.Message
+		if len(r.Err.Fields) > 0 {
+			b, _ := json.Marshal(wireDetails{Fields: r.Err.Fields})
+			md[FieldDetails] = string(b)
+		}
+		return m
+	}
+	m.Payload = r.Payload
+	return m
+}
+
+// DecodeReply reads a reply from m.
+func DecodeReply(m *message.Message) (*Reply, error) {
+	md := m.Metadata
+	r := &Reply{ID: md[FieldID], Replica: md[FieldReplica]}
+	if r.ID == "" {
+		return r, fmt.Errorf("%w: reply without %q", ErrMalformed, FieldID)
+	}
+	if code := md[FieldCode]; code != "" {
+		r.Err = &fnmesh.Error{Code: fnmesh.Code(code), Message: md[FieldMessage]}
+		if det := md[FieldDetails]; det != "" {
+			var d wireDetails
+			if err := json.Unmarshal([]byte(det), &d); err == nil {
+				r.Err.Fields = d.Fields
+			}
+		}
+		return r, nil
+	}
+	r.Payload = m.Payload
+	return r, nil
+}
+
+// DeadLetter is a request that was not (or could not be) run, recorded
+// with the reason on the service's dead-letter topic.
+type DeadLetter struct {
+	EntryID  string            // id of the dead-letter entry itself
+	Fields   map[string]string // the original request's fields
+	Payload  []byte            // the original request's payload
+	Reason   string
+	Code     fnmesh.Code
+	Attempts int
+	Replica  string
+	At       time.Time
+	Origin   string // entry id of the original request, if known
+}
+
+// NewDeadLetterMessage builds the dead-letter message for the request m:
+// its fields and payload, plus why it failed.
+func NewDeadLetterMessage(m *message.Message, origin, replica string, code fnmesh.Code, reason string, attempts int) *message.Message {
+	d := message.NewMessage(m.UUID, m.Payload)
+	for k, v := range m.Metadata {
+		d.Metadata[k] = v
+	}
+	d.Metadata[FieldReason] = reason
+	d.Metadata[FieldCode] = string(code)
+	d.Metadata[FieldAttempts] = strconv.Itoa(attempts)
+	d.Metadata[FieldReplica] = replica
+	d.Metadata[FieldAt] = strconv.FormatInt(time.Now().UnixMilli(), 10)
+	setIf(d.Metadata, FieldEntry, origin)
+	return d
+}
+
+// decodeDeadLetter is the inverse of NewDeadLetterMessage for a stored
+// entry.
+func decodeDeadLetter(entryID string, fields map[string]string, payload []byte) DeadLetter {
+	d := DeadLetter{EntryID: entryID, Fields: map[string]string{}, Payload: payload}
+	for k, v := range fields {
+		switch k {
+		case FieldReason:
+			d.Reason = v
+		case FieldCode:
+			d.Code = fnmesh.Code(v)
+		case FieldAttempts:
+			d.Attempts, _ = strconv.Atoi(v)
+		case FieldReplica:
+			d.Replica = v
+		case FieldAt:
+			if ms, err := strconv.ParseInt(v, 10, 64); err == nil {
+				d.At = time.UnixMilli(ms)
+			}
+		case FieldEntry:
+			d.Origin = v
+		default:
+			d.Fields[k] = v
+		}
+	}
+	return d
+}

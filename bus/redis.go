@@ -1,0 +1,394 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisConfig configures NewRedis. Zero values take the defaults written
+// on each field.
+type RedisConfig struct {
+	// URL of the server: redis://[user:password@]host:port[/db], or
+	// rediss:// for TLS. Ignored when Client is set.
+	URL string
+	// Client, when set, is used instead of dialling URL. The bus does not
+	// close it.
+	Client redis.UniversalClient
+
+	// RequestMaxLen, when above 0, caps each request stream at about that
+	// many entries (XADD MAXLEN ~). Entries past the cap are dropped even if
+	// no replica ran them, so the default, 0, instead trims only entries
+	// every consumer group has acknowledged (XTRIM MINID), every
+	// TrimInterval.
+	RequestMaxLen int64
+	// TrimInterval is how often a replica trims acknowledged entries from
+	// its request stream. Default 5s.
+	TrimInterval time.Duration
+	// ReplyMaxLen caps each reply stream (XADD MAXLEN ~). A reply stream
+	// holds at most one unread reply per call in flight, so this bounds a
+	// dead reader, not a live one. Default 10000.
+	ReplyMaxLen int64
+	// DeadLetterMaxLen caps each dead-letter stream. Default 100000.
+	DeadLetterMaxLen int64
+	// InboxTTL is how long a reply stream outlives a caller that stopped
+	// without closing; a live caller refreshes it every InboxTTL/3.
+	// Default 60s.
+	InboxTTL time.Duration
+	// BlockTime bounds each blocking read, so readers notice a lost
+	// connection. Default 2s.
+	BlockTime time.Duration
+	// ReadBatch is the most entries one XREADGROUP or XREAD takes.
+	// Default 128.
+	ReadBatch int64
+	// DrainTimeout is how long a closing group subscriber waits for the
+	// messages it delivered to be acked or nacked. Default 30s.
+	DrainTimeout time.Duration
+}
+
+func (c *RedisConfig) setDefaults() {
+	if c.TrimInterval == 0 {
+		c.TrimInterval = 5 * time.Second
+	}
+	if c.ReplyMaxLen == 0 {
+		c.ReplyMaxLen = 10000
+	}
+	if c.DeadLetterMaxLen == 0 {
+		c.DeadLetterMaxLen = 100000
+	}
+	if c.InboxTTL == 0 {
+		c.InboxTTL = 60 * time.Second
+	}
+	if c.BlockTime == 0 {
+		c.BlockTime = 2 * time.Second
+	}
+	if c.ReadBatch == 0 {
+		c.ReadBatch = 128
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+}
+
+// Validate reports every problem with c.
+func (c RedisConfig) Validate() error {
+	var errs []error
+	if c.Client == nil && c.URL == "" {
+		errs = append(errs, errors.New("bus: RedisConfig needs URL or Client"))
+	}
+	if c.Client == nil && c.URL != "" {
+		if _, err := redis.ParseURL(c.URL); err != nil {
+			errs = append(errs, fmt.Errorf("bus: RedisConfig.URL: %w", err))
+		}
+	}
+	for name, v := range map[string]int64{"RequestMaxLen": c.RequestMaxLen, "ReplyMaxLen": c.ReplyMaxLen, "DeadLetterMaxLen": c.DeadLetterMaxLen, "ReadBatch": c.ReadBatch} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("bus: RedisConfig.%s is %d, want 0 or more", name, v))
+		}
+	}
+	for name, v := range map[string]time.Duration{"TrimInterval": c.TrimInterval, "InboxTTL": c.InboxTTL, "BlockTime": c.BlockTime, "DrainTimeout": c.DrainTimeout} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("bus: RedisConfig.%s is %v, want 0 or more", name, v))
+		}
+	}
+	if c.InboxTTL > 0 && c.InboxTTL < time.Second {
+		errs = append(errs, fmt.Errorf("bus: RedisConfig.InboxTTL is %v, want at least 1s", c.InboxTTL))
+	}
+	return errors.Join(errs...)
+}
+
+// Redis is the Bus on Redis Streams. See docs/PROTOCOL.md for the keys
+// and fields it uses.
+type Redis struct {
+	cfg     RedisConfig
+	rdb     redis.UniversalClient
+	ownsRDB bool
+	acks    *acker
+
+	mu     sync.Mutex
+	closed bool
+	done   chan struct{}
+}
+
+var _ Bus = (*Redis)(nil)
+
+// NewRedis connects to Redis. It does not wait for the server: commands
+// fail with an error until it is reachable.
+func NewRedis(cfg RedisConfig) (*Redis, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Redis{cfg: cfg, rdb: cfg.Client, done: make(chan struct{})}
+	if r.rdb == nil {
+		opt, _ := redis.ParseURL(cfg.URL)
+		if opt.PoolSize == 0 {
+			opt.PoolSize = 64
+		}
+		r.rdb = redis.NewClient(opt)
+		r.ownsRDB = true
+	}
+	r.acks = newAcker(r.rdb, r.done)
+	return r, nil
+}
+
+// Client returns the Redis client the bus uses, for tools that inspect
+// streams (the CLI, tests).
+func (r *Redis) Client() redis.UniversalClient { return r.rdb }
+
+// Close stops every subscriber of the bus and, unless the client was
+// passed in, closes the client.
+func (r *Redis) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	close(r.done)
+	r.mu.Unlock()
+	r.acks.wait()
+	if r.ownsRDB {
+		return r.rdb.Close()
+	}
+	return nil
+}
+
+func (r *Redis) isClosed() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// dedicated returns a client of one connection for blocking reads: closing
+// it interrupts a blocked XREAD at once, which a context cannot
+// (go-redis #2556).
+func (r *Redis) dedicated() redis.UniversalClient {
+	switch c := r.rdb.(type) {
+	case *redis.Client:
+		opt := *c.Options()
+		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
+		return redis.NewClient(&opt)
+	case *redis.ClusterClient:
+		opt := *c.Options()
+		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
+		return redis.NewClusterClient(&opt)
+	}
+	return nil
+}
+
+// Publisher implements Bus.
+func (r *Redis) Publisher() message.Publisher { return redisPublisher{r} }
+
+type redisPublisher struct{ r *Redis }
+
+func (p redisPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if p.r.isClosed() {
+		return ErrClosed
+	}
+	args := &redis.XAddArgs{Stream: topic, Approx: true}
+	switch {
+	case IsReplyTopic(topic):
+		// The reply stream belongs to its caller: if it is gone, so is the
+		// caller, and the reply must not recreate the key.
+		args.NoMkStream = true
+		args.MaxLen = p.r.cfg.ReplyMaxLen
+	case strings.HasSuffix(topic, ":dead"):
+		args.MaxLen = p.r.cfg.DeadLetterMaxLen
+	default:
+		args.MaxLen = p.r.cfg.RequestMaxLen
+	}
+	if len(msgs) == 1 {
+		args.Values = entryValues(msgs[0])
+		err := p.r.rdb.XAdd(msgs[0].Context(), args).Err()
+		if errors.Is(err, redis.Nil) { // NOMKSTREAM on a missing key
+			return nil
+		}
+		return err
+	}
+	pipe := p.r.rdb.Pipeline()
+	for _, m := range msgs {
+		a := *args
+		a.Values = entryValues(m)
+		pipe.XAdd(m.Context(), &a)
+	}
+	_, err := pipe.Exec(msgs[0].Context())
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	return err
+}
+
+func (p redisPublisher) Close() error { return nil }
+
+// entryValues lays a message out as stream fields: known fields in
+// protocol order, then others sorted, then the payload.
+func entryValues(m *message.Message) []any {
+	vals := make([]any, 0, 2*len(m.Metadata)+2)
+	seen := 0
+	for _, k := range fieldOrder {
+		if v, ok := m.Metadata[k]; ok {
+			vals = append(vals, k, v)
+			seen++
+		}
+	}
+	if seen < len(m.Metadata) {
+		var extra []string
+		for k := range m.Metadata {
+			if !isKnownField(k) && k != FieldPayload {
+				extra = append(extra, k)
+			}
+		}
+		sort.Strings(extra)
+		for _, k := range extra {
+			vals = append(vals, k, m.Metadata[k])
+		}
+	}
+	if len(m.Payload) > 0 {
+		vals = append(vals, FieldPayload, []byte(m.Payload))
+	}
+	return vals
+}
+
+func isKnownField(k string) bool {
+	for _, f := range fieldOrder {
+		if f == k {
+			return true
+		}
+	}
+	return false
+}
+
+// entryMessage turns a stream entry into a message: every field but the
+// payload becomes metadata.
+func entryMessage(x redis.XMessage) *message.Message {
+	m := message.NewMessage(x.ID, nil)
+	for k, v := range x.Values {
+		s, _ := v.(string)
+		if k == FieldPayload {
+			m.Payload = []byte(s)
+			continue
+		}
+		m.Metadata[k] = s
+	}
+	return m
+}
+
+// DeadLetters implements Bus.
+func (r *Redis) DeadLetters(ctx context.Context, service string, count int) ([]DeadLetter, error) {
+	if count <= 0 {
+		count = 100
+	}
+	xs, err := r.rdb.XRevRangeN(ctx, DeadLetterTopic(service), "+", "-", int64(count)).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DeadLetter, 0, len(xs))
+	for i := len(xs) - 1; i >= 0; i-- {
+		m := entryMessage(xs[i])
+		out = append(out, decodeDeadLetter(xs[i].ID, m.Metadata, m.Payload))
+	}
+	return out, nil
+}
+
+// ensureGroup creates the consumer group of a request stream, and the
+// stream, if missing. The group starts at "0": entries added before any
+// replica ever ran are requests nobody has seen, and are served.
+func (r *Redis) ensureGroup(ctx context.Context, topic string) error {
+	err := r.rdb.XGroupCreateMkStream(ctx, topic, Group, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return err
+	}
+	return nil
+}
+
+// acker acknowledges entries in batches: one XACK carries every id that
+// was acked while the previous XACK was in flight.
+type acker struct {
+	rdb  redis.UniversalClient
+	in   chan ackReq
+	done <-chan struct{}
+	wg   sync.WaitGroup
+}
+
+type ackReq struct{ topic, id string }
+
+func newAcker(rdb redis.UniversalClient, done <-chan struct{}) *acker {
+	a := &acker{rdb: rdb, in: make(chan ackReq, 4096), done: done}
+	a.wg.Add(1)
+	go a.run()
+	return a
+}
+
+func (a *acker) ack(topic, id string) {
+	select {
+	case a.in <- ackReq{topic, id}:
+	case <-a.done:
+	}
+}
+
+func (a *acker) wait() { a.wg.Wait() }
+
+func (a *acker) run() {
+	defer a.wg.Done()
+	byTopic := map[string][]string{}
+	for {
+		select {
+		case first := <-a.in:
+			byTopic[first.topic] = append(byTopic[first.topic], first.id)
+		more:
+			for n := 1; n < 1024; n++ {
+				select {
+				case x := <-a.in:
+					byTopic[x.topic] = append(byTopic[x.topic], x.id)
+				default:
+					break more
+				}
+			}
+			a.flush(byTopic)
+		case <-a.done:
+			// Flush what is queued; later acks are lost with the bus and
+			// their entries are redelivered (at-least-once).
+			for {
+				select {
+				case x := <-a.in:
+					byTopic[x.topic] = append(byTopic[x.topic], x.id)
+				default:
+					a.flush(byTopic)
+					return
+				}
+			}
+		}
+	}
+}
+
+func (a *acker) flush(byTopic map[string][]string) {
+	if len(byTopic) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if len(byTopic) == 1 {
+		for topic, ids := range byTopic {
+			a.rdb.XAck(ctx, topic, Group, ids...)
+			delete(byTopic, topic)
+		}
+		return
+	}
+	pipe := a.rdb.Pipeline()
+	for topic, ids := range byTopic {
+		pipe.XAck(ctx, topic, Group, ids...)
+		delete(byTopic, topic)
+	}
+	pipe.Exec(ctx)
+}

@@ -1,0 +1,90 @@
+package client
+
+import (
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/fnmesh/fnmesh"
+)
+
+// BreakerConfig configures the circuit breaker in front of each target
+// function.
+type BreakerConfig struct {
+	// Disabled turns breakers off.
+	Disabled bool
+	// ConsecutiveFailures opens the breaker after this many failures in a
+	// row. Default 5.
+	ConsecutiveFailures uint32
+	// OpenTimeout is how long an open breaker fails calls before letting
+	// trial calls through (half-open). Default 5s.
+	OpenTimeout time.Duration
+	// HalfOpenCalls is how many trial calls a half-open breaker lets
+	// through; that many successes close it. Default 1.
+	HalfOpenCalls uint32
+	// OnStateChange, if set, is told of every change, e.g. for logs.
+	OnStateChange func(function string, from, to gobreaker.State)
+}
+
+func (b *BreakerConfig) setDefaults() {
+	if b.ConsecutiveFailures == 0 {
+		b.ConsecutiveFailures = 5
+	}
+	if b.OpenTimeout == 0 {
+		b.OpenTimeout = 5 * time.Second
+	}
+	if b.HalfOpenCalls == 0 {
+		b.HalfOpenCalls = 1
+	}
+}
+
+type breaker = gobreaker.TwoStepCircuitBreaker[struct{}]
+
+func newBreaker(function string, cfg BreakerConfig) *breaker {
+	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        function,
+		MaxRequests: cfg.HalfOpenCalls,
+		Timeout:     cfg.OpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			return c.ConsecutiveFailures >= cfg.ConsecutiveFailures
+		},
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			if cfg.OnStateChange != nil {
+				cfg.OnStateChange(name, from, to)
+			}
+		},
+		IsSuccessful: breakerSuccess,
+		IsExcluded: func(err error) bool {
+			return fnmesh.CodeOf(err) == fnmesh.CodeCanceled
+		},
+	})
+}
+
+// breakerSuccess says which outcomes show the target healthy: anything but
+// the failures of the target or the way to it. A caller's invalid
+// argument, bad token or missing permission, and a function's own
+// application error, do not open the breaker.
+func breakerSuccess(err error) bool {
+	switch fnmesh.CodeOf(err) {
+	case fnmesh.CodeUnavailable, fnmesh.CodeDeadlineExceeded, fnmesh.CodeInternal, fnmesh.CodeResourceExhausted:
+		return false
+	}
+	return true
+}
+
+// BreakerState returns the state of the breaker in front of function
+// ("closed", "half-open" or "open"); closed if it has none yet.
+func (c *Client) BreakerState(function string) string {
+	if v, ok := c.breakers.Load(function); ok {
+		return v.(*breaker).State().String()
+	}
+	return gobreaker.StateClosed.String()
+}
+
+func (c *Client) breaker(function string) *breaker {
+	if v, ok := c.breakers.Load(function); ok {
+		return v.(*breaker)
+	}
+	v, _ := c.breakers.LoadOrStore(function, newBreaker(function, c.cfg.Breaker))
+	return v.(*breaker)
+}

@@ -1,0 +1,359 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/bus"
+)
+
+// Config configures a Client. Zero values take the defaults written on
+// each field.
+type Config struct {
+	// Name says who calls, in replicas' logs. Default host-pid.
+	Name string
+	// Token is sent with every call that has no WithToken.
+	Token string
+	// Timeout bounds calls whose context has no deadline and that have no
+	// WithTimeout. Default 10s.
+	Timeout time.Duration
+	// MaxPayloadBytes rejects larger arguments before sending them.
+	// Default 1 MiB, as on the service side.
+	MaxPayloadBytes int
+	// Breaker configures the breaker in front of each target function.
+	Breaker BreakerConfig
+	// Logger receives the client's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Name == "" {
+		host, _ := os.Hostname()
+		c.Name = host + "-" + strconv.Itoa(os.Getpid())
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.MaxPayloadBytes == 0 {
+		c.MaxPayloadBytes = 1 << 20
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Breaker.setDefaults()
+}
+
+// Validate reports every problem with c (after defaults).
+func (c Config) Validate() error {
+	var errs []error
+	if c.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("client: Config.Timeout is %v, want more than 0", c.Timeout))
+	}
+	if c.MaxPayloadBytes < 1 {
+		errs = append(errs, fmt.Errorf("client: Config.MaxPayloadBytes is %d, want at least 1", c.MaxPayloadBytes))
+	}
+	if c.Breaker.OpenTimeout < 0 {
+		errs = append(errs, fmt.Errorf("client: Config.Breaker.OpenTimeout is %v, want more than 0", c.Breaker.OpenTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// Client calls functions over a bus. It is safe for concurrent use.
+type Client struct {
+	cfg      Config
+	pub      message.Publisher
+	inbox    string // reply topic
+	inboxSub message.Subscriber
+	idPrefix string
+	seq      atomic.Uint64
+
+	mu      sync.Mutex
+	waiting map[string]chan *bus.Reply
+	closed  bool
+
+	breakers sync.Map // function name -> *breaker
+	stop     context.CancelFunc
+	done     chan struct{}
+}
+
+// New returns a client on b with its own reply inbox.
+func New(b bus.Bus, cfg Config) (*Client, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var rb [6]byte
+	rand.Read(rb[:])
+	id := hex.EncodeToString(rb[:])
+	sub, err := b.InboxSubscriber()
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		cfg: cfg, pub: b.Publisher(), inbox: bus.ReplyTopic(id), inboxSub: sub,
+		idPrefix: id + "-", waiting: map[string]chan *bus.Reply{}, done: make(chan struct{}),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	replies, err := sub.Subscribe(ctx, c.inbox)
+	if err != nil {
+		cancel()
+		return nil, fnmesh.Wrap(fnmesh.CodeUnavailable, fmt.Errorf("client: open reply inbox: %w", err))
+	}
+	c.stop = cancel
+	go c.dispatch(replies)
+	return c, nil
+}
+
+// Inbox returns the topic (reply stream) this client reads replies from.
+func (c *Client) Inbox() string { return c.inbox }
+
+// dispatch hands each reply to the call waiting for it. Replies nobody
+// waits for (the call timed out) are dropped.
+func (c *Client) dispatch(replies <-chan *message.Message) {
+	defer close(c.done)
+	for m := range replies {
+		rep, err := bus.DecodeReply(m)
+		if err != nil {
+			c.cfg.Logger.Warn("malformed reply dropped", "err", err)
+			continue
+		}
+		c.mu.Lock()
+		ch := c.waiting[rep.ID]
+		c.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- rep:
+			default: // a duplicate reply (a request run twice)
+			}
+		}
+	}
+}
+
+// Close fails the calls still waiting with unavailable and removes the
+// client's inbox.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	c.stop()
+	err := c.inboxSub.Close()
+	<-c.done
+	return err
+}
+
+var serviceRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// SplitName splits "service.function" at its first dot.
+func SplitName(name string) (service, function string, err error) {
+	service, function, ok := strings.Cut(name, ".")
+	if !ok || function == "" || !serviceRE.MatchString(service) {
+		return "", "", fnmesh.Errorf(fnmesh.CodeInvalidArgument, "function name %q: want service.function, e.g. math.add", name)
+	}
+	return service, function, nil
+}
+
+func encodeArgs(in any) ([]byte, error) {
+	switch v := in.(type) {
+	case json.RawMessage:
+		return v, nil
+	case []byte:
+		if !json.Valid(v) {
+			return nil, fnmesh.NewError(fnmesh.CodeInvalidArgument, "arguments given as []byte are not valid JSON")
+		}
+		return v, nil
+	}
+	b, err := json.Marshal(in)
+	if err != nil {
+		return nil, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "arguments are not JSON-encodable: %v", err)
+	}
+	return b, nil
+}
+
+func (c *Client) newRequest(function string, in any, o *callOptions) (string, *bus.Request, error) {
+	service, fn, err := SplitName(function)
+	if err != nil {
+		return "", nil, err
+	}
+	payload, err := encodeArgs(in)
+	if err != nil {
+		return "", nil, err
+	}
+	if len(payload) > c.cfg.MaxPayloadBytes {
+		return "", nil, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "arguments of %d bytes exceed the limit of %d", len(payload), c.cfg.MaxPayloadBytes)
+	}
+	id := o.requestID
+	if id == "" {
+		id = c.idPrefix + strconv.FormatUint(c.seq.Add(1), 36)
+	}
+	return service, &bus.Request{ID: id, Function: fn, Payload: payload, Token: o.token, Caller: c.cfg.Name}, nil
+}
+
+func (c *Client) options(opts []CallOption) callOptions {
+	o := callOptions{token: c.cfg.Token}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// Call runs function ("service.function") with in as its arguments and
+// decodes the result into out (a pointer, or nil to ignore it). It
+// returns a *fnmesh.Error: the function's own, or one of the mesh's
+// codes. It never waits past its deadline: WithTimeout, else ctx's
+// deadline, else Config.Timeout, whichever is first.
+func (c *Client) Call(ctx context.Context, function string, in, out any, opts ...CallOption) error {
+	o := c.options(opts)
+	service, req, err := c.newRequest(function, in, &o)
+	if err != nil {
+		return err
+	}
+	timeout := o.timeout
+	if timeout <= 0 {
+		timeout = c.cfg.Timeout
+	}
+	now := time.Now()
+	req.Deadline = now.Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(req.Deadline) {
+		req.Deadline = dl
+	}
+	req.ReplyTo = c.inbox
+
+	var rep *bus.Reply
+	if c.cfg.Breaker.Disabled {
+		rep, err = c.roundTrip(ctx, service, req, function)
+	} else {
+		done, berr := c.breaker(function).Allow()
+		if berr != nil {
+			return fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", function, berr)
+		}
+		rep, err = c.roundTrip(ctx, service, req, function)
+		done(err)
+	}
+	if err != nil {
+		return err
+	}
+	if o.info != nil {
+		*o.info = ReplyInfo{RequestID: req.ID, Replica: rep.Replica}
+	}
+	if out == nil {
+		return nil
+	}
+	if raw, ok := out.(*json.RawMessage); ok {
+		*raw = append((*raw)[:0], rep.Payload...)
+		return nil
+	}
+	if err := json.Unmarshal(rep.Payload, out); err != nil {
+		return fnmesh.Errorf(fnmesh.CodeInternal, "result of %s does not decode into %T: %v", function, out, err)
+	}
+	return nil
+}
+
+// roundTrip publishes req and waits for its reply. A reply carrying an
+// error is returned as that error.
+func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request, function string) (*bus.Reply, error) {
+	ch := make(chan *bus.Reply, 1)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, fnmesh.NewError(fnmesh.CodeUnavailable, "client closed")
+	}
+	c.waiting[req.ID] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.waiting, req.ID)
+		c.mu.Unlock()
+	}()
+
+	timer := time.NewTimer(time.Until(req.Deadline))
+	defer timer.Stop()
+	if err := c.publish(ctx, service, req); err != nil {
+		return nil, err
+	}
+	select {
+	case rep := <-ch:
+		if rep.Err != nil {
+			return rep, rep.Err
+		}
+		return rep, nil
+	case <-timer.C:
+		return nil, fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "no result from %s within its deadline", function)
+	case <-ctx.Done():
+		return nil, contextError(ctx, function)
+	case <-c.done:
+		return nil, fnmesh.NewError(fnmesh.CodeUnavailable, "client closed")
+	}
+}
+
+func contextError(ctx context.Context, function string) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "no result from %s within its deadline", function)
+	}
+	return fnmesh.Errorf(fnmesh.CodeCanceled, "call of %s canceled: %w", function, ctx.Err())
+}
+
+func (c *Client) publish(ctx context.Context, service string, req *bus.Request) error {
+	m := req.Message()
+	m.SetContext(ctx)
+	if err := c.pub.Publish(bus.RequestTopic(service), m); err != nil {
+		if ctx.Err() != nil {
+			return contextError(ctx, service+"."+req.Function)
+		}
+		return &fnmesh.Error{Code: fnmesh.CodeUnavailable, Message: "cannot queue request: " + err.Error()}
+	}
+	return nil
+}
+
+// Send queues a run of function with in as its arguments and returns once
+// the request is stored on the bus (on Redis: XADD acknowledged). The
+// function runs as a Call would, its result dropped; if it fails, the
+// service retries it and then records it on its dead-letter stream.
+func (c *Client) Send(ctx context.Context, function string, in any, opts ...CallOption) error {
+	o := c.options(opts)
+	service, req, err := c.newRequest(function, in, &o)
+	if err != nil {
+		return err
+	}
+	if o.timeout > 0 {
+		req.Deadline = time.Now().Add(o.timeout)
+	}
+	if c.cfg.Breaker.Disabled {
+		return c.publish(ctx, service, req)
+	}
+	done, berr := c.breaker(function).Allow()
+	if berr != nil {
+		return fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", function, berr)
+	}
+	err = c.publish(ctx, service, req)
+	done(err)
+	if err == nil && o.info != nil {
+		*o.info = ReplyInfo{RequestID: req.ID}
+	}
+	return err
+}
+
+// Invoke is Call with the result returned typed.
+func Invoke[Out any](ctx context.Context, c *Client, function string, in any, opts ...CallOption) (Out, error) {
+	var out Out
+	err := c.Call(ctx, function, in, &out, opts...)
+	return out, err
+}

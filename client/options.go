@@ -1,0 +1,47 @@
+package client
+
+import (
+	"context"
+	"time"
+
+	"github.com/fnmesh/fnmesh/security"
+)
+
+// CallOption adjusts one Call or Send.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	timeout   time.Duration
+	token     string
+	requestID string
+	info      *ReplyInfo
+}
+
+// WithTimeout bounds a Call: the caller gets deadline_exceeded when no
+// result arrived in time, and a replica that picks the request up later
+// does not run it. On Send it bounds how long the request may wait to be
+// run; past it, the request goes to the dead-letter stream unrun.
+func WithTimeout(d time.Duration) CallOption { return func(o *callOptions) { o.timeout = d } }
+
+// WithToken sends token instead of the client's default token.
+func WithToken(token string) CallOption { return func(o *callOptions) { o.token = token } }
+
+// ForwardToken sends the token of the call being served in ctx (inside a
+// function), so the callee sees the original caller. Without it, a
+// function calls others with its client's own token.
+func ForwardToken(ctx context.Context) CallOption {
+	return WithToken(security.TokenFromContext(ctx))
+}
+
+// WithRequestID sets the request's id instead of a generated one. Ids must
+// be unique per client.
+func WithRequestID(id string) CallOption { return func(o *callOptions) { o.requestID = id } }
+
+// ReplyInfo tells which replica answered a call.
+type ReplyInfo struct {
+	RequestID string
+	Replica   string
+}
+
+// WithReplyInfo fills info when the call returns.
+func WithReplyInfo(info *ReplyInfo) CallOption { return func(o *callOptions) { o.info = info } }

@@ -1,0 +1,12 @@
+// Package fnmesh holds what callers and functions share: the error codes
+// that cross the wire and the typed Error that carries them.
+//
+// A call travels through the folders in this order:
+//
+//	client/    the caller: Call and Send, breakers, the reply inbox
+//	bus/       the transport: Redis Streams or the in-memory bus
+//	handlers/  the service: typed functions behind token check and validation
+//	security/  tokens and claims, used by client and handlers
+//
+// See docs/PROTOCOL.md for the wire format.
+package fnmesh

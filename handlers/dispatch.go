@@ -1,0 +1,203 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/bus"
+)
+
+// replica is one Run of a service: it turns request messages into calls
+// of the registered functions and their results into reply messages.
+type replica struct {
+	svc     *Service
+	id      string
+	pub     message.Publisher
+	log     *slog.Logger
+	hardCtx context.Context // cancelled when the drain timeout ends
+}
+
+// publishTimeout bounds writing one reply or dead letter.
+const publishTimeout = 5 * time.Second
+
+// handle is the router's handler for one request message. It returns an
+// error (and so nacks, for a later redelivery) only when the outcome
+// could not be recorded: a reply or dead letter that failed to publish.
+// Every other outcome, bad input included, is answered and acked.
+func (r *replica) handle(msg *message.Message) error {
+	d := bus.DeliveryFromContext(msg.Context())
+	breq, err := bus.DecodeRequest(msg)
+	if err != nil {
+		return r.reject(msg, breq, d, fnmesh.Wrap(fnmesh.CodeInvalidArgument, err))
+	}
+	if len(breq.Payload) > r.svc.cfg.MaxPayloadBytes {
+		return r.reject(msg, breq, d, fnmesh.Errorf(fnmesh.CodeInvalidArgument,
+			"arguments of %d bytes exceed the limit of %d", len(breq.Payload), r.svc.cfg.MaxPayloadBytes))
+	}
+	r.svc.mu.Lock()
+	f := r.svc.funcs[breq.Function]
+	r.svc.mu.Unlock()
+	if f == nil {
+		return r.reject(msg, breq, d, fnmesh.Errorf(fnmesh.CodeNotFound, "function %s.%s not found", r.svc.name, breq.Function))
+	}
+	if !breq.Deadline.IsZero() && !time.Now().Before(breq.Deadline) {
+		// The caller has given up: never run it. A waiting caller already
+		// got deadline_exceeded from its own timer; a Send is recorded.
+		if breq.ReplyTo != "" {
+			r.log.Debug("dropped expired call", "function", breq.Function, "id", breq.ID)
+			return nil
+		}
+		return r.deadLetter(msg, d, fnmesh.NewError(fnmesh.CodeDeadlineExceeded, "deadline passed before the request was run"), 0)
+	}
+
+	req := &Request{
+		ID: breq.ID, Service: r.svc.name, Function: breq.Function, Payload: breq.Payload,
+		Token: breq.Token, Caller: breq.Caller, Deadline: breq.Deadline,
+		Async: breq.ReplyTo == "", Attempt: max(d.Count, 1), Replica: r.id, fn: f,
+	}
+	if !req.Async {
+		out, err := r.invoke(msg.Context(), f, req)
+		return r.reply(msg.Context(), breq.ReplyTo, req.ID, out, err)
+	}
+
+	policy := r.svc.cfg.Retry
+	if f.retry != nil {
+		policy = *f.retry
+	}
+	for {
+		_, err := r.invoke(msg.Context(), f, req)
+		if err == nil {
+			return nil
+		}
+		if !retryable(err) || req.Attempt >= policy.MaxAttempts {
+			return r.deadLetter(msg, d, asMeshError(err), req.Attempt)
+		}
+		pause := policy.Backoff(req.Attempt)
+		if !req.Deadline.IsZero() && time.Now().Add(pause).After(req.Deadline) {
+			return r.deadLetter(msg, d, fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "deadline passed while retrying, last error: %v", err), req.Attempt)
+		}
+		r.log.Debug("retrying send", "function", req.Function, "id", req.ID, "attempt", req.Attempt, "pause", pause, "err", err)
+		select {
+		case <-time.After(pause):
+		case <-r.hardCtx.Done():
+			return errors.New("stopped while waiting to retry") // nack: redelivered later
+		}
+		req.Attempt++
+		req.decoded, req.arg, req.argErr = false, nil, nil
+	}
+}
+
+// invoke runs the function's chain with the request's deadline, turning a
+// panic into an internal error.
+func (r *replica) invoke(msgCtx context.Context, f *function, req *Request) (out any, err error) {
+	ctx := context.WithoutCancel(msgCtx)
+	var cancel context.CancelFunc
+	if !req.Deadline.IsZero() {
+		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+	}
+	defer cancel()
+	stop := context.AfterFunc(r.hardCtx, cancel)
+	defer stop()
+	ctx = context.WithValue(ctx, callInfoKey{}, CallInfo{
+		Service: req.Service, Function: req.Function, RequestID: req.ID, Caller: req.Caller,
+		Replica: r.id, Async: req.Async, Attempt: req.Attempt,
+	})
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("function panicked", "function", req.Function, "id", req.ID, "panic", p, "stack", string(debug.Stack()))
+			out, err = nil, fnmesh.Errorf(fnmesh.CodeInternal, "%s.%s panicked: %v", req.Service, req.Function, p)
+		}
+	}()
+	return f.handler.Serve(ctx, req)
+}
+
+// retryable reports whether another run of a failed Send might succeed.
+func retryable(err error) bool {
+	switch fnmesh.CodeOf(err) {
+	case fnmesh.CodeInvalidArgument, fnmesh.CodeUnauthenticated, fnmesh.CodePermissionDenied, fnmesh.CodeNotFound:
+		return false
+	}
+	return true
+}
+
+// asMeshError gives any error a code for the wire: fnmesh errors keep
+// theirs, context errors become deadline_exceeded or canceled, others
+// internal.
+func asMeshError(err error) *fnmesh.Error {
+	var fe *fnmesh.Error
+	if errors.As(err, &fe) {
+		if !fnmesh.ValidCode(fe.Code) {
+			return &fnmesh.Error{Code: fnmesh.CodeInternal, Message: fmt.Sprintf("function returned invalid error code %q: %s", fe.Code, fe.Message)}
+		}
+		return fe
+	}
+	return &fnmesh.Error{Code: fnmesh.CodeOf(err), Message: err.Error()}
+}
+
+// reply publishes the outcome of a call to the caller's reply stream.
+func (r *replica) reply(msgCtx context.Context, replyTo, id string, out any, callErr error) error {
+	rep := &bus.Reply{ID: id, Replica: r.id}
+	if callErr != nil {
+		rep.Err = asMeshError(callErr)
+	} else {
+		b, err := marshalResult(out)
+		if err != nil {
+			rep.Err = fnmesh.Errorf(fnmesh.CodeInternal, "result is not JSON-encodable: %v", err)
+		} else {
+			rep.Payload = b
+		}
+	}
+	return r.publish(msgCtx, replyTo, rep.Message())
+}
+
+func marshalResult(out any) ([]byte, error) {
+	switch v := out.(type) {
+	case json.RawMessage:
+		return v, nil
+	case nil:
+		return []byte("null"), nil
+	}
+	return json.Marshal(out)
+}
+
+// reject answers a request that cannot run (malformed, too large, unknown
+// function) and records it as a dead letter.
+func (r *replica) reject(msg *message.Message, breq *bus.Request, d bus.Delivery, e *fnmesh.Error) error {
+	r.log.Warn("rejected request", "code", e.Code, "reason", e.Message, "entry", d.EntryID)
+	if breq != nil && breq.ReplyTo != "" {
+		if err := r.reply(msg.Context(), breq.ReplyTo, breq.ID, nil, e); err != nil {
+			return err
+		}
+	}
+	return r.deadLetter(msg, d, e, 0)
+}
+
+// deadLetter records msg on the service's dead-letter stream.
+func (r *replica) deadLetter(msg *message.Message, d bus.Delivery, e *fnmesh.Error, attempts int) error {
+	if attempts > 0 {
+		r.log.Warn("request failed for good", "function", msg.Metadata[bus.FieldFunction], "id", msg.Metadata[bus.FieldID], "attempts", attempts, "code", e.Code, "reason", e.Message)
+	}
+	dl := bus.NewDeadLetterMessage(msg, d.EntryID, r.id, e.Code, e.Message, attempts)
+	return r.publish(msg.Context(), bus.DeadLetterTopic(r.svc.name), dl)
+}
+
+func (r *replica) publish(msgCtx context.Context, topic string, m *message.Message) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(msgCtx), publishTimeout)
+	defer cancel()
+	m.SetContext(ctx)
+	if err := r.pub.Publish(topic, m); err != nil {
+		r.log.Error("publish failed; the request will be delivered again", "topic", topic, "err", err)
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+	"time"
+
+	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/security"
+)
+
+// Request is one call of a function as middleware sees it. It hides the
+// transport: no stream ids, no message types.
+type Request struct {
+	ID       string    // correlation id
+	Service  string    // e.g. "math"
+	Function string    // e.g. "add"
+	Payload  []byte    // JSON arguments as sent
+	Token    string    // caller's token, "" if none
+	Caller   string    // caller's name, may be ""
+	Deadline time.Time // zero when the caller set none
+	Async    bool      // sent with Send: nobody waits for the result
+	Attempt  int       // 1 on the first run of this request
+	Replica  string    // replica running it
+
+	fn      *function
+	arg     any
+	argErr  error
+	decoded bool
+}
+
+// Arg decodes the payload into the function's argument type, once, and
+// returns a pointer to it (*In for a function taking In).
+func (r *Request) Arg() (any, error) {
+	if r.decoded {
+		return r.arg, r.argErr
+	}
+	r.decoded = true
+	r.arg = r.fn.newArg()
+	if len(r.Payload) > 0 {
+		if err := json.Unmarshal(r.Payload, r.arg); err != nil {
+			r.argErr = fnmesh.Errorf(fnmesh.CodeInvalidArgument, "arguments of %s.%s are not valid JSON for %s: %v", r.Service, r.Function, r.fn.inType, err)
+		}
+	}
+	return r.arg, r.argErr
+}
+
+// Handler serves one request and returns the function's result.
+type Handler interface {
+	Serve(ctx context.Context, req *Request) (any, error)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, req *Request) (any, error)
+
+// Serve implements Handler.
+func (f HandlerFunc) Serve(ctx context.Context, req *Request) (any, error) { return f(ctx, req) }
+
+// Middleware wraps a Handler.
+type Middleware func(Handler) Handler
+
+// function is one registered function.
+type function struct {
+	name     string
+	inType   reflect.Type
+	outType  reflect.Type
+	newArg   func() any
+	call     func(ctx context.Context, arg any) (any, error)
+	public   bool
+	requires []func(ctx context.Context, c security.Claims) error
+	retry    *RetryPolicy
+	handler  Handler // the full chain, built by Run
+}
+
+// FunctionOption configures one registered function.
+type FunctionOption func(*function)
+
+// Public lets callers without a token call the function even when the
+// service checks tokens. Use it for health checks and public lookups.
+func Public() FunctionOption { return func(f *function) { f.public = true } }
+
+// RequireRole admits only callers whose token lists role in its "roles"
+// (or "role") claim; others get permission_denied.
+func RequireRole(role string) FunctionOption {
+	return RequireClaims(func(_ context.Context, c security.Claims) error {
+		if !c.HasRole(role) {
+			return fnmesh.Errorf(fnmesh.CodePermissionDenied, "role %q required", role)
+		}
+		return nil
+	})
+}
+
+// RequireClaims admits only callers for whose claims check returns nil.
+// An error without a code becomes permission_denied.
+func RequireClaims(check func(ctx context.Context, c security.Claims) error) FunctionOption {
+	return func(f *function) { f.requires = append(f.requires, check) }
+}
+
+// WithRetry overrides the service's retry policy for this function's
+// Send requests.
+func WithRetry(p RetryPolicy) FunctionOption {
+	return func(f *function) { f.retry = &p }
+}
+
+// Register adds fn to s under name. In and Out are JSON-encoded on the
+// wire; In's validator tags are checked before fn runs. Registering after
+// Run has started, or a name twice, makes Run fail.
+func Register[In, Out any](s *Service, name string, fn func(ctx context.Context, in In) (Out, error), opts ...FunctionOption) {
+	f := &function{
+		name:    name,
+		inType:  reflect.TypeFor[In](),
+		outType: reflect.TypeFor[Out](),
+		newArg:  func() any { return new(In) },
+		call: func(ctx context.Context, arg any) (any, error) {
+			return fn(ctx, *arg.(*In))
+		},
+	}
+	for _, o := range opts {
+		o(f)
+	}
+	s.add(f)
+}
+
+// CallInfo describes the call a function is serving.
+type CallInfo struct {
+	Service, Function, RequestID, Caller, Replica string
+	Async                                         bool
+	Attempt                                       int
+}
+
+type callInfoKey struct{}
+
+// Info returns the CallInfo of the running call.
+func Info(ctx context.Context) CallInfo {
+	i, _ := ctx.Value(callInfoKey{}).(CallInfo)
+	return i
+}

@@ -1,0 +1,329 @@
+package handlers
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	rnd "math/rand/v2"
+	"os"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/security"
+)
+
+// Config configures a Service. Zero values take the defaults written on
+// each field.
+type Config struct {
+	// Auth verifies every caller's token. Required, unless
+	// AllowUnauthenticated says the service runs open.
+	Auth security.Verifier
+	// AllowUnauthenticated runs every function without a token check. It
+	// must be set explicitly: a service with neither Auth nor this fails
+	// to Run.
+	AllowUnauthenticated bool
+	// Concurrency is the most requests one replica runs at once. Default 64.
+	Concurrency int
+	// ReplicaID names this replica in its consumer group and in replies.
+	// Default: host-pid-random, new for every Run.
+	ReplicaID string
+	// MaxPayloadBytes rejects larger arguments with invalid_argument before
+	// decoding them. Default 1 MiB.
+	MaxPayloadBytes int
+	// Retry is how Send requests that fail are retried. Calls are never
+	// retried by the service: their caller gets the error.
+	Retry RetryPolicy
+	// DrainTimeout is how long Run, once its context ends, lets running
+	// requests finish before cancelling their contexts. Default 30s.
+	DrainTimeout time.Duration
+	// Logger receives the service's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// RetryPolicy says how often and how fast a failed Send request is run
+// again before it goes to the dead-letter stream. Errors with codes
+// invalid_argument, unauthenticated, permission_denied and not_found are
+// not retried: another run would fail the same way.
+type RetryPolicy struct {
+	// MaxAttempts counts every run, the first included. Default 5; 1
+	// means no retry.
+	MaxAttempts int
+	// InitialBackoff is the pause after the first failure. Default 100ms.
+	InitialBackoff time.Duration
+	// MaxBackoff caps the pause. Default 10s.
+	MaxBackoff time.Duration
+	// Multiplier grows the pause after each failure. Default 2.
+	Multiplier float64
+	// Jitter spreads each pause by up to this fraction either way, so
+	// that retries of many requests do not land together. Default 0.2.
+	Jitter float64
+}
+
+func (p *RetryPolicy) setDefaults() {
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = 5
+	}
+	if p.InitialBackoff == 0 {
+		p.InitialBackoff = 100 * time.Millisecond
+	}
+	if p.MaxBackoff == 0 {
+		p.MaxBackoff = 10 * time.Second
+	}
+	if p.Multiplier == 0 {
+		p.Multiplier = 2
+	}
+	if p.Jitter == 0 {
+		p.Jitter = 0.2
+	}
+}
+
+func (p RetryPolicy) validate() error {
+	var errs []error
+	if p.MaxAttempts < 1 {
+		errs = append(errs, fmt.Errorf("Retry.MaxAttempts is %d, want at least 1", p.MaxAttempts))
+	}
+	if p.InitialBackoff < 0 || p.MaxBackoff < 0 {
+		errs = append(errs, errors.New("Retry backoffs must not be negative"))
+	}
+	if p.Multiplier < 1 {
+		errs = append(errs, fmt.Errorf("Retry.Multiplier is %v, want at least 1", p.Multiplier))
+	}
+	if p.Jitter < 0 || p.Jitter > 1 {
+		errs = append(errs, fmt.Errorf("Retry.Jitter is %v, want 0 to 1", p.Jitter))
+	}
+	return errors.Join(errs...)
+}
+
+// Backoff returns the pause after the given failed attempt (1-based).
+func (p RetryPolicy) Backoff(attempt int) time.Duration {
+	d := float64(p.InitialBackoff) * math.Pow(p.Multiplier, float64(attempt-1))
+	if d > float64(p.MaxBackoff) {
+		d = float64(p.MaxBackoff)
+	}
+	d *= 1 + p.Jitter*(2*rnd.Float64()-1)
+	return time.Duration(d)
+}
+
+func (c *Config) setDefaults() {
+	if c.Concurrency == 0 {
+		c.Concurrency = 64
+	}
+	if c.MaxPayloadBytes == 0 {
+		c.MaxPayloadBytes = 1 << 20
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Retry.setDefaults()
+}
+
+// Validate reports every problem with c (after defaults).
+func (c Config) Validate() error {
+	var errs []error
+	switch {
+	case c.Auth == nil && !c.AllowUnauthenticated:
+		errs = append(errs, errors.New("handlers: Config.Auth is not set: give a token verifier, or set AllowUnauthenticated to run every function open"))
+	case c.Auth != nil && c.AllowUnauthenticated:
+		errs = append(errs, errors.New("handlers: Config.Auth and AllowUnauthenticated are both set: choose one"))
+	}
+	if c.Concurrency < 1 {
+		errs = append(errs, fmt.Errorf("handlers: Config.Concurrency is %d, want at least 1", c.Concurrency))
+	}
+	if c.MaxPayloadBytes < 1 {
+		errs = append(errs, fmt.Errorf("handlers: Config.MaxPayloadBytes is %d, want at least 1", c.MaxPayloadBytes))
+	}
+	if c.DrainTimeout < 0 {
+		errs = append(errs, fmt.Errorf("handlers: Config.DrainTimeout is %v, want 0 or more", c.DrainTimeout))
+	}
+	if err := c.Retry.validate(); err != nil {
+		errs = append(errs, fmt.Errorf("handlers: Config.%w", err))
+	}
+	return errors.Join(errs...)
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+var funcRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$`)
+
+// Service is a named set of functions. Every Run of it is one replica.
+type Service struct {
+	name       string
+	cfg        Config
+	mu         sync.Mutex
+	funcs      map[string]*function
+	middleware []Middleware
+	errs       []error
+	started    chan struct{}
+	startOnce  sync.Once
+}
+
+// NewService returns an empty service. Configuration problems are
+// reported by Run.
+func NewService(name string, cfg Config) *Service {
+	cfg.setDefaults()
+	s := &Service{name: name, cfg: cfg, funcs: map[string]*function{}, started: make(chan struct{})}
+	if !nameRE.MatchString(name) {
+		s.errs = append(s.errs, fmt.Errorf("handlers: service name %q: want lower case letters, digits, '-' and '_', up to 63", name))
+	}
+	return s
+}
+
+// Name returns the service's name.
+func (s *Service) Name() string { return s.name }
+
+// Use adds middleware that runs for every function, after the token check
+// and the function's claim requirements, before validation.
+func (s *Service) Use(m ...Middleware) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.middleware = append(s.middleware, m...)
+}
+
+func (s *Service) add(f *function) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case !funcRE.MatchString(f.name):
+		s.errs = append(s.errs, fmt.Errorf("handlers: function name %q: want letters, digits, '_', '-', '.', '@'", f.name))
+	case s.funcs[f.name] != nil:
+		s.errs = append(s.errs, fmt.Errorf("handlers: function %s.%s registered twice", s.name, f.name))
+	default:
+		s.funcs[f.name] = f
+	}
+}
+
+// Functions returns the names of the registered functions.
+func (s *Service) Functions() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.funcs))
+	for n := range s.funcs {
+		names = append(names, n)
+	}
+	return names
+}
+
+// Started is closed once the first replica of s has joined its consumer
+// group.
+func (s *Service) Started() <-chan struct{} { return s.started }
+
+// build validates everything and assembles each function's chain.
+func (s *Service) build() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	errs := append([]error(nil), s.errs...)
+	if err := s.cfg.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(s.funcs) == 0 {
+		errs = append(errs, fmt.Errorf("handlers: service %s has no functions", s.name))
+	}
+	for _, f := range s.funcs {
+		if f.retry != nil {
+			f.retry.setDefaults()
+			if err := f.retry.validate(); err != nil {
+				errs = append(errs, fmt.Errorf("handlers: function %s.%s: %w", s.name, f.name, err))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	validate := NewValidator()
+	for _, f := range s.funcs {
+		call := f.call
+		var h Handler = HandlerFunc(func(ctx context.Context, req *Request) (any, error) {
+			arg, err := req.Arg()
+			if err != nil {
+				return nil, err
+			}
+			return call(ctx, arg)
+		})
+		h = Validation(validate)(h)
+		for i := len(s.middleware) - 1; i >= 0; i-- {
+			h = s.middleware[i](h)
+		}
+		h = requireClaims(h)
+		if s.cfg.Auth != nil {
+			h = TokenCheck(s.cfg.Auth)(h)
+		}
+		f.handler = h
+	}
+	return nil
+}
+
+// Run runs one replica of s on b until ctx ends, then stops taking
+// requests, lets running ones finish for up to DrainTimeout, and returns.
+// Call Run again (in this or another process) for more replicas.
+func (s *Service) Run(ctx context.Context, b bus.Bus) error {
+	if err := s.build(); err != nil {
+		return err
+	}
+	id := s.cfg.ReplicaID
+	if id == "" {
+		id = newReplicaID()
+	}
+	sub, err := b.GroupSubscriber(bus.GroupConfig{Consumer: id, Concurrency: s.cfg.Concurrency})
+	if err != nil {
+		return err
+	}
+	rep := &replica{svc: s, id: id, pub: b.Publisher(), log: s.cfg.Logger.With("service", s.name, "replica", id)}
+	// Handlers run on a context that outlives ctx by the drain timeout.
+	hardCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardStop()
+	rep.hardCtx = hardCtx
+
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: s.cfg.DrainTimeout}, watermill.NopLogger{})
+	if err != nil {
+		return err
+	}
+	router.AddConsumerHandler("fnmesh."+s.name+"."+id, bus.RequestTopic(s.name), sub, rep.handle)
+	runErr := make(chan error, 1)
+	go func() { runErr <- router.Run(hardCtx) }()
+	select {
+	case <-router.Running():
+	case err := <-runErr:
+		return fmt.Errorf("handlers: service %s: %w", s.name, err)
+	}
+	s.startOnce.Do(func() { close(s.started) })
+	rep.log.Debug("replica started")
+
+	select {
+	case <-ctx.Done():
+	case err := <-runErr: // every subscription ended: the bus closed
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("handlers: service %s: bus closed", s.name)
+	}
+	start := time.Now()
+	closeErr := router.Close() // stops reading, waits for running handlers up to DrainTimeout
+	hardStop()
+	<-runErr
+	rep.log.Debug("replica stopped", "drain", time.Since(start))
+	if closeErr != nil {
+		return fmt.Errorf("handlers: service %s: drain: %w", s.name, closeErr)
+	}
+	return nil
+}
+
+func newReplicaID() string {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "replica"
+	}
+	var b [3]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}

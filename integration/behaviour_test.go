@@ -1,0 +1,23 @@
+package integration
+
+import (
+	"testing"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/bus/bustest"
+)
+
+func newRedisBus(t testing.TB, cfg bus.RedisConfig) *bus.Redis {
+	t.Helper()
+	cfg.URL = redisURL
+	b, err := bus.NewRedis(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// The behaviour suite of the in-memory bus, on Redis.
+func TestRedisBehaviour(t *testing.T) {
+	bustest.Run(t, func(t *testing.T) bus.Bus { return newRedisBus(t, bus.RedisConfig{}) })
+}
