@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -51,6 +52,11 @@ type RedisConfig struct {
 	// DrainTimeout is how long a closing group subscriber waits for the
 	// messages it delivered to be acked or nacked. Default 30s.
 	DrainTimeout time.Duration
+	// NoAutoPipeline sends each XADD on its own round trip. By default
+	// concurrent requests and replies share round trips (go-redis's
+	// AutoPipeliner): fewer syscalls on both sides, measured at about
+	// 1.5x the calls per second at 64 in flight (see README).
+	NoAutoPipeline bool
 }
 
 func (c *RedisConfig) setDefaults() {
@@ -107,10 +113,12 @@ func (c RedisConfig) Validate() error {
 // Redis is the Bus on Redis Streams. See docs/PROTOCOL.md for the keys
 // and fields it uses.
 type Redis struct {
-	cfg     RedisConfig
-	rdb     redis.UniversalClient
-	ownsRDB bool
-	acks    *acker
+	cfg         RedisConfig
+	rdb         redis.UniversalClient
+	writer      redis.Cmdable // XADDs go through it: an auto-pipeliner when available
+	closeWriter func() error
+	ownsRDB     bool
+	acks        *acker
 
 	mu     sync.Mutex
 	closed bool
@@ -132,8 +140,20 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		if opt.PoolSize == 0 {
 			opt.PoolSize = 64
 		}
+		if opt.Protocol == 0 {
+			// RESP2: RESP3 makes go-redis check every connection for push
+			// notifications before each command, which we do not use.
+			opt.Protocol = 2
+		}
 		r.rdb = redis.NewClient(opt)
 		r.ownsRDB = true
+	}
+	r.writer = r.rdb
+	if !cfg.NoAutoPipeline {
+		if ap, err := autoPipeline(r.rdb); err == nil {
+			r.writer = ap
+			r.closeWriter = ap.Close
+		}
 	}
 	r.acks = newAcker(r.rdb, r.done)
 	return r, nil
@@ -155,6 +175,9 @@ func (r *Redis) Close() error {
 	close(r.done)
 	r.mu.Unlock()
 	r.acks.wait()
+	if r.closeWriter != nil {
+		r.closeWriter()
+	}
 	if r.ownsRDB {
 		return r.rdb.Close()
 	}
@@ -170,21 +193,73 @@ func (r *Redis) isClosed() bool {
 	}
 }
 
-// dedicated returns a client of one connection for blocking reads: closing
-// it interrupts a blocked XREAD at once, which a context cannot
-// (go-redis #2556).
-func (r *Redis) dedicated() redis.UniversalClient {
+// blockingReader is a client of one connection for blocking reads
+// (XREADGROUP/XREAD BLOCK), which a context cannot interrupt (go-redis
+// #2556). close unblocks a waiting read with CLIENT UNBLOCK, then closes
+// the connection.
+type blockingReader struct {
+	redis.UniversalClient
+	owner *Redis
+	id    atomic.Int64 // CLIENT ID of the connection, 0 until connected
+	own   bool         // false: shares the bus's client (unknown kind)
+}
+
+func (r *Redis) newBlockingReader() *blockingReader {
+	br := &blockingReader{owner: r, own: true}
+	onConnect := func(ctx context.Context, cn *redis.Conn) error {
+		if id, err := cn.ClientID(ctx).Result(); err == nil {
+			br.id.Store(id)
+		}
+		return nil
+	}
 	switch c := r.rdb.(type) {
 	case *redis.Client:
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
-		return redis.NewClient(&opt)
+		opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect)
+		br.UniversalClient = redis.NewClient(&opt)
 	case *redis.ClusterClient:
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
-		return redis.NewClusterClient(&opt)
+		br.UniversalClient = redis.NewClusterClient(&opt)
+	default: // reads block at most BlockTime
+		br.UniversalClient, br.own = r.rdb, false
 	}
-	return nil
+	return br
+}
+
+func chainOnConnect(a, b func(context.Context, *redis.Conn) error) func(context.Context, *redis.Conn) error {
+	if a == nil {
+		return b
+	}
+	return func(ctx context.Context, cn *redis.Conn) error {
+		if err := a(ctx, cn); err != nil {
+			return err
+		}
+		return b(ctx, cn)
+	}
+}
+
+func (br *blockingReader) close() {
+	if !br.own {
+		return
+	}
+	if id := br.id.Load(); id != 0 && !br.owner.isClosed() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		br.owner.rdb.ClientUnblock(ctx, id)
+		cancel()
+	}
+	br.UniversalClient.Close()
+}
+
+func autoPipeline(rdb redis.UniversalClient) (*redis.AutoPipeliner, error) {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.AutoPipeline()
+	case *redis.ClusterClient:
+		return c.AutoPipeline()
+	}
+	return nil, errors.New("no auto-pipeliner for this client")
 }
 
 // Publisher implements Bus.
@@ -210,7 +285,7 @@ func (p redisPublisher) Publish(topic string, msgs ...*message.Message) error {
 	}
 	if len(msgs) == 1 {
 		args.Values = entryValues(msgs[0])
-		err := p.r.rdb.XAdd(msgs[0].Context(), args).Err()
+		err := p.r.writer.XAdd(msgs[0].Context(), args).Err()
 		if errors.Is(err, redis.Nil) { // NOMKSTREAM on a missing key
 			return nil
 		}

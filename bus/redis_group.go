@@ -35,7 +35,8 @@ type redisGroupSubscriber struct {
 	wg        sync.WaitGroup // subscription loops
 	inflight  sync.WaitGroup // delivered, not yet acked or nacked
 	mu        sync.Mutex
-	readers   []redis.UniversalClient
+	readers   []*blockingReader
+	cancels   []context.CancelFunc
 }
 
 func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -50,24 +51,20 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 	if err := s.r.ensureGroup(ctx, topic); err != nil {
 		return nil, err
 	}
-	reader := s.r.dedicated()
-	if reader != nil {
-		s.mu.Lock()
-		s.readers = append(s.readers, reader)
-		s.mu.Unlock()
-	} else {
-		reader = s.r.rdb // unknown client kind: reads block at most BlockTime
-	}
+	reader := s.r.newBlockingReader()
+	ctx, cancel := context.WithCancel(ctx)
+	s.mu.Lock()
+	s.readers = append(s.readers, reader)
+	s.cancels = append(s.cancels, cancel)
+	s.mu.Unlock()
 	sub := &groupSubscription{
 		s: s, topic: topic, reader: reader,
 		out:       make(chan *message.Message),
 		freed:     make(chan struct{}, 1),
 		redeliver: make(chan redelivery),
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	go func() {
 		select {
-		case <-s.closing:
 		case <-s.r.done:
 		case <-ctx.Done():
 		}
@@ -88,8 +85,11 @@ func (s *redisGroupSubscriber) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.mu.Lock()
+		for _, cancel := range s.cancels {
+			cancel() // before unblocking, so that loops see it and stop
+		}
 		for _, c := range s.readers {
-			c.Close() // interrupts a blocked XREADGROUP
+			c.close() // interrupts a blocked XREADGROUP
 		}
 		s.mu.Unlock()
 	})

@@ -27,7 +27,8 @@ type redisInboxSubscriber struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 	mu        sync.Mutex
-	readers   []redis.UniversalClient
+	readers   []*blockingReader
+	cancels   []context.CancelFunc
 }
 
 func (s *redisInboxSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -38,18 +39,14 @@ func (s *redisInboxSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 	if err != nil {
 		return nil, err
 	}
-	reader := s.r.dedicated()
-	if reader != nil {
-		s.mu.Lock()
-		s.readers = append(s.readers, reader)
-		s.mu.Unlock()
-	} else {
-		reader = s.r.rdb
-	}
+	reader := s.r.newBlockingReader()
 	ctx, cancel := context.WithCancel(ctx)
+	s.mu.Lock()
+	s.readers = append(s.readers, reader)
+	s.cancels = append(s.cancels, cancel)
+	s.mu.Unlock()
 	go func() {
 		select {
-		case <-s.closing:
 		case <-s.r.done:
 		case <-ctx.Done():
 		}
@@ -141,8 +138,11 @@ func (s *redisInboxSubscriber) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.mu.Lock()
+		for _, cancel := range s.cancels {
+			cancel() // before unblocking, so that loops see it and stop
+		}
 		for _, c := range s.readers {
-			c.Close()
+			c.close()
 		}
 		s.mu.Unlock()
 	})

@@ -64,7 +64,7 @@ func (r *replica) handle(msg *message.Message) error {
 		Async: breq.ReplyTo == "", Attempt: max(d.Count, 1), Replica: r.id, fn: f,
 	}
 	if !req.Async {
-		out, err := r.invoke(msg.Context(), f, req)
+		out, err := r.invoke(f, req)
 		return r.reply(msg.Context(), breq.ReplyTo, req.ID, out, err)
 	}
 
@@ -73,7 +73,7 @@ func (r *replica) handle(msg *message.Message) error {
 		policy = *f.retry
 	}
 	for {
-		_, err := r.invoke(msg.Context(), f, req)
+		_, err := r.invoke(f, req)
 		if err == nil {
 			return nil
 		}
@@ -97,17 +97,15 @@ func (r *replica) handle(msg *message.Message) error {
 
 // invoke runs the function's chain with the request's deadline, turning a
 // panic into an internal error.
-func (r *replica) invoke(msgCtx context.Context, f *function, req *Request) (out any, err error) {
-	ctx := context.WithoutCancel(msgCtx)
-	var cancel context.CancelFunc
+func (r *replica) invoke(f *function, req *Request) (out any, err error) {
+	// The context descends from hardCtx, not from the message: a draining
+	// replica lets running calls finish, and cancels them only when the
+	// drain timeout ends.
+	ctx, cancel := r.hardCtx, context.CancelFunc(nil)
 	if !req.Deadline.IsZero() {
 		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
-	} else {
-		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
 	}
-	defer cancel()
-	stop := context.AfterFunc(r.hardCtx, cancel)
-	defer stop()
 	ctx = context.WithValue(ctx, callInfoKey{}, CallInfo{
 		Service: req.Service, Function: req.Function, RequestID: req.ID, Caller: req.Caller,
 		Replica: r.id, Async: req.Async, Attempt: req.Attempt,

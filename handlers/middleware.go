@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"strings"
+	"sync"
 
 	"github.com/go-playground/validator/v10"
 
@@ -80,15 +81,23 @@ func NewValidator() *validator.Validate {
 }
 
 // Validation decodes the arguments and checks them with v's struct tags;
-// a failure is invalid_argument naming each failed field.
+// a failure is invalid_argument naming each failed field. Argument types
+// with no validate tag anywhere skip the check.
 func Validation(v *validator.Validate) Middleware {
+	var checked sync.Map // reflect.Type -> bool: has validate tags
 	return func(next Handler) Handler {
 		return HandlerFunc(func(ctx context.Context, req *Request) (any, error) {
 			arg, err := req.Arg()
 			if err != nil {
 				return nil, err
 			}
-			if t := reflect.TypeOf(arg).Elem(); t.Kind() != reflect.Struct {
+			t := reflect.TypeOf(arg).Elem()
+			has, ok := checked.Load(t)
+			if !ok {
+				has = hasValidateTags(t, map[reflect.Type]bool{})
+				checked.Store(t, has)
+			}
+			if !has.(bool) {
 				return next.Serve(ctx, req)
 			}
 			if err := v.StructCtx(ctx, arg); err != nil {
@@ -97,6 +106,28 @@ func Validation(v *validator.Validate) Middleware {
 			return next.Serve(ctx, req)
 		})
 	}
+}
+
+// hasValidateTags reports whether t is a struct with a validate tag on
+// some field, its own or a nested struct's.
+func hasValidateTags(t reflect.Type, seen map[reflect.Type]bool) bool {
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Array || t.Kind() == reflect.Map {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || seen[t] {
+		return false
+	}
+	seen[t] = true
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if _, ok := f.Tag.Lookup("validate"); ok {
+			return true
+		}
+		if hasValidateTags(f.Type, seen) {
+			return true
+		}
+	}
+	return false
 }
 
 func validationError(req *Request, err error) error {
