@@ -123,9 +123,27 @@ type Redis struct {
 	mu     sync.Mutex
 	closed bool
 	done   chan struct{}
+	subs   []message.Subscriber // closed with the bus
 }
 
 var _ Bus = (*Redis)(nil)
+
+func (r *Redis) track(s message.Subscriber) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.subs = append(r.subs, s)
+}
+
+func (r *Redis) untrack(s message.Subscriber) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, x := range r.subs {
+		if x == s {
+			r.subs = append(r.subs[:i], r.subs[i+1:]...)
+			return
+		}
+	}
+}
 
 // NewRedis connects to Redis. It does not wait for the server: commands
 // fail with an error until it is reachable.
@@ -172,8 +190,12 @@ func (r *Redis) Close() error {
 		return nil
 	}
 	r.closed = true
-	close(r.done)
+	subs := r.subs
 	r.mu.Unlock()
+	for _, sub := range subs {
+		sub.Close()
+	}
+	close(r.done)
 	r.acks.wait()
 	if r.closeWriter != nil {
 		r.closeWriter()
@@ -240,16 +262,42 @@ func chainOnConnect(a, b func(context.Context, *redis.Conn) error) func(context.
 	}
 }
 
-func (br *blockingReader) close() {
-	if !br.own {
-		return
-	}
-	if id := br.id.Load(); id != 0 && !br.owner.isClosed() {
+// unblock ends a blocking read in progress on br's connection.
+func (br *blockingReader) unblock() {
+	if id := br.id.Load(); br.own && id != 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		br.owner.rdb.ClientUnblock(ctx, id)
 		cancel()
 	}
-	br.UniversalClient.Close()
+}
+
+func (br *blockingReader) close() {
+	if br.own {
+		br.UniversalClient.Close()
+	}
+}
+
+// stopReaders stops read loops blocked on readers: cancel their contexts,
+// unblock their reads, give them a moment to return (so no connection is
+// closed under a reading goroutine), then close the connections, which
+// ends any read the unblock missed.
+func stopReaders(cancels []context.CancelFunc, readers []*blockingReader, loops *sync.WaitGroup) {
+	for _, cancel := range cancels {
+		cancel()
+	}
+	for _, br := range readers {
+		br.unblock()
+	}
+	done := make(chan struct{})
+	go func() { loops.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(500 * time.Millisecond):
+	}
+	for _, br := range readers {
+		br.close()
+	}
+	<-done
 }
 
 func autoPipeline(rdb redis.UniversalClient) (*redis.AutoPipeliner, error) {

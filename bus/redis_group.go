@@ -24,7 +24,9 @@ func (r *Redis) GroupSubscriber(cfg GroupConfig) (message.Subscriber, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &redisGroupSubscriber{r: r, cfg: cfg, closing: make(chan struct{})}, nil
+	s := &redisGroupSubscriber{r: r, cfg: cfg, closing: make(chan struct{})}
+	r.track(s)
+	return s, nil
 }
 
 type redisGroupSubscriber struct {
@@ -85,13 +87,10 @@ func (s *redisGroupSubscriber) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.mu.Lock()
-		for _, cancel := range s.cancels {
-			cancel() // before unblocking, so that loops see it and stop
-		}
-		for _, c := range s.readers {
-			c.close() // interrupts a blocked XREADGROUP
-		}
+		cancels, readers := s.cancels, s.readers
 		s.mu.Unlock()
+		stopReaders(cancels, readers, &s.wg)
+		s.r.untrack(s)
 	})
 	s.wg.Wait()
 	drained := make(chan struct{})

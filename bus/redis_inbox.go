@@ -18,7 +18,9 @@ import (
 // again. When the subscription ends the key is deleted; if the process
 // dies instead, the TTL removes it.
 func (r *Redis) InboxSubscriber() (message.Subscriber, error) {
-	return &redisInboxSubscriber{r: r, closing: make(chan struct{})}, nil
+	s := &redisInboxSubscriber{r: r, closing: make(chan struct{})}
+	r.track(s)
+	return s, nil
 }
 
 type redisInboxSubscriber struct {
@@ -138,13 +140,10 @@ func (s *redisInboxSubscriber) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.mu.Lock()
-		for _, cancel := range s.cancels {
-			cancel() // before unblocking, so that loops see it and stop
-		}
-		for _, c := range s.readers {
-			c.close()
-		}
+		cancels, readers := s.cancels, s.readers
 		s.mu.Unlock()
+		stopReaders(cancels, readers, &s.wg)
+		s.r.untrack(s)
 	})
 	s.wg.Wait()
 	return nil

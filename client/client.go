@@ -337,14 +337,15 @@ func (c *Client) Send(ctx context.Context, function string, in any, opts ...Call
 		req.Deadline = time.Now().Add(o.timeout)
 	}
 	if c.cfg.Breaker.Disabled {
-		return c.publish(ctx, service, req)
+		err = c.publish(ctx, service, req)
+	} else {
+		done, berr := c.breaker(function).Allow()
+		if berr != nil {
+			return fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", function, berr)
+		}
+		err = c.publish(ctx, service, req)
+		done(err)
 	}
-	done, berr := c.breaker(function).Allow()
-	if berr != nil {
-		return fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", function, berr)
-	}
-	err = c.publish(ctx, service, req)
-	done(err)
 	if err == nil && o.info != nil {
 		*o.info = ReplyInfo{RequestID: req.ID}
 	}

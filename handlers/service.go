@@ -11,6 +11,7 @@ import (
 	rnd "math/rand/v2"
 	"os"
 	"regexp"
+	"sort"
 	"sync"
 	"time"
 
@@ -211,6 +212,7 @@ func (s *Service) Functions() []string {
 	for n := range s.funcs {
 		names = append(names, n)
 	}
+	sort.Strings(names)
 	return names
 }
 

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,8 +41,8 @@ type Result struct {
 }
 
 func (r Result) String() string {
-	if r.Mode == "send" {
-		return fmt.Sprintf("send sent_per_s=%.0f processed_per_s=%.0f", r.SentPerSec, r.PerSecond)
+	if strings.HasSuffix(r.Mode, "send") {
+		return fmt.Sprintf("%s sent_per_s=%.0f processed_per_s=%.0f", r.Mode, r.SentPerSec, r.PerSecond)
 	}
 	return fmt.Sprintf("%s p50_us=%d p99_us=%d throughput_per_s=%.0f", r.Mode, r.P50.Microseconds(), r.P99.Microseconds(), r.PerSecond)
 }
@@ -132,6 +133,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return Result{}, err
 	}
 	defer c.Close()
+	if rb, ok := cb.(*bus.Redis); ok {
+		defer rb.Client().Del(context.Background(), bus.RequestTopic(service), bus.DeadLetterTopic(service))
+	}
 	if o.Mode == "send" {
 		return runSend(ctx, o, c, service+".add", &processed)
 	}
@@ -224,4 +228,14 @@ func runSend(ctx context.Context, o Options, c *client.Client, function string, 
 	}
 	el := time.Since(t0)
 	return Result{Mode: "send", SentPerSec: float64(sent.Load()) / o.Duration.Seconds(), PerSecond: float64(processed.Load()) / el.Seconds(), Calls: processed.Load()}, nil
+}
+
+// Ratio compares a framework result with its bare-Redis reference from the
+// same run: throughput ratio (higher is better) and p50 ratio (lower is
+// better).
+func Ratio(r, raw Result) string {
+	if r.Mode == "send" {
+		return fmt.Sprintf("ratio send/raw-send processed=%.2fx", r.PerSecond/raw.PerSecond)
+	}
+	return fmt.Sprintf("ratio call/raw-call throughput=%.2fx p50=%.2fx", r.PerSecond/raw.PerSecond, float64(r.P50)/float64(raw.P50))
 }

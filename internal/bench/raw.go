@@ -83,7 +83,7 @@ func runRaw(ctx context.Context, o Options) (Result, error) {
 			time.Sleep(time.Millisecond)
 		}
 		el := time.Since(t0)
-		return Result{Mode: "send", SentPerSec: float64(sent.Load()) / o.Duration.Seconds(), PerSecond: float64(processed.Load()) / el.Seconds(), Calls: processed.Load()}, nil
+		return Result{Mode: "raw-send", SentPerSec: float64(sent.Load()) / o.Duration.Seconds(), PerSecond: float64(processed.Load()) / el.Seconds(), Calls: processed.Load()}, nil
 	}
 	var mu sync.Mutex
 	waiting := map[string]chan []byte{}

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fnmesh/fnmesh/internal/bench"
+)
+
+func benchCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "bench",
+		Usage: "measure calls or sends to a trivial function on replicas in this process",
+		Description: "Prints one line per mode, e.g. `call p50_us=.. p99_us=.. throughput_per_s=..`,\n" +
+			"comparable with ../shared/peers in the same run. --compare also runs the bare\n" +
+			"Redis loop (raw-call or raw-send) and prints the ratio.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "mode", Value: "call", Usage: "call, send, raw-call or raw-send"},
+			&cli.IntFlag{Name: "replicas", Value: 2, Usage: "replicas of the function, each with its own connection"},
+			&cli.IntFlag{Name: "concurrency", Value: 64, Usage: "calls in flight"},
+			&cli.DurationFlag{Name: "duration", Value: 3 * time.Second, Usage: "length of the throughput phase"},
+			&cli.IntFlag{Name: "n", Value: 2000, Usage: "sequential calls for latency"},
+			redisFlag("Redis URL; without it, the in-memory bus"),
+			&cli.BoolFlag{Name: "compare", Usage: "also run the bare-Redis reference and print ratios"},
+		},
+		Action: func(c *cli.Context) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			o := bench.Options{
+				Mode: c.String("mode"), Replicas: c.Int("replicas"), Concurrency: c.Int("concurrency"),
+				Duration: c.Duration("duration"), Sequential: c.Int("n"), RedisURL: c.String("redis"),
+			}
+			r, err := bench.Run(ctx, o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.App.Writer, r)
+			if !c.Bool("compare") || (o.Mode != "call" && o.Mode != "send") {
+				return nil
+			}
+			if o.RedisURL == "" {
+				return cli.Exit("--compare needs --redis", 2)
+			}
+			o.Mode = "raw-" + o.Mode
+			raw, err := bench.Run(ctx, o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.App.Writer, raw)
+			fmt.Fprintln(c.App.Writer, bench.Ratio(r, raw))
+			return nil
+		},
+	}
+}

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/cmd/internal/examples"
+)
+
+const defaultRedis = "redis://127.0.0.1:6379"
+
+func callFlags() []cli.Flag {
+	return []cli.Flag{
+		redisFlag("Redis URL (default " + defaultRedis + ")"),
+		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "give up after this long (call); drop if not run by then (send, 0 = never)"},
+		&cli.StringFlag{Name: "token", EnvVars: []string{"FNMESH_TOKEN"}, Usage: "bearer token (JWT) sent with the request"},
+	}
+}
+
+func callCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "call",
+		Usage:     "call a function and print its JSON result",
+		ArgsUsage: "SERVICE.FUNCTION JSON",
+		Flags:     callFlags(),
+		Action: func(c *cli.Context) error {
+			return withClient(c, func(ctx context.Context, cl *client.Client, fn string, args json.RawMessage) error {
+				var out json.RawMessage
+				if err := cl.Call(ctx, fn, args, &out, client.WithTimeout(c.Duration("timeout")), client.WithToken(c.String("token"))); err != nil {
+					return err
+				}
+				fmt.Fprintln(c.App.Writer, string(out))
+				return nil
+			})
+		},
+	}
+}
+
+func sendCommand() *cli.Command {
+	flags := callFlags()
+	flags[1] = &cli.DurationFlag{Name: "timeout", Usage: "drop the request unrun if no replica took it by then (0 = never)"}
+	return &cli.Command{
+		Name:      "send",
+		Usage:     "queue a function call without waiting for its result",
+		ArgsUsage: "SERVICE.FUNCTION JSON",
+		Flags:     flags,
+		Action: func(c *cli.Context) error {
+			return withClient(c, func(ctx context.Context, cl *client.Client, fn string, args json.RawMessage) error {
+				var info client.ReplyInfo
+				if err := cl.Send(ctx, fn, args, client.WithTimeout(c.Duration("timeout")), client.WithToken(c.String("token")), client.WithReplyInfo(&info)); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "queued %s\n", info.RequestID)
+				return nil
+			})
+		},
+	}
+}
+
+func withClient(c *cli.Context, run func(ctx context.Context, cl *client.Client, fn string, args json.RawMessage) error) error {
+	if c.NArg() != 2 {
+		return cli.Exit(fmt.Sprintf("usage: fnmesh %s SERVICE.FUNCTION JSON", c.Command.Name), 2)
+	}
+	fn, raw := c.Args().Get(0), c.Args().Get(1)
+	if !json.Valid([]byte(raw)) {
+		return cli.Exit(fmt.Sprintf("invalid_argument: arguments are not valid JSON: %s", raw), 2)
+	}
+	url := c.String("redis")
+	if url == "" {
+		url = defaultRedis
+	}
+	b, err := bus.NewRedis(bus.RedisConfig{URL: url})
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	defer b.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	cl, err := client.New(b, client.Config{Logger: examples.Logger(8), Breaker: client.BreakerConfig{Disabled: true}})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	return run(ctx, cl, fn, json.RawMessage(raw))
+}
+
+// exitCode maps an error to the process's exit status: 1 for function
+// and mesh errors, 2 for usage errors.
+func exitCode(err error) int {
+	var ec cli.ExitCoder
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	var fe *fnmesh.Error
+	if errors.As(err, &fe) {
+		return 1
+	}
+	return 1
+}
