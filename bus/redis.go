@@ -43,6 +43,10 @@ type RedisConfig struct {
 	// without closing; a live caller refreshes it every InboxTTL/3.
 	// Default 60s.
 	InboxTTL time.Duration
+	// InboxRefresh is how often a caller refreshes its reply stream's
+	// TTL, trims the replies it has read, and recreates the stream if it
+	// vanished. Default 2s.
+	InboxRefresh time.Duration
 	// BlockTime bounds each blocking read, so readers notice a lost
 	// connection. Default 2s.
 	BlockTime time.Duration
@@ -72,6 +76,9 @@ func (c *RedisConfig) setDefaults() {
 	if c.InboxTTL == 0 {
 		c.InboxTTL = 60 * time.Second
 	}
+	if c.InboxRefresh == 0 {
+		c.InboxRefresh = 2 * time.Second
+	}
 	if c.BlockTime == 0 {
 		c.BlockTime = 2 * time.Second
 	}
@@ -99,7 +106,7 @@ func (c RedisConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("bus: RedisConfig.%s is %d, want 0 or more", name, v))
 		}
 	}
-	for name, v := range map[string]time.Duration{"TrimInterval": c.TrimInterval, "InboxTTL": c.InboxTTL, "BlockTime": c.BlockTime, "DrainTimeout": c.DrainTimeout} {
+	for name, v := range map[string]time.Duration{"TrimInterval": c.TrimInterval, "InboxTTL": c.InboxTTL, "InboxRefresh": c.InboxRefresh, "BlockTime": c.BlockTime, "DrainTimeout": c.DrainTimeout} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("bus: RedisConfig.%s is %v, want 0 or more", name, v))
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -55,9 +56,11 @@ func (s *redisInboxSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 		cancel()
 	}()
 	out := make(chan *message.Message, 256)
+	var last atomic.Value // id of the last entry read
+	last.Store(first)
 	s.wg.Add(2)
-	go s.read(ctx, reader, topic, first, out)
-	go s.keepAlive(ctx, topic)
+	go s.read(ctx, reader, topic, first, out, &last)
+	go s.keepAlive(ctx, topic, &last)
 	return out, nil
 }
 
@@ -71,7 +74,7 @@ func (s *redisInboxSubscriber) create(ctx context.Context, topic string) (string
 	return add.Val(), nil
 }
 
-func (s *redisInboxSubscriber) read(ctx context.Context, reader redis.UniversalClient, topic, last string, out chan<- *message.Message) {
+func (s *redisInboxSubscriber) read(ctx context.Context, reader redis.UniversalClient, topic, last string, out chan<- *message.Message, lastRead *atomic.Value) {
 	defer s.wg.Done()
 	defer close(out)
 	backoff := 50 * time.Millisecond
@@ -97,6 +100,7 @@ func (s *redisInboxSubscriber) read(ctx context.Context, reader redis.UniversalC
 		for _, st := range res {
 			for _, x := range st.Messages {
 				last = x.ID
+				lastRead.Store(last)
 				if _, hello := x.Values["hello"]; hello {
 					continue
 				}
@@ -110,7 +114,10 @@ func (s *redisInboxSubscriber) read(ctx context.Context, reader redis.UniversalC
 	}
 }
 
-func (s *redisInboxSubscriber) keepAlive(ctx context.Context, topic string) {
+// keepAlive refreshes the inbox's TTL, recreates it if it vanished, and
+// trims the replies already read (XTRIM MINID), so an inbox holds about
+// one entry per call in flight.
+func (s *redisInboxSubscriber) keepAlive(ctx context.Context, topic string, lastRead *atomic.Value) {
 	defer s.wg.Done()
 	defer func() {
 		// Our own stream: remove it now rather than at TTL.
@@ -118,8 +125,8 @@ func (s *redisInboxSubscriber) keepAlive(ctx context.Context, topic string) {
 		defer cancel()
 		s.r.rdb.Del(dctx, topic)
 	}()
-	// Refresh often enough to notice a lost key within seconds.
-	t := time.NewTicker(min(s.r.cfg.InboxTTL/3, 5*time.Second))
+	// Refresh often enough to notice a lost key within a second or two.
+	t := time.NewTicker(min(s.r.cfg.InboxTTL/3, s.r.cfg.InboxRefresh))
 	defer t.Stop()
 	for {
 		select {
@@ -129,7 +136,9 @@ func (s *redisInboxSubscriber) keepAlive(ctx context.Context, topic string) {
 				// The key is gone (Redis restarted without it): callers
 				// waiting now time out, new ones need the stream back.
 				s.create(ctx, topic)
+				continue
 			}
+			s.r.rdb.XTrimMinIDApprox(ctx, topic, nextID(lastRead.Load().(string)), 0)
 		case <-ctx.Done():
 			return
 		}

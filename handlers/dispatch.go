@@ -42,6 +42,9 @@ func (r *replica) handle(msg *message.Message) error {
 		return r.reject(msg, breq, d, fnmesh.Errorf(fnmesh.CodeInvalidArgument,
 			"arguments of %d bytes exceed the limit of %d", len(breq.Payload), r.svc.cfg.MaxPayloadBytes))
 	}
+	if len(breq.Payload) > 0 && !json.Valid(breq.Payload) {
+		return r.reject(msg, breq, d, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "%v: field %q is not valid JSON", bus.ErrMalformed, bus.FieldPayload))
+	}
 	r.svc.mu.Lock()
 	f := r.svc.funcs[breq.Function]
 	r.svc.mu.Unlock()

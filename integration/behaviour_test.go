@@ -21,3 +21,6 @@ func newRedisBus(t testing.TB, cfg bus.RedisConfig) *bus.Redis {
 func TestRedisBehaviour(t *testing.T) {
 	bustest.Run(t, func(t *testing.T) bus.Bus { return newRedisBus(t, bus.RedisConfig{}) })
 }
+
+// busConfig is the bus configuration tests use unless they need another.
+func busConfig() bus.RedisConfig { return bus.RedisConfig{} }

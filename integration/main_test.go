@@ -13,6 +13,7 @@ import (
 var redisURL string
 
 func TestMain(m *testing.M) {
+	runWorkerIfAsked()
 	url, err := redistest.URL()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -20,7 +21,6 @@ func TestMain(m *testing.M) {
 	}
 	redisURL = url
 	code := m.Run()
-	cleanupBinaries()
 	redistest.Cleanup()
 	os.Exit(code)
 }

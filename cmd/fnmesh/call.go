@@ -14,7 +14,7 @@ import (
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
-	"github.com/fnmesh/fnmesh/cmd/internal/examples"
+	"github.com/fnmesh/fnmesh/internal/examples"
 )
 
 const defaultRedis = "redis://127.0.0.1:6379"

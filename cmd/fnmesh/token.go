@@ -6,7 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/fnmesh/fnmesh/cmd/internal/examples"
+	"github.com/fnmesh/fnmesh/internal/examples"
 	"github.com/fnmesh/fnmesh/security"
 )
 

@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/fnmesh/fnmesh/cmd/internal/examples"
+	"github.com/fnmesh/fnmesh/internal/examples"
 	"github.com/fnmesh/fnmesh/handlers"
 )
 

@@ -1,0 +1,36 @@
+# fnmesh: the targets people guess.
+GO        ?= go
+WITHREDIS  = $(GO) run ./internal/redistest/withredis --
+PEERS     ?= ../shared/peers
+
+.PHONY: demo test test-race lint bench build
+
+## demo: the example services and a caller, on the in-memory bus
+##       (REDIS_URL=redis://... make demo runs it over Redis)
+demo:
+	$(GO) run ./cmd/fnmesh demo
+
+## test: unit tests and integration tests against a real redis-server
+##       (started on a free port, or $REDIS_URL)
+test:
+	$(GO) test -count=1 -timeout 9m ./...
+
+## test-race: the same under the race detector
+test-race:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+## lint: gofmt and go vet
+lint:
+	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## bench: fnmesh against its bare-Redis reference in one run, and the
+##        Go benchmarks (allocations per call)
+bench:
+	$(WITHREDIS) sh -c '$(GO) run ./cmd/fnmesh bench --mode call --replicas 2 --concurrency 64 --compare && \
+	  $(GO) run ./cmd/fnmesh bench --mode send --replicas 2 --concurrency 64 --compare && \
+	  $(GO) run ./cmd/fnmesh bench --mode call --replicas 2 --concurrency 1 --compare'
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+build:
+	$(GO) build -o bin/ ./cmd/...

@@ -1,3 +1,0 @@
-package integration
-
-func cleanupBinaries() {}

@@ -1,0 +1,121 @@
+package integration
+
+import (
+	"context"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/handlers"
+)
+
+func inspector(t testing.TB) *redis.Client {
+	opt, err := redis.ParseURL(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+func clientCount(t testing.TB, rdb *redis.Client) int {
+	list, err := rdb.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(list, "\n")
+}
+
+// Not parallel: it counts every key and connection on the server, and Go
+// runs parallel tests only after the sequential ones.
+func TestTenThousandCallsLeaveNothingBehind(t *testing.T) {
+	rdb := inspector(t)
+	ctx := context.Background()
+	service := bustest.Name("leak")
+	cfg := bus.RedisConfig{TrimInterval: 100 * time.Millisecond, InboxRefresh: 100 * time.Millisecond}
+	sb := newRedisBus(t, cfg)
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
+		return bustest.AddOut{Sum: in.A + in.B}, nil
+	})
+	h := bustest.NewHarness(t, sb)
+	h.Start(svc)
+	cb := newRedisBus(t, cfg)
+	t.Cleanup(func() { cb.Close() })
+	c, err := client.New(cb, client.Config{Logger: bustest.Quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	calls := func(n int) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		for w := 0; w < 16; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for i := w; i < n; i += 16 {
+					var out bustest.AddOut
+					if err := c.Call(ctx, service+".add", bustest.AddIn{A: i, B: 1}, &out); err != nil || out.Sum != i+1 {
+						select {
+						case errs <- err:
+						default:
+						}
+						return
+					}
+				}
+			}(w)
+		}
+		wg.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
+			t.Fatalf("call failed: %v", err)
+		}
+	}
+	calls(500) // warm-up: pools and goroutines at their working size
+	keys0 := rdb.DBSize(ctx).Val()
+	goroutines0 := runtime.NumGoroutine()
+	conns0 := clientCount(t, rdb)
+
+	calls(10000)
+
+	keys := rdb.DBSize(ctx).Val()
+	goroutines := runtime.NumGoroutine()
+	conns := clientCount(t, rdb)
+	t.Logf("after 10,000 calls: keys %d -> %d, goroutines %d -> %d, connections %d -> %d",
+		keys0, keys, goroutines0, goroutines, conns0, conns)
+	if keys != keys0 {
+		t.Errorf("Redis keys grew from %d to %d", keys0, keys)
+	}
+	if goroutines > goroutines0+5 {
+		t.Errorf("goroutines grew from %d to %d", goroutines0, goroutines)
+	}
+	if conns > conns0+2 {
+		t.Errorf("connections grew from %d to %d", conns0, conns)
+	}
+	// Streams are trimmed: requests once acked, replies once read.
+	bustest.Eventually(t, 10*time.Second, "streams not trimmed", func() bool {
+		req := rdb.XLen(ctx, bus.RequestTopic(service)).Val()
+		rep := rdb.XLen(ctx, c.Inbox()).Val()
+		t.Logf("request stream %d entries, reply stream %d", req, rep)
+		return req < 500 && rep < 500
+	})
+	// A client that dies without closing leaves a key that expires.
+	ttl := rdb.PTTL(ctx, c.Inbox()).Val()
+	if ttl <= 0 || ttl > time.Minute {
+		t.Errorf("reply stream TTL %v, want a TTL of at most a minute", ttl)
+	}
+	c.Close()
+	if n := rdb.Exists(ctx, c.Inbox()).Val(); n != 0 {
+		t.Errorf("closed client's reply stream still exists")
+	}
+}

@@ -1,0 +1,137 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/client"
+)
+
+// newClient returns a client on its own Redis connection.
+func newClient(t testing.TB, cfg client.Config) *client.Client {
+	t.Helper()
+	b := newRedisBus(t, busConfig())
+	t.Cleanup(func() { b.Close() })
+	if cfg.Logger == nil {
+		cfg.Logger = bustest.Quiet
+	}
+	c, err := client.New(b, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// load runs conc callers of fn until stop is closed and returns how many
+// calls each replica answered and the calls that failed.
+func load(c *client.Client, fn string, in any, conc int, stop <-chan struct{}, onReply func(replica string)) (failed []error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < conc; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var who string
+				err := c.Call(context.Background(), fn, in, &who, client.WithTimeout(10*time.Second))
+				if err != nil {
+					mu.Lock()
+					failed = append(failed, err)
+					mu.Unlock()
+					continue
+				}
+				onReply(who)
+			}
+		}()
+	}
+	wg.Wait()
+	return failed
+}
+
+func TestCallsSpreadOverReplicaProcesses(t *testing.T) {
+	t.Parallel()
+	service := bustest.Name("spread")
+	for i := 1; i <= 3; i++ {
+		startWorker(t, workerSpec{Service: service, Replica: fmt.Sprintf("r%d", i)})
+	}
+	c := newClient(t, client.Config{})
+	const calls = 600
+	var mu sync.Mutex
+	per := map[string]int{}
+	var n atomic.Int64
+	stop := make(chan struct{})
+	var once sync.Once
+	failed := load(c, service+".sleep", SleepIn{Ms: 2}, 24, stop, func(r string) {
+		mu.Lock()
+		per[r]++
+		mu.Unlock()
+		if n.Add(1) >= calls {
+			once.Do(func() { close(stop) })
+		}
+	})
+	if len(failed) > 0 {
+		t.Fatalf("%d calls failed, first: %v", len(failed), failed[0])
+	}
+	t.Logf("calls per replica process: %v", per)
+	if len(per) != 3 {
+		t.Fatalf("answered by %v, want 3 replicas", per)
+	}
+	for r, k := range per {
+		if k < calls/10 {
+			t.Errorf("replica %s answered %d of %d calls, want at least a tenth", r, k, calls)
+		}
+	}
+}
+
+func TestAddingAReplicaAddsCapacity(t *testing.T) {
+	t.Parallel()
+	service := bustest.Name("scale")
+	// Each replica runs at most 4 calls of 20 ms at once; 32 callers keep
+	// both saturated, so each should answer about half once both run.
+	startWorker(t, workerSpec{Service: service, Replica: "first", Concurrency: 4})
+	c := newClient(t, client.Config{})
+	var mu sync.Mutex
+	per := map[string]int{}
+	phase := "one"
+	counts := map[string]map[string]int{"one": {}, "two": {}}
+	stop := make(chan struct{})
+	done := make(chan []error)
+	go func() {
+		done <- load(c, service+".sleep", SleepIn{Ms: 20}, 32, stop, func(r string) {
+			mu.Lock()
+			per[r]++
+			counts[phase][r]++
+			mu.Unlock()
+		})
+	}()
+	time.Sleep(500 * time.Millisecond) // a stretch of load on one replica
+	startWorker(t, workerSpec{Service: service, Replica: "second", Concurrency: 4})
+	mu.Lock()
+	phase = "two"
+	mu.Unlock()
+	time.Sleep(time.Second) // a stretch of load on two
+	close(stop)
+	if failed := <-done; len(failed) > 0 {
+		t.Fatalf("%d calls failed while scaling, first: %v", len(failed), failed[0])
+	}
+	one, two := counts["one"], counts["two"]
+	t.Logf("calls with one replica: %v; after adding one: %v", one, two)
+	if one["second"] != 0 || one["first"] == 0 {
+		t.Fatalf("phase one: %v", one)
+	}
+	total := two["first"] + two["second"]
+	if two["second"] < total/4 {
+		t.Fatalf("the added replica answered %d of %d calls, want at least a quarter", two["second"], total)
+	}
+}

@@ -1,0 +1,193 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/handlers"
+)
+
+// A worker is this test binary run again as one replica of a service, so
+// that tests can kill, stop and add real processes. TestMain calls
+// runWorkerIfAsked before anything else.
+const workerEnv = "FNMESH_TEST_WORKER"
+
+type workerSpec struct {
+	Service     string
+	Replica     string
+	Concurrency int
+	Drain       time.Duration
+	Redis       string
+	ClaimIdle   time.Duration
+}
+
+func (w workerSpec) env() []string {
+	return append(os.Environ(),
+		workerEnv+"=1",
+		"W_SERVICE="+w.Service, "W_REPLICA="+w.Replica, "W_REDIS="+w.Redis,
+		"W_CONCURRENCY="+strconv.Itoa(w.Concurrency), "W_DRAIN="+w.Drain.String(),
+		"W_CLAIM_IDLE="+w.ClaimIdle.String(),
+	)
+}
+
+// SleepIn asks worker.sleep to wait Ms milliseconds; Key, when set, is
+// recorded in Redis (HINCRBY runs:SERVICE KEY 1) after the wait, so tests
+// count runs across processes.
+type SleepIn struct {
+	Ms  int    `json:"ms"`
+	Key string `json:"key,omitempty"`
+}
+
+func runWorkerIfAsked() {
+	if os.Getenv(workerEnv) == "" {
+		return
+	}
+	dur := func(k string) time.Duration { d, _ := time.ParseDuration(os.Getenv(k)); return d }
+	conc, _ := strconv.Atoi(os.Getenv("W_CONCURRENCY"))
+	service, replica := os.Getenv("W_SERVICE"), os.Getenv("W_REPLICA")
+	b, err := bus.NewRedis(bus.RedisConfig{URL: os.Getenv("W_REDIS")})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+	rdb := b.Client()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	svc := handlers.NewService(service, handlers.Config{
+		AllowUnauthenticated: true, ReplicaID: replica, Concurrency: conc, DrainTimeout: dur("W_DRAIN"), Logger: log,
+	})
+	handlers.Register(svc, "who", func(ctx context.Context, _ struct{}) (string, error) {
+		return replica, nil
+	})
+	handlers.Register(svc, "sleep", func(ctx context.Context, in SleepIn) (string, error) {
+		select {
+		case <-time.After(time.Duration(in.Ms) * time.Millisecond):
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+		if in.Key != "" {
+			if err := rdb.HIncrBy(context.WithoutCancel(ctx), "runs:"+service, in.Key, 1).Err(); err != nil {
+				return "", err
+			}
+		}
+		return replica, nil
+	})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	go func() {
+		<-svc.Started()
+		fmt.Println("ready", replica)
+	}()
+	start := time.Now()
+	err = svc.Run(ctx, b)
+	stop()
+	fmt.Printf("stopped %s drain_ms=%d\n", replica, time.Since(start).Milliseconds())
+	b.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(4)
+	}
+	os.Exit(0)
+}
+
+// worker is a running worker process.
+type worker struct {
+	spec  workerSpec
+	cmd   *exec.Cmd
+	lines chan string
+	exit  chan error
+	mu    sync.Mutex
+	out   []string
+}
+
+// startWorker starts a worker process and waits until it serves.
+func startWorker(t testing.TB, spec workerSpec) *worker {
+	t.Helper()
+	if spec.Redis == "" {
+		spec.Redis = redisURL
+	}
+	if spec.Concurrency == 0 {
+		spec.Concurrency = 64
+	}
+	w := &worker{spec: spec, lines: make(chan string, 100), exit: make(chan error, 1)}
+	w.cmd = exec.Command(os.Args[0])
+	w.cmd.Env = spec.env()
+	w.cmd.Stderr = os.Stderr
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdout, err := w.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go w.read(stdout)
+	t.Cleanup(func() { w.kill() })
+	select {
+	case l := <-w.lines:
+		if !strings.HasPrefix(l, "ready") {
+			t.Fatalf("worker %s: %q", spec.Replica, l)
+		}
+	case err := <-w.exit:
+		t.Fatalf("worker %s exited: %v", spec.Replica, err)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("worker %s not ready in 20s", spec.Replica)
+	}
+	return w
+}
+
+func (w *worker) read(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		w.mu.Lock()
+		w.out = append(w.out, sc.Text())
+		w.mu.Unlock()
+		select {
+		case w.lines <- sc.Text():
+		default:
+		}
+	}
+	w.exit <- w.cmd.Wait()
+}
+
+// kill sends SIGKILL, as a crash would, and waits for the process.
+func (w *worker) kill() {
+	if w.cmd.Process != nil {
+		w.cmd.Process.Kill()
+	}
+	w.wait(10 * time.Second)
+}
+
+// terminate sends SIGTERM and returns the process's exit error.
+func (w *worker) terminate(d time.Duration) error {
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	return w.wait(d)
+}
+
+func (w *worker) wait(d time.Duration) error {
+	select {
+	case err := <-w.exit:
+		w.exit <- err // later waits see it too
+		return err
+	case <-time.After(d):
+		return fmt.Errorf("worker %s still running after %v", w.spec.Replica, d)
+	}
+}
+
+// output returns what the worker printed on stdout.
+func (w *worker) output() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.out...)
+}
