@@ -14,8 +14,8 @@ import (
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
-	"github.com/fnmesh/fnmesh/internal/examples"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/internal/examples"
 )
 
 func redisCLI(t *testing.T) string {

@@ -7,8 +7,8 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/fnmesh/fnmesh/internal/examples"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/internal/examples"
 )
 
 func main() {
