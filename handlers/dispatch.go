@@ -25,9 +25,6 @@ type replica struct {
 	hardCtx context.Context // cancelled when the drain timeout ends
 }
 
-// publishTimeout bounds writing one reply or dead letter.
-const publishTimeout = 5 * time.Second
-
 // handle is the router's handler for one request message. It returns an
 // error (and so nacks, for a later redelivery) only when the outcome
 // could not be recorded: a reply or dead letter that failed to publish.
@@ -192,10 +189,10 @@ func (r *replica) deadLetter(msg *message.Message, d bus.Delivery, e *fnmesh.Err
 	return r.publish(msg.Context(), bus.DeadLetterTopic(r.svc.name), dl)
 }
 
-func (r *replica) publish(msgCtx context.Context, topic string, m *message.Message) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(msgCtx), publishTimeout)
-	defer cancel()
-	m.SetContext(ctx)
+func (r *replica) publish(_ context.Context, topic string, m *message.Message) error {
+	// hardCtx, not the message's: a reply is written even while draining.
+	// The transport bounds the write itself.
+	m.SetContext(r.hardCtx)
 	if err := r.pub.Publish(topic, m); err != nil {
 		r.log.Error("publish failed; the request will be delivered again", "topic", topic, "err", err)
 		return err

@@ -165,6 +165,8 @@ type Service struct {
 	funcs      map[string]*function
 	middleware []Middleware
 	errs       []error
+	built      bool  // chains assembled by the first Run
+	buildErr   error // what that Run found wrong
 	started    chan struct{}
 	startOnce  sync.Once
 }
@@ -195,6 +197,8 @@ func (s *Service) add(f *function) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
+	case s.built:
+		s.errs = append(s.errs, fmt.Errorf("handlers: function %s.%s registered after Run started", s.name, f.name))
 	case !funcRE.MatchString(f.name):
 		s.errs = append(s.errs, fmt.Errorf("handlers: function name %q: want letters, digits, '_', '-', '.', '@'", f.name))
 	case s.funcs[f.name] != nil:
@@ -220,10 +224,23 @@ func (s *Service) Functions() []string {
 // group.
 func (s *Service) Started() <-chan struct{} { return s.started }
 
-// build validates everything and assembles each function's chain.
+// build validates everything and assembles each function's chain, once:
+// replicas of one Service in one process share the chains.
 func (s *Service) build() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.built {
+		if s.buildErr != nil {
+			return s.buildErr
+		}
+		return errors.Join(s.errs...) // functions registered too late
+	}
+	s.built = true
+	s.buildErr = s.assemble()
+	return s.buildErr
+}
+
+func (s *Service) assemble() error {
 	errs := append([]error(nil), s.errs...)
 	if err := s.cfg.Validate(); err != nil {
 		errs = append(errs, err)

@@ -30,8 +30,8 @@ type JWTConfig struct {
 	// HMACSecret verifies HS256, HS384 and HS512 tokens. At least 32 bytes.
 	HMACSecret []byte
 	// RSAPublicKeys verify RS256, RS384 and RS512 tokens. A key is chosen
-	// by the token's "kid" header; the key under "" is used for tokens
-	// without one (and, when it is the only key, for any kid).
+	// by the token's "kid" header; a token without a kid uses the key
+	// under "", or the only key. A kid not in the map is rejected.
 	RSAPublicKeys map[string]*rsa.PublicKey
 	// Algorithms allowed, e.g. []string{"RS256"}. Default: the HMAC
 	// algorithms if HMACSecret is set, the RSA ones if keys are set.
@@ -145,7 +145,7 @@ func (v *JWTVerifier) key(t *jwt.Token) (any, error) {
 		if k, ok := v.cfg.RSAPublicKeys[kid]; ok {
 			return k, nil
 		}
-		if len(v.cfg.RSAPublicKeys) == 1 {
+		if kid == "" && len(v.cfg.RSAPublicKeys) == 1 {
 			for _, k := range v.cfg.RSAPublicKeys {
 				return k, nil
 			}

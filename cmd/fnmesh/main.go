@@ -22,6 +22,9 @@ func newApp() *cli.App {
 	return &cli.App{
 		Name:  "fnmesh",
 		Usage: "call functions across services over Redis Streams",
+		// main prints errors and picks the exit status; keep urfave/cli
+		// from exiting inside Run.
+		ExitErrHandler: func(*cli.Context, error) {},
 		Commands: []*cli.Command{
 			demoCommand(),
 			callCommand(),

@@ -1,0 +1,48 @@
+package client_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/handlers"
+)
+
+// BenchmarkCallMemory is the whole call path on the in-memory bus: client
+// encode, handler with validation, reply decode. -benchmem reports the
+// allocations per call.
+func BenchmarkCallMemory(b *testing.B) {
+	benchmarkCall(b, bus.NewMemory())
+}
+
+func benchmarkCall(b *testing.B, bs bus.Bus) {
+	svc := handlers.NewService("bench", handlers.Config{AllowUnauthenticated: true})
+	handlers.Register(svc, "add", func(_ context.Context, in AddIn) (AddOut, error) {
+		return AddOut{Sum: in.A + in.B}, nil
+	})
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { svc.Run(ctx, bs); close(done) }()
+	defer func() { stop(); <-done; bs.Close() }()
+	c, err := client.New(bs, client.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	var out AddOut
+	if err := c.Call(ctx, "bench.add", AddIn{A: 1, B: 2}, &out); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		var out AddOut
+		for pb.Next() {
+			if err := c.Call(ctx, "bench.add", AddIn{A: 1, B: 2}, &out); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

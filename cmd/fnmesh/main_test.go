@@ -1,0 +1,42 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestFlagsFirst(t *testing.T) {
+	cases := map[string]string{
+		"fnmesh call math.add {} --token T --timeout=2s": "fnmesh call --token T --timeout=2s math.add {}",
+		"fnmesh call --token T math.add {}":              "fnmesh call --token T math.add {}",
+		"fnmesh send mail.welcome {} --redis redis://x":  "fnmesh send --redis redis://x mail.welcome {}",
+		"fnmesh call math.neg -5":                        "fnmesh call math.neg -5",
+		"fnmesh demo --redis u":                          "fnmesh demo --redis u",
+	}
+	for in, want := range cases {
+		if got := strings.Join(flagsFirst(strings.Fields(in)), " "); got != want {
+			t.Errorf("flagsFirst(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestTokenCommandPrintsAToken(t *testing.T) {
+	app := newApp()
+	var out bytes.Buffer
+	app.Writer = &out
+	if err := app.Run([]string{"fnmesh", "token", "--sub", "alice", "--role", "admin"}); err != nil {
+		t.Fatal(err)
+	}
+	if parts := strings.Split(strings.TrimSpace(out.String()), "."); len(parts) != 3 {
+		t.Fatalf("not a JWT: %q", out.String())
+	}
+}
+
+func TestCallRejectsBadJSONBeforeConnecting(t *testing.T) {
+	app := newApp()
+	err := app.Run([]string{"fnmesh", "call", "--redis", "redis://127.0.0.1:1", "math.add", "{not json"})
+	if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "not valid JSON") {
+		t.Fatalf("got %v (exit %d)", err, exitCode(err))
+	}
+}
