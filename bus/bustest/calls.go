@@ -3,6 +3,7 @@ package bustest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -398,4 +399,47 @@ func deadLetters(h *Harness, service string) []DeadLetterView {
 		out = append(out, DeadLetterView{Function: d.Fields["fn"], Reason: d.Reason, Payload: string(d.Payload), Code: d.Code, Attempts: d.Attempts})
 	}
 	return out
+}
+
+func testNewReplicaDoesNotReplay(t *testing.T, h *Harness) {
+	name := Name("log")
+	var runs atomic.Int64
+	seen := make(chan string, 100)
+	newSvc := func() *handlers.Service {
+		svc := openService(name)
+		handlers.Register(svc, "note", func(_ context.Context, s string) (struct{}, error) {
+			runs.Add(1)
+			seen <- s
+			return struct{}{}, nil
+		})
+		return svc
+	}
+	stop := h.StartStoppable(newSvc())
+	c := h.Client(client.Config{})
+	for i := 0; i < 10; i++ {
+		if err := c.Call(context.Background(), fn(name, "note"), fmt.Sprint("old-", i), nil); err != nil {
+			t.Fatal(err)
+		}
+		<-seen
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// A new replica (a new consumer in the same group) sees only what
+	// was sent after: the marker, not the ten requests already served.
+	h.Start(newSvc())
+	if err := c.Send(context.Background(), fn(name, "note"), "marker"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-seen:
+		if s != "marker" {
+			t.Fatalf("new replica ran %q first: history replayed", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("marker not run")
+	}
+	if n := runs.Load(); n != 11 {
+		t.Fatalf("%d runs, want 11", n)
+	}
 }

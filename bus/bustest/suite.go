@@ -42,6 +42,7 @@ func Run(t *testing.T, newBus NewBus) {
 		{"ExpiredRequestIsNotRun", testExpiredRequestIsNotRun},
 		{"CanceledContext", testCanceledContext},
 		{"SendsRunOnce", testSendsRunOnce},
+		{"NewReplicaDoesNotReplay", testNewReplicaDoesNotReplay},
 		{"SendRetriesWithBackoff", testSendRetries},
 		{"FailingSendIsDeadLettered", testFailingSendIsDeadLettered},
 		{"ApplicationErrorCrossesTheWire", testApplicationError},
