@@ -39,6 +39,9 @@ type Config struct {
 	Breaker BreakerConfig
 	// Logger receives the client's logs. Default slog.Default().
 	Logger *slog.Logger
+	// Interceptors wrap every Call and Send, the first outermost, outside
+	// the breaker: for metrics, tracing, discovery checks.
+	Interceptors []Interceptor
 }
 
 func (c *Config) setDefaults() {
@@ -87,6 +90,7 @@ type Client struct {
 	closed  bool
 
 	breakers sync.Map // function name -> *breaker
+	invoker  Invoker  // interceptors around send
 	stop     context.CancelFunc
 	done     chan struct{}
 }
@@ -115,6 +119,10 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 		return nil, fnmesh.Wrap(fnmesh.CodeUnavailable, fmt.Errorf("client: open reply inbox: %w", err))
 	}
 	c.stop = cancel
+	c.invoker = c.send
+	for i := len(cfg.Interceptors) - 1; i >= 0; i-- {
+		c.invoker = cfg.Interceptors[i](c.invoker)
+	}
 	go c.dispatch(replies)
 	return c, nil
 }
@@ -188,23 +196,26 @@ func encodeArgs(in any) ([]byte, error) {
 	return b, nil
 }
 
-func (c *Client) newRequest(function string, in any, o *callOptions) (string, *bus.Request, error) {
+func (c *Client) newInvocation(function string, in any, o *callOptions, async bool) (*Invocation, error) {
 	service, fn, err := SplitName(function)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	payload, err := encodeArgs(in)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	if len(payload) > c.cfg.MaxPayloadBytes {
-		return "", nil, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "arguments of %d bytes exceed the limit of %d", len(payload), c.cfg.MaxPayloadBytes)
+		return nil, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "arguments of %d bytes exceed the limit of %d", len(payload), c.cfg.MaxPayloadBytes)
 	}
 	id := o.requestID
 	if id == "" {
 		id = c.idPrefix + strconv.FormatUint(c.seq.Add(1), 36)
 	}
-	return service, &bus.Request{ID: id, Function: fn, Payload: payload, Token: o.token, Caller: c.cfg.Name}, nil
+	return &Invocation{
+		ID: id, Function: function, Service: service, Name: fn, Args: payload,
+		Token: o.token, Async: async, IdempotencyKey: o.idempotencyKey,
+	}, nil
 }
 
 func (c *Client) options(opts []CallOption) callOptions {
@@ -222,7 +233,7 @@ func (c *Client) options(opts []CallOption) callOptions {
 // deadline, else Config.Timeout, whichever is first.
 func (c *Client) Call(ctx context.Context, function string, in, out any, opts ...CallOption) error {
 	o := c.options(opts)
-	service, req, err := c.newRequest(function, in, &o)
+	inv, err := c.newInvocation(function, in, &o, false)
 	if err != nil {
 		return err
 	}
@@ -230,41 +241,78 @@ func (c *Client) Call(ctx context.Context, function string, in, out any, opts ..
 	if timeout <= 0 {
 		timeout = c.cfg.Timeout
 	}
-	now := time.Now()
-	req.Deadline = now.Add(timeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(req.Deadline) {
-		req.Deadline = dl
+	inv.Deadline = time.Now().Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(inv.Deadline) {
+		inv.Deadline = dl
 	}
-	req.ReplyTo = c.inbox
-
-	var rep *bus.Reply
-	if c.cfg.Breaker.Disabled {
-		rep, err = c.roundTrip(ctx, service, req, function)
-	} else {
-		done, berr := c.breaker(function).Allow()
-		if berr != nil {
-			return fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", function, berr)
-		}
-		rep, err = c.roundTrip(ctx, service, req, function)
-		done(err)
+	result, err := c.invoker(ctx, inv)
+	if o.info != nil {
+		*o.info = ReplyInfo{RequestID: inv.ID, Replica: inv.Replica}
 	}
-	if err != nil {
+	if err != nil || out == nil {
 		return err
 	}
-	if o.info != nil {
-		*o.info = ReplyInfo{RequestID: req.ID, Replica: rep.Replica}
-	}
-	if out == nil {
-		return nil
-	}
 	if raw, ok := out.(*json.RawMessage); ok {
-		*raw = append((*raw)[:0], rep.Payload...)
+		*raw = append((*raw)[:0], result...)
 		return nil
 	}
-	if err := json.Unmarshal(rep.Payload, out); err != nil {
+	if err := json.Unmarshal(result, out); err != nil {
 		return fnmesh.Errorf(fnmesh.CodeInternal, "result of %s does not decode into %T: %v", function, out, err)
 	}
 	return nil
+}
+
+// Send queues a run of function with in as its arguments and returns once
+// the request is stored on the bus (on Redis: XADD acknowledged). The
+// function runs as a Call would, its result dropped; if it fails, the
+// service retries it and then records it on its dead-letter stream.
+func (c *Client) Send(ctx context.Context, function string, in any, opts ...CallOption) error {
+	o := c.options(opts)
+	inv, err := c.newInvocation(function, in, &o, true)
+	if err != nil {
+		return err
+	}
+	if o.timeout > 0 {
+		inv.Deadline = time.Now().Add(o.timeout)
+	}
+	_, err = c.invoker(ctx, inv)
+	if err == nil && o.info != nil {
+		*o.info = ReplyInfo{RequestID: inv.ID}
+	}
+	return err
+}
+
+// send is the innermost Invoker: the breaker, then the bus.
+func (c *Client) send(ctx context.Context, inv *Invocation) (json.RawMessage, error) {
+	if c.cfg.Breaker.Disabled {
+		return c.transport(ctx, inv)
+	}
+	done, berr := c.breaker(inv.Function).Allow()
+	if berr != nil {
+		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", inv.Function, berr)
+	}
+	result, err := c.transport(ctx, inv)
+	done(err)
+	return result, err
+}
+
+func (c *Client) transport(ctx context.Context, inv *Invocation) (json.RawMessage, error) {
+	req := &bus.Request{
+		ID: inv.ID, Function: inv.Name, Payload: inv.Args, Deadline: inv.Deadline, Token: inv.Token,
+		Caller: c.cfg.Name, TraceParent: inv.TraceParent, IdempotencyKey: inv.IdempotencyKey,
+	}
+	if inv.Async {
+		return nil, c.publish(ctx, inv.Service, req)
+	}
+	req.ReplyTo = c.inbox
+	rep, err := c.roundTrip(ctx, inv.Service, req, inv.Function)
+	if rep != nil {
+		inv.Replica = rep.Replica
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rep.Payload, nil
 }
 
 // roundTrip publishes req and waits for its reply. A reply carrying an
@@ -321,35 +369,6 @@ func (c *Client) publish(ctx context.Context, service string, req *bus.Request) 
 		return &fnmesh.Error{Code: fnmesh.CodeUnavailable, Message: "cannot queue request: " + err.Error()}
 	}
 	return nil
-}
-
-// Send queues a run of function with in as its arguments and returns once
-// the request is stored on the bus (on Redis: XADD acknowledged). The
-// function runs as a Call would, its result dropped; if it fails, the
-// service retries it and then records it on its dead-letter stream.
-func (c *Client) Send(ctx context.Context, function string, in any, opts ...CallOption) error {
-	o := c.options(opts)
-	service, req, err := c.newRequest(function, in, &o)
-	if err != nil {
-		return err
-	}
-	if o.timeout > 0 {
-		req.Deadline = time.Now().Add(o.timeout)
-	}
-	if c.cfg.Breaker.Disabled {
-		err = c.publish(ctx, service, req)
-	} else {
-		done, berr := c.breaker(function).Allow()
-		if berr != nil {
-			return fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", function, berr)
-		}
-		err = c.publish(ctx, service, req)
-		done(err)
-	}
-	if err == nil && o.info != nil {
-		*o.info = ReplyInfo{RequestID: req.ID}
-	}
-	return err
 }
 
 // Invoke is Call with the result returned typed.

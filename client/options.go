@@ -11,10 +11,11 @@ import (
 type CallOption func(*callOptions)
 
 type callOptions struct {
-	timeout   time.Duration
-	token     string
-	requestID string
-	info      *ReplyInfo
+	timeout        time.Duration
+	token          string
+	requestID      string
+	idempotencyKey string
+	info           *ReplyInfo
 }
 
 // WithTimeout bounds a Call: the caller gets deadline_exceeded when no
@@ -45,3 +46,10 @@ type ReplyInfo struct {
 
 // WithReplyInfo fills info when the call returns.
 func WithReplyInfo(info *ReplyInfo) CallOption { return func(o *callOptions) { o.info = info } }
+
+// WithIdempotencyKey marks a Send (or Call) so that, within the service's
+// idempotency window, a second request with the same key is not run
+// again, even across replicas and redeliveries.
+func WithIdempotencyKey(key string) CallOption {
+	return func(o *callOptions) { o.idempotencyKey = key }
+}

@@ -62,6 +62,7 @@ func (r *replica) handle(msg *message.Message) error {
 		ID: breq.ID, Service: r.svc.name, Function: breq.Function, Payload: breq.Payload,
 		Token: breq.Token, Caller: breq.Caller, Deadline: breq.Deadline,
 		Async: breq.ReplyTo == "", Attempt: max(d.Count, 1), Replica: r.id, fn: f,
+		TraceParent: breq.TraceParent, IdempotencyKey: breq.IdempotencyKey,
 	}
 	if !req.Async {
 		out, err := r.invoke(f, req)

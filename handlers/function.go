@@ -23,6 +23,10 @@ type Request struct {
 	Async    bool      // sent with Send: nobody waits for the result
 	Attempt  int       // 1 on the first run of this request
 	Replica  string    // replica running it
+	// TraceParent is the caller's W3C traceparent, "" if none.
+	TraceParent string
+	// IdempotencyKey is the caller's key for this request, "" if none.
+	IdempotencyKey string
 
 	fn      *function
 	arg     any

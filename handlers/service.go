@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	rnd "math/rand/v2"
+	"net/http"
 	"os"
 	"regexp"
 	"sort"
@@ -48,6 +49,17 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Logger receives the service's logs. Default slog.Default().
 	Logger *slog.Logger
+	// Interceptors wrap every function's chain, the first outermost,
+	// before the token check: for metrics, tracing and logging that must
+	// see every outcome, refusals included.
+	Interceptors []Middleware
+	// OpsAddr, when set (e.g. ":9090"), serves /healthz there: 200 while
+	// the replica serves, 503 while it starts or drains. Run it once per
+	// process.
+	OpsAddr string
+	// OpsHandlers are served on OpsAddr next to /healthz, e.g.
+	// "/metrics".
+	OpsHandlers map[string]http.Handler
 }
 
 // RetryPolicy says how often and how fast a failed Send request is run
@@ -277,6 +289,9 @@ func (s *Service) assemble() error {
 		if s.cfg.Auth != nil {
 			h = TokenCheck(s.cfg.Auth)(h)
 		}
+		for i := len(s.cfg.Interceptors) - 1; i >= 0; i-- {
+			h = s.cfg.Interceptors[i](h)
+		}
 		f.handler = h
 	}
 	return nil
@@ -307,6 +322,15 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	if err != nil {
 		return err
 	}
+	var health *healthState
+	if s.cfg.OpsAddr != "" {
+		stopOps, h, err := s.serveOps()
+		if err != nil {
+			return err
+		}
+		defer stopOps()
+		health = h
+	}
 	router.AddConsumerHandler("fnmesh."+s.name+"."+id, bus.RequestTopic(s.name), sub, rep.handle)
 	runErr := make(chan error, 1)
 	go func() { runErr <- router.Run(hardCtx) }()
@@ -316,6 +340,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 		return fmt.Errorf("handlers: service %s: %w", s.name, err)
 	}
 	s.startOnce.Do(func() { close(s.started) })
+	health.set(true)
 	rep.log.Debug("replica started")
 
 	select {
@@ -327,6 +352,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 		return fmt.Errorf("handlers: service %s: bus closed", s.name)
 	}
 	start := time.Now()
+	health.set(false)
 	closeErr := router.Close() // stops reading, waits for running handlers up to DrainTimeout
 	hardStop()
 	<-runErr

@@ -2,11 +2,15 @@ package handlers_test
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 )
 
@@ -51,5 +55,65 @@ func TestFunctionsAreListed(t *testing.T) {
 	handlers.Register(svc, "a", func(context.Context, struct{}) (int, error) { return 0, nil })
 	if got := strings.Join(svc.Functions(), ","); got != "a,b" {
 		t.Fatalf("Functions() = %s", got)
+	}
+}
+
+func TestOpsServerReportsHealth(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	entered, release := make(chan struct{}), make(chan struct{})
+	svc := handlers.NewService("ops", handlers.Config{
+		AllowUnauthenticated: true, OpsAddr: addr,
+		OpsHandlers: map[string]http.Handler{"/extra": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("extra")) })},
+	})
+	handlers.Register(svc, "wait", func(context.Context, struct{}) (int, error) {
+		close(entered)
+		<-release
+		return 0, nil
+	})
+	b := bus.NewMemory()
+	defer b.Close()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx, b) }()
+	<-svc.Started()
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, _ := get(handlers.HealthPath); code != 200 {
+		t.Fatalf("/healthz while serving: %d", code)
+	}
+	if _, body := get("/extra"); body != "extra" {
+		t.Fatalf("/extra: %q", body)
+	}
+	c, _ := client.New(b, client.Config{})
+	defer c.Close()
+	go c.Call(context.Background(), "ops.wait", struct{}{}, nil)
+	<-entered
+	stop() // draining: the call still runs
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, _ := get(handlers.HealthPath)
+		if code == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz while draining: %d, want 503", code)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := get(handlers.HealthPath); code != 0 {
+		t.Fatalf("ops server still answers after Run returned: %d", code)
 	}
 }

@@ -1,0 +1,30 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// Invocation is one Call or Send as interceptors see it. Interceptors may
+// change the fields marked so before calling on.
+type Invocation struct {
+	ID             string          // request id (correlation id of a call)
+	Function       string          // "math.add"
+	Service        string          // "math"
+	Name           string          // "add"
+	Args           json.RawMessage // JSON arguments
+	Token          string          // may be changed
+	TraceParent    string          // W3C traceparent sent with the request; may be set
+	IdempotencyKey string          // may be empty
+	Deadline       time.Time       // zero for a Send without WithTimeout
+	Async          bool            // a Send
+	Replica        string          // set once a reply arrived: who ran it
+}
+
+// Invoker carries an invocation on and returns the JSON result (nil for a
+// Send).
+type Invoker func(ctx context.Context, inv *Invocation) (json.RawMessage, error)
+
+// Interceptor wraps an Invoker, like net/http middleware.
+type Interceptor func(next Invoker) Invoker
