@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 )
@@ -40,6 +41,27 @@ type Bus interface {
 	// DeadLetters returns up to count of a service's most recent dead
 	// letters, oldest first.
 	DeadLetters(ctx context.Context, service string, count int) ([]DeadLetter, error)
+
+	// ReplayDeadLetters sends the given dead letters of a service (all of
+	// them when ids is empty) again as new requests, without reply stream
+	// or deadline, and removes them from the dead letters. It returns how
+	// many it replayed.
+	ReplayDeadLetters(ctx context.Context, service string, ids ...string) (int, error)
+
+	// PurgeDeadLetters removes the given dead letters (all when ids is
+	// empty) and returns how many it removed.
+	PurgeDeadLetters(ctx context.Context, service string, ids ...string) (int, error)
+
+	// Backlog reports a service's queue: requests not yet taken by a
+	// replica, requests taken and not finished, and the bound its replicas
+	// published (0: none).
+	Backlog(ctx context.Context, service string) (Backlog, error)
+
+	// SetLimits publishes a service's bounds for its callers.
+	SetLimits(ctx context.Context, service string, l Limits) error
+
+	// Idempotency returns the store that keeps idempotency keys.
+	Idempotency() IdempotencyStore
 
 	// Close releases the bus. Subscribers and publishers from it stop.
 	Close() error
@@ -93,3 +115,47 @@ func withDelivery(ctx context.Context, d Delivery) context.Context {
 
 // ErrClosed is returned by operations on a closed bus.
 var ErrClosed = errors.New("bus: closed")
+
+// Backlog is the state of a service's request queue.
+type Backlog struct {
+	Waiting    int64 // added, not yet taken by any replica
+	Pending    int64 // taken by a replica, not yet acknowledged
+	MaxBacklog int64 // published bound on Waiting; 0: none
+}
+
+// Limits are the bounds a service publishes for its callers.
+type Limits struct {
+	// MaxBacklog is the most requests that may wait for a replica; past
+	// it, callers get resource_exhausted instead of adding more.
+	MaxBacklog int64
+}
+
+// IdemState says what an idempotency key holds.
+type IdemState int
+
+const (
+	IdemNew     IdemState = iota // the caller now owns the key: run it
+	IdemMine                     // held by the same entry (a redelivery): run it
+	IdemRunning                  // held by another request, not finished
+	IdemDone                     // finished; Result holds its outcome
+)
+
+// IdempotencyStore records which idempotency keys of a service are being
+// run or were run, for a window. Owner is the id of the request entry
+// running the key, so that a redelivery of the same entry is told apart
+// from a second request with the same key.
+type IdempotencyStore interface {
+	// Begin claims key for owner unless it is held. It returns the state
+	// and, for IdemDone, the stored result.
+	Begin(ctx context.Context, service, key, owner string, ttl time.Duration) (IdemState, []byte, error)
+	// Complete records that owner finished key with result.
+	Complete(ctx context.Context, service, key, owner string, result []byte, ttl time.Duration) error
+	// Release frees key if owner holds it, so a later request may run.
+	Release(ctx context.Context, service, key, owner string) error
+}
+
+// IdempotencyTopic is the key holding one idempotency key of a service.
+func IdempotencyTopic(service, key string) string { return "fnmesh:{" + service + "}:idem:" + key }
+
+// LimitsTopic is the hash holding a service's published limits.
+func LimitsTopic(service string) string { return "fnmesh:{" + service + "}:limits" }

@@ -20,6 +20,8 @@ type Memory struct {
 	queues  map[string]*memQueue
 	inboxes map[string]chan *message.Message
 	dead    map[string][]DeadLetter
+	limits  map[string]Limits
+	idem    *memIdem
 	seq     atomic.Uint64
 	done    chan struct{}
 	closed  bool
@@ -36,6 +38,8 @@ func NewMemory() *Memory {
 		queues:  map[string]*memQueue{},
 		inboxes: map[string]chan *message.Message{},
 		dead:    map[string][]DeadLetter{},
+		limits:  map[string]Limits{},
+		idem:    &memIdem{keys: map[string]memIdemKey{}},
 		done:    make(chan struct{}),
 	}
 }
@@ -90,9 +94,9 @@ func (b *Memory) queue(topic string) *memQueue {
 	return q
 }
 
-// Backlog returns the number of messages on topic not yet delivered.
-func (b *Memory) Backlog(topic string) int {
-	return b.queue(topic).len()
+// nextID returns an entry id shaped like Redis's: milliseconds-sequence.
+func (b *Memory) nextID() string {
+	return strconv.FormatInt(time.Now().UnixMilli(), 10) + "-" + strconv.FormatUint(b.seq.Add(1), 10)
 }
 
 type memPublisher struct{ b *Memory }
@@ -125,8 +129,7 @@ func (p memPublisher) Publish(topic string, msgs ...*message.Message) error {
 	case strings.HasSuffix(topic, ":dead"):
 		b.mu.Lock()
 		for _, m := range msgs {
-			id := strconv.FormatInt(time.Now().UnixMilli(), 10) + "-" + strconv.FormatUint(b.seq.Add(1), 10)
-			d := decodeDeadLetter(id, m.Metadata, m.Payload)
+			d := decodeDeadLetter(b.nextID(), m.Metadata, m.Payload)
 			list := append(b.dead[topic], d)
 			if len(list) > deadLetterCap {
 				list = list[len(list)-deadLetterCap:]
@@ -137,8 +140,7 @@ func (p memPublisher) Publish(topic string, msgs ...*message.Message) error {
 	default:
 		q := b.queue(topic)
 		for _, m := range msgs {
-			id := strconv.FormatInt(time.Now().UnixMilli(), 10) + "-" + strconv.FormatUint(b.seq.Add(1), 10)
-			q.push(&memItem{msg: m.Copy(), id: id})
+			q.push(&memItem{msg: m.Copy(), id: b.nextID()})
 		}
 	}
 	return nil
@@ -156,6 +158,7 @@ type memItem struct {
 // memQueue is an unbounded FIFO whose items are handed out on one
 // channel, so the members reading it compete for items.
 type memQueue struct {
+	taken atomic.Int64 // delivered and not yet acked or nacked
 	mu    sync.Mutex
 	items []*memItem
 	wake  chan struct{}
@@ -283,14 +286,17 @@ func (s *memGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 				return
 			}
 			it.count++
+			q.taken.Add(1)
 			m := it.msg.Copy()
 			m.SetContext(withDelivery(ctx, Delivery{EntryID: it.id, Count: it.count}))
 			select {
 			case out <- m:
 			case <-ctx.Done():
+				q.taken.Add(-1)
 				q.pushFront(it)
 				return
 			case <-s.closing:
+				q.taken.Add(-1)
 				q.pushFront(it)
 				return
 			}
@@ -301,6 +307,7 @@ func (s *memGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 					q.pushFront(it)
 				case <-s.bus.done:
 				}
+				q.taken.Add(-1)
 				<-slots
 			}(it, m)
 		}

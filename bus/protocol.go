@@ -49,6 +49,8 @@ const (
 	FieldDetails = "det"
 	FieldReplica = "by"
 
+	FieldReplayOf = "replay_of" // on a replayed request: the dead letter it came from
+
 	FieldReason   = "reason"
 	FieldAttempts = "attempts"
 	FieldEntry    = "entry"

@@ -53,9 +53,21 @@ type RedisConfig struct {
 	// ReadBatch is the most entries one XREADGROUP or XREAD takes.
 	// Default 128.
 	ReadBatch int64
-	// DrainTimeout is how long a closing group subscriber waits for the
-	// messages it delivered to be acked or nacked. Default 30s.
+	// DrainTimeout bounds how long Close waits for the acks and hand-backs
+	// of messages already delivered. Default 10s.
 	DrainTimeout time.Duration
+	// ClaimIdle is how long an entry taken by a replica may look idle
+	// before another replica takes it over: the time to notice a dead
+	// replica. Live replicas renew their entries every ClaimIdle/3, so a
+	// slow request is never taken from a live replica. Default 30s.
+	ClaimIdle time.Duration
+	// ClaimInterval is how often each replica looks for entries to take
+	// over, including entries a stopping replica handed back. Default 1s.
+	ClaimInterval time.Duration
+	// ConsumerExpiry is how long a consumer (a replica) with nothing
+	// pending may stay silent before it is removed from the group.
+	// Default 1h.
+	ConsumerExpiry time.Duration
 	// NoAutoPipeline sends each XADD on its own round trip. By default
 	// concurrent requests and replies share round trips (see combiner.go):
 	// fewer syscalls on both sides, about 1.5x the calls per second at 64
@@ -86,7 +98,16 @@ func (c *RedisConfig) setDefaults() {
 		c.ReadBatch = 128
 	}
 	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 30 * time.Second
+		c.DrainTimeout = 10 * time.Second
+	}
+	if c.ClaimIdle == 0 {
+		c.ClaimIdle = 30 * time.Second
+	}
+	if c.ClaimInterval == 0 {
+		c.ClaimInterval = time.Second
+	}
+	if c.ConsumerExpiry == 0 {
+		c.ConsumerExpiry = time.Hour
 	}
 }
 
@@ -106,10 +127,13 @@ func (c RedisConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("bus: RedisConfig.%s is %d, want 0 or more", name, v))
 		}
 	}
-	for name, v := range map[string]time.Duration{"TrimInterval": c.TrimInterval, "InboxTTL": c.InboxTTL, "InboxRefresh": c.InboxRefresh, "BlockTime": c.BlockTime, "DrainTimeout": c.DrainTimeout} {
+	for name, v := range map[string]time.Duration{"TrimInterval": c.TrimInterval, "InboxTTL": c.InboxTTL, "InboxRefresh": c.InboxRefresh, "BlockTime": c.BlockTime, "DrainTimeout": c.DrainTimeout, "ClaimIdle": c.ClaimIdle, "ClaimInterval": c.ClaimInterval, "ConsumerExpiry": c.ConsumerExpiry} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("bus: RedisConfig.%s is %v, want 0 or more", name, v))
 		}
+	}
+	if c.ClaimIdle > 0 && c.ClaimIdle < 300*time.Millisecond {
+		errs = append(errs, fmt.Errorf("bus: RedisConfig.ClaimIdle is %v, want at least 300ms", c.ClaimIdle))
 	}
 	if c.InboxTTL > 0 && c.InboxTTL < time.Second {
 		errs = append(errs, fmt.Errorf("bus: RedisConfig.InboxTTL is %v, want at least 1s", c.InboxTTL))
@@ -130,6 +154,8 @@ type Redis struct {
 	closed bool
 	done   chan struct{}
 	subs   []message.Subscriber // closed with the bus
+
+	inflight sync.WaitGroup // entries delivered by group subscribers and not yet settled
 }
 
 var _ Bus = (*Redis)(nil)
@@ -164,6 +190,18 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		if opt.PoolSize == 0 {
 			opt.PoolSize = 64
 		}
+		// During an outage, fail a command within about a second rather
+		// than go-redis's default retries and 5s dial timeout: callers
+		// get unavailable while there is time left to act on it.
+		if opt.MaxRetries == 0 {
+			opt.MaxRetries = 2
+		}
+		if opt.MaxRetryBackoff == 0 {
+			opt.MaxRetryBackoff = 100 * time.Millisecond
+		}
+		if opt.DialTimeout == 0 {
+			opt.DialTimeout = 2 * time.Second
+		}
 		if opt.Protocol == 0 {
 			// RESP2: RESP3 makes go-redis check every connection for push
 			// notifications before each command, which we do not use.
@@ -194,6 +232,13 @@ func (r *Redis) Close() error {
 	r.mu.Unlock()
 	for _, sub := range subs {
 		sub.Close()
+	}
+	// Let the last acks and hand-backs of delivered messages go out.
+	settled := make(chan struct{})
+	go func() { r.inflight.Wait(); close(settled) }()
+	select {
+	case <-settled:
+	case <-time.After(r.cfg.DrainTimeout):
 	}
 	close(r.done)
 	r.acks.wait()
@@ -319,7 +364,7 @@ func (p redisPublisher) Publish(topic string, msgs ...*message.Message) error {
 		args.MaxLen = p.r.cfg.RequestMaxLen
 	}
 	if len(msgs) == 1 {
-		args.Values = entryValues(msgs[0])
+		args.Values = entryValues(msgs[0].Metadata, msgs[0].Payload)
 		var err error
 		if p.r.cfg.NoAutoPipeline {
 			err = p.r.rdb.XAdd(msgs[0].Context(), args).Err()
@@ -335,7 +380,7 @@ func (p redisPublisher) Publish(topic string, msgs ...*message.Message) error {
 	pipe := p.r.rdb.Pipeline()
 	for _, m := range msgs {
 		a := *args
-		a.Values = entryValues(m)
+		a.Values = entryValues(m.Metadata, m.Payload)
 		pipe.XAdd(m.Context(), &a)
 	}
 	_, err := pipe.Exec(msgs[0].Context())
@@ -349,29 +394,29 @@ func (p redisPublisher) Close() error { return nil }
 
 // entryValues lays a message out as stream fields: known fields in
 // protocol order, then others sorted, then the payload.
-func entryValues(m *message.Message) []any {
-	vals := make([]any, 0, 2*len(m.Metadata)+2)
+func entryValues(md map[string]string, payload []byte) []any {
+	vals := make([]any, 0, 2*len(md)+2)
 	seen := 0
 	for _, k := range fieldOrder {
-		if v, ok := m.Metadata[k]; ok {
+		if v, ok := md[k]; ok {
 			vals = append(vals, k, v)
 			seen++
 		}
 	}
-	if seen < len(m.Metadata) {
+	if seen < len(md) {
 		var extra []string
-		for k := range m.Metadata {
+		for k := range md {
 			if !isKnownField(k) && k != FieldPayload {
 				extra = append(extra, k)
 			}
 		}
 		sort.Strings(extra)
 		for _, k := range extra {
-			vals = append(vals, k, m.Metadata[k])
+			vals = append(vals, k, md[k])
 		}
 	}
-	if len(m.Payload) > 0 {
-		vals = append(vals, FieldPayload, []byte(m.Payload))
+	if len(payload) > 0 {
+		vals = append(vals, FieldPayload, payload)
 	}
 	return vals
 }

@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -19,6 +18,13 @@ import (
 // for each ack before reading on (one message in flight), this one keeps
 // up to Concurrency messages in flight: each XREADGROUP asks for as many
 // entries as there are free slots, and acks go out in batches.
+//
+// Entries survive their replica: a live replica renews the lease on the
+// entries it runs (XCLAIM to itself, every ClaimIdle/3), and every replica
+// takes over entries idle longer than ClaimIdle (XAUTOCLAIM), which only
+// happens to entries whose replica died or stalled. A closing subscriber
+// hands back what it took and did not finish at once, by marking those
+// entries idle, so the next claim of another replica takes them.
 func (r *Redis) GroupSubscriber(cfg GroupConfig) (message.Subscriber, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -35,10 +41,10 @@ type redisGroupSubscriber struct {
 	closing   chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup // subscription loops
-	inflight  sync.WaitGroup // delivered, not yet acked or nacked
 	mu        sync.Mutex
 	readers   []*blockingReader
 	cancels   []context.CancelFunc
+	subs      []*groupSubscription
 }
 
 func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -55,16 +61,18 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 	}
 	reader := s.r.newBlockingReader()
 	ctx, cancel := context.WithCancel(ctx)
+	sub := &groupSubscription{
+		s: s, topic: topic, reader: reader,
+		out:      make(chan *message.Message),
+		freed:    make(chan struct{}, 1),
+		again:    make(chan delivery),
+		inflight: map[string]int{},
+	}
 	s.mu.Lock()
 	s.readers = append(s.readers, reader)
 	s.cancels = append(s.cancels, cancel)
+	s.subs = append(s.subs, sub)
 	s.mu.Unlock()
-	sub := &groupSubscription{
-		s: s, topic: topic, reader: reader,
-		out:       make(chan *message.Message),
-		freed:     make(chan struct{}, 1),
-		redeliver: make(chan redelivery),
-	}
 	go func() {
 		select {
 		case <-s.r.done:
@@ -72,8 +80,10 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 		}
 		cancel()
 	}()
-	s.wg.Add(1)
+	s.wg.Add(3)
 	go sub.run(ctx)
+	go sub.claimLoop(ctx)
+	go sub.leaseLoop(ctx)
 	if s.r.cfg.RequestMaxLen == 0 && s.r.cfg.TrimInterval > 0 {
 		s.wg.Add(1)
 		go sub.trimLoop(ctx)
@@ -81,8 +91,10 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 	return sub.out, nil
 }
 
-// Close stops reading, closes the output channels, then waits up to the
-// bus's DrainTimeout for delivered messages to be acked or nacked.
+// Close stops reading and closes the output channels. Messages already
+// delivered keep running: their acks still go out, and a nack hands the
+// entry back to the group at once. (The service's router waits for its
+// handlers; Redis.Close waits for the last acks.)
 func (s *redisGroupSubscriber) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
@@ -93,48 +105,76 @@ func (s *redisGroupSubscriber) Close() error {
 		s.r.untrack(s)
 	})
 	s.wg.Wait()
-	drained := make(chan struct{})
-	go func() { s.inflight.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(s.r.cfg.DrainTimeout):
-	}
 	return nil
 }
 
 type groupSubscription struct {
-	s         *redisGroupSubscriber
-	topic     string
-	reader    redis.UniversalClient
-	out       chan *message.Message // only run sends on it
-	busy      atomic.Int64          // delivered and not acked
-	freed     chan struct{}
-	redeliver chan redelivery // nacked entries, due again
+	s      *redisGroupSubscriber
+	topic  string
+	reader redis.UniversalClient
+	out    chan *message.Message // only run sends on it
+	freed  chan struct{}         // a slot came free
+	again  chan delivery         // nacked or claimed entries to deliver
+
+	mu       sync.Mutex
+	inflight map[string]int // entry id -> delivery count, for entries holding a slot
 }
 
-type redelivery struct {
+type delivery struct {
 	x     redis.XMessage
 	count int
+}
+
+func (g *groupSubscription) busy() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.inflight)
+}
+
+// take reserves a slot for an entry; false if it already holds one (a
+// claim of an entry this replica runs).
+func (g *groupSubscription) take(id string, count int) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.inflight[id]; ok {
+		return false
+	}
+	g.inflight[id] = count
+	g.s.r.inflight.Add(1)
+	return true
+}
+
+func (g *groupSubscription) release(id string) {
+	g.mu.Lock()
+	if _, ok := g.inflight[id]; ok {
+		delete(g.inflight, id)
+		g.s.r.inflight.Done()
+	}
+	g.mu.Unlock()
+	select {
+	case g.freed <- struct{}{}:
+	default:
+	}
 }
 
 func (g *groupSubscription) run(ctx context.Context) {
 	defer g.s.wg.Done()
 	defer close(g.out)
-	conc := int64(g.s.cfg.Concurrency)
+	conc := g.s.cfg.Concurrency
 	// Own pending entries first: a replica restarted under the same name
 	// finishes what it had taken.
 	history := true
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
-		if !g.redeliverDue(ctx) {
+		if !g.deliverAgain(ctx) {
 			return
 		}
-		free := conc - g.busy.Load()
+		free := conc - g.busy()
 		if free <= 0 {
 			select {
 			case <-g.freed:
-			case d := <-g.redeliver:
-				if !g.send(ctx, d.x, d.count) {
+			case d := <-g.again:
+				if !g.send(ctx, d) {
 					return
 				}
 			case <-ctx.Done():
@@ -142,16 +182,14 @@ func (g *groupSubscription) run(ctx context.Context) {
 			}
 			continue
 		}
-		if free > g.s.r.cfg.ReadBatch {
-			free = g.s.r.cfg.ReadBatch
-		}
+		free = min(free, int(g.s.r.cfg.ReadBatch))
 		start, block := ">", g.s.r.cfg.BlockTime
 		if history {
 			start, block = "0", -1
 		}
 		res, err := g.reader.XReadGroup(ctx, &redis.XReadGroupArgs{
 			Group: Group, Consumer: g.s.cfg.Consumer,
-			Streams: []string{g.topic, start}, Count: free, Block: block,
+			Streams: []string{g.topic, start}, Count: int64(free), Block: block,
 		}).Result()
 		if err != nil {
 			if errors.Is(err, redis.Nil) {
@@ -169,43 +207,46 @@ func (g *groupSubscription) run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			}
-			if backoff *= 2; backoff > 2*time.Second {
-				backoff = 2 * time.Second
-			}
+			backoff = min(backoff*2, 2*time.Second)
 			continue
 		}
 		backoff = 50 * time.Millisecond
-		n := 0
+		var msgs []redis.XMessage
 		for _, st := range res {
-			for _, x := range st.Messages {
-				n++
-				if x.Values == nil { // pending entry trimmed away
-					g.s.r.acks.ack(g.topic, x.ID)
-					continue
-				}
-				count := 1
-				if history {
-					count = 2
-				}
-				g.busy.Add(1)
-				g.s.inflight.Add(1)
-				if !g.send(ctx, x, count) {
-					return
-				}
+			msgs = append(msgs, st.Messages...)
+		}
+		var counts map[string]int
+		if history && len(msgs) > 0 {
+			counts = g.deliveryCounts(ctx, msgs)
+		}
+		for _, x := range msgs {
+			if x.Values == nil { // pending entry trimmed away
+				g.s.r.acks.ack(g.topic, x.ID)
+				continue
+			}
+			count := 1
+			if history {
+				count = max(counts[x.ID], 1)
+			}
+			if !g.take(x.ID, count) {
+				continue
+			}
+			if !g.send(ctx, delivery{x, count}) {
+				return
 			}
 		}
-		if history && n < int(free) {
+		if history && len(msgs) < free {
 			history = false
 		}
 	}
 }
 
-// redeliverDue sends every nacked entry that is due again.
-func (g *groupSubscription) redeliverDue(ctx context.Context) bool {
+// deliverAgain sends every nacked or claimed entry that is waiting.
+func (g *groupSubscription) deliverAgain(ctx context.Context) bool {
 	for {
 		select {
-		case d := <-g.redeliver:
-			if !g.send(ctx, d.x, d.count) {
+		case d := <-g.again:
+			if !g.send(ctx, d) {
 				return false
 			}
 		default:
@@ -216,60 +257,218 @@ func (g *groupSubscription) redeliverDue(ctx context.Context) bool {
 
 // send hands one entry, which already holds a slot, to the output channel
 // and arranges its ack.
-func (g *groupSubscription) send(ctx context.Context, x redis.XMessage, count int) bool {
-	m := entryMessage(x)
-	m.SetContext(withDelivery(ctx, Delivery{EntryID: x.ID, Count: count}))
+func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
+	m := entryMessage(d.x)
+	// The message's context outlives the subscription: a closing replica
+	// lets running requests finish.
+	m.SetContext(withDelivery(context.WithoutCancel(ctx), Delivery{EntryID: d.x.ID, Count: d.count}))
 	select {
 	case g.out <- m:
 	case <-ctx.Done():
-		// Not delivered: it stays pending for this consumer and is
-		// claimed or re-read later.
-		g.release()
+		g.handBack(d.x.ID, d.count)
 		return false
 	}
-	go g.awaitAck(ctx, m, x, count)
+	go g.awaitAck(ctx, m, d)
 	return true
 }
 
-func (g *groupSubscription) release() {
-	g.busy.Add(-1)
-	g.s.inflight.Done()
-	select {
-	case g.freed <- struct{}{}:
-	default:
-	}
-}
-
-// awaitAck acks the entry when the handler acks the message. A nack queues
-// it for delivery again after a pause (the entry stays pending with this
-// consumer meanwhile, holding its slot).
-func (g *groupSubscription) awaitAck(ctx context.Context, m *message.Message, x redis.XMessage, count int) {
+// awaitAck acks the entry when the handler acks the message. A nack
+// delivers it again after a pause, or, once the subscription is closing,
+// hands it back to the group at once.
+func (g *groupSubscription) awaitAck(ctx context.Context, m *message.Message, d delivery) {
 	select {
 	case <-m.Acked():
-		g.s.r.acks.ack(g.topic, x.ID)
-		g.release()
+		g.s.r.acks.ack(g.topic, d.x.ID)
+		g.release(d.x.ID)
 		return
 	case <-m.Nacked():
 	case <-g.s.r.done:
-		g.release()
+		g.release(d.x.ID) // stays pending; claimed by another replica later
 		return
 	}
 	select {
-	case <-time.After(nackDelay(count)):
+	case <-time.After(nackDelay(d.count)):
 	case <-ctx.Done():
-		g.release()
+		g.handBack(d.x.ID, d.count)
 		return
 	}
+	d.count++
 	select {
-	case g.redeliver <- redelivery{x, count + 1}:
+	case g.again <- d:
 	case <-ctx.Done():
-		g.release()
+		g.handBack(d.x.ID, d.count)
 	}
 }
 
 func nackDelay(count int) time.Duration {
-	d := 100 * time.Millisecond << min(count, 5)
-	return d
+	return 100 * time.Millisecond << min(count, 5)
+}
+
+// handBack makes an entry this replica holds but will not finish
+// claimable by any other replica now: it stays pending under our name but
+// looks idle for a day, so the next XAUTOCLAIM elsewhere takes it. Its
+// delivery count is set back, so a graceful hand-back does not count as a
+// failed delivery.
+func (g *groupSubscription) handBack(id string, count int) {
+	defer g.release(id)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	g.s.r.rdb.Do(ctx, "XCLAIM", g.topic, Group, g.s.cfg.Consumer, 0, id,
+		"IDLE", handBackIdle.Milliseconds(), "RETRYCOUNT", max(count-1, 0), "JUSTID")
+}
+
+// handBackIdle is the idle time a handed-back entry shows; any ClaimIdle
+// shorter than it lets other replicas take the entry at their next claim.
+const handBackIdle = 24 * time.Hour
+
+// claimLoop takes over entries other replicas left idle for ClaimIdle:
+// once at start (a new replica picks up what a dead one left) and then
+// every ClaimInterval. It also removes consumers long gone.
+func (g *groupSubscription) claimLoop(ctx context.Context) {
+	defer g.s.wg.Done()
+	cfg := g.s.r.cfg
+	cursor := "0-0"
+	t := time.NewTicker(cfg.ClaimInterval)
+	defer t.Stop()
+	lastJanitor := time.Now()
+	for {
+		cursor = g.claim(ctx, cursor)
+		if time.Since(lastJanitor) > cfg.ConsumerExpiry/4 {
+			g.removeGoneConsumers(ctx)
+			lastJanitor = time.Now()
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (g *groupSubscription) claim(ctx context.Context, cursor string) string {
+	free := g.s.cfg.Concurrency - g.busy()
+	if free <= 0 {
+		return cursor
+	}
+	msgs, next, err := g.s.r.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+		Stream: g.topic, Group: Group, Consumer: g.s.cfg.Consumer,
+		MinIdle: g.s.r.cfg.ClaimIdle, Start: cursor, Count: int64(free),
+	}).Result()
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "NOGROUP") {
+			g.s.r.ensureGroup(ctx, g.topic)
+		}
+		return "0-0"
+	}
+	if len(msgs) == 0 {
+		return next
+	}
+	counts := g.deliveryCounts(ctx, msgs)
+	for _, x := range msgs {
+		if x.Values == nil {
+			g.s.r.acks.ack(g.topic, x.ID)
+			continue
+		}
+		count := max(counts[x.ID], 1)
+		if !g.take(x.ID, count) {
+			continue
+		}
+		select {
+		case g.again <- delivery{x, count}:
+		case <-ctx.Done():
+			g.handBack(x.ID, count)
+			return next
+		}
+	}
+	return next
+}
+
+// deliveryCounts asks Redis how often each entry (held by this consumer)
+// was delivered.
+func (g *groupSubscription) deliveryCounts(ctx context.Context, msgs []redis.XMessage) map[string]int {
+	lo, hi := msgs[0].ID, msgs[0].ID
+	for _, x := range msgs {
+		if compareIDs(x.ID, lo) < 0 {
+			lo = x.ID
+		}
+		if compareIDs(x.ID, hi) > 0 {
+			hi = x.ID
+		}
+	}
+	ps, err := g.s.r.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{
+		Stream: g.topic, Group: Group, Start: lo, End: hi, Count: int64(len(msgs)) + 100, Consumer: g.s.cfg.Consumer,
+	}).Result()
+	counts := make(map[string]int, len(ps))
+	if err == nil {
+		for _, p := range ps {
+			counts[p.ID] = int(p.RetryCount)
+		}
+	}
+	return counts
+}
+
+// leaseLoop keeps the entries this replica runs from looking idle, so no
+// other replica claims a slow but live request: every ClaimIdle/3 it
+// claims them to itself again (XCLAIM JUSTID resets the idle time and
+// not the delivery count). Entries another replica claimed meanwhile
+// (after a stall longer than ClaimIdle) are left to it.
+func (g *groupSubscription) leaseLoop(ctx context.Context) {
+	defer g.s.wg.Done()
+	t := time.NewTicker(g.s.r.cfg.ClaimIdle / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			g.renewLeases(ctx)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (g *groupSubscription) renewLeases(ctx context.Context) {
+	g.mu.Lock()
+	ids := make([]string, 0, len(g.inflight))
+	for id := range g.inflight {
+		ids = append(ids, id)
+	}
+	g.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	msgs := make([]redis.XMessage, len(ids))
+	for i, id := range ids {
+		msgs[i].ID = id
+	}
+	owned := g.deliveryCounts(ctx, msgs) // only entries still ours
+	mine := make([]string, 0, len(owned))
+	for _, id := range ids {
+		if _, ok := owned[id]; ok {
+			mine = append(mine, id)
+		}
+	}
+	for len(mine) > 0 {
+		n := min(len(mine), 200)
+		g.s.r.rdb.XClaimJustID(ctx, &redis.XClaimArgs{
+			Stream: g.topic, Group: Group, Consumer: g.s.cfg.Consumer, MinIdle: 0, Messages: mine[:n],
+		})
+		mine = mine[n:]
+	}
+}
+
+// removeGoneConsumers deletes group members with nothing pending that
+// have not read for ConsumerExpiry: replicas that stopped for good. A
+// live replica reappears with its next read.
+func (g *groupSubscription) removeGoneConsumers(ctx context.Context) {
+	cs, err := g.s.r.rdb.XInfoConsumers(ctx, g.topic, Group).Result()
+	if err != nil {
+		return
+	}
+	for _, c := range cs {
+		if c.Pending == 0 && c.Idle > g.s.r.cfg.ConsumerExpiry && c.Name != g.s.cfg.Consumer {
+			g.s.r.rdb.XGroupDelConsumer(ctx, g.topic, Group, c.Name)
+		}
+	}
 }
 
 // trimLoop removes entries every consumer group of the stream has

@@ -63,10 +63,11 @@ func newBreaker(function string, cfg BreakerConfig) *breaker {
 // breakerSuccess says which outcomes show the target healthy: anything but
 // the failures of the target or the way to it. A caller's invalid
 // argument, bad token or missing permission, and a function's own
-// application error, do not open the breaker.
+// application error, do not open the breaker. (A full backlog is refused
+// before the breaker, with resource_exhausted, and never reaches it.)
 func breakerSuccess(err error) bool {
 	switch fnmesh.CodeOf(err) {
-	case fnmesh.CodeUnavailable, fnmesh.CodeDeadlineExceeded, fnmesh.CodeInternal, fnmesh.CodeResourceExhausted:
+	case fnmesh.CodeUnavailable, fnmesh.CodeDeadlineExceeded, fnmesh.CodeInternal:
 		return false
 	}
 	return true

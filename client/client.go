@@ -42,6 +42,11 @@ type Config struct {
 	// Interceptors wrap every Call and Send, the first outermost, outside
 	// the breaker: for metrics, tracing, discovery checks.
 	Interceptors []Interceptor
+	// BacklogCheck is how often the client re-reads a target service's
+	// backlog and the bound its replicas published (handlers.Config
+	// MaxBacklog); past the bound, Call and Send fail at once with
+	// resource_exhausted. Default 100ms; negative turns the check off.
+	BacklogCheck time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -54,6 +59,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxPayloadBytes == 0 {
 		c.MaxPayloadBytes = 1 << 20
+	}
+	if c.BacklogCheck == 0 {
+		c.BacklogCheck = 100 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -91,6 +99,7 @@ type Client struct {
 
 	breakers sync.Map // function name -> *breaker
 	invoker  Invoker  // interceptors around send
+	admit    *admission
 	stop     context.CancelFunc
 	done     chan struct{}
 }
@@ -119,6 +128,7 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 		return nil, fnmesh.Wrap(fnmesh.CodeUnavailable, fmt.Errorf("client: open reply inbox: %w", err))
 	}
 	c.stop = cancel
+	c.admit = newAdmission(b, cfg.BacklogCheck)
 	c.invoker = c.send
 	for i := len(cfg.Interceptors) - 1; i >= 0; i-- {
 		c.invoker = cfg.Interceptors[i](c.invoker)
@@ -282,8 +292,12 @@ func (c *Client) Send(ctx context.Context, function string, in any, opts ...Call
 	return err
 }
 
-// send is the innermost Invoker: the breaker, then the bus.
+// send is the innermost Invoker: the backlog bound, the breaker, then the
+// bus.
 func (c *Client) send(ctx context.Context, inv *Invocation) (json.RawMessage, error) {
+	if err := c.admit.admit(ctx, inv.Service); err != nil {
+		return nil, err
+	}
 	if c.cfg.Breaker.Disabled {
 		return c.transport(ctx, inv)
 	}
@@ -332,8 +346,9 @@ func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request
 		c.mu.Unlock()
 	}()
 
-	timer := time.NewTimer(time.Until(req.Deadline))
-	defer timer.Stop()
+	// The deadline bounds the whole call, the write to Redis included.
+	ctx, cancel := context.WithDeadline(ctx, req.Deadline)
+	defer cancel()
 	if err := c.publish(ctx, service, req); err != nil {
 		return nil, err
 	}
@@ -343,8 +358,6 @@ func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request
 			return rep, rep.Err
 		}
 		return rep, nil
-	case <-timer.C:
-		return nil, fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "no result from %s within its deadline", function)
 	case <-ctx.Done():
 		return nil, contextError(ctx, function)
 	case <-c.done:

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -21,8 +23,20 @@ type replica struct {
 	svc     *Service
 	id      string
 	pub     message.Publisher
+	idem    bus.IdempotencyStore
 	log     *slog.Logger
 	hardCtx context.Context // cancelled when the drain timeout ends
+	wg      sync.WaitGroup  // requests being handled
+	running atomic.Int64
+}
+
+// track is the router's handler: handle, counted, so that a stopping
+// replica knows what it still runs.
+func (r *replica) track(msg *message.Message) error {
+	r.wg.Add(1)
+	r.running.Add(1)
+	defer func() { r.running.Add(-1); r.wg.Done() }()
+	return r.handle(msg)
 }
 
 // handle is the router's handler for one request message. It returns an
@@ -48,6 +62,16 @@ func (r *replica) handle(msg *message.Message) error {
 	if f == nil {
 		return r.reject(msg, breq, d, fnmesh.Errorf(fnmesh.CodeNotFound, "function %s.%s not found", r.svc.name, breq.Function))
 	}
+	if d.Count > r.svc.cfg.MaxDeliveries {
+		// Replicas keep dying or stalling on it: a poison request.
+		e := fnmesh.Errorf(fnmesh.CodeInternal, "request delivered %d times without finishing (limit %d): replicas stopped while running it", d.Count, r.svc.cfg.MaxDeliveries)
+		if breq.ReplyTo != "" {
+			if _, err := r.reply(msg.Context(), breq.ReplyTo, breq.ID, nil, e); err != nil {
+				return err
+			}
+		}
+		return r.deadLetter(msg, d, e, d.Count-1)
+	}
 	if !breq.Deadline.IsZero() && !time.Now().Before(breq.Deadline) {
 		// The caller has given up: never run it. A waiting caller already
 		// got deadline_exceeded from its own timer; a Send is recorded.
@@ -64,9 +88,43 @@ func (r *replica) handle(msg *message.Message) error {
 		Async: breq.ReplyTo == "", Attempt: max(d.Count, 1), Replica: r.id, fn: f,
 		TraceParent: breq.TraceParent, IdempotencyKey: breq.IdempotencyKey,
 	}
+	if breq.IdempotencyKey != "" {
+		return r.runOnce(msg, d, f, req, breq)
+	}
+	return r.run(msg, d, f, req, breq)
+}
+
+// errStopping nacks a request whose run the drain timeout cut short: the
+// group subscriber hands it back for another replica.
+var errStopping = errors.New("replica stopping: request handed back")
+
+// run runs a request to its end: a call is answered; a send is retried
+// per the retry policy and dead-lettered if it keeps failing. An error
+// means the outcome is not recorded: the message is nacked and delivered
+// again (or handed back, when the replica stops).
+func (r *replica) run(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request) error {
+	_, err := r.runResult(msg, d, f, req, breq)
+	if errors.Is(err, errFailed) {
+		return nil
+	}
+	return err
+}
+
+// runResult is run, returning the call's encoded result on success.
+func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request) ([]byte, error) {
 	if !req.Async {
 		out, err := r.invoke(f, req)
-		return r.reply(msg.Context(), breq.ReplyTo, req.ID, out, err)
+		if err != nil && r.hardCtx.Err() != nil {
+			return nil, errStopping
+		}
+		result, rerr := r.reply(msg.Context(), breq.ReplyTo, req.ID, out, err)
+		if rerr != nil {
+			return nil, rerr
+		}
+		if err != nil {
+			return nil, errFailed
+		}
+		return result, nil
 	}
 
 	policy := r.svc.cfg.Retry
@@ -76,24 +134,81 @@ func (r *replica) handle(msg *message.Message) error {
 	for {
 		_, err := r.invoke(f, req)
 		if err == nil {
-			return nil
+			return nil, nil
+		}
+		if r.hardCtx.Err() != nil {
+			return nil, errStopping
 		}
 		if !retryable(err) || req.Attempt >= policy.MaxAttempts {
-			return r.deadLetter(msg, d, asMeshError(err), req.Attempt)
+			if derr := r.deadLetter(msg, d, asMeshError(err), req.Attempt); derr != nil {
+				return nil, derr
+			}
+			return nil, errFailed
 		}
 		pause := policy.Backoff(req.Attempt)
 		if !req.Deadline.IsZero() && time.Now().Add(pause).After(req.Deadline) {
-			return r.deadLetter(msg, d, fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "deadline passed while retrying, last error: %v", err), req.Attempt)
+			if derr := r.deadLetter(msg, d, fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "deadline passed while retrying, last error: %v", err), req.Attempt); derr != nil {
+				return nil, derr
+			}
+			return nil, errFailed
 		}
 		r.log.Debug("retrying send", "function", req.Function, "id", req.ID, "attempt", req.Attempt, "pause", pause, "err", err)
 		select {
 		case <-time.After(pause):
 		case <-r.hardCtx.Done():
-			return errors.New("stopped while waiting to retry") // nack: redelivered later
+			return nil, errStopping
 		}
 		req.Attempt++
 		req.decoded, req.arg, req.argErr = false, nil, nil
 	}
+}
+
+// errFailed reports a request that ended in an error its caller was told
+// of (or that was dead-lettered): settled, but not a success.
+var errFailed = errors.New("request failed")
+
+// runOnce runs a request that carries an idempotency key: a second request
+// with the same key is not run while the first runs or after it
+// succeeded (a call gets the first one's result); a redelivery of the same
+// entry (its replica died) runs again unless it had finished.
+func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request) error {
+	ctx := r.hardCtx
+	window := r.svc.cfg.IdempotencyWindow
+	state, prior, err := r.idem.Begin(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID, window)
+	if err != nil {
+		r.log.Error("idempotency store unavailable; the request will be delivered again", "err", err)
+		return err
+	}
+	switch state {
+	case bus.IdemDone:
+		r.log.Debug("duplicate of a finished request skipped", "key", breq.IdempotencyKey, "id", req.ID)
+		if !req.Async {
+			_, err := r.reply(msg.Context(), breq.ReplyTo, req.ID, json.RawMessage(prior), nil)
+			return err
+		}
+		return nil
+	case bus.IdemRunning:
+		r.log.Debug("duplicate of a running request skipped", "key", breq.IdempotencyKey, "id", req.ID)
+		if !req.Async {
+			_, err := r.reply(msg.Context(), breq.ReplyTo, req.ID, nil,
+				fnmesh.Errorf(fnmesh.CodeUnavailable, "a request with idempotency key %q is running; try again for its result", breq.IdempotencyKey))
+			return err
+		}
+		return nil
+	}
+	result, err := r.runResult(msg, d, f, req, breq)
+	switch {
+	case err == nil:
+		if cerr := r.idem.Complete(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID, result, window); cerr != nil {
+			r.log.Error("could not record an idempotency key as done", "key", breq.IdempotencyKey, "err", cerr)
+		}
+		return nil
+	case errors.Is(err, errFailed):
+		// Failed for good: a later request with the key may try again.
+		r.idem.Release(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID)
+		return nil
+	}
+	return err // stopping or unrecorded: delivered again, key kept
 }
 
 // invoke runs the function's chain with the request's deadline, turning a
@@ -143,8 +258,9 @@ func asMeshError(err error) *fnmesh.Error {
 	return &fnmesh.Error{Code: fnmesh.CodeOf(err), Message: err.Error()}
 }
 
-// reply publishes the outcome of a call to the caller's reply stream.
-func (r *replica) reply(msgCtx context.Context, replyTo, id string, out any, callErr error) error {
+// reply publishes the outcome of a call to the caller's reply stream and
+// returns the encoded result.
+func (r *replica) reply(msgCtx context.Context, replyTo, id string, out any, callErr error) ([]byte, error) {
 	rep := &bus.Reply{ID: id, Replica: r.id}
 	if callErr != nil {
 		rep.Err = asMeshError(callErr)
@@ -156,7 +272,10 @@ func (r *replica) reply(msgCtx context.Context, replyTo, id string, out any, cal
 			rep.Payload = b
 		}
 	}
-	return r.publish(msgCtx, replyTo, rep.Message())
+	if err := r.publish(msgCtx, replyTo, rep.Message()); err != nil {
+		return nil, err
+	}
+	return rep.Payload, nil
 }
 
 func marshalResult(out any) ([]byte, error) {
@@ -174,7 +293,7 @@ func marshalResult(out any) ([]byte, error) {
 func (r *replica) reject(msg *message.Message, breq *bus.Request, d bus.Delivery, e *fnmesh.Error) error {
 	r.log.Warn("rejected request", "code", e.Code, "reason", e.Message, "entry", d.EntryID)
 	if breq != nil && breq.ReplyTo != "" {
-		if err := r.reply(msg.Context(), breq.ReplyTo, breq.ID, nil, e); err != nil {
+		if _, err := r.reply(msg.Context(), breq.ReplyTo, breq.ID, nil, e); err != nil {
 			return err
 		}
 	}

@@ -45,8 +45,22 @@ type Config struct {
 	// retried by the service: their caller gets the error.
 	Retry RetryPolicy
 	// DrainTimeout is how long Run, once its context ends, lets running
-	// requests finish before cancelling their contexts. Default 30s.
+	// requests finish before cancelling their contexts; requests still
+	// running then are handed back for another replica. Default 30s.
 	DrainTimeout time.Duration
+	// MaxDeliveries bounds how often one request is delivered (taken over
+	// from replicas that died or stalled while running it, or handed back
+	// after failing to record its outcome). Past it the request goes to
+	// the dead-letter stream and its caller, if waiting, gets internal.
+	// Default 5.
+	MaxDeliveries int
+	// MaxBacklog, when above 0, is published for callers: once that many
+	// requests wait for a replica, Call and Send fail with
+	// resource_exhausted instead of adding more. Default 0: no bound.
+	MaxBacklog int64
+	// IdempotencyWindow is how long an idempotency key is remembered after
+	// its request finished. Default 24h.
+	IdempotencyWindow time.Duration
 	// Logger receives the service's logs. Default slog.Default().
 	Logger *slog.Logger
 	// Interceptors wrap every function's chain, the first outermost,
@@ -136,6 +150,12 @@ func (c *Config) setDefaults() {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 30 * time.Second
 	}
+	if c.MaxDeliveries == 0 {
+		c.MaxDeliveries = 5
+	}
+	if c.IdempotencyWindow == 0 {
+		c.IdempotencyWindow = 24 * time.Hour
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -156,6 +176,15 @@ func (c Config) Validate() error {
 	}
 	if c.MaxPayloadBytes < 1 {
 		errs = append(errs, fmt.Errorf("handlers: Config.MaxPayloadBytes is %d, want at least 1", c.MaxPayloadBytes))
+	}
+	if c.MaxDeliveries < 1 {
+		errs = append(errs, fmt.Errorf("handlers: Config.MaxDeliveries is %d, want at least 1", c.MaxDeliveries))
+	}
+	if c.MaxBacklog < 0 {
+		errs = append(errs, fmt.Errorf("handlers: Config.MaxBacklog is %d, want 0 (none) or more", c.MaxBacklog))
+	}
+	if c.IdempotencyWindow < 0 {
+		errs = append(errs, fmt.Errorf("handlers: Config.IdempotencyWindow is %v, want more than 0", c.IdempotencyWindow))
 	}
 	if c.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("handlers: Config.DrainTimeout is %v, want 0 or more", c.DrainTimeout))
@@ -312,7 +341,10 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	if err != nil {
 		return err
 	}
-	rep := &replica{svc: s, id: id, pub: b.Publisher(), log: s.cfg.Logger.With("service", s.name, "replica", id)}
+	rep := &replica{svc: s, id: id, pub: b.Publisher(), idem: b.Idempotency(), log: s.cfg.Logger.With("service", s.name, "replica", id)}
+	if err := b.SetLimits(ctx, s.name, bus.Limits{MaxBacklog: s.cfg.MaxBacklog}); err != nil {
+		return fmt.Errorf("handlers: service %s: publish limits: %w", s.name, err)
+	}
 	// Handlers run on a context that outlives ctx by the drain timeout.
 	hardCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer hardStop()
@@ -331,7 +363,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 		defer stopOps()
 		health = h
 	}
-	router.AddConsumerHandler("fnmesh."+s.name+"."+id, bus.RequestTopic(s.name), sub, rep.handle)
+	router.AddConsumerHandler("fnmesh."+s.name+"."+id, bus.RequestTopic(s.name), sub, rep.track)
 	runErr := make(chan error, 1)
 	go func() { runErr <- router.Run(hardCtx) }()
 	select {
@@ -353,14 +385,32 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	}
 	start := time.Now()
 	health.set(false)
-	closeErr := router.Close() // stops reading, waits for running handlers up to DrainTimeout
+	// Stop taking requests; let running ones finish for DrainTimeout.
+	closeErr := router.Close()
+	// Then cancel what still runs: those requests are handed back (nacked,
+	// and the bus gives them to another replica at once).
 	hardStop()
+	unfinished := rep.running.Load()
+	if !waitTimeout(&rep.wg, 5*time.Second) {
+		rep.log.Warn("requests ignore their cancelled context; they will be taken over once idle", "count", rep.running.Load())
+	}
 	<-runErr
-	rep.log.Debug("replica stopped", "drain", time.Since(start))
-	if closeErr != nil {
+	rep.log.Debug("replica stopped", "drain", time.Since(start), "handed_back", unfinished)
+	if closeErr != nil && unfinished == 0 {
 		return fmt.Errorf("handlers: service %s: drain: %w", s.name, closeErr)
 	}
 	return nil
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 func newReplicaID() string {

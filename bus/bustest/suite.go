@@ -60,6 +60,12 @@ func Run(t *testing.T, newBus NewBus) {
 		{"BreakerIgnoresCallerErrors", testBreakerIgnoresCallerErrors},
 		{"GracefulStopFinishesRunningCalls", testGracefulStop},
 		{"ClosedClientFailsWaitingCalls", testClosedClient},
+		{"IdempotentSendsRunOnce", testIdempotentSends},
+		{"IdempotentCallReturnsFirstResult", testIdempotentCallReturnsFirstResult},
+		{"FailedIdempotentSendMayRunAgain", testFailedIdempotentSendMayRunAgain},
+		{"BacklogBoundRefusesAndLosesNothing", testBacklogBound},
+		{"DeadLetterReplayAndPurge", testDeadLetterReplayAndPurge},
+		{"StopHandsBackUnfinished", testStopHandsBackUnfinished},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,85 @@
+package client
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/bus"
+)
+
+// admission keeps calls and sends off services whose backlog reached the
+// bound their replicas published. It reads each target's backlog at most
+// once per interval, in the background after the first read, and counts
+// what this client added since, so the check costs no round trip per
+// call. With several clients the bound is approximate by what they add
+// within one interval.
+type admission struct {
+	bus      bus.Bus
+	interval time.Duration
+	mu       sync.Mutex
+	views    map[string]*backlogView
+}
+
+type backlogView struct {
+	mu         sync.Mutex
+	backlog    bus.Backlog
+	readAt     time.Time
+	refreshing bool
+	added      atomic.Int64 // requests this client added since readAt
+}
+
+func newAdmission(b bus.Bus, interval time.Duration) *admission {
+	return &admission{bus: b, interval: interval, views: map[string]*backlogView{}}
+}
+
+// admit returns resource_exhausted when service's backlog is at its bound.
+func (a *admission) admit(ctx context.Context, service string) error {
+	if a.interval < 0 {
+		return nil
+	}
+	a.mu.Lock()
+	v := a.views[service]
+	if v == nil {
+		v = &backlogView{}
+		a.views[service] = v
+	}
+	a.mu.Unlock()
+
+	v.mu.Lock()
+	switch {
+	case v.readAt.IsZero():
+		// First call to this service: read before deciding.
+		v.mu.Unlock()
+		a.refresh(ctx, service, v)
+		v.mu.Lock()
+	case time.Since(v.readAt) > a.interval && !v.refreshing:
+		v.refreshing = true
+		go a.refresh(context.WithoutCancel(ctx), service, v)
+	}
+	b := v.backlog
+	v.mu.Unlock()
+	if b.MaxBacklog > 0 && b.Waiting+v.added.Load() >= b.MaxBacklog {
+		return fnmesh.Errorf(fnmesh.CodeResourceExhausted, "service %s has %d requests waiting, its bound is %d", service, b.Waiting+v.added.Load(), b.MaxBacklog)
+	}
+	v.added.Add(1)
+	return nil
+}
+
+func (a *admission) refresh(ctx context.Context, service string, v *backlogView) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	b, err := a.bus.Backlog(ctx, service)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.refreshing = false
+	if err != nil {
+		// Keep the last view; the transport reports the outage itself.
+		v.readAt = time.Now()
+		return
+	}
+	v.backlog, v.readAt = b, time.Now()
+	v.added.Store(0)
+}
