@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -179,4 +180,71 @@ func (s redisIdem) Complete(ctx context.Context, service, key, owner string, res
 
 func (s redisIdem) Release(ctx context.Context, service, key, owner string) error {
 	return idemRelease.Run(ctx, s.rdb, []string{IdempotencyTopic(service, key)}, owner).Err()
+}
+
+// DeadLetterServices lists the services that have a dead-letter stream.
+func (r *Redis) DeadLetterServices(ctx context.Context) ([]string, error) {
+	keys, err := scanKeys(ctx, r.rdb, "fnmesh:{*}:dead")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if svc, ok := strings.CutPrefix(k, "fnmesh:{"); ok {
+			if svc, ok = strings.CutSuffix(svc, "}:dead"); ok {
+				out = append(out, svc)
+			}
+		}
+	}
+	return out, nil
+}
+
+// FindDeadLetter looks for the dead letter id in every service's
+// dead-letter stream.
+func (r *Redis) FindDeadLetter(ctx context.Context, id string) (string, DeadLetter, error) {
+	services, err := r.DeadLetterServices(ctx)
+	if err != nil {
+		return "", DeadLetter{}, err
+	}
+	for _, svc := range services {
+		xs, err := r.rdb.XRange(ctx, DeadLetterTopic(svc), id, id).Result()
+		if err != nil {
+			return "", DeadLetter{}, err
+		}
+		if len(xs) == 1 {
+			m := entryMessage(xs[0])
+			return svc, decodeDeadLetter(xs[0].ID, m.Metadata, m.Payload), nil
+		}
+	}
+	return "", DeadLetter{}, errors.New("bus: no dead letter " + id)
+}
+
+// scanKeys returns the keys matching pattern, on every master of a
+// cluster.
+func scanKeys(ctx context.Context, rdb redis.UniversalClient, pattern string) ([]string, error) {
+	var (
+		mu  sync.Mutex
+		out []string
+	)
+	scan := func(ctx context.Context, c *redis.Client) error {
+		it := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for it.Next(ctx) {
+			mu.Lock()
+			out = append(out, it.Val())
+			mu.Unlock()
+		}
+		return it.Err()
+	}
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		err := c.ForEachMaster(ctx, scan)
+		return out, err
+	case *redis.Client:
+		return out, scan(ctx, c)
+	}
+	it := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
+	for it.Next(ctx) {
+		out = append(out, it.Val())
+	}
+	return out, it.Err()
 }

@@ -12,7 +12,8 @@ import (
 )
 
 func main() {
-	if err := newApp().Run(flagsFirst(os.Args)); err != nil {
+	app := newApp()
+	if err := app.Run(flagsFirst(app, os.Args)); err != nil {
 		fmt.Fprintln(os.Stderr, "fnmesh:", err)
 		os.Exit(exitCode(err))
 	}
@@ -31,6 +32,7 @@ func newApp() *cli.App {
 			sendCommand(),
 			benchCommand(),
 			tokenCommand(),
+			dlqCommand(),
 		},
 	}
 }
@@ -40,24 +42,48 @@ func redisFlag(usage string) *cli.StringFlag {
 	return &cli.StringFlag{Name: "redis", EnvVars: []string{"REDIS_URL"}, Usage: usage}
 }
 
-// flagsFirst moves the flags written after the positional arguments of
-// call and send (`fnmesh call math.add '{}' --token T`) before them, where
-// urfave/cli v2 looks for flags. Every flag of those commands takes a
-// value.
-func flagsFirst(args []string) []string {
-	if len(args) < 3 || (args[1] != "call" && args[1] != "send") {
+// flagsFirst moves the flags written after a command's positional
+// arguments (`fnmesh call math.add '{}' --token T`) before them, where
+// urfave/cli v2 looks for flags. It walks the command tree to find the
+// command and which of its flags take no value (booleans).
+func flagsFirst(app *cli.App, args []string) []string {
+	if len(args) < 2 {
 		return args
 	}
+	out := []string{args[0]}
+	cmds := app.Commands
+	var cmd *cli.Command
+	i := 1
+	for ; i < len(args); i++ {
+		next := findCommand(cmds, args[i])
+		if next == nil {
+			break
+		}
+		cmd, cmds = next, next.Subcommands
+		out = append(out, args[i])
+	}
+	if cmd == nil {
+		return args
+	}
+	boolean := map[string]bool{}
+	for _, f := range cmd.Flags {
+		if _, ok := f.(*cli.BoolFlag); ok {
+			for _, n := range f.Names() {
+				boolean[n] = true
+			}
+		}
+	}
 	var flags, rest []string
-	for i := 2; i < len(args); i++ {
+	for ; i < len(args); i++ {
 		a := args[i]
 		switch {
 		case a == "--":
 			rest = append(rest, args[i:]...)
 			i = len(args)
-		case strings.HasPrefix(a, "-") && len(a) > 1 && !strings.HasPrefix(a, "-0") && !isNumber(a):
+		case strings.HasPrefix(a, "-") && len(a) > 1 && !isNumber(a):
 			flags = append(flags, a)
-			if !strings.Contains(a, "=") && i+1 < len(args) {
+			name := strings.TrimLeft(a, "-")
+			if !strings.Contains(a, "=") && !boolean[name] && i+1 < len(args) {
 				i++
 				flags = append(flags, args[i])
 			}
@@ -65,8 +91,16 @@ func flagsFirst(args []string) []string {
 			rest = append(rest, a)
 		}
 	}
-	out := append([]string{args[0], args[1]}, flags...)
-	return append(out, rest...)
+	return append(append(out, flags...), rest...)
+}
+
+func findCommand(cmds []*cli.Command, name string) *cli.Command {
+	for _, c := range cmds {
+		if c.HasName(name) {
+			return c
+		}
+	}
+	return nil
 }
 
 func isNumber(s string) bool {

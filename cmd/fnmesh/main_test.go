@@ -13,9 +13,14 @@ func TestFlagsFirst(t *testing.T) {
 		"fnmesh send mail.welcome {} --redis redis://x":  "fnmesh send --redis redis://x mail.welcome {}",
 		"fnmesh call math.neg -5":                        "fnmesh call math.neg -5",
 		"fnmesh demo --redis u":                          "fnmesh demo --redis u",
+		"fnmesh dlq list math --json -n 5":               "fnmesh dlq list --json -n 5 math",
+		"fnmesh dlq purge --all":                         "fnmesh dlq purge --all",
+		"fnmesh dlq replay math 1-1 2-2 --redis r":       "fnmesh dlq replay --redis r math 1-1 2-2",
+		"fnmesh nosuch a --b":                            "fnmesh nosuch a --b",
 	}
+	app := newApp()
 	for in, want := range cases {
-		if got := strings.Join(flagsFirst(strings.Fields(in)), " "); got != want {
+		if got := strings.Join(flagsFirst(app, strings.Fields(in)), " "); got != want {
 			t.Errorf("flagsFirst(%q) = %q, want %q", in, got, want)
 		}
 	}
