@@ -63,9 +63,10 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 	ctx, cancel := context.WithCancel(ctx)
 	sub := &groupSubscription{
 		s: s, topic: topic, reader: reader,
-		out:      make(chan *message.Message),
-		freed:    make(chan struct{}, 1),
-		again:    make(chan delivery),
+		out:   make(chan *message.Message),
+		freed: make(chan struct{}, 1),
+		// Entries in it hold slots, so it never needs more room.
+		again:    make(chan delivery, s.cfg.Concurrency),
 		inflight: map[string]int{},
 	}
 	s.mu.Lock()
@@ -111,7 +112,7 @@ func (s *redisGroupSubscriber) Close() error {
 type groupSubscription struct {
 	s      *redisGroupSubscriber
 	topic  string
-	reader redis.UniversalClient
+	reader *blockingReader
 	out    chan *message.Message // only run sends on it
 	freed  chan struct{}         // a slot came free
 	again  chan delivery         // nacked or claimed entries to deliver
@@ -293,11 +294,8 @@ func (g *groupSubscription) awaitAck(ctx context.Context, m *message.Message, d 
 		return
 	}
 	d.count++
-	select {
-	case g.again <- d:
-	case <-ctx.Done():
-		g.handBack(d.x.ID, d.count)
-	}
+	g.again <- d // never blocks: d holds one of the slots it has room for
+	g.reader.unblock()
 }
 
 func nackDelay(count int) time.Duration {
@@ -364,6 +362,7 @@ func (g *groupSubscription) claim(ctx context.Context, cursor string) string {
 		return next
 	}
 	counts := g.deliveryCounts(ctx, msgs)
+	queued := false
 	for _, x := range msgs {
 		if x.Values == nil {
 			g.s.r.acks.ack(g.topic, x.ID)
@@ -373,12 +372,11 @@ func (g *groupSubscription) claim(ctx context.Context, cursor string) string {
 		if !g.take(x.ID, count) {
 			continue
 		}
-		select {
-		case g.again <- delivery{x, count}:
-		case <-ctx.Done():
-			g.handBack(x.ID, count)
-			return next
-		}
+		g.again <- delivery{x, count} // never blocks: it holds a slot
+		queued = true
+	}
+	if queued {
+		g.reader.unblock() // the read loop delivers them now, not after its block
 	}
 	return next
 }

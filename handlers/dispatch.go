@@ -224,7 +224,7 @@ func (r *replica) invoke(f *function, req *Request) (out any, err error) {
 	}
 	ctx = context.WithValue(ctx, callInfoKey{}, CallInfo{
 		Service: req.Service, Function: req.Function, RequestID: req.ID, Caller: req.Caller,
-		Replica: r.id, Async: req.Async, Attempt: req.Attempt,
+		Replica: r.id, Async: req.Async, Attempt: req.Attempt, IdempotencyKey: req.IdempotencyKey,
 	})
 	defer func() {
 		if p := recover(); p != nil {

@@ -131,6 +131,11 @@ type CallInfo struct {
 	Service, Function, RequestID, Caller, Replica string
 	Async                                         bool
 	Attempt                                       int
+	// IdempotencyKey is the caller's key, "" if none. A function whose
+	// effect must happen once even if its replica dies right after it
+	// (before fnmesh records the success) makes the effect conditional on
+	// this key, e.g. an insert that ignores a key already present.
+	IdempotencyKey string
 }
 
 type callInfoKey struct{}

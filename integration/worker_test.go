@@ -26,12 +26,14 @@ import (
 const workerEnv = "FNMESH_TEST_WORKER"
 
 type workerSpec struct {
-	Service     string
-	Replica     string
-	Concurrency int
-	Drain       time.Duration
-	Redis       string
-	ClaimIdle   time.Duration
+	Service       string
+	Replica       string
+	Concurrency   int
+	Drain         time.Duration
+	Redis         string
+	ClaimIdle     time.Duration
+	MaxDeliveries int
+	CrashFile     string // worker.crash exits the process while this file exists
 }
 
 func (w workerSpec) env() []string {
@@ -39,7 +41,8 @@ func (w workerSpec) env() []string {
 		workerEnv+"=1",
 		"W_SERVICE="+w.Service, "W_REPLICA="+w.Replica, "W_REDIS="+w.Redis,
 		"W_CONCURRENCY="+strconv.Itoa(w.Concurrency), "W_DRAIN="+w.Drain.String(),
-		"W_CLAIM_IDLE="+w.ClaimIdle.String(),
+		"W_CLAIM_IDLE="+w.ClaimIdle.String(), "W_MAX_DELIVERIES="+strconv.Itoa(w.MaxDeliveries),
+		"W_CRASH_FILE="+w.CrashFile,
 	)
 }
 
@@ -57,8 +60,9 @@ func runWorkerIfAsked() {
 	}
 	dur := func(k string) time.Duration { d, _ := time.ParseDuration(os.Getenv(k)); return d }
 	conc, _ := strconv.Atoi(os.Getenv("W_CONCURRENCY"))
+	maxDeliveries, _ := strconv.Atoi(os.Getenv("W_MAX_DELIVERIES"))
 	service, replica := os.Getenv("W_SERVICE"), os.Getenv("W_REPLICA")
-	b, err := bus.NewRedis(bus.RedisConfig{URL: os.Getenv("W_REDIS")})
+	b, err := bus.NewRedis(bus.RedisConfig{URL: os.Getenv("W_REDIS"), ClaimIdle: dur("W_CLAIM_IDLE")})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(3)
@@ -67,6 +71,8 @@ func runWorkerIfAsked() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	svc := handlers.NewService(service, handlers.Config{
 		AllowUnauthenticated: true, ReplicaID: replica, Concurrency: conc, DrainTimeout: dur("W_DRAIN"), Logger: log,
+		MaxDeliveries: maxDeliveries,
+		Retry:         handlers.RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond},
 	})
 	handlers.Register(svc, "who", func(ctx context.Context, _ struct{}) (string, error) {
 		return replica, nil
@@ -83,6 +89,36 @@ func runWorkerIfAsked() {
 			}
 		}
 		return replica, nil
+	})
+	// record is the effect the fault tests count: after Ms milliseconds it
+	// adds one to runs:SERVICE[Key]; with an idempotency key it also
+	// records the effect once per key (effects:SERVICE), as a function
+	// whose effect must not repeat does.
+	handlers.Register(svc, "record", func(ctx context.Context, in SleepIn) (struct{}, error) {
+		select {
+		case <-time.After(time.Duration(in.Ms) * time.Millisecond):
+		case <-ctx.Done():
+			return struct{}{}, ctx.Err()
+		}
+		ctx = context.WithoutCancel(ctx)
+		pipe := rdb.TxPipeline()
+		pipe.HIncrBy(ctx, "runs:"+service, in.Key, 1)
+		if ik := handlers.Info(ctx).IdempotencyKey; ik != "" {
+			pipe.HSetNX(ctx, "effects:"+service, ik, replica)
+		}
+		_, err := pipe.Exec(ctx)
+		return struct{}{}, err
+	})
+	// crash kills the whole process while the crash file exists: a
+	// request no replica survives.
+	handlers.Register(svc, "crash", func(ctx context.Context, in SleepIn) (struct{}, error) {
+		if f := os.Getenv("W_CRASH_FILE"); f != "" {
+			if _, err := os.Stat(f); err == nil {
+				fmt.Println("crashing on", in.Key)
+				os.Exit(3)
+			}
+		}
+		return struct{}{}, rdb.HIncrBy(context.WithoutCancel(ctx), "runs:"+service, in.Key, 1).Err()
 	})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	go func() {
@@ -182,6 +218,17 @@ func (w *worker) wait(d time.Duration) error {
 		return err
 	case <-time.After(d):
 		return fmt.Errorf("worker %s still running after %v", w.spec.Replica, d)
+	}
+}
+
+// exited reports whether the process has ended.
+func (w *worker) exited() bool {
+	select {
+	case err := <-w.exit:
+		w.exit <- err
+		return true
+	default:
+		return false
 	}
 }
 
