@@ -33,10 +33,20 @@ type Bus interface {
 	// message back for another delivery.
 	GroupSubscriber(cfg GroupConfig) (message.Subscriber, error)
 
-	// InboxSubscriber returns a Subscriber for reply topics. Subscribe
-	// creates the topic and keeps it alive until ctx ends or the
-	// subscriber is closed, then removes it. Messages need no ack.
-	InboxSubscriber() (message.Subscriber, error)
+	// SendRequest stores one request on a service's request topic and,
+	// like Publish, returns once it is stored. It is the hot path of every
+	// call: it writes the fields without building a message.
+	SendRequest(ctx context.Context, service string, r *Request) error
+
+	// SendReply answers a call on its caller's inbox. A reply to an inbox
+	// that is gone (its caller stopped) is dropped without error.
+	SendReply(ctx context.Context, inbox string, r *Reply) error
+
+	// OpenInbox creates the reply topic and calls deliver for each reply
+	// on it until the inbox is closed or ctx ends, then removes the topic.
+	// deliver may be called from several goroutines at once and must not
+	// block.
+	OpenInbox(ctx context.Context, topic string, deliver func(*Reply)) (Inbox, error)
 
 	// DeadLetters returns up to count of a service's most recent dead
 	// letters, oldest first.
@@ -64,6 +74,12 @@ type Bus interface {
 	Idempotency() IdempotencyStore
 
 	// Close releases the bus. Subscribers and publishers from it stop.
+	Close() error
+}
+
+// Inbox is an open reply topic.
+type Inbox interface {
+	// Close stops delivering and removes the topic.
 	Close() error
 }
 

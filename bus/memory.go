@@ -18,7 +18,7 @@ import (
 type Memory struct {
 	mu      sync.Mutex
 	queues  map[string]*memQueue
-	inboxes map[string]chan *message.Message
+	inboxes map[string]func(*Reply)
 	dead    map[string][]DeadLetter
 	limits  map[string]Limits
 	idem    *memIdem
@@ -36,7 +36,7 @@ const deadLetterCap = 10000
 func NewMemory() *Memory {
 	return &Memory{
 		queues:  map[string]*memQueue{},
-		inboxes: map[string]chan *message.Message{},
+		inboxes: map[string]func(*Reply){},
 		dead:    map[string][]DeadLetter{},
 		limits:  map[string]Limits{},
 		idem:    &memIdem{keys: map[string]memIdemKey{}},
@@ -56,9 +56,53 @@ func (b *Memory) GroupSubscriber(cfg GroupConfig) (message.Subscriber, error) {
 	return &memGroupSubscriber{bus: b, cfg: cfg, closing: make(chan struct{})}, nil
 }
 
-// InboxSubscriber implements Bus.
-func (b *Memory) InboxSubscriber() (message.Subscriber, error) {
-	return &memInboxSubscriber{bus: b, closing: make(chan struct{})}, nil
+// OpenInbox implements Bus.
+func (b *Memory) OpenInbox(ctx context.Context, topic string, deliver func(*Reply)) (Inbox, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, ErrClosed
+	}
+	b.inboxes[topic] = deliver
+	in := &memInbox{b: b, topic: topic}
+	in.stop = context.AfterFunc(ctx, func() { in.Close() })
+	return in, nil
+}
+
+type memInbox struct {
+	b     *Memory
+	topic string
+	stop  func() bool
+}
+
+func (in *memInbox) Close() error {
+	in.stop()
+	in.b.mu.Lock()
+	delete(in.b.inboxes, in.topic)
+	in.b.mu.Unlock()
+	return nil
+}
+
+// SendRequest implements Bus.
+func (b *Memory) SendRequest(ctx context.Context, service string, r *Request) error {
+	m := r.Message()
+	m.SetContext(ctx)
+	return b.Publisher().Publish(RequestTopic(service), m)
+}
+
+// SendReply implements Bus. The caller's deliver runs on the replica's
+// goroutine: it only hands the reply to the waiting call.
+func (b *Memory) SendReply(_ context.Context, inbox string, r *Reply) error {
+	b.mu.Lock()
+	deliver, closed := b.inboxes[inbox], b.closed
+	b.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if deliver != nil { // else the caller is gone: dropped, as on Redis
+		deliver(r)
+	}
+	return nil
 }
 
 // DeadLetters implements Bus.
@@ -111,20 +155,12 @@ func (p memPublisher) Publish(topic string, msgs ...*message.Message) error {
 	}
 	switch {
 	case IsReplyTopic(topic):
-		b.mu.Lock()
-		inbox := b.inboxes[topic]
-		b.mu.Unlock()
-		if inbox == nil {
-			return nil // owner gone: dropped, as Redis does with NOMKSTREAM
-		}
 		for _, m := range msgs {
-			select {
-			case inbox <- m.Copy():
-			case <-m.Context().Done():
-				return m.Context().Err()
-			case <-b.done:
-				return ErrClosed
+			rep, err := DecodeReply(m)
+			if err != nil {
+				continue // a reader would drop it too
 			}
+			b.SendReply(m.Context(), topic, rep)
 		}
 	case strings.HasSuffix(topic, ":dead"):
 		b.mu.Lock()
@@ -321,57 +357,3 @@ func (s *memGroupSubscriber) Close() error {
 	return nil
 }
 
-type memInboxSubscriber struct {
-	bus       *Memory
-	closing   chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup
-}
-
-func (s *memInboxSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	b := s.bus
-	in := make(chan *message.Message, 1024)
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil, ErrClosed
-	}
-	b.inboxes[topic] = in
-	b.mu.Unlock()
-	out := make(chan *message.Message)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer close(out)
-		defer func() {
-			b.mu.Lock()
-			delete(b.inboxes, topic)
-			b.mu.Unlock()
-		}()
-		for {
-			select {
-			case m := <-in:
-				select {
-				case out <- m:
-				case <-ctx.Done():
-					return
-				case <-s.closing:
-					return
-				}
-			case <-ctx.Done():
-				return
-			case <-s.closing:
-				return
-			case <-b.done:
-				return
-			}
-		}
-	}()
-	return out, nil
-}
-
-func (s *memInboxSubscriber) Close() error {
-	s.closeOnce.Do(func() { close(s.closing) })
-	s.wg.Wait()
-	return nil
-}

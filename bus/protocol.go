@@ -79,6 +79,71 @@ type Request struct {
 	IdempotencyKey string    // may be empty
 }
 
+// fields lays r out as stream fields and values, in protocol order, for
+// XADD: no message, no map.
+func (r *Request) fields() []any {
+	vals := make([]any, 0, 20)
+	vals = append(vals, FieldVersion, ProtocolVersion, FieldID, r.ID, FieldFunction, r.Function)
+	if r.ReplyTo != "" {
+		vals = append(vals, FieldReplyTo, r.ReplyTo)
+	}
+	if !r.Deadline.IsZero() {
+		vals = append(vals, FieldDeadline, strconv.FormatInt(r.Deadline.UnixMilli(), 10))
+	}
+	vals = appendIf(vals, FieldCaller, r.Caller)
+	vals = appendIf(vals, FieldIdempotency, r.IdempotencyKey)
+	vals = appendIf(vals, FieldTraceParent, r.TraceParent)
+	vals = appendIf(vals, FieldToken, r.Token)
+	if len(r.Payload) > 0 {
+		vals = append(vals, FieldPayload, r.Payload)
+	}
+	return vals
+}
+
+func appendIf(vals []any, k, v string) []any {
+	if v != "" {
+		return append(vals, k, v)
+	}
+	return vals
+}
+
+// fields lays a reply out as stream fields and values.
+func (r *Reply) fields() []any {
+	vals := make([]any, 0, 10)
+	vals = append(vals, FieldID, r.ID)
+	vals = appendIf(vals, FieldReplica, r.Replica)
+	if r.Err != nil {
+		vals = append(vals, FieldCode, string(r.Err.Code), FieldMessage, r.Err.Message)
+		if len(r.Err.Fields) > 0 {
+			b, _ := json.Marshal(wireDetails{Fields: r.Err.Fields})
+			vals = append(vals, FieldDetails, string(b))
+		}
+		return vals
+	}
+	return append(vals, FieldPayload, r.Payload)
+}
+
+// decodeReplyValues reads a reply from stream entry values.
+func decodeReplyValues(v map[string]any) (*Reply, error) {
+	get := func(k string) string { s, _ := v[k].(string); return s }
+	r := &Reply{ID: get(FieldID), Replica: get(FieldReplica)}
+	if r.ID == "" {
+		return r, fmt.Errorf("%w: reply without %q", ErrMalformed, FieldID)
+	}
+	if code := get(FieldCode); code != "" {
+		r.Err = &fnmesh.Error{Code: fnmesh.Code(code), Message: get(FieldMessage)}
+		if det := get(FieldDetails); det != "" {
+			var d wireDetails
+			if err := json.Unmarshal([]byte(det), &d); err == nil {
+				r.Err.Fields = d.Fields
+			}
+		}
+		return r, nil
+	}
+	r.Payload = []byte(get(FieldPayload))
+	return r, nil
+}
+
 // Message encodes r as a watermill message: fields in Metadata, the
 // arguments in Payload.
 func (r *Request) Message() *message.Message {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"sync"
@@ -153,20 +154,20 @@ type Redis struct {
 	mu     sync.Mutex
 	closed bool
 	done   chan struct{}
-	subs   []message.Subscriber // closed with the bus
+	subs   []io.Closer // subscribers and inboxes, closed with the bus
 
 	inflight sync.WaitGroup // entries delivered by group subscribers and not yet settled
 }
 
 var _ Bus = (*Redis)(nil)
 
-func (r *Redis) track(s message.Subscriber) {
+func (r *Redis) track(s io.Closer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.subs = append(r.subs, s)
 }
 
-func (r *Redis) untrack(s message.Subscriber) {
+func (r *Redis) untrack(s io.Closer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, x := range r.subs {
@@ -365,13 +366,7 @@ func (p redisPublisher) Publish(topic string, msgs ...*message.Message) error {
 	}
 	if len(msgs) == 1 {
 		args.Values = entryValues(msgs[0].Metadata, msgs[0].Payload)
-		var err error
-		if p.r.cfg.NoAutoPipeline {
-			err = p.r.rdb.XAdd(msgs[0].Context(), args).Err()
-		} else {
-			cmd := redis.NewStringCmd(msgs[0].Context(), xaddArgs(args)...)
-			err = p.r.comb.do(msgs[0].Context(), cmd)
-		}
+		err := p.r.xadd(msgs[0].Context(), args)
 		if errors.Is(err, redis.Nil) { // NOMKSTREAM on a missing key
 			return nil
 		}

@@ -67,6 +67,7 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 		freed: make(chan struct{}, 1),
 		// Entries in it hold slots, so it never needs more room.
 		again:    make(chan delivery, s.cfg.Concurrency),
+		watch:    make(chan watched, 2*s.cfg.Concurrency),
 		inflight: map[string]int{},
 	}
 	s.mu.Lock()
@@ -81,6 +82,11 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 		}
 		cancel()
 	}()
+	// One watcher per slot waits for each delivered message's ack: no
+	// goroutine per message.
+	for i := 0; i < s.cfg.Concurrency; i++ {
+		go sub.watchAcks(ctx)
+	}
 	s.wg.Add(3)
 	go sub.run(ctx)
 	go sub.claimLoop(ctx)
@@ -116,6 +122,7 @@ type groupSubscription struct {
 	out    chan *message.Message // only run sends on it
 	freed  chan struct{}         // a slot came free
 	again  chan delivery         // nacked or claimed entries to deliver
+	watch  chan watched          // delivered messages, for the ack watchers
 
 	mu       sync.Mutex
 	inflight map[string]int // entry id -> delivery count, for entries holding a slot
@@ -124,6 +131,19 @@ type groupSubscription struct {
 type delivery struct {
 	x     redis.XMessage
 	count int
+}
+
+type watched struct {
+	m *message.Message
+	d delivery
+}
+
+// watchAcks settles delivered messages as their handlers ack or nack them.
+// It ends when run has ended and every delivered message is settled.
+func (g *groupSubscription) watchAcks(ctx context.Context) {
+	for w := range g.watch {
+		g.awaitAck(ctx, w.m, w.d)
+	}
 }
 
 func (g *groupSubscription) busy() int {
@@ -160,6 +180,7 @@ func (g *groupSubscription) release(id string) {
 
 func (g *groupSubscription) run(ctx context.Context) {
 	defer g.s.wg.Done()
+	defer close(g.watch)
 	defer close(g.out)
 	conc := g.s.cfg.Concurrency
 	// Own pending entries first: a replica restarted under the same name
@@ -269,7 +290,7 @@ func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
 		g.handBack(d.x.ID, d.count)
 		return false
 	}
-	go g.awaitAck(ctx, m, d)
+	g.watch <- watched{m, d}
 	return true
 }
 

@@ -7,80 +7,70 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 )
 
-// InboxSubscriber implements Bus.
+// OpenInbox implements Bus.
 //
-// Subscribe creates the reply stream with a first entry ("hello") and a
-// TTL, reads it with XREAD from that entry on, and refreshes the TTL while
-// subscribed; if the key vanished (Redis restarted empty), it is created
-// again. When the subscription ends the key is deleted; if the process
-// dies instead, the TTL removes it.
-func (r *Redis) InboxSubscriber() (message.Subscriber, error) {
-	s := &redisInboxSubscriber{r: r, closing: make(chan struct{})}
-	r.track(s)
-	return s, nil
-}
-
-type redisInboxSubscriber struct {
-	r         *Redis
-	closing   chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup
-	mu        sync.Mutex
-	readers   []*blockingReader
-	cancels   []context.CancelFunc
-}
-
-func (s *redisInboxSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	if s.r.isClosed() {
+// It creates the reply stream with a first entry ("hello") and a TTL,
+// reads it with XREAD from that entry on, handing each reply to deliver
+// from the reading goroutine itself (no message, no hand-off), and
+// refreshes the TTL while open; if the key vanished (Redis restarted
+// empty), it is created again. Close deletes the key; if the process dies
+// instead, the TTL removes it.
+func (r *Redis) OpenInbox(ctx context.Context, topic string, deliver func(*Reply)) (Inbox, error) {
+	if r.isClosed() {
 		return nil, ErrClosed
 	}
-	first, err := s.create(ctx, topic)
+	in := &redisInbox{r: r, topic: topic, deliver: deliver}
+	first, err := in.create(ctx)
 	if err != nil {
 		return nil, err
 	}
-	reader := s.r.newBlockingReader()
-	ctx, cancel := context.WithCancel(ctx)
-	s.mu.Lock()
-	s.readers = append(s.readers, reader)
-	s.cancels = append(s.cancels, cancel)
-	s.mu.Unlock()
+	in.last.Store(first)
+	in.reader = r.newBlockingReader()
+	ctx, in.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	r.track(in)
+	in.loops.Add(2)
+	go in.read(ctx, first)
+	go in.keepAlive(ctx)
 	go func() {
 		select {
-		case <-s.r.done:
+		case <-r.done:
 		case <-ctx.Done():
 		}
-		cancel()
+		in.cancel()
 	}()
-	out := make(chan *message.Message, 256)
-	var last atomic.Value // id of the last entry read
-	last.Store(first)
-	s.wg.Add(2)
-	go s.read(ctx, reader, topic, first, out, &last)
-	go s.keepAlive(ctx, topic, &last)
-	return out, nil
+	return in, nil
 }
 
-func (s *redisInboxSubscriber) create(ctx context.Context, topic string) (string, error) {
-	pipe := s.r.rdb.TxPipeline()
-	add := pipe.XAdd(ctx, &redis.XAddArgs{Stream: topic, Values: []any{"hello", "inbox"}})
-	pipe.PExpire(ctx, topic, s.r.cfg.InboxTTL)
+type redisInbox struct {
+	r       *Redis
+	topic   string
+	deliver func(*Reply)
+	reader  *blockingReader
+	cancel  context.CancelFunc
+	loops   sync.WaitGroup
+	last    atomic.Value // id of the last entry read
+	once    sync.Once
+}
+
+func (in *redisInbox) create(ctx context.Context) (string, error) {
+	pipe := in.r.rdb.TxPipeline()
+	add := pipe.XAdd(ctx, &redis.XAddArgs{Stream: in.topic, Values: []any{"hello", "inbox"}})
+	pipe.PExpire(ctx, in.topic, in.r.cfg.InboxTTL)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return "", err
 	}
 	return add.Val(), nil
 }
 
-func (s *redisInboxSubscriber) read(ctx context.Context, reader redis.UniversalClient, topic, last string, out chan<- *message.Message, lastRead *atomic.Value) {
-	defer s.wg.Done()
-	defer close(out)
+func (in *redisInbox) read(ctx context.Context, last string) {
+	defer in.loops.Done()
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
-		res, err := reader.XRead(ctx, &redis.XReadArgs{
-			Streams: []string{topic, last}, Count: s.r.cfg.ReadBatch, Block: s.r.cfg.BlockTime,
+		res, err := in.reader.XRead(ctx, &redis.XReadArgs{
+			Streams: []string{in.topic, last}, Count: in.r.cfg.ReadBatch, Block: in.r.cfg.BlockTime,
 		}).Result()
 		if err != nil {
 			if errors.Is(err, redis.Nil) {
@@ -91,69 +81,92 @@ func (s *redisInboxSubscriber) read(ctx context.Context, reader redis.UniversalC
 			case <-ctx.Done():
 				return
 			}
-			if backoff *= 2; backoff > 2*time.Second {
-				backoff = 2 * time.Second
-			}
+			backoff = min(backoff*2, 2*time.Second)
 			continue
 		}
 		backoff = 50 * time.Millisecond
 		for _, st := range res {
 			for _, x := range st.Messages {
 				last = x.ID
-				lastRead.Store(last)
 				if _, hello := x.Values["hello"]; hello {
 					continue
 				}
-				select {
-				case out <- entryMessage(x):
-				case <-ctx.Done():
-					return
+				if rep, err := decodeReplyValues(x.Values); err == nil {
+					in.deliver(rep)
 				}
 			}
 		}
+		in.last.Store(last)
 	}
 }
 
 // keepAlive refreshes the inbox's TTL, recreates it if it vanished, and
 // trims the replies already read (XTRIM MINID), so an inbox holds about
 // one entry per call in flight.
-func (s *redisInboxSubscriber) keepAlive(ctx context.Context, topic string, lastRead *atomic.Value) {
-	defer s.wg.Done()
+func (in *redisInbox) keepAlive(ctx context.Context) {
+	defer in.loops.Done()
 	defer func() {
 		// Our own stream: remove it now rather than at TTL.
 		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		s.r.rdb.Del(dctx, topic)
+		in.r.rdb.Del(dctx, in.topic)
 	}()
 	// Refresh often enough to notice a lost key within a second or two.
-	t := time.NewTicker(min(s.r.cfg.InboxTTL/3, s.r.cfg.InboxRefresh))
+	t := time.NewTicker(min(in.r.cfg.InboxTTL/3, in.r.cfg.InboxRefresh))
 	defer t.Stop()
 	for {
 		select {
 		case <-t.C:
-			ok, err := s.r.rdb.PExpire(ctx, topic, s.r.cfg.InboxTTL).Result()
+			ok, err := in.r.rdb.PExpire(ctx, in.topic, in.r.cfg.InboxTTL).Result()
 			if err == nil && !ok {
 				// The key is gone (Redis restarted without it): callers
 				// waiting now time out, new ones need the stream back.
-				s.create(ctx, topic)
+				in.create(ctx)
 				continue
 			}
-			s.r.rdb.XTrimMinIDApprox(ctx, topic, nextID(lastRead.Load().(string)), 0)
+			in.r.rdb.XTrimMinIDApprox(ctx, in.topic, nextID(in.last.Load().(string)), 0)
 		case <-ctx.Done():
 			return
 		}
 	}
 }
 
-func (s *redisInboxSubscriber) Close() error {
-	s.closeOnce.Do(func() {
-		close(s.closing)
-		s.mu.Lock()
-		cancels, readers := s.cancels, s.readers
-		s.mu.Unlock()
-		stopReaders(cancels, readers, &s.wg)
-		s.r.untrack(s)
+// Close implements Inbox.
+func (in *redisInbox) Close() error {
+	in.once.Do(func() {
+		stopReaders([]context.CancelFunc{in.cancel}, []*blockingReader{in.reader}, &in.loops)
+		in.r.untrack(in)
 	})
-	s.wg.Wait()
+	in.loops.Wait()
 	return nil
+}
+
+// SendRequest implements Bus.
+func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) error {
+	if r.isClosed() {
+		return ErrClosed
+	}
+	return r.xadd(ctx, &redis.XAddArgs{Stream: RequestTopic(service), MaxLen: r.cfg.RequestMaxLen, Approx: true, Values: req.fields()})
+}
+
+// SendReply implements Bus.
+func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
+	if r.isClosed() {
+		return ErrClosed
+	}
+	// The reply stream belongs to its caller: if it is gone, so is the
+	// caller, and the reply must not recreate the key.
+	err := r.xadd(ctx, &redis.XAddArgs{Stream: inbox, NoMkStream: true, MaxLen: r.cfg.ReplyMaxLen, Approx: true, Values: rep.fields()})
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	return err
+}
+
+// xadd adds one entry, sharing a round trip with concurrent writes.
+func (r *Redis) xadd(ctx context.Context, args *redis.XAddArgs) error {
+	if r.cfg.NoAutoPipeline {
+		return r.rdb.XAdd(ctx, args).Err()
+	}
+	return r.comb.do(ctx, redis.NewStringCmd(ctx, xaddArgs(args)...))
 }

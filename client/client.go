@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
@@ -87,9 +86,9 @@ func (c Config) Validate() error {
 // Client calls functions over a bus. It is safe for concurrent use.
 type Client struct {
 	cfg      Config
-	pub      message.Publisher
+	bus      bus.Bus
 	inbox    string // reply topic
-	inboxSub message.Subscriber
+	open     bus.Inbox
 	idPrefix string
 	seq      atomic.Uint64
 
@@ -100,8 +99,7 @@ type Client struct {
 	breakers sync.Map // function name -> *breaker
 	invoker  Invoker  // interceptors around send
 	admit    *admission
-	stop     context.CancelFunc
-	done     chan struct{}
+	done     chan struct{} // closed by Close
 }
 
 // New returns a client on b with its own reply inbox.
@@ -113,51 +111,37 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 	var rb [6]byte
 	rand.Read(rb[:])
 	id := hex.EncodeToString(rb[:])
-	sub, err := b.InboxSubscriber()
-	if err != nil {
-		return nil, err
-	}
 	c := &Client{
-		cfg: cfg, pub: b.Publisher(), inbox: bus.ReplyTopic(id), inboxSub: sub,
+		cfg: cfg, bus: b, inbox: bus.ReplyTopic(id),
 		idPrefix: id + "-", waiting: map[string]chan *bus.Reply{}, done: make(chan struct{}),
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	replies, err := sub.Subscribe(ctx, c.inbox)
+	open, err := b.OpenInbox(context.Background(), c.inbox, c.deliver)
 	if err != nil {
-		cancel()
 		return nil, fnmesh.Wrap(fnmesh.CodeUnavailable, fmt.Errorf("client: open reply inbox: %w", err))
 	}
-	c.stop = cancel
+	c.open = open
 	c.admit = newAdmission(b, cfg.BacklogCheck)
 	c.invoker = c.send
 	for i := len(cfg.Interceptors) - 1; i >= 0; i-- {
 		c.invoker = cfg.Interceptors[i](c.invoker)
 	}
-	go c.dispatch(replies)
 	return c, nil
 }
 
 // Inbox returns the topic (reply stream) this client reads replies from.
 func (c *Client) Inbox() string { return c.inbox }
 
-// dispatch hands each reply to the call waiting for it. Replies nobody
-// waits for (the call timed out) are dropped.
-func (c *Client) dispatch(replies <-chan *message.Message) {
-	defer close(c.done)
-	for m := range replies {
-		rep, err := bus.DecodeReply(m)
-		if err != nil {
-			c.cfg.Logger.Warn("malformed reply dropped", "err", err)
-			continue
-		}
-		c.mu.Lock()
-		ch := c.waiting[rep.ID]
-		c.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- rep:
-			default: // a duplicate reply (a request run twice)
-			}
+// deliver hands a reply to the call waiting for it; the inbox calls it
+// for each reply. Replies nobody waits for (the call timed out) are
+// dropped.
+func (c *Client) deliver(rep *bus.Reply) {
+	c.mu.Lock()
+	ch := c.waiting[rep.ID]
+	c.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- rep:
+		default: // a duplicate reply (a request run twice)
 		}
 	}
 }
@@ -172,9 +156,8 @@ func (c *Client) Close() error {
 	}
 	c.closed = true
 	c.mu.Unlock()
-	c.stop()
-	err := c.inboxSub.Close()
-	<-c.done
+	err := c.open.Close()
+	close(c.done)
 	return err
 }
 
@@ -373,9 +356,7 @@ func contextError(ctx context.Context, function string) error {
 }
 
 func (c *Client) publish(ctx context.Context, service string, req *bus.Request) error {
-	m := req.Message()
-	m.SetContext(ctx)
-	if err := c.pub.Publish(bus.RequestTopic(service), m); err != nil {
+	if err := c.bus.SendRequest(ctx, service, req); err != nil {
 		if ctx.Err() != nil {
 			return contextError(ctx, service+"."+req.Function)
 		}

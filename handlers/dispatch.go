@@ -22,6 +22,7 @@ import (
 type replica struct {
 	svc     *Service
 	id      string
+	bus     bus.Bus
 	pub     message.Publisher
 	idem    bus.IdempotencyStore
 	log     *slog.Logger
@@ -272,7 +273,9 @@ func (r *replica) reply(msgCtx context.Context, replyTo, id string, out any, cal
 			rep.Payload = b
 		}
 	}
-	if err := r.publish(msgCtx, replyTo, rep.Message()); err != nil {
+	// hardCtx, not the message's: a reply is written even while draining.
+	if err := r.bus.SendReply(r.hardCtx, replyTo, rep); err != nil {
+		r.log.Error("reply failed; the request will be delivered again", "err", err)
 		return nil, err
 	}
 	return rep.Payload, nil

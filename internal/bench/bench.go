@@ -38,13 +38,27 @@ type Result struct {
 	PerSecond  float64       // calls (or processed sends) per second
 	SentPerSec float64       // send mode: enqueued per second
 	Calls      int64
+	// CPU time per call in the throughput phase: this process (client and
+	// replicas) and the Redis server.
+	CPUPerCall, RedisCPUPerCall time.Duration
 }
 
 func (r Result) String() string {
+	cpu := fmt.Sprintf(" cpu_us_per_call=%.1f redis_cpu_us_per_call=%.1f", usec(r.CPUPerCall), usec(r.RedisCPUPerCall))
 	if strings.HasSuffix(r.Mode, "send") {
-		return fmt.Sprintf("%s sent_per_s=%.0f processed_per_s=%.0f", r.Mode, r.SentPerSec, r.PerSecond)
+		return fmt.Sprintf("%s sent_per_s=%.0f processed_per_s=%.0f", r.Mode, r.SentPerSec, r.PerSecond) + cpu
 	}
-	return fmt.Sprintf("%s p50_us=%d p99_us=%d throughput_per_s=%.0f", r.Mode, r.P50.Microseconds(), r.P99.Microseconds(), r.PerSecond)
+	return fmt.Sprintf("%s p50_us=%d p99_us=%d throughput_per_s=%.0f", r.Mode, r.P50.Microseconds(), r.P99.Microseconds(), r.PerSecond) + cpu
+}
+
+func usec(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+
+// perCall divides the meter's CPU times by n.
+func (r *Result) perCall(m *cpuMeter, n int64) {
+	if n > 0 {
+		r.CPUPerCall = m.selfCPU / time.Duration(n)
+		r.RedisCPUPerCall = m.redCPU / time.Duration(n)
+	}
 }
 
 type args struct{ A, B int }
@@ -170,6 +184,7 @@ func measure(ctx context.Context, o Options, mode string, call caller) (Result, 
 	var done atomic.Int64
 	var failed atomic.Value
 	var wg sync.WaitGroup
+	meter := startCPU(o.RedisURL)
 	stop := time.Now().Add(o.Duration)
 	for w := 0; w < o.Concurrency; w++ {
 		wg.Add(1)
@@ -189,10 +204,13 @@ func measure(ctx context.Context, o Options, mode string, call caller) (Result, 
 		}(w)
 	}
 	wg.Wait()
+	meter.stop()
 	if err, _ := failed.Load().(error); err != nil {
 		return Result{}, err
 	}
-	return Result{Mode: mode, P50: pct(0.5), P99: pct(0.99), PerSecond: float64(done.Load()) / o.Duration.Seconds(), Calls: done.Load()}, nil
+	r := Result{Mode: mode, P50: pct(0.5), P99: pct(0.99), PerSecond: float64(done.Load()) / o.Duration.Seconds(), Calls: done.Load()}
+	r.perCall(meter, done.Load())
+	return r, nil
 }
 
 // runSend is peers' rawsend: Concurrency producers send for Duration,
@@ -200,6 +218,7 @@ func measure(ctx context.Context, o Options, mode string, call caller) (Result, 
 func runSend(ctx context.Context, o Options, c *client.Client, function string, processed *atomic.Int64) (Result, error) {
 	var sent atomic.Int64
 	var failed atomic.Value
+	meter := startCPU(o.RedisURL)
 	t0 := time.Now()
 	stop := t0.Add(o.Duration)
 	var wg sync.WaitGroup
@@ -227,7 +246,10 @@ func runSend(ctx context.Context, o Options, c *client.Client, function string, 
 		time.Sleep(time.Millisecond)
 	}
 	el := time.Since(t0)
-	return Result{Mode: "send", SentPerSec: float64(sent.Load()) / o.Duration.Seconds(), PerSecond: float64(processed.Load()) / el.Seconds(), Calls: processed.Load()}, nil
+	meter.stop()
+	r := Result{Mode: "send", SentPerSec: float64(sent.Load()) / o.Duration.Seconds(), PerSecond: float64(processed.Load()) / el.Seconds(), Calls: processed.Load()}
+	r.perCall(meter, processed.Load())
+	return r, nil
 }
 
 // Ratio compares a framework result with its bare-Redis reference from the

@@ -65,6 +65,7 @@ func runRaw(ctx context.Context, o Options) (Result, error) {
 	}
 	if send {
 		var sent atomic.Int64
+		meter := startCPU(o.RedisURL)
 		t0 := time.Now()
 		stop := t0.Add(o.Duration)
 		var wg sync.WaitGroup
@@ -83,7 +84,10 @@ func runRaw(ctx context.Context, o Options) (Result, error) {
 			time.Sleep(time.Millisecond)
 		}
 		el := time.Since(t0)
-		return Result{Mode: "raw-send", SentPerSec: float64(sent.Load()) / o.Duration.Seconds(), PerSecond: float64(processed.Load()) / el.Seconds(), Calls: processed.Load()}, nil
+		meter.stop()
+		r := Result{Mode: "raw-send", SentPerSec: float64(sent.Load()) / o.Duration.Seconds(), PerSecond: float64(processed.Load()) / el.Seconds(), Calls: processed.Load()}
+		r.perCall(meter, processed.Load())
+		return r, nil
 	}
 	var mu sync.Mutex
 	waiting := map[string]chan []byte{}
