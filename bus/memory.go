@@ -356,4 +356,3 @@ func (s *memGroupSubscriber) Close() error {
 	s.wg.Wait()
 	return nil
 }
-

@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
 )
