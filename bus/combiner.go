@@ -2,8 +2,8 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -16,10 +16,12 @@ import (
 // in the next.
 type combiner struct {
 	rdb      redis.UniversalClient
+	conn     *redis.Conn // owned connection (single-node clients); only the flusher uses it
 	mu       sync.Mutex
 	queue    []*pendingCmd
 	spare    []*pendingCmd // the other buffer, reused
 	flushing bool
+	closed   bool
 }
 
 type pendingCmd struct {
@@ -29,8 +31,6 @@ type pendingCmd struct {
 
 var pendingPool = sync.Pool{New: func() any { return &pendingCmd{done: make(chan struct{}, 1)} }}
 
-// execTimeout bounds one shared pipeline, whatever its callers' contexts.
-const execTimeout = 10 * time.Second
 
 // do runs cmd, sharing a round trip with concurrent callers, and returns
 // its error. ctx only bounds the wait: once queued, the command is sent.
@@ -64,7 +64,7 @@ func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
 		go c.flushAll()
 		return cmd.Err()
 	}
-	c.flushing = false
+	c.idleLocked()
 	c.mu.Unlock()
 	return cmd.Err()
 }
@@ -74,17 +74,9 @@ func (c *combiner) flushOnce() {
 	batch := c.queue
 	c.queue, c.spare = c.spare[:0], nil
 	c.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
-	if len(batch) == 1 {
-		c.rdb.Process(ctx, batch[0].cmd)
-	} else {
-		pipe := c.rdb.Pipeline()
-		for _, p := range batch {
-			pipe.Process(ctx, p.cmd)
-		}
-		pipe.Exec(ctx)
-	}
-	cancel()
+	// No deadline of its own: the client's read and write timeouts bound
+	// the round trip.
+	c.exec(context.Background(), batch)
 	for i, p := range batch {
 		p.done <- struct{}{}
 		batch[i] = nil
@@ -102,6 +94,58 @@ func (c *combiner) flushAll() {
 		c.flushOnce()
 		c.mu.Lock()
 	}
-	c.flushing = false
+	c.idleLocked()
 	c.mu.Unlock()
+}
+
+// exec sends a batch in one round trip. On a single-node client it uses a
+// connection of its own: the pool's health check, a syscall on every
+// checkout, is paid once instead of once per batch. Only one flusher runs
+// at a time, so one connection is enough.
+func (c *combiner) exec(ctx context.Context, batch []*pendingCmd) {
+	var p redis.Pipeliner
+	if rc, ok := c.rdb.(*redis.Client); ok {
+		if c.conn == nil {
+			c.conn = rc.Conn()
+		}
+		p = c.conn.Pipeline()
+	} else {
+		p = c.rdb.Pipeline()
+	}
+	for _, pc := range batch {
+		p.Process(ctx, pc.cmd)
+	}
+	_, err := p.Exec(ctx)
+	if err != nil && c.conn != nil && !isRedisError(err) {
+		// A network error leaves the connection unusable: take another.
+		c.conn.Close()
+		c.conn = nil
+	}
+}
+
+// idleLocked ends a flushing turn; c.mu is held. The owned connection is
+// touched only by the flusher, or here when no flush runs.
+func (c *combiner) idleLocked() {
+	c.flushing = false
+	if c.closed && c.conn != nil {
+		c.conn.Close()
+		c.conn = nil
+	}
+}
+
+// close releases the owned connection now, or when the running flush ends.
+func (c *combiner) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	if !c.flushing {
+		c.idleLocked()
+	}
+}
+
+// isRedisError reports an error the server answered with (the connection
+// is fine), as opposed to a network error.
+func isRedisError(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) || errors.Is(err, redis.Nil)
 }

@@ -85,9 +85,14 @@ func (in *memInbox) Close() error {
 
 // SendRequest implements Bus.
 func (b *Memory) SendRequest(ctx context.Context, service string, r *Request) error {
-	m := r.Message()
-	m.SetContext(ctx)
-	return b.Publisher().Publish(RequestTopic(service), m)
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	b.queue(RequestTopic(service)).push(&memItem{msg: r.Message(), id: b.nextID()})
+	return nil
 }
 
 // SendReply implements Bus. The caller's deliver runs on the replica's
@@ -176,7 +181,9 @@ func (p memPublisher) Publish(topic string, msgs ...*message.Message) error {
 	default:
 		q := b.queue(topic)
 		for _, m := range msgs {
-			q.push(&memItem{msg: m.Copy(), id: b.nextID()})
+			// Stored as given: every delivery hands out a copy of it (fresh
+			// ack channels), never the message itself.
+			q.push(&memItem{msg: m, id: b.nextID()})
 		}
 	}
 	return nil

@@ -243,6 +243,7 @@ func (r *Redis) Close() error {
 	}
 	close(r.done)
 	r.acks.wait()
+	r.comb.close()
 	if r.ownsRDB {
 		return r.rdb.Close()
 	}
@@ -260,13 +261,15 @@ func (r *Redis) isClosed() bool {
 
 // blockingReader is a client of one connection for blocking reads
 // (XREADGROUP/XREAD BLOCK), which a context cannot interrupt (go-redis
-// #2556). close unblocks a waiting read with CLIENT UNBLOCK, then closes
-// the connection.
+// #2556). unblock ends a waiting read with CLIENT UNBLOCK; close closes
+// the connection. On a single node it reads through a sticky connection,
+// which skips the pool's per-checkout health check (a syscall per read).
 type blockingReader struct {
 	redis.UniversalClient
 	owner *Redis
 	id    atomic.Int64 // CLIENT ID of the connection, 0 until connected
 	own   bool         // false: shares the bus's client (unknown kind)
+	conn  *redis.Conn  // sticky connection, single-node only; read loop only
 }
 
 func (r *Redis) newBlockingReader() *blockingReader {
@@ -291,6 +294,26 @@ func (r *Redis) newBlockingReader() *blockingReader {
 		br.UniversalClient, br.own = r.rdb, false
 	}
 	return br
+}
+
+// cmdable is what the read loop reads through.
+func (br *blockingReader) cmdable() redis.Cmdable {
+	if c, ok := br.UniversalClient.(*redis.Client); ok && br.own {
+		if br.conn == nil {
+			br.conn = c.Conn()
+		}
+		return br.conn
+	}
+	return br.UniversalClient
+}
+
+// failed drops the sticky connection after a network error; the next read
+// takes a new one.
+func (br *blockingReader) failed(err error) {
+	if br.conn != nil && !isRedisError(err) {
+		br.conn.Close()
+		br.conn = nil
+	}
 }
 
 func chainOnConnect(a, b func(context.Context, *redis.Conn) error) func(context.Context, *redis.Conn) error {
@@ -533,8 +556,7 @@ func (a *acker) flush(byTopic map[string][]string) {
 	if len(byTopic) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+	ctx := context.Background() // bounded by the client's timeouts
 	if len(byTopic) == 1 {
 		// Through the combiner: the XACK shares a round trip with the
 		// replies being written at the same time.

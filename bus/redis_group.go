@@ -209,7 +209,7 @@ func (g *groupSubscription) run(ctx context.Context) {
 		if history {
 			start, block = "0", -1
 		}
-		res, err := g.reader.XReadGroup(ctx, &redis.XReadGroupArgs{
+		res, err := g.reader.cmdable().XReadGroup(ctx, &redis.XReadGroupArgs{
 			Group: Group, Consumer: g.s.cfg.Consumer,
 			Streams: []string{g.topic, start}, Count: int64(free), Block: block,
 		}).Result()
@@ -220,6 +220,7 @@ func (g *groupSubscription) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			g.reader.failed(err)
 			if strings.HasPrefix(err.Error(), "NOGROUP") {
 				// The stream was deleted or Redis restarted empty.
 				g.s.r.ensureGroup(ctx, g.topic)

@@ -69,13 +69,14 @@ func (in *redisInbox) read(ctx context.Context, last string) {
 	defer in.loops.Done()
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
-		res, err := in.reader.XRead(ctx, &redis.XReadArgs{
+		res, err := in.reader.cmdable().XRead(ctx, &redis.XReadArgs{
 			Streams: []string{in.topic, last}, Count: in.r.cfg.ReadBatch, Block: in.r.cfg.BlockTime,
 		}).Result()
 		if err != nil {
 			if errors.Is(err, redis.Nil) {
 				continue
 			}
+			in.reader.failed(err)
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():

@@ -78,12 +78,12 @@ func Run(t *testing.T, newBus NewBus) {
 // Harness starts services and clients on one bus and stops them when the
 // test ends.
 type Harness struct {
-	T   *testing.T
+	T   testing.TB
 	Bus bus.Bus
 }
 
 // NewHarness wraps b; b is closed when the test ends.
-func NewHarness(t *testing.T, b bus.Bus) *Harness {
+func NewHarness(t testing.TB, b bus.Bus) *Harness {
 	t.Cleanup(func() { b.Close() })
 	return &Harness{T: t, Bus: b}
 }
@@ -153,7 +153,7 @@ func (h *Harness) Client(cfg client.Config) *client.Client {
 
 // Eventually polls cond until it holds or d passes. For outcomes that
 // have no signal of their own to wait on (a record appearing in Redis).
-func Eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -165,7 +165,7 @@ func Eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // WantCode fails the test unless err is a *fnmesh.Error with code.
-func WantCode(t *testing.T, err error, code fnmesh.Code) *fnmesh.Error {
+func WantCode(t testing.TB, err error, code fnmesh.Code) *fnmesh.Error {
 	t.Helper()
 	var fe *fnmesh.Error
 	if !errors.As(err, &fe) {

@@ -1,0 +1,76 @@
+package integration
+
+import (
+	"context"
+	"testing"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/handlers"
+)
+
+// redisCallPath starts one replica of a trivial function and a client,
+// each on its own Redis connection, and returns one call.
+func redisCallPath(tb testing.TB) func() error {
+	service := bustest.Name("allocs")
+	h := bustest.NewHarness(tb, newRedisBus(tb, bus.RedisConfig{}))
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
+		return bustest.AddOut{Sum: in.A + in.B}, nil
+	})
+	h.Start(svc)
+	cb := newRedisBus(tb, bus.RedisConfig{})
+	tb.Cleanup(func() { cb.Close() })
+	c, err := client.New(cb, client.Config{Logger: bustest.Quiet})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	fn := service + ".add"
+	in := bustest.AddIn{A: 1, B: 2}
+	return func() error {
+		var out bustest.AddOut
+		return c.Call(context.Background(), fn, in, &out)
+	}
+}
+
+// BenchmarkCallRedis is one call through client, Redis and replica:
+// -benchmem reports the allocations per call on both sides together.
+func BenchmarkCallRedis(b *testing.B) {
+	call := redisCallPath(b)
+	for i := 0; i < 100; i++ {
+		call()
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := call(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// Allocations per call, client and replica together, on Redis. The budget
+// has some headroom over what was measured; a change that allocates more
+// per call fails here and must say why.
+func TestAllocationBudgetRedis(t *testing.T) {
+	call := redisCallPath(t)
+	for i := 0; i < 200; i++ { // warm-up: pools, buffers
+		call()
+	}
+	allocs := testing.AllocsPerRun(2000, func() {
+		if err := call(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("allocations per call over Redis (client + replica): %.1f", allocs)
+	if allocs > redisAllocBudget {
+		t.Fatalf("%.1f allocations per call, budget %d", allocs, redisAllocBudget)
+	}
+}
+
+const redisAllocBudget = 1000
