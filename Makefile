@@ -3,7 +3,7 @@ GO        ?= go
 WITHREDIS  = $(GO) run ./internal/redistest/withredis --
 PEERS     ?= ../shared/peers
 
-.PHONY: demo test test-race lint bench build
+.PHONY: demo test test-race test-soak lint bench build
 
 ## demo: the example services and a caller, on the in-memory bus
 ##       (REDIS_URL=redis://... make demo runs it over Redis)
@@ -18,6 +18,10 @@ test:
 ## test-race: the same under the race detector
 test-race:
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+## test-soak: one million calls; RSS, goroutines and Redis keys stay flat
+test-soak:
+	$(GO) test -tags soak -count=1 -timeout 10m -run TestMillionCalls -v ./integration
 
 ## lint: gofmt and go vet
 lint:

@@ -31,7 +31,6 @@ type pendingCmd struct {
 
 var pendingPool = sync.Pool{New: func() any { return &pendingCmd{done: make(chan struct{}, 1)} }}
 
-
 // do runs cmd, sharing a round trip with concurrent callers, and returns
 // its error. ctx only bounds the wait: once queued, the command is sent.
 func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
