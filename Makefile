@@ -31,10 +31,8 @@ lint:
 ## bench: fnmesh against its bare-Redis reference in one run, and the
 ##        Go benchmarks (allocations per call)
 bench:
-	$(WITHREDIS) sh -c '$(GO) run ./cmd/fnmesh bench --mode call --replicas 2 --concurrency 64 --compare && \
-	  $(GO) run ./cmd/fnmesh bench --mode send --replicas 2 --concurrency 64 --compare && \
-	  $(GO) run ./cmd/fnmesh bench --mode call --replicas 2 --concurrency 1 --compare'
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(WITHREDIS) $(GO) run ./internal/bench/benchset --peers '$(PEERS)'
+	$(WITHREDIS) $(GO) test -run '^$$' -bench . -benchmem ./client ./integration
 
 build:
 	$(GO) build -o bin/ ./cmd/...

@@ -31,8 +31,8 @@ type replica struct {
 	running atomic.Int64
 }
 
-// track is the router's handler: handle, counted, so that a stopping
-// replica knows what it still runs.
+// track is what a worker runs for each message: handle, counted, so that
+// a stopping replica knows what it still runs.
 func (r *replica) track(msg *message.Message) error {
 	r.wg.Add(1)
 	r.running.Add(1)
@@ -40,7 +40,7 @@ func (r *replica) track(msg *message.Message) error {
 	return r.handle(msg)
 }
 
-// handle is the router's handler for one request message. It returns an
+// handle handles one request message. It returns an
 // error (and so nacks, for a later redelivery) only when the outcome
 // could not be recorded: a reply or dead letter that failed to publish.
 // Every other outcome, bad input included, is answered and acked.
@@ -57,9 +57,7 @@ func (r *replica) handle(msg *message.Message) error {
 	if len(breq.Payload) > 0 && !json.Valid(breq.Payload) {
 		return r.reject(msg, breq, d, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "%v: field %q is not valid JSON", bus.ErrMalformed, bus.FieldPayload))
 	}
-	r.svc.mu.Lock()
-	f := r.svc.funcs[breq.Function]
-	r.svc.mu.Unlock()
+	f := r.svc.funcs[breq.Function] // read-only once the replica runs
 	if f == nil {
 		return r.reject(msg, breq, d, fnmesh.Errorf(fnmesh.CodeNotFound, "function %s.%s not found", r.svc.name, breq.Function))
 	}
@@ -67,7 +65,7 @@ func (r *replica) handle(msg *message.Message) error {
 		// Replicas keep dying or stalling on it: a poison request.
 		e := fnmesh.Errorf(fnmesh.CodeInternal, "request delivered %d times without finishing (limit %d): replicas stopped while running it", d.Count, r.svc.cfg.MaxDeliveries)
 		if breq.ReplyTo != "" {
-			if _, err := r.reply(msg.Context(), breq.ReplyTo, breq.ID, nil, e); err != nil {
+			if _, err := r.reply(breq.ReplyTo, breq.ID, nil, e); err != nil {
 				return err
 			}
 		}
@@ -118,7 +116,7 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 		if err != nil && r.hardCtx.Err() != nil {
 			return nil, errStopping
 		}
-		result, rerr := r.reply(msg.Context(), breq.ReplyTo, req.ID, out, err)
+		result, rerr := r.reply(breq.ReplyTo, req.ID, out, err)
 		if rerr != nil {
 			return nil, rerr
 		}
@@ -184,14 +182,14 @@ func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req
 	case bus.IdemDone:
 		r.log.Debug("duplicate of a finished request skipped", "key", breq.IdempotencyKey, "id", req.ID)
 		if !req.Async {
-			_, err := r.reply(msg.Context(), breq.ReplyTo, req.ID, json.RawMessage(prior), nil)
+			_, err := r.reply(breq.ReplyTo, req.ID, json.RawMessage(prior), nil)
 			return err
 		}
 		return nil
 	case bus.IdemRunning:
 		r.log.Debug("duplicate of a running request skipped", "key", breq.IdempotencyKey, "id", req.ID)
 		if !req.Async {
-			_, err := r.reply(msg.Context(), breq.ReplyTo, req.ID, nil,
+			_, err := r.reply(breq.ReplyTo, req.ID, nil,
 				fnmesh.Errorf(fnmesh.CodeUnavailable, "a request with idempotency key %q is running; try again for its result", breq.IdempotencyKey))
 			return err
 		}
@@ -261,7 +259,7 @@ func asMeshError(err error) *fnmesh.Error {
 
 // reply publishes the outcome of a call to the caller's reply stream and
 // returns the encoded result.
-func (r *replica) reply(msgCtx context.Context, replyTo, id string, out any, callErr error) ([]byte, error) {
+func (r *replica) reply(replyTo, id string, out any, callErr error) ([]byte, error) {
 	rep := &bus.Reply{ID: id, Replica: r.id}
 	if callErr != nil {
 		rep.Err = asMeshError(callErr)
@@ -296,7 +294,7 @@ func marshalResult(out any) ([]byte, error) {
 func (r *replica) reject(msg *message.Message, breq *bus.Request, d bus.Delivery, e *fnmesh.Error) error {
 	r.log.Warn("rejected request", "code", e.Code, "reason", e.Message, "entry", d.EntryID)
 	if breq != nil && breq.ReplyTo != "" {
-		if _, err := r.reply(msg.Context(), breq.ReplyTo, breq.ID, nil, e); err != nil {
+		if _, err := r.reply(breq.ReplyTo, breq.ID, nil, e); err != nil {
 			return err
 		}
 	}
@@ -309,10 +307,10 @@ func (r *replica) deadLetter(msg *message.Message, d bus.Delivery, e *fnmesh.Err
 		r.log.Warn("request failed for good", "function", msg.Metadata[bus.FieldFunction], "id", msg.Metadata[bus.FieldID], "attempts", attempts, "code", e.Code, "reason", e.Message)
 	}
 	dl := bus.NewDeadLetterMessage(msg, d.EntryID, r.id, e.Code, e.Message, attempts)
-	return r.publish(msg.Context(), bus.DeadLetterTopic(r.svc.name), dl)
+	return r.publish(bus.DeadLetterTopic(r.svc.name), dl)
 }
 
-func (r *replica) publish(_ context.Context, topic string, m *message.Message) error {
+func (r *replica) publish(topic string, m *message.Message) error {
 	// hardCtx, not the message's: a reply is written even while draining.
 	// The transport bounds the write itself.
 	m.SetContext(r.hardCtx)
