@@ -33,6 +33,7 @@ func newApp() *cli.App {
 			benchCommand(),
 			tokenCommand(),
 			dlqCommand(),
+			gatewayCommand(),
 		},
 	}
 }

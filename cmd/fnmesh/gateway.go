@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/gateway"
+	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/security"
+)
+
+func gatewayCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "gateway",
+		Usage: "serve functions over HTTP: POST /v1/functions/{service}/{function}",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: ":8080", Usage: "address to listen on"},
+			redisFlag("Redis URL (default " + defaultRedis + ")"),
+			&cli.StringFlag{Name: "catalog", Usage: "JSON file listing functions and their JSON Schemas (for /openapi.json and the UI), e.g. cmd/examples/catalog.json"},
+			&cli.BoolFlag{Name: "catalog-only", Usage: "refuse calls of functions the catalog does not list"},
+			&cli.BoolFlag{Name: "ui", Usage: "serve the function browser page at /ui/"},
+			&cli.BoolFlag{Name: "insecure", Usage: "forward tokens without checking them at the gateway (functions still check theirs)"},
+			&cli.StringFlag{Name: "secret", EnvVars: []string{"FNMESH_JWT_SECRET"}, Usage: "HMAC secret verifying HS256 tokens (default: the demo's)"},
+			&cli.StringSliceFlag{Name: "cors-origin", Usage: "origin allowed to call from a browser page, e.g. https://app.example.com, or * (repeat for more)"},
+			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "timeout of calls that ask for none"},
+			&cli.DurationFlag{Name: "max-timeout", Value: 30 * time.Second, Usage: "cap on the timeout a request may ask for"},
+			&cli.Int64Flag{Name: "max-body", Value: 1 << 20, Usage: "largest request body, in bytes"},
+			&cli.Float64Flag{Name: "rate", Usage: "requests per second per token subject or client IP (0: no limit)"},
+			&cli.IntFlag{Name: "burst", Usage: "requests at once above --rate (default: --rate rounded up)"},
+			&cli.BoolFlag{Name: "trust-forwarded-for", Usage: "rate-limit by the last X-Forwarded-For address (behind a proxy)"},
+			&cli.DurationFlag{Name: "shutdown-delay", Usage: "on SIGTERM, keep serving this long with /healthz at 503 before closing"},
+			&cli.BoolFlag{Name: "verbose", Usage: "log every request"},
+		},
+		Action: runGateway,
+	}
+}
+
+func runGateway(c *cli.Context) error {
+	level := slog.LevelInfo
+	if c.Bool("verbose") {
+		level = slog.LevelDebug
+	}
+	log := examples.Logger(level)
+	cfg := gateway.Config{
+		CatalogOnly: c.Bool("catalog-only"), UI: c.Bool("ui"), CORSOrigins: c.StringSlice("cors-origin"),
+		DefaultTimeout: c.Duration("timeout"), MaxTimeout: c.Duration("max-timeout"), MaxBodyBytes: c.Int64("max-body"),
+		RateLimit: c.Float64("rate"), RateBurst: c.Int("burst"), TrustForwardedFor: c.Bool("trust-forwarded-for"),
+		ShutdownDelay: c.Duration("shutdown-delay"), Logger: log,
+	}
+	if path := c.String("catalog"); path != "" {
+		cat, err := gateway.LoadCatalogFile(path)
+		if err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		cfg.Catalog = cat
+	}
+	if c.Bool("insecure") {
+		cfg.AllowUnauthenticated = true
+	} else {
+		secret := []byte(c.String("secret"))
+		if len(secret) == 0 {
+			secret = examples.Secret()
+			log.Warn("verifying tokens with the demo secret: set FNMESH_JWT_SECRET outside a demo")
+		}
+		v, err := security.NewJWTVerifier(security.JWTConfig{HMACSecret: secret})
+		if err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		cfg.Auth = v
+	}
+	url := c.String("redis")
+	if url == "" {
+		url = defaultRedis
+	}
+	b, err := bus.NewRedis(bus.RedisConfig{URL: url})
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	defer b.Close()
+	host, _ := os.Hostname()
+	cl, err := client.New(b, client.Config{Name: fmt.Sprintf("gateway-%s-%d", host, os.Getpid()), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	cfg.Client = cl
+	g, err := gateway.New(cfg)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ln, err := listen(c.String("listen"))
+	if err != nil {
+		return err
+	}
+	log.Info("gateway serving", "addr", ln.Addr().String(), "redis", url, "ui", cfg.UI, "tokens_checked", cfg.Auth != nil)
+	// One line on stdout for scripts and tests that wait for readiness.
+	fmt.Fprintf(c.App.Writer, "listening on %s\n", ln.Addr())
+	if err := g.Serve(ctx, ln); err != nil {
+		return err
+	}
+	log.Info("gateway stopped")
+	return nil
+}
+
+func listen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
