@@ -496,7 +496,10 @@ func TestHealthMetricsAndUI(t *testing.T) {
 // Serve stops gracefully: the call in flight when the context ends gets
 // its result, /healthz turns 503, and Serve returns nil.
 func TestServeDrainsRunningCalls(t *testing.T) {
-	e := newEnv(t, func(c *gateway.Config) { c.ShutdownTimeout = 10 * time.Second; c.ShutdownDelay = 200 * time.Millisecond })
+	e := newEnv(t, func(c *gateway.Config) {
+		c.ShutdownTimeout = 10 * time.Second
+		c.ShutdownDelay = 200 * time.Millisecond
+	})
 	ln, err := listenLoopback()
 	if err != nil {
 		t.Fatal(err)

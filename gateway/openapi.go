@@ -97,8 +97,8 @@ func buildOpenAPI(fns []Function, checksTokens bool) obj {
 		}
 	}
 	parameters := obj{
-		"timeout_ms": obj{"name": "timeout_ms", "in": "query", "description": "timeout in milliseconds, capped by the gateway's maximum", "schema": obj{"type": "integer", "minimum": 1}},
-		"async":      obj{"name": "async", "in": "query", "description": "1: queue the call and answer 202 at once", "schema": obj{"type": "string", "enum": []string{"1", "true"}}},
+		"timeout_ms":     obj{"name": "timeout_ms", "in": "query", "description": "timeout in milliseconds, capped by the gateway's maximum", "schema": obj{"type": "integer", "minimum": 1}},
+		"async":          obj{"name": "async", "in": "query", "description": "1: queue the call and answer 202 at once", "schema": obj{"type": "string", "enum": []string{"1", "true"}}},
 		"timeout_header": obj{"name": HeaderTimeoutMs, "in": "header", "description": "timeout in milliseconds (when timeout_ms is absent)", "schema": obj{"type": "integer", "minimum": 1}},
 	}
 	paths := obj{}
