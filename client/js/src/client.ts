@@ -1,0 +1,326 @@
+// The caller: call and send functions of the mesh (PROTOCOL.md §3, §4, §6).
+
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+
+import { Conn, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
+import { Codes, FnmeshError, type FieldViolation } from "./errors.js";
+import { PROTOCOL_VERSION, nextId, parseStreams, replyKey, requestKey, splitName, type Details } from "./protocol.js";
+
+/** Options of connect. */
+export interface ClientOptions extends RedisOptions {
+  /** The caller's name, in replicas' logs (the from field). Default host-pid. */
+  name?: string;
+  /** Token sent with every call that gives none. */
+  token?: string;
+  /** Timeout of calls that give none, in milliseconds. Default 10000. */
+  timeoutMs?: number;
+  /** Larger arguments are refused before sending. Default 1 MiB, as on the Go side. */
+  maxPayloadBytes?: number;
+  /** How long the inbox outlives a caller that died without close(). Default 60000 ms. */
+  inboxTtlMs?: number;
+  /** How often the inbox's TTL is renewed and its read replies trimmed. Default 2000 ms. */
+  inboxRefreshMs?: number;
+  logger?: Logger;
+}
+
+/** Options of one call. */
+export interface CallOptions {
+  /** Give up after this long, in milliseconds; the deadline travels with the request. */
+  timeoutMs?: number;
+  /** Bearer token (a JWT) for this call instead of the client's. */
+  token?: string;
+  /** Abandon the call (it fails with canceled). */
+  signal?: AbortSignal;
+  /** W3C traceparent to send with the request. */
+  traceparent?: string;
+  /** Idempotency key (reserved by the protocol). */
+  idempotencyKey?: string;
+}
+
+/** Options of one send. */
+export interface SendOptions extends Omit<CallOptions, "signal" | "timeoutMs"> {
+  /** If no replica has run the request after this long, it is dead-lettered unrun. Default: no deadline. */
+  timeoutMs?: number;
+}
+
+/** What a call learns besides its result. */
+export interface CallInfo {
+  /** The request id. */
+  id: string;
+  /** The replica that answered. */
+  replica: string;
+}
+
+interface Waiter {
+  resolve(v: { result: unknown; replica: string }): void;
+  reject(e: FnmeshError): void;
+}
+
+/** Connects a caller: opens its inbox (a reply stream of its own). */
+export async function connect(opts: ClientOptions = {}): Promise<Client> {
+  const c = new Client(opts);
+  await c.open();
+  return c;
+}
+
+/**
+ * A caller of mesh functions. One client owns one inbox; it is safe to
+ * make many calls at once on it. Close it when done.
+ */
+export class Client {
+  readonly inbox: string;
+  private readonly key: string;
+  private readonly name: string;
+  private readonly log: Logger;
+  private readonly timeoutMs: number;
+  private readonly maxPayload: number;
+  private readonly ttlMs: number;
+  private readonly refreshMs: number;
+  private cmd?: Conn;
+  private reader?: Conn;
+  private lastRead = "0-0";
+  private seq = 0;
+  private readonly waiting = new Map<string, Waiter>();
+  private closed = false;
+  private readLoop?: Promise<void>;
+  private refresh?: NodeJS.Timeout;
+  private readonly stopping = new AbortController();
+
+  constructor(private readonly opts: ClientOptions) {
+    this.inbox = randomBytes(6).toString("hex");
+    this.key = replyKey(this.inbox);
+    this.name = opts.name ?? `${hostname()}-${process.pid}`;
+    this.log = opts.logger ?? defaultLogger;
+    this.timeoutMs = opts.timeoutMs ?? 10_000;
+    this.maxPayload = opts.maxPayloadBytes ?? 1 << 20;
+    this.ttlMs = opts.inboxTtlMs ?? 60_000;
+    this.refreshMs = opts.inboxRefreshMs ?? 2_000;
+    for (const [k, v] of Object.entries({ timeoutMs: this.timeoutMs, maxPayloadBytes: this.maxPayload, inboxTtlMs: this.ttlMs, inboxRefreshMs: this.refreshMs })) {
+      if (!(v > 0)) throw new Error(`fnmesh: ClientOptions.${k} is ${v}, want more than 0`);
+    }
+    if (this.ttlMs < 1000) throw new Error(`fnmesh: ClientOptions.inboxTtlMs is ${this.ttlMs}, want at least 1000`);
+  }
+
+  /** The inbox's stream key, fnmesh:reply:{INBOX}. */
+  get replyKey(): string {
+    return this.key;
+  }
+
+  /** @internal Opens the connections and the inbox; connect() calls it. */
+  async open(): Promise<void> {
+    try {
+      this.cmd = await Conn.open(this.opts, this.log, "caller");
+      this.reader = await this.cmd.duplicate("caller inbox");
+      this.lastRead = await this.createInbox();
+    } catch (err) {
+      await this.cmd?.close();
+      await this.reader?.close();
+      throw new FnmeshError(Codes.Unavailable, `cannot open the reply inbox: ${errorMessage(err)}`);
+    }
+    this.readLoop = this.read();
+    this.refresh = setInterval(() => void this.keepAlive(), Math.min(this.refreshMs, this.ttlMs / 3));
+  }
+
+  /** §6: the inbox with a first entry and a TTL, in one transaction. */
+  private async createInbox(): Promise<string> {
+    const [first] = await this.cmd!.multi([
+      ["XADD", this.key, "*", "hello", "inbox"],
+      ["PEXPIRE", this.key, String(this.ttlMs)],
+    ]);
+    return String(first);
+  }
+
+  private async read(): Promise<void> {
+    let backoff = 50;
+    while (!this.closed) {
+      let reply: unknown;
+      try {
+        reply = await this.reader!.send(["XREAD", "COUNT", "128", "BLOCK", "2000", "STREAMS", this.key, this.lastRead]);
+      } catch (err) {
+        if (this.closed) return;
+        this.log.debug("inbox read failed", { err: errorMessage(err) });
+        await sleep(backoff, this.stopping.signal);
+        backoff = Math.min(backoff * 2, 2000);
+        continue;
+      }
+      backoff = 50;
+      for (const e of parseStreams(reply)) {
+        this.lastRead = e.id;
+        if (!e.present || "hello" in e.fields) continue;
+        this.deliver(e.fields);
+      }
+    }
+  }
+
+  /** Hands a reply to the call waiting for it; others are dropped (§4). */
+  private deliver(f: Record<string, string>): void {
+    const w = f.id === undefined ? undefined : this.waiting.get(f.id);
+    if (!w) return; // late, duplicate, or not ours
+    this.waiting.delete(f.id);
+    const replica = f.by ?? "";
+    if (f.code !== undefined) {
+      let fields: FieldViolation[] = [];
+      if (f.det) {
+        try {
+          fields = (JSON.parse(f.det) as Details).fields ?? [];
+        } catch {
+          // details are optional: keep the code and message
+        }
+      }
+      const e = new FnmeshError(f.code, f.msg ?? "", fields);
+      (e as { replica?: string }).replica = replica;
+      w.reject(e);
+      return;
+    }
+    if (f.p === undefined || f.p === "") {
+      w.resolve({ result: null, replica });
+      return;
+    }
+    try {
+      w.resolve({ result: JSON.parse(f.p), replica });
+    } catch {
+      w.reject(new FnmeshError(Codes.Internal, `the result from ${replica} is not valid JSON`));
+    }
+  }
+
+  private async keepAlive(): Promise<void> {
+    if (this.closed) return;
+    try {
+      const ok = Number(await this.cmd!.send(["PEXPIRE", this.key, String(this.ttlMs)]));
+      if (ok === 0) {
+        // The key is gone (Redis restarted empty): calls waiting now time
+        // out, new ones need the stream back.
+        await this.createInbox();
+        return;
+      }
+      await this.cmd!.send(["XTRIM", this.key, "MINID", "~", nextId(this.lastRead)]);
+    } catch (err) {
+      this.log.debug("inbox refresh failed", { err: errorMessage(err) });
+    }
+  }
+
+  private encode(fn: string, args: unknown): { service: string; name: string; payload?: string } {
+    const [service, name] = splitName(fn);
+    let payload: string | undefined;
+    if (args !== undefined) {
+      try {
+        payload = JSON.stringify(args);
+      } catch (err) {
+        throw new FnmeshError(Codes.InvalidArgument, `arguments are not JSON-encodable: ${errorMessage(err)}`);
+      }
+    }
+    if (payload !== undefined && Buffer.byteLength(payload) > this.maxPayload) {
+      throw new FnmeshError(Codes.InvalidArgument, `arguments of ${Buffer.byteLength(payload)} bytes exceed the limit of ${this.maxPayload}`);
+    }
+    return { service, name, payload };
+  }
+
+  private request(id: string, name: string, o: { rt?: string; dl?: number; token?: string; traceparent?: string; idempotencyKey?: string }, payload?: string): string[] {
+    const f = ["v", PROTOCOL_VERSION, "id", id, "fn", name];
+    if (o.rt) f.push("rt", o.rt);
+    if (o.dl !== undefined) f.push("dl", String(o.dl));
+    f.push("from", this.name);
+    if (o.idempotencyKey) f.push("ik", o.idempotencyKey);
+    if (o.traceparent) f.push("tp", o.traceparent);
+    if (o.token) f.push("tok", o.token);
+    if (payload !== undefined) f.push("p", payload);
+    return f;
+  }
+
+  /**
+   * Calls fn ("service.function") with args and resolves with its result.
+   * Rejects with a FnmeshError: the function's own, or a mesh code
+   * (deadline_exceeded when no result came before the deadline).
+   */
+  async call<R = unknown>(fn: string, args?: unknown, opts: CallOptions = {}): Promise<R> {
+    return (await this.callWithInfo<R>(fn, args, opts)).result;
+  }
+
+  /** call, also telling the request id and the replica that answered. */
+  async callWithInfo<R = unknown>(fn: string, args?: unknown, opts: CallOptions = {}): Promise<{ result: R } & CallInfo> {
+    if (this.closed) throw new FnmeshError(Codes.Unavailable, "client closed");
+    const { service, name, payload } = this.encode(fn, args);
+    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
+    if (!(timeoutMs > 0)) throw new FnmeshError(Codes.InvalidArgument, `timeoutMs is ${timeoutMs}, want more than 0`);
+    if (opts.signal?.aborted) throw new FnmeshError(Codes.Canceled, `call of ${fn} canceled`);
+    const id = `${this.inbox}-${(++this.seq).toString(36)}`;
+    const deadline = Date.now() + timeoutMs;
+    const fields = this.request(id, name, { rt: this.key, dl: deadline, token: opts.token ?? this.opts.token, traceparent: opts.traceparent, idempotencyKey: opts.idempotencyKey }, payload);
+
+    const outcome = new Promise<{ result: unknown; replica: string }>((resolve, reject) => {
+      const cleanup = () => {
+        clearTimeout(timer);
+        opts.signal?.removeEventListener("abort", onAbort);
+        this.waiting.delete(id);
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new FnmeshError(Codes.DeadlineExceeded, `no result from ${fn} within its deadline`));
+      }, timeoutMs);
+      const onAbort = () => {
+        cleanup();
+        reject(new FnmeshError(Codes.Canceled, `call of ${fn} canceled`));
+      };
+      opts.signal?.addEventListener("abort", onAbort, { once: true });
+      this.waiting.set(id, {
+        resolve: (v) => {
+          cleanup();
+          resolve(v);
+        },
+        reject: (e) => {
+          cleanup();
+          reject(e);
+        },
+      });
+    });
+    outcome.catch(() => {}); // settled before it is awaited when the XADD fails or close() runs
+    try {
+      await this.cmd!.send(["XADD", requestKey(service), "*", ...fields]);
+    } catch (err) {
+      const w = this.waiting.get(id);
+      w?.reject(new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`));
+    }
+    const { result, replica } = await outcome;
+    return { result: result as R, id, replica };
+  }
+
+  /**
+   * Queues a run of fn with args and resolves with the request id once
+   * the request is stored in Redis. The function runs as a call would, its
+   * result dropped; failures are retried, then dead-lettered by the service.
+   */
+  async send(fn: string, args?: unknown, opts: SendOptions = {}): Promise<string> {
+    if (this.closed) throw new FnmeshError(Codes.Unavailable, "client closed");
+    const { service, name, payload } = this.encode(fn, args);
+    const id = `${this.inbox}-${(++this.seq).toString(36)}`;
+    const dl = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;
+    const fields = this.request(id, name, { dl, token: opts.token ?? this.opts.token, traceparent: opts.traceparent, idempotencyKey: opts.idempotencyKey }, payload);
+    try {
+      await this.cmd!.send(["XADD", requestKey(service), "*", ...fields]);
+    } catch (err) {
+      throw new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`);
+    }
+    return id;
+  }
+
+  /** Fails the calls still waiting with unavailable and removes the inbox. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopping.abort();
+    clearInterval(this.refresh);
+    for (const w of [...this.waiting.values()]) w.reject(new FnmeshError(Codes.Unavailable, "client closed"));
+    this.waiting.clear();
+    // End the blocking read now rather than when BLOCK runs out.
+    await this.cmd!.unblock(this.reader!);
+    try {
+      await this.cmd!.send(["DEL", this.key]);
+    } catch (err) {
+      this.log.debug("inbox not removed; its TTL will", { err: errorMessage(err) });
+    }
+    await this.readLoop;
+    await this.reader!.close();
+    await this.cmd!.close();
+  }
+}
