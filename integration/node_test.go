@@ -1,0 +1,180 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fnmesh/fnmesh"
+)
+
+// The TypeScript client (client/js), built once per test run with its own
+// tsc; node and `npm ci` are prerequisites that CI installs (.ci/run,
+// `make js`).
+var (
+	jsOnce sync.Once
+	jsDir  string
+	jsErr  error
+)
+
+func nodeJS(t testing.TB) string {
+	t.Helper()
+	jsOnce.Do(func() {
+		dir, err := filepath.Abs("../client/js")
+		if err != nil {
+			jsErr = err
+			return
+		}
+		if _, err := exec.LookPath("node"); err != nil {
+			jsErr = fmt.Errorf("node not found: install Node.js 20 or later (Debian: apt-get install nodejs npm)")
+			return
+		}
+		tsc := filepath.Join(dir, "node_modules", "typescript", "bin", "tsc")
+		if _, err := os.Stat(tsc); err != nil {
+			jsErr = fmt.Errorf("client/js has no node_modules: run `make js` (npm ci in client/js) first")
+			return
+		}
+		out, err := exec.Command("node", tsc, "-p", dir).CombinedOutput()
+		if err != nil {
+			jsErr = fmt.Errorf("building client/js with tsc: %v\n%s", err, out)
+			return
+		}
+		jsDir = dir
+	})
+	if jsErr != nil {
+		t.Fatal(jsErr)
+	}
+	return jsDir
+}
+
+// nodeReplica is a Node replica process (client/js/tools/interop.ts).
+type nodeReplica struct {
+	id    string
+	cmd   *exec.Cmd
+	lines chan string
+	exit  chan error
+}
+
+// startNodeReplica starts a Node replica of service and waits until it
+// has joined the group. args: --secret S, --concurrency N.
+func startNodeReplica(t testing.TB, service, replica string, args ...string) *nodeReplica {
+	t.Helper()
+	dir := nodeJS(t)
+	cmd := exec.Command("node", append([]string{filepath.Join(dir, "dist", "tools", "interop.js"), "serve", service, replica}, args...)...)
+	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := &nodeReplica{id: replica, cmd: cmd, lines: make(chan string, 16), exit: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case n.lines <- sc.Text():
+			default:
+			}
+		}
+		n.exit <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if err := n.stop(10 * time.Second); err != nil {
+			t.Errorf("node replica %s: %v", replica, err)
+		}
+	})
+	select {
+	case l := <-n.lines:
+		if l != "ready "+replica {
+			t.Fatalf("node replica %s said %q, want ready", replica, l)
+		}
+	case err := <-n.exit:
+		n.exit <- err
+		t.Fatalf("node replica %s exited: %v", replica, err)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("node replica %s not ready in 20s", replica)
+	}
+	return n
+}
+
+// stop sends SIGTERM and waits for a clean exit (the replica drains).
+func (n *nodeReplica) stop(d time.Duration) error {
+	if n.cmd.ProcessState != nil {
+		return nil
+	}
+	n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-n.exit:
+		n.exit <- err
+		return err
+	case <-time.After(d):
+		n.cmd.Process.Kill()
+		return fmt.Errorf("still running %v after SIGTERM", d)
+	}
+}
+
+// nodeOutcome is what the Node caller printed.
+type nodeOutcome struct {
+	OK      bool                    `json:"ok"`
+	Result  json.RawMessage         `json:"result"`
+	Replica string                  `json:"replica"`
+	ID      string                  `json:"id"`
+	Code    fnmesh.Code             `json:"code"`
+	Message string                  `json:"message"`
+	Fields  []fnmesh.FieldViolation `json:"fields"`
+}
+
+// nodeCall runs the Node caller once: mode "call" or "send", function,
+// JSON arguments, then --token T / --timeout MS.
+func nodeCall(t testing.TB, mode, function, args string, flags ...string) nodeOutcome {
+	t.Helper()
+	dir := nodeJS(t)
+	cmd := exec.Command("node", append([]string{filepath.Join(dir, "dist", "tools", "interop.js"), mode, function, args}, flags...)...)
+	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node %s %s: %v\n%s", mode, function, err, out)
+	}
+	var o nodeOutcome
+	if err := json.Unmarshal([]byte(strings.TrimSpace(string(out))), &o); err != nil {
+		t.Fatalf("node %s %s printed %q: %v", mode, function, out, err)
+	}
+	return o
+}
+
+// The Node package's own test suite (client/js/test), against this Redis.
+func TestNodeSuite(t *testing.T) {
+	t.Parallel()
+	dir := nodeJS(t)
+	files, _ := filepath.Glob(filepath.Join(dir, "dist", "test", "*.test.js"))
+	if len(files) == 0 {
+		t.Fatal("no compiled tests in client/js/dist/test")
+	}
+	cmd := exec.Command("node", append([]string{"--test"}, files...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL)
+	out, err := cmd.CombinedOutput()
+	summary := []string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "# ") || strings.HasPrefix(l, "not ok") {
+			summary = append(summary, l)
+		}
+	}
+	t.Logf("node --test:\n%s", strings.Join(summary, "\n"))
+	if err != nil {
+		t.Fatalf("node --test failed: %v\n%s", err, out)
+	}
+}
