@@ -1,9 +1,10 @@
 # fnmesh: the targets people guess.
 GO        ?= go
+NPM       ?= npm
 WITHREDIS  = $(GO) run ./internal/redistest/withredis --
 PEERS     ?= ../shared/peers
 
-.PHONY: demo test test-race test-soak lint bench build
+.PHONY: demo test test-race test-soak lint bench build js gateway
 
 ## demo: the example services and a caller, on the in-memory bus
 ##       (REDIS_URL=redis://... make demo runs it over Redis)
@@ -11,17 +12,32 @@ demo:
 	$(GO) run ./cmd/fnmesh demo
 
 ## test: unit tests and integration tests against a real redis-server
-##       (started on a free port, or $REDIS_URL)
-test:
+##       (started on a free port, or $REDIS_URL), the TypeScript client's
+##       tests, Go/Node interop and the gateway page in headless chromium
+test: js
 	$(GO) test -count=1 -timeout 9m ./...
 
 ## test-race: the same under the race detector
-test-race:
+test-race: js
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 ## test-soak: one million calls; RSS, goroutines and Redis keys stay flat
 test-soak:
 	$(GO) test -tags soak -count=1 -timeout 10m -run TestMillionCalls -v ./integration
+
+## js: the Node packages the tests use, from their lockfiles (npm ci):
+##     the TypeScript client (client/js) and the page test's driver
+##     (gateway/e2e, playwright-core; the browser is Debian's chromium)
+js: client/js/node_modules/.package-lock.json gateway/e2e/node_modules/.package-lock.json
+
+%/node_modules/.package-lock.json: %/package-lock.json %/package.json
+	cd $* && $(NPM) ci --no-audit --no-fund
+	@touch $@
+
+## gateway: the HTTP gateway with the function browser and the example
+##          catalog, on Redis (REDIS_URL or localhost)
+gateway:
+	$(GO) run ./cmd/fnmesh gateway --ui --catalog cmd/examples/catalog.json
 
 ## lint: gofmt and go vet
 lint:
