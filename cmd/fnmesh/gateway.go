@@ -78,6 +78,12 @@ func runGateway(c *cli.Context) error {
 		}
 		cfg.Auth = v
 	}
+	// Refuse a bad configuration before connecting to anything.
+	probe := cfg
+	probe.Client = noCaller{}
+	if _, err := gateway.New(probe); err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
 	url := c.String("redis")
 	if url == "" {
 		url = defaultRedis
@@ -115,3 +121,9 @@ func runGateway(c *cli.Context) error {
 }
 
 func listen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+
+// noCaller stands in for the client while the configuration is checked.
+type noCaller struct{}
+
+func (noCaller) Call(context.Context, string, any, any, ...client.CallOption) error { return nil }
+func (noCaller) Send(context.Context, string, any, ...client.CallOption) error      { return nil }

@@ -45,3 +45,17 @@ func TestCallRejectsBadJSONBeforeConnecting(t *testing.T) {
 		t.Fatalf("got %v (exit %d)", err, exitCode(err))
 	}
 }
+
+func TestGatewayRefusesBadConfigBeforeServing(t *testing.T) {
+	for _, args := range [][]string{
+		{"--catalog", "/nonexistent/catalog.json"},
+		{"--insecure", "--cors-origin", "app.example.com"},
+		{"--insecure", "--timeout", "1m", "--max-timeout", "1s"},
+	} {
+		app := newApp()
+		err := app.Run(append([]string{"fnmesh", "gateway", "--redis", "redis://127.0.0.1:1", "--listen", "127.0.0.1:0"}, args...))
+		if err == nil || exitCode(err) != 2 {
+			t.Errorf("gateway %v: %v (exit %d), want a usage error", args, err, exitCode(err))
+		}
+	}
+}
