@@ -5,7 +5,7 @@ import { hostname } from "node:os";
 
 import { Conn, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
 import { Codes, FnmeshError, type FieldViolation } from "./errors.js";
-import { PROTOCOL_VERSION, nextId, parseStreams, replyKey, requestKey, splitName, type Details } from "./protocol.js";
+import { GROUP, PROTOCOL_VERSION, limitsKey, nextId, parseStreams, replyKey, requestKey, splitName, type Details } from "./protocol.js";
 
 /** Options of connect. */
 export interface ClientOptions extends RedisOptions {
@@ -21,6 +21,12 @@ export interface ClientOptions extends RedisOptions {
   inboxTtlMs?: number;
   /** How often the inbox's TTL is renewed and its read replies trimmed. Default 2000 ms. */
   inboxRefreshMs?: number;
+  /**
+   * How often a service's backlog and bound (§11) are read again; calls and
+   * sends to a service at its bound fail with resource_exhausted. Default
+   * 100 ms; negative: never check.
+   */
+  admissionIntervalMs?: number;
   logger?: Logger;
 }
 
@@ -50,6 +56,15 @@ export interface CallInfo {
   id: string;
   /** The replica that answered. */
   replica: string;
+}
+
+/** What a caller knows of a service's backlog (§11). */
+interface BacklogView {
+  waiting: number;
+  max: number;
+  readAt: number;
+  added: number; // requests this client added since readAt
+  refreshing?: Promise<void>;
 }
 
 interface Waiter {
@@ -86,6 +101,8 @@ export class Client {
   private readLoop?: Promise<void>;
   private refresh?: NodeJS.Timeout;
   private readonly stopping = new AbortController();
+  private readonly admissionMs: number;
+  private readonly backlogs = new Map<string, BacklogView>();
 
   constructor(private readonly opts: ClientOptions) {
     this.inbox = randomBytes(6).toString("hex");
@@ -96,6 +113,7 @@ export class Client {
     this.maxPayload = opts.maxPayloadBytes ?? 1 << 20;
     this.ttlMs = opts.inboxTtlMs ?? 60_000;
     this.refreshMs = opts.inboxRefreshMs ?? 2_000;
+    this.admissionMs = opts.admissionIntervalMs ?? 100;
     for (const [k, v] of Object.entries({ timeoutMs: this.timeoutMs, maxPayloadBytes: this.maxPayload, inboxTtlMs: this.ttlMs, inboxRefreshMs: this.refreshMs })) {
       if (!(v > 0)) throw new Error(`fnmesh: ClientOptions.${k} is ${v}, want more than 0`);
     }
@@ -216,6 +234,57 @@ export class Client {
     return { service, name, payload };
   }
 
+  /** §11: refuses with resource_exhausted while service's backlog has reached its bound. */
+  private async admit(service: string): Promise<void> {
+    if (this.admissionMs < 0) return;
+    let v = this.backlogs.get(service);
+    if (!v) {
+      v = { waiting: 0, max: 0, readAt: 0, added: 0 };
+      this.backlogs.set(service, v);
+      v.refreshing = this.readBacklog(service, v);
+    }
+    if (v.readAt === 0) {
+      await v.refreshing; // the first call to a service reads before deciding
+    } else if (Date.now() - v.readAt > this.admissionMs && !v.refreshing) {
+      v.refreshing = this.readBacklog(service, v);
+    }
+    if (v.max > 0 && v.waiting + v.added >= v.max) {
+      throw new FnmeshError(Codes.ResourceExhausted, `service ${service} has ${v.waiting + v.added} requests waiting, its bound is ${v.max}`);
+    }
+    v.added++;
+  }
+
+  private async readBacklog(service: string, v: BacklogView): Promise<void> {
+    const key = requestKey(service);
+    try {
+      const [max, len, groups] = await Promise.all([
+        this.cmd!.send(["HGET", limitsKey(service), "max_backlog"]),
+        this.cmd!.send(["XLEN", key]),
+        this.cmd!.send<unknown[][]>(["XINFO", "GROUPS", key]).catch(() => []),
+      ]);
+      const xlen = Number(len);
+      let waiting = xlen;
+      for (const flat of groups) {
+        const g: Record<string, unknown> = {};
+        for (let i = 0; i + 1 < flat.length; i += 2) g[String(flat[i])] = flat[i + 1];
+        if (g.name !== GROUP) continue;
+        const pending = Number(g.pending ?? 0);
+        const lag = g.lag === null || g.lag === undefined ? undefined : Number(g.lag);
+        const read = Number(g["entries-read"] ?? 0);
+        waiting = lag !== undefined && lag >= 0 && (lag > 0 || read > 0 || xlen === 0) ? lag : Math.max(xlen - pending, 0);
+      }
+      v.max = max === null || max === undefined ? 0 : Number(max);
+      v.waiting = waiting;
+      v.added = 0;
+    } catch (err) {
+      // Keep the last view; the call itself reports an outage.
+      this.log.debug("backlog unknown", { service, err: errorMessage(err) });
+    } finally {
+      v.readAt = Date.now();
+      v.refreshing = undefined;
+    }
+  }
+
   private request(id: string, name: string, o: { rt?: string; dl?: number; token?: string; traceparent?: string; idempotencyKey?: string }, payload?: string): string[] {
     const f = ["v", PROTOCOL_VERSION, "id", id, "fn", name];
     if (o.rt) f.push("rt", o.rt);
@@ -243,6 +312,8 @@ export class Client {
     const { service, name, payload } = this.encode(fn, args);
     const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
     if (!(timeoutMs > 0)) throw new FnmeshError(Codes.InvalidArgument, `timeoutMs is ${timeoutMs}, want more than 0`);
+    await this.admit(service);
+    if (this.closed) throw new FnmeshError(Codes.Unavailable, "client closed");
     if (opts.signal?.aborted) throw new FnmeshError(Codes.Canceled, `call of ${fn} canceled`);
     const id = `${this.inbox}-${(++this.seq).toString(36)}`;
     const deadline = Date.now() + timeoutMs;
@@ -293,6 +364,8 @@ export class Client {
   async send(fn: string, args?: unknown, opts: SendOptions = {}): Promise<string> {
     if (this.closed) throw new FnmeshError(Codes.Unavailable, "client closed");
     const { service, name, payload } = this.encode(fn, args);
+    await this.admit(service);
+    if (this.closed) throw new FnmeshError(Codes.Unavailable, "client closed");
     const id = `${this.inbox}-${(++this.seq).toString(36)}`;
     const dl = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;
     const fields = this.request(id, name, { dl, token: opts.token ?? this.opts.token, traceparent: opts.traceparent, idempotencyKey: opts.idempotencyKey }, payload);

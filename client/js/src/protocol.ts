@@ -10,6 +10,8 @@ export const REPLY_PREFIX = "fnmesh:reply:";
 export const requestKey = (service: string) => `fnmesh:{${service}}:req`;
 export const deadLetterKey = (service: string) => `fnmesh:{${service}}:dead`;
 export const replyKey = (inbox: string) => `${REPLY_PREFIX}{${inbox}}`;
+export const limitsKey = (service: string) => `fnmesh:{${service}}:limits`;
+export const idempotencyKey = (service: string, key: string) => `fnmesh:{${service}}:idem:${key}`;
 
 export const SERVICE_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 export const FUNCTION_RE = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$/;

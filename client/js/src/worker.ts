@@ -10,7 +10,7 @@ import { Codes, FnmeshError, validCode, type FieldViolation } from "./errors.js"
 import { jwtVerifier, rolesOf, type Claims, type JwtOptions, type Verifier } from "./jwt.js";
 import {
   FUNCTION_RE, GROUP, PROTOCOL_VERSION, REPLY_PREFIX, SERVICE_RE,
-  compareIds, deadLetterKey, nextId, parseStreams, requestKey, type Entry,
+  compareIds, deadLetterKey, idempotencyKey, limitsKey, nextId, parseStreams, requestKey, type Entry,
 } from "./protocol.js";
 
 /** What a function learns about the call it serves. */
@@ -96,6 +96,18 @@ export interface ServeOptions extends RedisOptions {
   replyMaxLen?: number;
   /** Cap of the dead-letter stream. Default 100000. */
   deadLetterMaxLen?: number;
+  /** How long an entry may look idle before any replica takes it over (its replica died or stalled). Default 30000 ms. */
+  claimIdleMs?: number;
+  /** How often this replica looks for entries to take over. Default 1000 ms. */
+  claimIntervalMs?: number;
+  /** Consumers with nothing pending that have not read for this long are removed from the group. Default 1 h. */
+  consumerExpiryMs?: number;
+  /** A request delivered more often than this (its replicas keep dying on it) is not run: internal, dead-lettered. Default 5. */
+  maxDeliveries?: number;
+  /** Published for callers (§11): past this many waiting requests they refuse with resource_exhausted. Default 0: no bound. */
+  maxBacklog?: number;
+  /** How long an idempotency key is remembered (§12). Default 24 h. */
+  idempotencyWindowMs?: number;
   logger?: Logger;
 }
 
@@ -158,15 +170,24 @@ export class Replica {
   private readonly blockMs: number;
   private readonly replyMaxLen: number;
   private readonly deadMaxLen: number;
+  private readonly claimIdleMs: number;
+  private readonly claimIntervalMs: number;
+  private readonly consumerExpiryMs: number;
+  private readonly maxDeliveries: number;
+  private readonly maxBacklog: number;
+  private readonly idemWindowMs: number;
   private cmd?: Conn;
   private reader?: Conn;
-  private inflight = 0;
+  /** Entries taken and not settled: id -> delivery count. */
+  private readonly inflight = new Map<string, number>();
   private slotFreed?: () => void;
   private drained?: () => void;
   private stopping = false;
   private readonly hard = new AbortController(); // aborted when the drain time is over
   private loop?: Promise<void>;
-  private trimTimer?: NodeJS.Timeout;
+  private timers: NodeJS.Timeout[] = [];
+  private claiming = false;
+  private claimCursor = "0-0";
   private closing?: Promise<void>;
 
   constructor(service: string, fns: Functions, private readonly opts: ServeOptions) {
@@ -189,7 +210,19 @@ export class Replica {
     this.blockMs = opts.blockMs ?? 2_000;
     this.replyMaxLen = opts.replyMaxLen ?? 10_000;
     this.deadMaxLen = opts.deadLetterMaxLen ?? 100_000;
-    for (const [k, v] of Object.entries({ concurrency: this.concurrency, maxPayloadBytes: this.maxPayload, trimIntervalMs: this.trimMs, blockMs: this.blockMs, replyMaxLen: this.replyMaxLen, deadLetterMaxLen: this.deadMaxLen })) {
+    this.claimIdleMs = opts.claimIdleMs ?? 30_000;
+    this.claimIntervalMs = opts.claimIntervalMs ?? 1_000;
+    this.consumerExpiryMs = opts.consumerExpiryMs ?? 3_600_000;
+    this.maxDeliveries = opts.maxDeliveries ?? 5;
+    this.maxBacklog = opts.maxBacklog ?? 0;
+    this.idemWindowMs = opts.idempotencyWindowMs ?? 86_400_000;
+    if (!(Number.isInteger(this.maxBacklog) && this.maxBacklog >= 0)) problems.push(`maxBacklog is ${this.maxBacklog}, want 0 (none) or more`);
+    for (const [k, v] of Object.entries({
+      concurrency: this.concurrency, maxPayloadBytes: this.maxPayload, trimIntervalMs: this.trimMs, blockMs: this.blockMs,
+      replyMaxLen: this.replyMaxLen, deadLetterMaxLen: this.deadMaxLen, claimIdleMs: this.claimIdleMs,
+      claimIntervalMs: this.claimIntervalMs, consumerExpiryMs: this.consumerExpiryMs, maxDeliveries: this.maxDeliveries,
+      idempotencyWindowMs: this.idemWindowMs,
+    })) {
       if (!(Number.isInteger(v) && v > 0)) problems.push(`${k} is ${v}, want a whole number above 0`);
     }
     if (!(this.drainMs >= 0)) problems.push(`drainTimeoutMs is ${this.drainMs}, want 0 or more`);
@@ -214,8 +247,17 @@ export class Replica {
     this.cmd = await Conn.open(this.opts, this.log, "replica");
     this.reader = await this.cmd.duplicate("replica reader");
     await this.ensureGroup();
+    // §11: the last replica to start says what the bound is.
+    if (this.maxBacklog > 0) await this.cmd.send(["HSET", limitsKey(this.service), "max_backlog", String(this.maxBacklog)]);
+    else await this.cmd.send(["HDEL", limitsKey(this.service), "max_backlog"]);
     this.loop = this.run();
-    this.trimTimer = setInterval(() => void this.trim(), this.trimMs);
+    void this.claim(); // what a dead replica left, at once
+    this.timers.push(
+      setInterval(() => void this.trim(), this.trimMs),
+      setInterval(() => void this.claim(), this.claimIntervalMs),
+      setInterval(() => void this.renewLeases(), Math.max(1, Math.floor(this.claimIdleMs / 3))),
+      setInterval(() => void this.removeGoneConsumers(), Math.max(1, Math.floor(this.consumerExpiryMs / 4))),
+    );
   }
 
   /** §2: create the group (and stream); BUSYGROUP means it exists. */
@@ -233,7 +275,7 @@ export class Replica {
     let history: string | undefined = "0";
     let pause = 50;
     while (!this.stopping) {
-      const free = this.concurrency - this.inflight;
+      const free = this.concurrency - this.inflight.size;
       if (free <= 0) {
         await new Promise<void>((resolve) => (this.slotFreed = resolve));
         continue;
@@ -258,74 +300,230 @@ export class Replica {
         continue;
       }
       pause = 50;
-      for (const e of entries) {
-        if (!e.present) {
-          // A pending entry trimmed away: nothing to run.
-          this.ack(e.id);
-          continue;
-        }
-        this.inflight++;
-        void this.handle(e, history === undefined ? 1 : 2).finally(() => this.release());
-      }
+      const counts = history !== undefined && entries.length ? await this.deliveryCounts(entries.map((e) => e.id)) : undefined;
+      this.dispatch(entries, counts);
       if (history !== undefined) history = entries.length < count ? undefined : entries[entries.length - 1].id;
     }
   }
 
-  private release(): void {
-    this.inflight--;
-    this.slotFreed?.();
-    this.slotFreed = undefined;
-    if (this.inflight === 0) this.drained?.();
+  /** Runs entries this replica now holds (read or claimed); counts: delivery counts, 1 when unknown. */
+  private dispatch(entries: Entry[], counts?: Map<string, number>): void {
+    for (const e of entries) {
+      if (!e.present) {
+        // A pending entry trimmed away: nothing to run.
+        this.ack(e.id);
+        continue;
+      }
+      if (this.inflight.has(e.id)) continue; // already running here
+      const count = Math.max(counts?.get(e.id) ?? 1, 1);
+      this.inflight.set(e.id, count);
+      void this.handle(e, count).finally(() => this.release(e.id));
+    }
   }
 
-  /** §7.2: one entry, from decoding to ack. Never throws. */
-  private async handle(e: Entry, delivery: number): Promise<void> {
+  private release(id: string): void {
+    this.inflight.delete(id);
+    this.slotFreed?.();
+    this.slotFreed = undefined;
+    if (this.inflight.size === 0) this.drained?.();
+  }
+
+  /** How often each entry (held by this replica) was delivered: XPENDING's fourth field. */
+  private async deliveryCounts(ids: string[]): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    if (!ids.length) return out;
+    let lo = ids[0];
+    let hi = ids[0];
+    for (const id of ids) {
+      if (compareIds(id, lo) < 0) lo = id;
+      if (compareIds(id, hi) > 0) hi = id;
+    }
+    try {
+      const rows = await this.cmd!.send<unknown[][]>(["XPENDING", this.key, GROUP, lo, hi, String(ids.length + 100), this.id]);
+      for (const r of rows ?? []) out.set(String(r[0]), Number(r[3]));
+    } catch (err) {
+      this.log.debug("delivery counts unknown", { err: errorMessage(err) });
+    }
+    return out;
+  }
+
+  /** §7.5: takes over entries idle longer than claimIdleMs (their replica died or stalled). */
+  private async claim(): Promise<void> {
+    if (this.stopping || this.claiming) return;
+    const free = this.concurrency - this.inflight.size;
+    if (free <= 0) return;
+    this.claiming = true;
+    try {
+      const reply = await this.cmd!.send<unknown[]>(["XAUTOCLAIM", this.key, GROUP, this.id, String(this.claimIdleMs), this.claimCursor, "COUNT", String(free)]);
+      this.claimCursor = String(reply[0]);
+      const entries = parseStreams([[this.key, reply[1]]]);
+      if (entries.length && !this.stopping) this.dispatch(entries, await this.deliveryCounts(entries.map((e) => e.id)));
+    } catch (err) {
+      this.claimCursor = "0-0";
+      if (errorMessage(err).startsWith("NOGROUP")) await this.ensureGroup().catch(() => {});
+      else this.log.debug("claim failed", { err: errorMessage(err) });
+    } finally {
+      this.claiming = false;
+    }
+  }
+
+  /** §7.5: keeps the entries this replica runs from looking idle (XCLAIM to itself, JUSTID), those still its own. */
+  private async renewLeases(): Promise<void> {
+    const ids = [...this.inflight.keys()];
+    if (!ids.length || this.hard.signal.aborted) return;
+    try {
+      const owned = await this.deliveryCounts(ids);
+      const mine = ids.filter((id) => owned.has(id));
+      for (let i = 0; i < mine.length; i += 200) {
+        await this.cmd!.send(["XCLAIM", this.key, GROUP, this.id, "0", ...mine.slice(i, i + 200), "JUSTID"]);
+      }
+    } catch (err) {
+      this.log.debug("lease renewal failed", { err: errorMessage(err) });
+    }
+  }
+
+  /** §7.6: hands an entry it will not finish back to the group, claimable by any replica at once. */
+  private async handBack(id: string, count: number): Promise<void> {
+    try {
+      await this.cmd!.send(["XCLAIM", this.key, GROUP, this.id, "0", id, "IDLE", "86400000", "RETRYCOUNT", String(Math.max(count - 1, 0)), "JUSTID"]);
+    } catch (err) {
+      this.log.warn("hand-back failed; the entry is taken over once idle", { entry: id, err: errorMessage(err) });
+    }
+  }
+
+  /** §7.6: removes consumers with nothing pending that have not read for consumerExpiryMs. */
+  private async removeGoneConsumers(): Promise<void> {
+    try {
+      const consumers = await this.cmd!.send<unknown[][]>(["XINFO", "CONSUMERS", this.key, GROUP]);
+      for (const flat of consumers ?? []) {
+        const c: Record<string, unknown> = {};
+        for (let i = 0; i + 1 < flat.length; i += 2) c[String(flat[i])] = flat[i + 1];
+        if (Number(c.pending) === 0 && Number(c.idle) > this.consumerExpiryMs && c.name !== this.id) {
+          await this.cmd!.send(["XGROUP", "DELCONSUMER", this.key, GROUP, String(c.name)]);
+        }
+      }
+    } catch (err) {
+      this.log.debug("consumer cleanup failed", { err: errorMessage(err) });
+    }
+  }
+
+  /** §7.2: one entry, from decoding to ack (or hand-back). Never throws. */
+  private async handle(e: Entry, count: number): Promise<void> {
     let req: Req;
     try {
       req = this.decode(e);
     } catch (err) {
       const rt = e.fields.rt?.startsWith(REPLY_PREFIX) ? e.fields.rt : "";
-      return this.reject(e, e.fields.id ?? "", rt, new FnmeshError(Codes.InvalidArgument, `malformed entry: ${errorMessage(err)}`));
+      return this.reject(e, count, e.fields.id ?? "", rt, new FnmeshError(Codes.InvalidArgument, `malformed entry: ${errorMessage(err)}`));
     }
     const size = req.payload === undefined ? 0 : Buffer.byteLength(req.payload);
     if (size > this.maxPayload) {
-      return this.reject(e, req.id, req.rt, new FnmeshError(Codes.InvalidArgument, `arguments of ${size} bytes exceed the limit of ${this.maxPayload}`));
+      return this.reject(e, count, req.id, req.rt, new FnmeshError(Codes.InvalidArgument, `arguments of ${size} bytes exceed the limit of ${this.maxPayload}`));
     }
     let args: unknown;
     if (req.payload) {
       try {
         args = JSON.parse(req.payload);
       } catch {
-        return this.reject(e, req.id, req.rt, new FnmeshError(Codes.InvalidArgument, `malformed entry: field "p" is not valid JSON`));
+        return this.reject(e, count, req.id, req.rt, new FnmeshError(Codes.InvalidArgument, `malformed entry: field "p" is not valid JSON`));
       }
     }
     const fn = this.fns.get(req.fn);
-    if (!fn) return this.reject(e, req.id, req.rt, new FnmeshError(Codes.NotFound, `function ${this.service}.${req.fn} not found`));
+    if (!fn) return this.reject(e, count, req.id, req.rt, new FnmeshError(Codes.NotFound, `function ${this.service}.${req.fn} not found`));
+    if (count > this.maxDeliveries) {
+      // Replicas keep dying or stalling on it: a poison request.
+      const err = new FnmeshError(Codes.Internal, `request delivered ${count} times without finishing (limit ${this.maxDeliveries}): replicas stopped while running it`);
+      return this.settle(e.id, count, async () => {
+        if (req.rt) await this.reply(req.rt, req.id, err);
+        await this.deadLetter(e, err, count - 1);
+      });
+    }
     if (req.deadline !== undefined && Date.now() >= req.deadline) {
       // The caller has given up: never run it. A send is recorded.
-      if (req.rt) return this.settle(e.id, () => Promise.resolve());
-      return this.settle(e.id, () => this.deadLetter(e, new FnmeshError(Codes.DeadlineExceeded, "deadline passed before the request was run"), 0));
+      if (req.rt) return this.ack(e.id);
+      return this.settle(e.id, count, () => this.deadLetter(e, new FnmeshError(Codes.DeadlineExceeded, "deadline passed before the request was run"), 0));
     }
+    if (req.idempotencyKey) return this.runOnce(e, count, fn, req, args);
+    const r = await this.runRequest(e, count, fn, req, args);
+    if (r.state === "stopped") return this.handBack(e.id, count);
+    this.ack(e.id);
+  }
+
+  /**
+   * Runs a request to its end: a call is answered; a send is retried and
+   * dead-lettered if it keeps failing. "stopped": the replica stopped
+   * before the outcome was recorded (the entry is to be handed back).
+   */
+  private async runRequest(e: Entry, count: number, fn: Fn, req: Req, args: unknown): Promise<{ state: "ok" | "failed" | "stopped"; result?: string }> {
     if (req.rt) {
-      const outcome = await this.invoke(fn, req, args, delivery);
-      return this.settle(e.id, () => this.reply(req.rt, req.id, outcome));
+      const outcome = await this.invoke(fn, req, args, count);
+      if (outcome instanceof FnmeshError && this.hard.signal.aborted) return { state: "stopped" };
+      let p: string | undefined;
+      if (!(await this.write(e.id, async () => void (p = await this.reply(req.rt, req.id, outcome))))) return { state: "stopped" };
+      return outcome instanceof FnmeshError ? { state: "failed" } : { state: "ok", result: p };
     }
-    // A send: retried with backoff, then dead-lettered.
-    for (let attempt = delivery; ; attempt++) {
+    for (let attempt = count; ; attempt++) {
       const outcome = await this.invoke(fn, req, args, attempt);
-      if (!(outcome instanceof FnmeshError)) return this.settle(e.id, () => Promise.resolve());
+      if (!(outcome instanceof FnmeshError)) return { state: "ok" };
+      if (this.hard.signal.aborted) return { state: "stopped" };
+      let dead: FnmeshError | undefined;
+      const pause = backoff(fn.retry, attempt);
       if (final.has(outcome.code) || attempt >= fn.retry.maxAttempts) {
         if (attempt > 1 || !final.has(outcome.code)) this.log.warn("request failed for good", { function: req.fn, id: req.id, attempts: attempt, code: outcome.code, reason: outcome.message });
-        return this.settle(e.id, () => this.deadLetter(e, outcome, attempt));
+        dead = outcome;
+      } else if (req.deadline !== undefined && Date.now() + pause > req.deadline) {
+        dead = new FnmeshError(Codes.DeadlineExceeded, `deadline passed while retrying, last error: ${outcome}`);
       }
-      const pause = backoff(fn.retry, attempt);
-      if (req.deadline !== undefined && Date.now() + pause > req.deadline) {
-        const err = new FnmeshError(Codes.DeadlineExceeded, `deadline passed while retrying, last error: ${outcome}`);
-        return this.settle(e.id, () => this.deadLetter(e, err, attempt));
+      if (dead) {
+        const d = dead;
+        return (await this.write(e.id, () => this.deadLetter(e, d, attempt))) ? { state: "failed" } : { state: "stopped" };
       }
       await sleep(pause, this.hard.signal);
-      if (this.hard.signal.aborted) return; // stopped: the entry stays pending, delivered again later
+      if (this.hard.signal.aborted) return { state: "stopped" };
     }
+  }
+
+  /** §12: a request with an idempotency key runs once per key (within the window). */
+  private async runOnce(e: Entry, count: number, fn: Fn, req: Req, args: unknown): Promise<void> {
+    const key = idempotencyKey(this.service, req.idempotencyKey);
+    let state = -1;
+    let prior = "";
+    await this.write(e.id, async () => {
+      const r = await this.cmd!.send<unknown[]>(["EVAL", IDEM_BEGIN, "1", key, e.id, String(this.idemWindowMs)]);
+      state = Number(r[0]);
+      prior = String(r[1] ?? "");
+    });
+    switch (state) {
+      case -1:
+        return this.handBack(e.id, count); // stopped before the store answered
+      case 3: {
+        // A request with the key succeeded: a call gets its result.
+        const result = prior.split("|").slice(2).join("|");
+        return this.settle(e.id, count, async () => {
+          if (req.rt) await this.reply(req.rt, req.id, RAW(result || "null"));
+        });
+      }
+      case 2:
+        return this.settle(e.id, count, async () => {
+          if (req.rt) await this.reply(req.rt, req.id, new FnmeshError(Codes.Unavailable, `a request with idempotency key "${req.idempotencyKey}" is running; try again for its result`));
+        });
+    }
+    const r = await this.runRequest(e, count, fn, req, args);
+    switch (r.state) {
+      case "stopped":
+        return this.handBack(e.id, count); // key kept: the next delivery of this entry runs it
+      case "ok":
+        try {
+          await this.cmd!.send(["SET", key, `d|${e.id}|${r.result ?? ""}`, "PX", String(this.idemWindowMs)]);
+        } catch (err) {
+          this.log.error("could not record an idempotency key as done", { key: req.idempotencyKey, err: errorMessage(err) });
+        }
+        break;
+      case "failed":
+        // Failed for good: a later request with the key may try again.
+        await this.cmd!.send(["EVAL", IDEM_RELEASE, "1", key, e.id]).catch(() => {});
+    }
+    this.ack(e.id);
   }
 
   /** Decodes a request entry (§3), in the order a Go replica checks. */
@@ -408,16 +606,16 @@ export class Replica {
     return new FnmeshError(Codes.Internal, errorMessage(err));
   }
 
-  /** §4: answers a call on its caller's inbox. */
-  private async reply(rt: string, id: string, outcome: unknown): Promise<void> {
+  /** §4: answers a call on its caller's inbox; returns the result's JSON (p) on success. */
+  private async reply(rt: string, id: string, outcome: unknown): Promise<string | undefined> {
     const f = ["id", id, "by", this.id];
+    let p: string | undefined;
     if (outcome instanceof FnmeshError) {
       f.push("code", outcome.code, "msg", outcome.message);
       if (outcome.fields.length) f.push("det", JSON.stringify({ fields: outcome.fields }));
     } else {
-      let p: string | undefined;
       try {
-        p = JSON.stringify(outcome);
+        p = outcome instanceof RawJSON ? outcome.json : JSON.stringify(outcome);
       } catch (err) {
         return this.reply(rt, id, new FnmeshError(Codes.Internal, `result is not JSON-encodable: ${errorMessage(err)}`));
       }
@@ -426,6 +624,7 @@ export class Replica {
     }
     // NOMKSTREAM: a caller whose inbox is gone is gone too.
     await this.cmd!.send(["XADD", rt, "NOMKSTREAM", "MAXLEN", "~", String(this.replyMaxLen), "*", ...f]);
+    return p;
   }
 
   /** §8: the original fields, then why. */
@@ -440,39 +639,43 @@ export class Replica {
   }
 
   /** Rejects a request that cannot run: answer it if it names an inbox, dead-letter it, ack it. */
-  private async reject(e: Entry, id: string, rt: string, err: FnmeshError): Promise<void> {
+  private async reject(e: Entry, count: number, id: string, rt: string, err: FnmeshError): Promise<void> {
     this.log.warn("rejected request", { code: err.code, reason: err.message, entry: e.id });
-    return this.settle(e.id, async () => {
+    return this.settle(e.id, count, async () => {
       if (rt && id) await this.reply(rt, id, err);
       await this.deadLetter(e, err, 0);
     });
   }
 
   /**
-   * Records an outcome, then acks the entry. If the outcome cannot be
-   * written, the entry is not acked: it stays pending and the write is
-   * tried again after a pause, until it succeeds or the replica is stopped.
+   * Writes an outcome. If it cannot be written, tries again after a
+   * pause (the entry stays pending, not acked) until it succeeds, or
+   * returns false once the replica's drain time is over.
    */
-  private async settle(entryId: string, write: () => Promise<void>): Promise<void> {
+  private async write(entryId: string, w: () => Promise<void>): Promise<boolean> {
     let pause = 100;
     for (;;) {
       try {
-        await write();
-        break;
+        await w();
+        return true;
       } catch (err) {
         this.log.error("cannot record an outcome; will try again", { entry: entryId, err: errorMessage(err) });
-        if (this.hard.signal.aborted) return;
+        if (this.hard.signal.aborted) return false;
         await sleep(pause, this.hard.signal);
         pause = Math.min(pause * 2, 3200);
       }
     }
-    this.ack(entryId);
+  }
+
+  /** Writes an outcome, then acks the entry; hands it back if stopped first. */
+  private async settle(entryId: string, count: number, w: () => Promise<void>): Promise<void> {
+    if (await this.write(entryId, w)) this.ack(entryId);
+    else await this.handBack(entryId, count);
   }
 
   private ack(entryId: string): void {
     this.cmd!.send(["XACK", this.key, GROUP, entryId]).catch((err) => {
-      // Unacked, the entry stays pending: delivered again after a restart
-      // under this name, or claimed by another replica.
+      // Unacked, the entry stays pending: taken over once idle.
       this.log.warn("ack failed", { entry: entryId, err: errorMessage(err) });
     });
   }
@@ -505,13 +708,13 @@ export class Replica {
 
   /** Requests running now. */
   get running(): number {
-    return this.inflight;
+    return this.inflight.size;
   }
 
   /**
    * Stops taking requests, lets running ones finish for up to
-   * drainTimeoutMs (then aborts their signals), and disconnects. Requests
-   * not finished stay pending.
+   * drainTimeoutMs, then aborts their signals and hands back to the group
+   * what did not finish (another replica takes it at once); disconnects.
    */
   close(): Promise<void> {
     this.closing ??= this.shutdown();
@@ -520,18 +723,39 @@ export class Replica {
 
   private async shutdown(): Promise<void> {
     this.stopping = true;
-    clearInterval(this.trimTimer);
+    for (const t of this.timers) clearInterval(t);
     await this.cmd!.unblock(this.reader!);
     this.slotFreed?.();
     await this.loop;
-    if (this.inflight > 0) {
-      const drained = new Promise<void>((resolve) => (this.drained = resolve));
-      const timer = setTimeout(() => this.hard.abort(), this.drainMs);
-      await drained;
-      clearTimeout(timer);
-    }
+    const drained = () => (this.inflight.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => (this.drained = resolve)));
+    const within = (ms: number, p: Promise<void>) => Promise.race([p, sleep(ms)]);
+    await within(this.drainMs, drained());
     this.hard.abort();
+    // Aborted requests hand themselves back; give them a moment, then hand
+    // back those whose functions ignore their signal.
+    await within(1000, drained());
+    for (const [id, count] of this.inflight) await this.handBack(id, count);
     await this.reader!.close();
     await this.cmd!.close();
   }
 }
+
+/** A result already encoded as JSON (an idempotent request's first result). */
+class RawJSON {
+  constructor(readonly json: string) {}
+}
+const RAW = (json: string) => new RawJSON(json);
+
+// §12, as the Go replica runs them: "r|OWNER" while running, "d|OWNER|RESULT" when done.
+const IDEM_BEGIN = `
+if redis.call('SET', KEYS[1], 'r|' .. ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, ''} end
+local v = redis.call('GET', KEYS[1])
+if not v then redis.call('SET', KEYS[1], 'r|' .. ARGV[1], 'PX', ARGV[2]) return {0, ''} end
+if v == 'r|' .. ARGV[1] then return {1, ''} end
+if string.sub(v, 1, 2) == 'd|' then return {3, v} end
+return {2, ''}
+`;
+const IDEM_RELEASE = `
+if redis.call('GET', KEYS[1]) == 'r|' .. ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`;
