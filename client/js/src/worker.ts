@@ -728,7 +728,11 @@ export class Replica {
     this.slotFreed?.();
     await this.loop;
     const drained = () => (this.inflight.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => (this.drained = resolve)));
-    const within = (ms: number, p: Promise<void>) => Promise.race([p, sleep(ms)]);
+    const within = async (ms: number, p: Promise<void>) => {
+      const timer = new AbortController(); // so the pause holds no timer once p is done
+      await Promise.race([p, sleep(ms, timer.signal)]);
+      timer.abort();
+    };
     await within(this.drainMs, drained());
     this.hard.abort();
     // Aborted requests hand themselves back; give them a moment, then hand
