@@ -13,10 +13,13 @@ const (
 	HeaderTimeoutMs = "X-Fnmesh-Timeout-Ms" // the call's timeout in milliseconds, capped by MaxTimeout
 	HeaderRequestID = "X-Request-Id"        // the mesh request id of the call (response)
 	HeaderReplica   = "X-Fnmesh-Replica"    // the replica that answered (response)
+	// HeaderIdempotencyKey makes the call run once per key within the
+	// service's idempotency window; a repeat gets the first result.
+	HeaderIdempotencyKey = "Idempotency-Key"
 )
 
 var (
-	corsAllowHeaders  = strings.Join([]string{"Authorization", "Content-Type", HeaderTimeoutMs, "Prefer"}, ", ")
+	corsAllowHeaders  = strings.Join([]string{"Authorization", "Content-Type", HeaderTimeoutMs, HeaderIdempotencyKey, "Prefer"}, ", ")
 	corsExposeHeaders = strings.Join([]string{HeaderRequestID, HeaderReplica, "Retry-After"}, ", ")
 )
 

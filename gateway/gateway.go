@@ -178,6 +178,9 @@ func (g *Gateway) call(w http.ResponseWriter, r *http.Request, function string) 
 	}
 	var info client.ReplyInfo
 	opts := []client.CallOption{client.WithToken(token), client.WithReplyInfo(&info)}
+	if key := r.Header.Get(HeaderIdempotencyKey); key != "" {
+		opts = append(opts, client.WithIdempotencyKey(key))
+	}
 
 	if isAsync(r) {
 		if explicit {

@@ -345,6 +345,21 @@ func TestTokenIsForwarded(t *testing.T) {
 	}
 }
 
+// An Idempotency-Key header reaches the mesh: a repeated request is not
+// run again and gets the first result.
+func TestIdempotencyKeyHeader(t *testing.T) {
+	e := newEnv(t, nil)
+	tok := e.token("ada")
+	first := e.post("/v1/functions/math/add", `{"a":1,"b":2}`, tok, gateway.HeaderIdempotencyKey, "order-7")
+	again := e.post("/v1/functions/math/add", `{"a":5,"b":5}`, tok, gateway.HeaderIdempotencyKey, "order-7")
+	if first.status != 200 || again.status != 200 || !bytes.Equal(first.body, again.body) {
+		t.Fatalf("first %d %s, repeat %d %s: want the first result twice", first.status, first.body, again.status, again.body)
+	}
+	if other := e.post("/v1/functions/math/add", `{"a":5,"b":5}`, tok, gateway.HeaderIdempotencyKey, "order-8"); !strings.Contains(string(other.body), `"value":10`) {
+		t.Fatalf("another key: %s", other.body)
+	}
+}
+
 func TestPublicFunctionNeedsNoToken(t *testing.T) {
 	e := newEnv(t, nil)
 	if r := e.post("/v1/functions/test/ping", ``, ""); r.status != 200 || string(bytes.TrimSpace(r.body)) != `"pong"` {
