@@ -97,9 +97,10 @@ func buildOpenAPI(fns []Function, checksTokens bool) obj {
 		}
 	}
 	parameters := obj{
-		"timeout_ms":     obj{"name": "timeout_ms", "in": "query", "description": "timeout in milliseconds, capped by the gateway's maximum", "schema": obj{"type": "integer", "minimum": 1}},
-		"async":          obj{"name": "async", "in": "query", "description": "1: queue the call and answer 202 at once", "schema": obj{"type": "string", "enum": []string{"1", "true"}}},
-		"timeout_header": obj{"name": HeaderTimeoutMs, "in": "header", "description": "timeout in milliseconds (when timeout_ms is absent)", "schema": obj{"type": "integer", "minimum": 1}},
+		"timeout_ms":      obj{"name": "timeout_ms", "in": "query", "description": "timeout in milliseconds, capped by the gateway's maximum", "schema": obj{"type": "integer", "minimum": 1}},
+		"async":           obj{"name": "async", "in": "query", "description": "1: queue the call and answer 202 at once", "schema": obj{"type": "string", "enum": []string{"1", "true"}}},
+		"timeout_header":  obj{"name": HeaderTimeoutMs, "in": "header", "description": "timeout in milliseconds (when timeout_ms is absent)", "schema": obj{"type": "integer", "minimum": 1}},
+		"idempotency_key": obj{"name": HeaderIdempotencyKey, "in": "header", "description": "run once per key within the service's window; a repeat gets the first result", "schema": obj{"type": "string"}},
 	}
 	paths := obj{}
 	tags := map[string]bool{}
@@ -113,7 +114,7 @@ func buildOpenAPI(fns []Function, checksTokens bool) obj {
 			"operationId": f.Name,
 			"summary":     f.Name,
 			"tags":        []string{service},
-			"parameters":  []any{ref("parameters", "timeout_ms"), ref("parameters", "async"), ref("parameters", "timeout_header")},
+			"parameters":  []any{ref("parameters", "timeout_ms"), ref("parameters", "async"), ref("parameters", "timeout_header"), ref("parameters", "idempotency_key")},
 			"requestBody": obj{
 				"description": "the function's arguments; an empty body means none",
 				"content":     obj{"application/json": obj{"schema": ref("schemas", name+".request")}},
