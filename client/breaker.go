@@ -1,6 +1,7 @@
 package client
 
 import (
+	"errors"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -22,6 +23,11 @@ type BreakerConfig struct {
 	// HalfOpenCalls is how many trial calls a half-open breaker lets
 	// through; that many successes close it. Default 1.
 	HalfOpenCalls uint32
+	// MinTimeout: a deadline_exceeded counts against the target only when
+	// the call allowed it at least this long. A caller's own tiny timeout
+	// says nothing about the target, and through a shared client (the
+	// gateway) must not open the breaker for everyone. Default 200ms.
+	MinTimeout time.Duration
 	// OnStateChange, if set, is told of every change, e.g. for logs.
 	OnStateChange func(function string, from, to gobreaker.State)
 }
@@ -36,9 +42,15 @@ func (b *BreakerConfig) setDefaults() {
 	if b.HalfOpenCalls == 0 {
 		b.HalfOpenCalls = 1
 	}
+	if b.MinTimeout == 0 {
+		b.MinTimeout = 200 * time.Millisecond
+	}
 }
 
 type breaker = gobreaker.TwoStepCircuitBreaker[struct{}]
+
+// errNotCounted marks an outcome the breaker ignores.
+var errNotCounted = errors.New("not counted by the breaker")
 
 func newBreaker(function string, cfg BreakerConfig) *breaker {
 	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -55,7 +67,7 @@ func newBreaker(function string, cfg BreakerConfig) *breaker {
 		},
 		IsSuccessful: breakerSuccess,
 		IsExcluded: func(err error) bool {
-			return fnmesh.CodeOf(err) == fnmesh.CodeCanceled
+			return errors.Is(err, errNotCounted) || fnmesh.CodeOf(err) == fnmesh.CodeCanceled
 		},
 	})
 }

@@ -287,8 +287,13 @@ func (c *Client) send(ctx context.Context, inv *Invocation) (json.RawMessage, er
 	if berr != nil {
 		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", inv.Function, berr)
 	}
+	start := time.Now()
 	result, err := c.transport(ctx, inv)
-	done(err)
+	if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && inv.Deadline.Sub(start) < c.cfg.Breaker.MinTimeout {
+		done(errNotCounted) // the caller allowed too little time to tell
+	} else {
+		done(err)
+	}
 	return result, err
 }
 

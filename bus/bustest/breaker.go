@@ -155,3 +155,38 @@ func testClosedClient(t *testing.T, h *Harness) {
 	}
 	WantCode(t, c.Call(context.Background(), fn("x", "y"), struct{}{}, nil), fnmesh.CodeUnavailable)
 }
+
+func testBreakerIgnoresShortTimeouts(t *testing.T, h *Harness) {
+	name := Name("slowish")
+	svc := openService(name)
+	handlers.Register(svc, "get", func(ctx context.Context, _ struct{}) (string, error) {
+		select {
+		case <-time.After(300 * time.Millisecond):
+			return "ok", nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	})
+	h.Start(svc)
+	c := h.Client(client.Config{Breaker: client.BreakerConfig{ConsecutiveFailures: 2, MinTimeout: 100 * time.Millisecond}})
+	target := fn(name, "get")
+	// Callers that allow 10ms get deadline_exceeded, and the breaker stays
+	// closed for the callers that allow enough.
+	for i := 0; i < 5; i++ {
+		WantCode(t, c.Call(context.Background(), target, struct{}{}, nil, client.WithTimeout(10*time.Millisecond)), fnmesh.CodeDeadlineExceeded)
+	}
+	if s := c.BreakerState(target); s != "closed" {
+		t.Fatalf("breaker %s after callers' own short timeouts, want closed", s)
+	}
+	var out string
+	if err := c.Call(context.Background(), target, struct{}{}, &out, client.WithTimeout(5*time.Second)); err != nil || out != "ok" {
+		t.Fatalf("call with enough time: %v", err)
+	}
+	// Timeouts the target is to blame for (a long allowance) still count.
+	for i := 0; i < 2; i++ {
+		WantCode(t, c.Call(context.Background(), target, struct{}{}, nil, client.WithTimeout(150*time.Millisecond)), fnmesh.CodeDeadlineExceeded)
+	}
+	if s := c.BreakerState(target); s != "open" {
+		t.Fatalf("breaker %s after two timeouts of 150ms calls, want open", s)
+	}
+}

@@ -58,6 +58,7 @@ func Run(t *testing.T, newBus NewBus) {
 		{"ServiceWithoutAuthDoesNotRun", testServiceWithoutAuth},
 		{"BreakerOpensAndRecovers", testBreakerOpensAndRecovers},
 		{"BreakerIgnoresCallerErrors", testBreakerIgnoresCallerErrors},
+		{"BreakerIgnoresShortTimeouts", testBreakerIgnoresShortTimeouts},
 		{"GracefulStopFinishesRunningCalls", testGracefulStop},
 		{"ClosedClientFailsWaitingCalls", testClosedClient},
 		{"IdempotentSendsRunOnce", testIdempotentSends},
