@@ -90,7 +90,7 @@ func TestTenThousandCallsLeaveNothingBehind(t *testing.T) {
 			t.Fatalf("call failed: %v", err)
 		}
 	}
-	calls(500) // warm-up: pools and goroutines at their working size
+	calls(500)                     // warm-up: pools and goroutines at their working size
 	keys0 := rdb.DBSize(ctx).Val() // other tests' keys may come and go: compared below by pattern too
 	goroutines0 := runtime.NumGoroutine()
 	conns0 := clientCount(t, rdb, name)
