@@ -18,11 +18,16 @@ import (
 // RedisConfig configures NewRedis. Zero values take the defaults written
 // on each field.
 type RedisConfig struct {
-	// URL of the server: redis://[user:password@]host:port[/db], or
-	// rediss:// for TLS. Ignored when Client is set.
+	// URL of the server, cluster or sentinels (see ParseRedisURL):
+	// redis://host:port[/db] for one server, redis+cluster://host:port
+	// [?addr=host:port...] for a Redis Cluster, redis+sentinel://host:port
+	// ?master_name=NAME[&addr=host:port...] for Sentinel; rediss for TLS.
+	// Ignored when Client is set.
 	URL string
-	// Client, when set, is used instead of dialling URL. The bus does not
-	// close it.
+	// Client, when set, is used instead of dialling URL: a *redis.Client
+	// (one server, or redis.NewFailoverClient for Sentinel), a
+	// *redis.ClusterClient, or what redis.NewUniversalClient returns. The
+	// bus does not close it.
 	Client redis.UniversalClient
 
 	// RequestMaxLen, when above 0, caps each request stream at about that
@@ -119,8 +124,8 @@ func (c RedisConfig) Validate() error {
 		errs = append(errs, errors.New("bus: RedisConfig needs URL or Client"))
 	}
 	if c.Client == nil && c.URL != "" {
-		if _, err := redis.ParseURL(c.URL); err != nil {
-			errs = append(errs, fmt.Errorf("bus: RedisConfig.URL: %w", err))
+		if _, err := ParseRedisURL(c.URL); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for name, v := range map[string]int64{"RequestMaxLen": c.RequestMaxLen, "ReplyMaxLen": c.ReplyMaxLen, "DeadLetterMaxLen": c.DeadLetterMaxLen, "ReadBatch": c.ReadBatch} {
@@ -187,28 +192,8 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	}
 	r := &Redis{cfg: cfg, rdb: cfg.Client, done: make(chan struct{})}
 	if r.rdb == nil {
-		opt, _ := redis.ParseURL(cfg.URL)
-		if opt.PoolSize == 0 {
-			opt.PoolSize = 64
-		}
-		// During an outage, fail a command within about a second rather
-		// than go-redis's default retries and 5s dial timeout: callers
-		// get unavailable while there is time left to act on it.
-		if opt.MaxRetries == 0 {
-			opt.MaxRetries = 2
-		}
-		if opt.MaxRetryBackoff == 0 {
-			opt.MaxRetryBackoff = 100 * time.Millisecond
-		}
-		if opt.DialTimeout == 0 {
-			opt.DialTimeout = 2 * time.Second
-		}
-		if opt.Protocol == 0 {
-			// RESP2: RESP3 makes go-redis check every connection for push
-			// notifications before each command, which we do not use.
-			opt.Protocol = 2
-		}
-		r.rdb = redis.NewClient(opt)
+		u, _ := ParseRedisURL(cfg.URL) // checked by Validate
+		r.rdb = u.NewClient()
 		r.ownsRDB = true
 	}
 	r.comb = &combiner{rdb: r.rdb}
