@@ -154,7 +154,11 @@ type Redis struct {
 	rdb     redis.UniversalClient
 	comb    *combiner // shares round trips between concurrent XADDs
 	ownsRDB bool
-	acks    *acker
+	// failover holds the options of a Sentinel URL: each blocking reader
+	// is a failover client of its own, so that it too drops its
+	// connection when the sentinels switch masters.
+	failover *redis.FailoverOptions
+	acks     *acker
 
 	mu     sync.Mutex
 	closed bool
@@ -195,6 +199,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		u, _ := ParseRedisURL(cfg.URL) // checked by Validate
 		r.rdb = u.NewClient()
 		r.ownsRDB = true
+		r.failover = u.Failover
 	}
 	r.comb = &combiner{rdb: r.rdb}
 	r.acks = newAcker(r.rdb, r.comb, r.done)
@@ -267,6 +272,21 @@ func (r *Redis) newBlockingReader() *blockingReader {
 	}
 	switch c := r.rdb.(type) {
 	case *redis.Client:
+		if r.failover != nil {
+			opt := *r.failover
+			opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
+			opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect)
+			br.UniversalClient = redis.NewFailoverClient(&opt)
+			break
+		}
+		if c.Options().Addr == "FailoverClient" {
+			// A Sentinel client passed in as RedisConfig.Client: its
+			// options cannot make another client that follows failovers,
+			// so read on its own pool, whose connections it closes when
+			// the master changes; reads block at most BlockTime.
+			br.UniversalClient, br.own = r.rdb, false
+			break
+		}
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
 		opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect)

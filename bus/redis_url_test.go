@@ -139,6 +139,10 @@ func TestBlockingReaderPerTopology(t *testing.T) {
 			if c.Options().PoolSize != 1 {
 				t.Errorf("%s: reader pool %d", raw, c.Options().PoolSize)
 			}
+			// A Sentinel bus's reader is a failover client of its own.
+			if sentinel := strings.HasPrefix(raw, "redis+sentinel"); sentinel != (c.Options().Addr == "FailoverClient") {
+				t.Errorf("%s: reader dials %s", raw, c.Options().Addr)
+			}
 		case *redis.ClusterClient:
 			if c.Options().PoolSize != 1 {
 				t.Errorf("%s: reader pool %d", raw, c.Options().PoolSize)
