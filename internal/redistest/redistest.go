@@ -42,6 +42,9 @@ type Options struct {
 	Args []string
 	// Port to listen on; default a free one.
 	Port int
+	// ConfigFile, when set, is read first (redis-server CONFIG OPTIONS):
+	// sentinels need a config file they can rewrite.
+	ConfigFile string
 }
 
 // Binary returns the path of redis-server, installing it with apt-get
@@ -92,9 +95,13 @@ func Start(opts Options) (*Server, error) {
 			return nil, err
 		}
 	}
-	args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+	var args []string
+	if opts.ConfigFile != "" {
+		args = append(args, opts.ConfigFile)
+	}
+	args = append(args, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 		"--save", "", "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning",
-		"--logfile", filepath.Join(dir, "redis.log")}
+		"--logfile", filepath.Join(dir, "redis.log"))
 	if opts.AOF {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "everysec")
 	} else {
@@ -221,10 +228,14 @@ func URL() (string, error) {
 	return sharedURL, sharedErr
 }
 
-// Cleanup stops the shared server, if this process started one.
+// Cleanup stops the shared server and the shared cluster, if this
+// process started them.
 func Cleanup() {
 	if sharedStop != nil {
 		sharedStop()
+	}
+	if shared != nil {
+		shared.Close()
 	}
 }
 

@@ -1,0 +1,480 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/internal/redistest"
+)
+
+// The tests here run against a real Redis Cluster: 3 masters and 3
+// replicas, redis-server processes on free loopback ports, created with
+// redis-cli --cluster create (internal/redistest/cluster.go).
+
+func sharedCluster(t testing.TB) *redistest.Cluster {
+	t.Helper()
+	c, err := redistest.SharedCluster()
+	if err != nil {
+		t.Fatalf("no Redis Cluster for the tests: %v", err)
+	}
+	return c
+}
+
+// busAt returns a bus on url, closed when the test ends.
+func busAt(t testing.TB, url string, cfg bus.RedisConfig) *bus.Redis {
+	t.Helper()
+	cfg.URL = url
+	b, err := bus.NewRedis(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// The behaviour suite, on a Redis Cluster: every bus is a ClusterClient.
+func TestClusterBehaviour(t *testing.T) {
+	t.Parallel()
+	c := sharedCluster(t)
+	bustest.Run(t, func(t *testing.T) bus.Bus {
+		b := busAt(t, c.URL, bus.RedisConfig{})
+		if _, ok := b.Client().(*redis.ClusterClient); !ok {
+			t.Fatalf("bus on %s uses %T, want *redis.ClusterClient", c.URL, b.Client())
+		}
+		return b
+	})
+}
+
+// Services land on different shards: each service's request stream and
+// dead-letter stream live on the master that owns the slot of its hash
+// tag, and on no other; callers' inboxes spread over shards too, and
+// replies reach them wherever they are.
+func TestClusterServicesSpreadOverShards(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cl := sharedCluster(t)
+	states, err := cl.State(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var masters []string
+	for _, st := range states {
+		if st.Master {
+			masters = append(masters, st.Addr)
+		}
+	}
+	sort.Strings(masters)
+	if len(masters) != 3 {
+		t.Fatalf("masters %v, want 3", masters)
+	}
+
+	// One service per master: draw names until every master has one.
+	byMaster := map[string]string{}
+	for i := 0; len(byMaster) < len(masters); i++ {
+		if i == 300 {
+			t.Fatalf("300 service names landed on %d masters only: %v", len(byMaster), byMaster)
+		}
+		name := bustest.Name("shard")
+		m, _, err := cl.Owner(ctx, bus.RequestTopic(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := byMaster[m]; !ok {
+			byMaster[m] = name
+		}
+	}
+
+	b := busAt(t, cl.URL, bus.RedisConfig{})
+	h := &bustest.Harness{T: t, Bus: b}
+	for _, name := range byMaster {
+		svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+		handlers.Register(svc, "echo", func(_ context.Context, s string) (string, error) { return name + ":" + s, nil })
+		h.Start(svc)
+	}
+
+	// Clients until their inboxes sit on at least two masters.
+	inboxMasters := map[string]bool{}
+	var clients []*client.Client
+	for i := 0; len(inboxMasters) < 2; i++ {
+		if i == 40 {
+			t.Fatalf("40 inboxes all on %v", inboxMasters)
+		}
+		c := h.Client(client.Config{})
+		m, _, err := cl.Owner(ctx, c.Inbox())
+		if err != nil {
+			t.Fatal(err)
+		}
+		inboxMasters[m] = true
+		clients = append(clients, c)
+	}
+
+	for _, c := range clients {
+		for _, name := range byMaster {
+			var out string
+			if err := c.Call(ctx, name+".echo", "hi", &out); err != nil || out != name+":hi" {
+				t.Fatalf("call %s.echo from inbox %s: %q, %v", name, c.Inbox(), out, err)
+			}
+		}
+		// The inbox lives on its slot's master only.
+		m, _, _ := cl.Owner(ctx, c.Inbox())
+		assertOnlyOn(t, cl, masters, c.Inbox(), m)
+	}
+	// A send to a function that does not exist is dead-lettered at once,
+	// on the service's own shard.
+	for _, name := range byMaster {
+		if err := clients[0].Send(ctx, name+".nosuch", "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for m, name := range byMaster {
+		bustest.Eventually(t, 10*time.Second, "dead letter of "+name, func() bool {
+			return cl.Node(m).Exists(ctx, bus.DeadLetterTopic(name)).Val() == 1
+		})
+		slot, _ := cl.Slot(ctx, bus.RequestTopic(name))
+		dslot, _ := cl.Slot(ctx, bus.DeadLetterTopic(name))
+		if slot != dslot {
+			t.Errorf("%s: request stream in slot %d, dead letters in slot %d", name, slot, dslot)
+		}
+		assertOnlyOn(t, cl, masters, bus.RequestTopic(name), m)
+		assertOnlyOn(t, cl, masters, bus.DeadLetterTopic(name), m)
+		groups, err := cl.Node(m).XInfoGroups(ctx, bus.RequestTopic(name)).Result()
+		if err != nil || len(groups) != 1 || groups[0].Name != bus.Group || groups[0].Consumers != 1 {
+			t.Errorf("%s on %s: groups %+v, %v; want one group %q with one consumer", name, m, groups, err, bus.Group)
+		}
+		t.Logf("service %-16s slot %5d  master %s", name, slot, m)
+	}
+	t.Logf("%d inboxes on masters %v", len(clients), keys(inboxMasters))
+}
+
+// assertOnlyOn checks that key exists on master want and on no other.
+func assertOnlyOn(t *testing.T, cl *redistest.Cluster, masters []string, key, want string) {
+	t.Helper()
+	for _, m := range masters {
+		// A plain client asks the node itself: a node holds only the keys
+		// of its own slots (others answer MOVED, counted as absent).
+		n, err := cl.Node(m).Exists(context.Background(), key).Result()
+		has := err == nil && n == 1
+		if has != (m == want) {
+			t.Errorf("%s on %s: exists=%v (%v), want only on %s", key, m, has, err, want)
+		}
+	}
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// callRecord is one call of a load run.
+type callRecord struct {
+	start, end time.Time
+	err        error
+}
+
+// loadRecorded runs conc callers of fn until stop closes and returns
+// every call made.
+func loadRecorded(c *client.Client, fn string, in any, conc int, timeout time.Duration, stop <-chan struct{}) []callRecord {
+	var mu sync.Mutex
+	var all []callRecord
+	var wg sync.WaitGroup
+	for i := 0; i < conc; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r := callRecord{start: time.Now()}
+				var out json.RawMessage
+				r.err = c.Call(context.Background(), fn, in, &out, client.WithTimeout(timeout))
+				r.end = time.Now()
+				mu.Lock()
+				all = append(all, r)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return all
+}
+
+// A master fails over (CLUSTER FAILOVER on its replica) while calls run
+// against two replica processes of a service on it; then the master of
+// the caller's inbox fails over too (which may be the node just promoted). Calls during a failover succeed or
+// fail within their deadline with deadline_exceeded or unavailable;
+// calls begun after the failovers succeed.
+func TestClusterFailoverUnderLoad(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cl, err := redistest.StartCluster(redistest.ClusterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	service := bustest.Name("failover")
+	for _, r := range []string{"a", "b"} {
+		startWorker(t, workerSpec{Service: service, Replica: r, Redis: cl.URL})
+	}
+	b := busAt(t, cl.URL, bus.RedisConfig{})
+	c, err := client.New(b, client.Config{Logger: bustest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	fn := service + ".sleep"
+	if err := c.Call(ctx, fn, SleepIn{Ms: 1}, new(string)); err != nil {
+		t.Fatalf("first call: %v", err)
+	}
+
+	const timeout = 2 * time.Second
+	stop := make(chan struct{})
+	done := make(chan []callRecord)
+	go func() { done <- loadRecorded(c, fn, SleepIn{Ms: 2}, 16, timeout, stop) }()
+
+	type window struct {
+		what       string
+		start, end time.Time
+	}
+	var windows []window
+	failover := func(what, key string) {
+		master, replica, err := cl.Owner(ctx, key)
+		if err != nil || replica == "" {
+			t.Fatalf("owner of %s: %q %q %v", key, master, replica, err)
+		}
+		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		w := window{what: fmt.Sprintf("%s: %s -> %s", what, master, replica), start: time.Now()}
+		if err := cl.Failover(fctx, replica); err != nil {
+			t.Fatal(err)
+		}
+		w.end = time.Now()
+		windows = append(windows, w)
+		if m, _, _ := cl.Owner(ctx, key); m != replica {
+			t.Fatalf("after failover %s is on %s, want %s", key, m, replica)
+		}
+	}
+	time.Sleep(time.Second) // a stretch of calls before anything happens
+	failover("request stream's master", bus.RequestTopic(service))
+	time.Sleep(500 * time.Millisecond)
+	// The inbox's master now: maybe the node just promoted, failing back.
+	failover("inbox's master", c.Inbox())
+	last := windows[len(windows)-1].end
+	time.Sleep(1500 * time.Millisecond) // a stretch of calls after
+	close(stop)
+	calls := <-done
+
+	// Sort the calls: before the first failover, overlapping one, after.
+	const settle = time.Second // clients learn the new topology on their first MOVED
+	var before, during, after, late []callRecord
+	for _, r := range calls {
+		overlaps := false
+		for _, w := range windows {
+			if r.start.Before(w.end) && r.end.After(w.start) {
+				overlaps = true
+			}
+		}
+		switch {
+		case overlaps:
+			during = append(during, r)
+		case r.end.Before(windows[0].start):
+			before = append(before, r)
+		case r.start.After(last.Add(settle)):
+			late = append(late, r)
+		default:
+			after = append(after, r)
+		}
+	}
+	summary := func(rs []callRecord) string {
+		codes := map[fnmesh.Code]int{}
+		ok := 0
+		var slowest time.Duration
+		for _, r := range rs {
+			if r.err == nil {
+				ok++
+			} else {
+				codes[fnmesh.CodeOf(r.err)]++
+			}
+			slowest = max(slowest, r.end.Sub(r.start))
+		}
+		return fmt.Sprintf("%d calls, %d ok, failed %v, slowest %v", len(rs), ok, codes, slowest.Round(time.Millisecond))
+	}
+	for _, w := range windows {
+		t.Logf("failover of the %s took %v", w.what, w.end.Sub(w.start).Round(time.Millisecond))
+	}
+	t.Logf("before:                %s", summary(before))
+	t.Logf("overlapping failovers: %s", summary(during))
+	t.Logf("up to 1s after:        %s", summary(after))
+	t.Logf("later:                 %s", summary(late))
+
+	if len(before) == 0 || len(late) == 0 {
+		t.Fatalf("load too thin to judge: %d calls before, %d after", len(before), len(late))
+	}
+	for _, r := range calls {
+		if r.err == nil {
+			continue
+		}
+		var fe *fnmesh.Error
+		if !errors.As(r.err, &fe) || (fe.Code != fnmesh.CodeDeadlineExceeded && fe.Code != fnmesh.CodeUnavailable) {
+			t.Errorf("a call failed with %v (%T), want deadline_exceeded or unavailable", r.err, r.err)
+		}
+		if d := r.end.Sub(r.start); d > timeout+500*time.Millisecond {
+			t.Errorf("a failed call took %v, past its %v deadline", d, timeout)
+		}
+	}
+	for name, rs := range map[string][]callRecord{"before the failover": before, "after it settled": late} {
+		for _, r := range rs {
+			if r.err != nil {
+				t.Errorf("a call %s failed: %v", name, r.err)
+				break
+			}
+		}
+	}
+	// And the service keeps serving: a burst of fresh calls all succeed.
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var out string
+			if err := c.Call(ctx, fn, SleepIn{Ms: 1}, &out, client.WithTimeout(5*time.Second)); err != nil {
+				errs <- err
+			} else if out != "a" && out != "b" {
+				errs <- fmt.Errorf("answered by %q", out)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("call after the failovers: %v", err)
+	}
+}
+
+// clusterTotals sums keys and client connections over every node.
+func clusterTotals(t *testing.T, cl *redistest.Cluster) (keys int64, conns int) {
+	t.Helper()
+	ctx := context.Background()
+	for _, n := range cl.Nodes {
+		k, err := cl.Node(n.Addr).DBSize(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		list, err := cl.Node(n.Addr).ClientList(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Replicas hold every key of their master: count masters' keys.
+		if role, _ := cl.Node(n.Addr).Do(ctx, "ROLE").Slice(); len(role) > 0 && role[0] == "master" {
+			keys += k
+		}
+		conns += strings.Count(list, "\n")
+	}
+	return keys, conns
+}
+
+// Calls on a cluster leave no key, connection or goroutine behind, and
+// streams are trimmed. Not parallel: it counts every key and connection
+// of the shared cluster, and Go runs parallel tests after this one.
+func TestClusterCallsLeaveNothingBehind(t *testing.T) {
+	ctx := context.Background()
+	cl := sharedCluster(t)
+	service := bustest.Name("leak")
+	cfg := bus.RedisConfig{TrimInterval: 100 * time.Millisecond, InboxRefresh: 100 * time.Millisecond}
+	sb := busAt(t, cl.URL, cfg)
+	h := &bustest.Harness{T: t, Bus: sb}
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
+		return bustest.AddOut{Sum: in.A + in.B}, nil
+	})
+	stopSvc := h.StartStoppable(svc)
+	cb := busAt(t, cl.URL, cfg)
+	c, err := client.New(cb, client.Config{Logger: bustest.Quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := func(n int) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		for w := 0; w < 16; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for i := w; i < n; i += 16 {
+					var out bustest.AddOut
+					if err := c.Call(ctx, service+".add", bustest.AddIn{A: i, B: 1}, &out); err != nil || out.Sum != i+1 {
+						select {
+						case errs <- fmt.Errorf("%d+1: %v %+v", i, err, out):
+						default:
+						}
+						return
+					}
+				}
+			}(w)
+		}
+		wg.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
+			t.Fatalf("call failed: %v", err)
+		}
+	}
+	calls(500)
+	keys0, conns0 := clusterTotals(t, cl)
+	goroutines0 := runtime.NumGoroutine()
+	calls(5000)
+	keys, conns := clusterTotals(t, cl)
+	goroutines := runtime.NumGoroutine()
+	t.Logf("after 5,000 calls: keys %d -> %d, goroutines %d -> %d, connections %d -> %d", keys0, keys, goroutines0, goroutines, conns0, conns)
+	if keys != keys0 {
+		t.Errorf("keys on the cluster's masters grew from %d to %d", keys0, keys)
+	}
+	if goroutines > goroutines0+5 {
+		t.Errorf("goroutines grew from %d to %d", goroutines0, goroutines)
+	}
+	if conns > conns0+2 {
+		t.Errorf("connections grew from %d to %d", conns0, conns)
+	}
+	req, _, _ := cl.Owner(ctx, bus.RequestTopic(service))
+	inbox, _, _ := cl.Owner(ctx, c.Inbox())
+	bustest.Eventually(t, 10*time.Second, "streams not trimmed", func() bool {
+		return cl.Node(req).XLen(ctx, bus.RequestTopic(service)).Val() < 500 && cl.Node(inbox).XLen(ctx, c.Inbox()).Val() < 500
+	})
+	// Stopping the service and closing the client removes the inbox; the
+	// request stream stays (it is the service's, with its group).
+	c.Close()
+	if err := stopSvc(); err != nil {
+		t.Fatal(err)
+	}
+	if n := cl.Node(inbox).Exists(ctx, c.Inbox()).Val(); n != 0 {
+		t.Errorf("closed client's inbox still exists")
+	}
+	cl.Node(req).Del(ctx, bus.RequestTopic(service))
+	cb.Close()
+	sb.Close()
+	bustest.Eventually(t, 5*time.Second, "connections not released", func() bool {
+		_, n := clusterTotals(t, cl)
+		return n <= conns0
+	})
+}
