@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -254,28 +254,36 @@ func (r *Redis) isClosed() bool {
 // #2556). unblock ends a waiting read with CLIENT UNBLOCK; close closes
 // the connection. On a single node it reads through a sticky connection,
 // which skips the pool's per-checkout health check (a syscall per read).
+// A cluster reader has one connection per node it has read from (a
+// stream moves with its slot on failover or resharding).
 type blockingReader struct {
 	redis.UniversalClient
 	owner *Redis
-	id    atomic.Int64 // CLIENT ID of the connection, 0 until connected
-	own   bool         // false: shares the bus's client (unknown kind)
-	conn  *redis.Conn  // sticky connection, single-node only; read loop only
+	own   bool        // false: shares the bus's client (unknown kind)
+	conn  *redis.Conn // sticky connection, single-node only; read loop only
+
+	mu  sync.Mutex
+	ids map[string]int64 // CLIENT ID of each connection, by node address ("" for one server)
 }
 
 func (r *Redis) newBlockingReader() *blockingReader {
-	br := &blockingReader{owner: r, own: true}
-	onConnect := func(ctx context.Context, cn *redis.Conn) error {
-		if id, err := cn.ClientID(ctx).Result(); err == nil {
-			br.id.Store(id)
+	br := &blockingReader{owner: r, own: true, ids: map[string]int64{}}
+	onConnect := func(node string) func(ctx context.Context, cn *redis.Conn) error {
+		return func(ctx context.Context, cn *redis.Conn) error {
+			if id, err := cn.ClientID(ctx).Result(); err == nil {
+				br.mu.Lock()
+				br.ids[node] = id
+				br.mu.Unlock()
+			}
+			return nil
 		}
-		return nil
 	}
 	switch c := r.rdb.(type) {
 	case *redis.Client:
 		if r.failover != nil {
 			opt := *r.failover
 			opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
-			opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect)
+			opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect(""))
 			br.UniversalClient = redis.NewFailoverClient(&opt)
 			break
 		}
@@ -289,11 +297,19 @@ func (r *Redis) newBlockingReader() *blockingReader {
 		}
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
-		opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect)
+		opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect(""))
 		br.UniversalClient = redis.NewClient(&opt)
 	case *redis.ClusterClient:
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
+		newNode := opt.NewClient
+		opt.NewClient = func(o *redis.Options) *redis.Client {
+			o.OnConnect = chainOnConnect(o.OnConnect, onConnect(o.Addr))
+			if newNode != nil {
+				return newNode(o)
+			}
+			return redis.NewClient(o)
+		}
 		br.UniversalClient = redis.NewClusterClient(&opt)
 	default: // reads block at most BlockTime
 		br.UniversalClient, br.own = r.rdb, false
@@ -333,13 +349,30 @@ func chainOnConnect(a, b func(context.Context, *redis.Conn) error) func(context.
 	}
 }
 
-// unblock ends a blocking read in progress on br's connection.
+// unblock ends a blocking read in progress on br's connections. In a
+// cluster, CLIENT UNBLOCK goes to the node of each connection.
 func (br *blockingReader) unblock() {
-	if id := br.id.Load(); br.own && id != 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		br.owner.rdb.ClientUnblock(ctx, id)
-		cancel()
+	if !br.own {
+		return
 	}
+	br.mu.Lock()
+	ids := maps.Clone(br.ids)
+	br.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if cc, ok := br.owner.rdb.(*redis.ClusterClient); ok {
+		cc.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error {
+			if id, ok := ids[node.Options().Addr]; ok {
+				node.ClientUnblock(ctx, id)
+			}
+			return nil
+		})
+		return
+	}
+	br.owner.rdb.ClientUnblock(ctx, ids[""])
 }
 
 func (br *blockingReader) close() {
