@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"regexp"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -477,4 +480,37 @@ func TestClusterCallsLeaveNothingBehind(t *testing.T) {
 		_, n := clusterTotals(t, cl)
 		return n <= conns0
 	})
+}
+
+// The slot table in docs/PROTOCOL.md §11 is what the cluster computes,
+// and the keys it names are the ones the code builds.
+func TestProtocolDocSlotTable(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile("../docs/PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := regexp.MustCompile("(?s)<!-- slot table.*?-->(.*?)<!-- end -->").FindSubmatch(doc)
+	if block == nil {
+		t.Fatal("no slot table in docs/PROTOCOL.md")
+	}
+	rows := regexp.MustCompile("\\| `([^`]+)` \\| (\\d+) \\|").FindAllSubmatch(block[1], -1)
+	if len(rows) < 4 {
+		t.Fatalf("slot table has %d rows", len(rows))
+	}
+	built := map[string]bool{
+		bus.RequestTopic("math"): true, bus.DeadLetterTopic("math"): true,
+		bus.RequestTopic("mail"): true, bus.ReplyTopic("cli-1"): true,
+	}
+	cl := sharedCluster(t)
+	for _, r := range rows {
+		key, want := string(r[1]), string(r[2])
+		if !built[key] {
+			t.Errorf("doc names key %s, which the code does not build", key)
+		}
+		slot, err := cl.Slot(context.Background(), key)
+		if err != nil || strconv.Itoa(slot) != want {
+			t.Errorf("doc says %s is in slot %s; CLUSTER KEYSLOT says %d (%v)", key, want, slot, err)
+		}
+	}
 }
