@@ -14,6 +14,7 @@ var redisURL string
 
 func TestMain(m *testing.M) {
 	runWorkerIfAsked()
+	runExampleIfAsked()
 	url, err := redistest.URL()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

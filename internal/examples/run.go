@@ -14,6 +14,14 @@ import (
 	"github.com/fnmesh/fnmesh/handlers"
 )
 
+// Defaults of the example binaries' flags. deployments/ relies on them
+// (deployments/deployments_test.go checks the manifests against them).
+const (
+	DefaultRedisURL    = "redis://127.0.0.1:6379"
+	DefaultOpsAddr     = ":9090"
+	DefaultConcurrency = 64
+)
+
 // ServiceApp returns the command line of an example service binary: it
 // runs one replica on Redis until SIGINT or SIGTERM, then drains.
 func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Logger) *handlers.Service) *cli.App {
@@ -21,9 +29,10 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 		Name:  name,
 		Usage: usage,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "redis", EnvVars: []string{"REDIS_URL"}, Value: "redis://127.0.0.1:6379", Usage: "Redis URL"},
+			&cli.StringFlag{Name: "redis", EnvVars: []string{"REDIS_URL"}, Value: DefaultRedisURL, Usage: "Redis URL: redis://host:port, redis+cluster://host:port?addr=host2:port2, redis+sentinel://host:port?master_name=NAME (rediss for TLS)"},
 			&cli.StringFlag{Name: "replica-id", Usage: "name of this replica (default host-pid-random)"},
-			&cli.IntFlag{Name: "concurrency", Value: 64, Usage: "requests run at once"},
+			&cli.IntFlag{Name: "concurrency", Value: DefaultConcurrency, Usage: "requests run at once"},
+			&cli.StringFlag{Name: "ops-addr", EnvVars: []string{"OPS_ADDR"}, Value: DefaultOpsAddr, Usage: "serve " + handlers.HealthPath + " here (200 serving, 503 starting or draining); empty: off"},
 			&cli.BoolFlag{Name: "insecure", Usage: "run without a token check"},
 			&cli.DurationFlag{Name: "drain", Value: 0, Usage: "drain timeout on SIGTERM (default 30s)"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log every call"},
@@ -36,7 +45,7 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 			log := Logger(level)
 			cfg := handlers.Config{
 				ReplicaID: c.String("replica-id"), Concurrency: c.Int("concurrency"),
-				DrainTimeout: c.Duration("drain"), Logger: log,
+				DrainTimeout: c.Duration("drain"), Logger: log, OpsAddr: c.String("ops-addr"),
 			}
 			if c.Bool("insecure") {
 				cfg.AllowUnauthenticated = true
