@@ -12,14 +12,19 @@ demo:
 	$(GO) run ./cmd/fnmesh demo
 
 ## test: unit tests and integration tests against a real redis-server
-##       (started on a free port, or $REDIS_URL), the TypeScript client's
-##       tests, Go/Node interop and the gateway page in headless chromium
+##       (started on a free port, or $REDIS_URL), a Redis Cluster and a
+##       Sentinel set (started on free ports), the TypeScript client's
+##       tests, Go/Node interop and the gateway page in headless chromium;
+##       then deployments/ (its own module): manifests checked against the
+##       code, kustomize rendered
 test: js
 	$(GO) test -count=1 -timeout 9m ./...
+	cd deployments && $(GO) test -count=1 ./...
 
 ## test-race: the same under the race detector
 test-race: js
 	$(GO) test -race -count=1 -timeout 15m ./...
+	cd deployments && $(GO) test -race -count=1 ./...
 
 ## test-soak: one million calls; RSS, goroutines and Redis keys stay flat
 test-soak:
@@ -43,6 +48,7 @@ gateway:
 lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd deployments && $(GO) vet ./...
 
 ## bench: fnmesh against its bare-Redis reference in one run, and the
 ##        Go benchmarks (allocations per call)

@@ -23,9 +23,13 @@ import (
 // Anyone can read it here: set your own secret outside a demo.
 const DemoSecret = "fnmesh-demo-secret-change-me-32bytes"
 
+// SecretEnv is the environment variable that holds the HMAC secret of
+// the example services' tokens.
+const SecretEnv = "FNMESH_JWT_SECRET"
+
 // Secret returns $FNMESH_JWT_SECRET, or DemoSecret.
 func Secret() []byte {
-	if s := os.Getenv("FNMESH_JWT_SECRET"); s != "" {
+	if s := os.Getenv(SecretEnv); s != "" {
 		return []byte(s)
 	}
 	return []byte(DemoSecret)
