@@ -18,9 +18,14 @@ func benchCommand() *cli.Command {
 		Usage: "measure calls or sends to a trivial function on replicas in this process",
 		Description: "Prints one line per mode, e.g. `call p50_us=.. p99_us=.. throughput_per_s=..`,\n" +
 			"comparable with ../shared/peers in the same run. --compare also runs the bare\n" +
-			"Redis loop (raw-call or raw-send) and prints the ratio.",
+			"Redis loop (raw-call or raw-send) and prints the ratio.\n\n" +
+			"--mode scale starts 1, 2 and 4 replica processes (--counts) of a function that\n" +
+			"waits 20 ms (--work io) or burns CPU (--work cpu), drives them with 256 calls in\n" +
+			"flight (--concurrency) and prints calls/s and latency per replica count.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "mode", Value: "call", Usage: "call, send, raw-call or raw-send"},
+			&cli.StringFlag{Name: "mode", Value: "call", Usage: "call, send, raw-call, raw-send or scale"},
+			&cli.StringFlag{Name: "work", Value: "io", Usage: "scale mode: what the function does, io (waits 20 ms) or cpu (hashes)"},
+			&cli.IntSliceFlag{Name: "counts", Value: cli.NewIntSlice(1, 2, 4), Usage: "scale mode: replica processes to measure"},
 			&cli.IntFlag{Name: "replicas", Value: 2, Usage: "replicas of the function, each with its own connection"},
 			&cli.IntFlag{Name: "concurrency", Value: 64, Usage: "calls in flight"},
 			&cli.DurationFlag{Name: "duration", Value: 3 * time.Second, Usage: "length of the throughput phase"},
@@ -29,6 +34,12 @@ func benchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "compare", Usage: "also run the bare-Redis reference and print ratios"},
 		},
 		Action: func(c *cli.Context) error {
+			switch c.String("mode") {
+			case "scale-replica": // one replica process of --mode scale
+				return bench.ServeScaleReplica(c.String("redis"))
+			case "scale":
+				return runScale(c)
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 			defer stop()
 			o := bench.Options{
@@ -56,4 +67,20 @@ func benchCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+func runScale(c *cli.Context) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	o := bench.ScaleOptions{
+		Work: c.String("work"), Counts: c.IntSlice("counts"), RedisURL: c.String("redis"), Out: c.App.Writer,
+	}
+	if c.IsSet("concurrency") {
+		o.Concurrency = c.Int("concurrency")
+	}
+	if c.IsSet("duration") {
+		o.Duration = c.Duration("duration")
+	}
+	_, err := bench.RunScale(ctx, o)
+	return err
 }
