@@ -4,7 +4,7 @@ NPM       ?= npm
 WITHREDIS  = $(GO) run ./internal/redistest/withredis --
 PEERS     ?= ../shared/peers
 
-.PHONY: demo test test-race test-soak lint bench build js gateway
+.PHONY: demo test test-race test-soak lint bench bench-scale build js gateway
 
 ## demo: the example services and a caller, on the in-memory bus
 ##       (REDIS_URL=redis://... make demo runs it over Redis)
@@ -55,6 +55,12 @@ lint:
 bench:
 	$(WITHREDIS) $(GO) run ./internal/bench/benchset --peers '$(PEERS)'
 	$(WITHREDIS) $(GO) test -run '^$$' -bench . -benchmem ./client ./integration
+
+## bench-scale: calls/s and p99 with 1, 2 and 4 replica processes of an
+##              I/O-bound and of a CPU-bound function (256 in flight)
+bench-scale:
+	$(WITHREDIS) sh -c '$(GO) run ./cmd/fnmesh bench --mode scale --work io && \
+	  $(GO) run ./cmd/fnmesh bench --mode scale --work cpu'
 
 build:
 	$(GO) build -o bin/ ./cmd/...
