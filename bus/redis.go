@@ -310,7 +310,9 @@ func (r *Redis) newBlockingReader() *blockingReader {
 			}
 			return redis.NewClient(o)
 		}
-		br.UniversalClient = redis.NewClusterClient(&opt)
+		cc := redis.NewClusterClient(&opt)
+		followTopology(cc)
+		br.UniversalClient = cc
 	default: // reads block at most BlockTime
 		br.UniversalClient, br.own = r.rdb, false
 	}

@@ -117,7 +117,9 @@ func ParseRedisURL(raw string) (*RedisURL, error) {
 //     at most 100 ms, dial timeout 2 s): callers get unavailable while
 //     there is time left to act on it;
 //   - RESP2: RESP3 makes go-redis check every connection for push
-//     notifications before each command, which we do not use.
+//     notifications before each command, which we do not use;
+//   - a cluster client re-reads the slot map as soon as a node stops
+//     answering (see followTopology).
 func (u *RedisURL) NewClient() redis.UniversalClient {
 	defaults := func(pool, retries, proto *int, backoff, dial *time.Duration) {
 		if *pool == 0 {
@@ -140,7 +142,9 @@ func (u *RedisURL) NewClient() redis.UniversalClient {
 	case Cluster:
 		o := u.Cluster
 		defaults(&o.PoolSize, &o.MaxRetries, &o.Protocol, &o.MaxRetryBackoff, &o.DialTimeout)
-		return redis.NewClusterClient(o)
+		cc := redis.NewClusterClient(o)
+		followTopology(cc)
+		return cc
 	case Sentinel:
 		o := u.Failover
 		defaults(&o.PoolSize, &o.MaxRetries, &o.Protocol, &o.MaxRetryBackoff, &o.DialTimeout)
