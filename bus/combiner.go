@@ -9,11 +9,14 @@ import (
 )
 
 // combiner sends commands from many goroutines in shared round trips.
-// The first caller to find no flush in progress becomes the flusher: it
-// writes its own command together with every command queued meanwhile,
-// in one pipeline. So a lone call costs no goroutine hand-off, and under
-// load commands queue while a round trip is in flight and go out together
-// in the next.
+// The first caller to find no flush in progress starts a flusher: it
+// writes that command together with every command queued meanwhile, in
+// one pipeline, and goes on while commands keep queuing. Under load
+// commands queue while a round trip is in flight and go out together in
+// the next. Every caller, the one that started the flusher included,
+// waits only as long as its ctx allows: when Redis stops answering, a
+// round trip can take go-redis's dial timeouts and retries, and a call
+// must still end at its deadline.
 type combiner struct {
 	rdb      redis.UniversalClient
 	conn     *redis.Conn // owned connection (single-node clients); only the flusher uses it
@@ -51,21 +54,16 @@ func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
 		}
 	}
 	c.flushing = true
-	c.flushOnce() // our own command goes in this round
-	<-p.done
-	p.cmd = nil
-	pendingPool.Put(p)
-	c.mu.Lock()
-	if len(c.queue) > 0 {
-		// Others queued while we flushed: hand the flushing on rather
-		// than keep this caller waiting.
-		c.mu.Unlock()
-		go c.flushAll()
-		return cmd.Err()
-	}
-	c.idleLocked()
 	c.mu.Unlock()
-	return cmd.Err()
+	go c.flushAll() // our own command goes in its first round
+	select {
+	case <-p.done:
+		p.cmd = nil
+		pendingPool.Put(p)
+		return cmd.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // flushOnce sends what is queued; c.mu is held on entry and released.
