@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/internal/demo"
 	"github.com/fnmesh/fnmesh/internal/redistest"
 )
 
@@ -223,13 +225,19 @@ func loadRecorded(c *client.Client, fn string, in any, conc int, timeout time.Du
 	return all
 }
 
-// A master fails over (CLUSTER FAILOVER on its replica) while calls run
-// against two replica processes of a service on it; then the master of
-// the caller's inbox fails over too (which may be the node just promoted). Calls during a failover succeed or
-// fail within their deadline with deadline_exceeded or unavailable;
-// calls begun after the failovers succeed.
-func TestClusterFailoverUnderLoad(t *testing.T) {
-	t.Parallel()
+// window is a stretch of time in which the cluster was being disrupted.
+type window struct {
+	what       string
+	start, end time.Time
+}
+
+// disruptUnderLoad starts a cluster of its own, two replica processes of
+// a service on it and a caller, runs 16 callers of 2 ms calls (timeout 5
+// s), lets disrupt change the cluster, and checks: calls before every
+// window succeed; calls overlapping one succeed or fail within their
+// deadline with deadline_exceeded or unavailable; calls begun settle
+// after the last window succeed, and so does a burst of 200 fresh calls.
+func disruptUnderLoad(t *testing.T, settle time.Duration, disrupt func(cl *redistest.Cluster, service string, c *client.Client) []window) {
 	ctx := context.Background()
 	cl, err := redistest.StartCluster(redistest.ClusterOptions{})
 	if err != nil {
@@ -251,45 +259,18 @@ func TestClusterFailoverUnderLoad(t *testing.T) {
 		t.Fatalf("first call: %v", err)
 	}
 
-	const timeout = 2 * time.Second
+	const timeout = 5 * time.Second
 	stop := make(chan struct{})
 	done := make(chan []callRecord)
 	go func() { done <- loadRecorded(c, fn, SleepIn{Ms: 2}, 16, timeout, stop) }()
-
-	type window struct {
-		what       string
-		start, end time.Time
-	}
-	var windows []window
-	failover := func(what, key string) {
-		master, replica, err := cl.Owner(ctx, key)
-		if err != nil || replica == "" {
-			t.Fatalf("owner of %s: %q %q %v", key, master, replica, err)
-		}
-		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		w := window{what: fmt.Sprintf("%s: %s -> %s", what, master, replica), start: time.Now()}
-		if err := cl.Failover(fctx, replica); err != nil {
-			t.Fatal(err)
-		}
-		w.end = time.Now()
-		windows = append(windows, w)
-		if m, _, _ := cl.Owner(ctx, key); m != replica {
-			t.Fatalf("after failover %s is on %s, want %s", key, m, replica)
-		}
-	}
 	time.Sleep(time.Second) // a stretch of calls before anything happens
-	failover("request stream's master", bus.RequestTopic(service))
-	time.Sleep(500 * time.Millisecond)
-	// The inbox's master now: maybe the node just promoted, failing back.
-	failover("inbox's master", c.Inbox())
+	windows := disrupt(cl, service, c)
 	last := windows[len(windows)-1].end
-	time.Sleep(1500 * time.Millisecond) // a stretch of calls after
+	time.Sleep(settle + 2*time.Second) // a stretch of calls after
 	close(stop)
 	calls := <-done
 
-	// Sort the calls: before the first failover, overlapping one, after.
-	const settle = time.Second // clients learn the new topology on their first MOVED
+	// Sort the calls: before the first window, overlapping one, after.
 	var before, during, after, late []callRecord
 	for _, r := range calls {
 		overlaps := false
@@ -324,12 +305,12 @@ func TestClusterFailoverUnderLoad(t *testing.T) {
 		return fmt.Sprintf("%d calls, %d ok, failed %v, slowest %v", len(rs), ok, codes, slowest.Round(time.Millisecond))
 	}
 	for _, w := range windows {
-		t.Logf("failover of the %s took %v", w.what, w.end.Sub(w.start).Round(time.Millisecond))
+		t.Logf("%s took %v", w.what, w.end.Sub(w.start).Round(time.Millisecond))
 	}
-	t.Logf("before:                %s", summary(before))
-	t.Logf("overlapping failovers: %s", summary(during))
-	t.Logf("up to 1s after:        %s", summary(after))
-	t.Logf("later:                 %s", summary(late))
+	t.Logf("before:             %s", summary(before))
+	t.Logf("overlapping:        %s", summary(during))
+	t.Logf("up to %v after:     %s", settle, summary(after))
+	t.Logf("later:              %s", summary(late))
 
 	if len(before) == 0 || len(late) == 0 {
 		t.Fatalf("load too thin to judge: %d calls before, %d after", len(before), len(late))
@@ -346,7 +327,7 @@ func TestClusterFailoverUnderLoad(t *testing.T) {
 			t.Errorf("a failed call took %v, past its %v deadline", d, timeout)
 		}
 	}
-	for name, rs := range map[string][]callRecord{"before the failover": before, "after it settled": late} {
+	for name, rs := range map[string][]callRecord{"before the disruption": before, "after it settled": late} {
 		for _, r := range rs {
 			if r.err != nil {
 				t.Errorf("a call %s failed: %v", name, r.err)
@@ -372,8 +353,68 @@ func TestClusterFailoverUnderLoad(t *testing.T) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		t.Errorf("call after the failovers: %v", err)
+		t.Errorf("call after the disruption: %v", err)
 	}
+}
+
+// A master fails over (CLUSTER FAILOVER on its replica) while calls run
+// against two replica processes of a service on it; then the master of
+// the caller's inbox fails over too (which may be the node just promoted).
+func TestClusterFailoverUnderLoad(t *testing.T) {
+	t.Parallel()
+	// Clients learn the new topology from their first MOVED.
+	disruptUnderLoad(t, 2*time.Second, func(cl *redistest.Cluster, service string, c *client.Client) []window {
+		ctx := context.Background()
+		var windows []window
+		failover := func(what, key string) {
+			master, replica, err := cl.Owner(ctx, key)
+			if err != nil || replica == "" {
+				t.Fatalf("owner of %s: %q %q %v", key, master, replica, err)
+			}
+			fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			w := window{what: fmt.Sprintf("CLUSTER FAILOVER of the %s (%s -> %s)", what, master, replica), start: time.Now()}
+			if err := cl.Failover(fctx, replica); err != nil {
+				t.Fatal(err)
+			}
+			w.end = time.Now()
+			windows = append(windows, w)
+			if m, _, _ := cl.Owner(ctx, key); m != replica {
+				t.Fatalf("after failover %s is on %s, want %s", key, m, replica)
+			}
+		}
+		failover("request stream's master", bus.RequestTopic(service))
+		time.Sleep(500 * time.Millisecond)
+		// The inbox's master now: maybe the node just promoted, failing back.
+		failover("inbox's master", c.Inbox())
+		return windows
+	})
+}
+
+// The master of a service's request stream crashes (SIGKILL) under load;
+// its replica takes over once the other masters agree it failed
+// (cluster-node-timeout, 2 s here). Calls in between fail within their
+// deadline with a clear code; calls after succeed.
+func TestClusterMasterCrashUnderLoad(t *testing.T) {
+	t.Parallel()
+	// A crashed node sends no MOVED: clients re-read the slot map when
+	// it stops answering (bus.followTopology), and readers retry with a
+	// backoff of up to 2 s, so allow them a few seconds.
+	disruptUnderLoad(t, 6*time.Second, func(cl *redistest.Cluster, service string, c *client.Client) []window {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		master, replica, err := cl.Owner(ctx, bus.RequestTopic(service))
+		if err != nil || replica == "" {
+			t.Fatalf("owner: %q %q %v", master, replica, err)
+		}
+		w := window{what: fmt.Sprintf("crash of the request stream's master %s until %s took over", master, replica), start: time.Now()}
+		cl.Kill(master)
+		if err := cl.WaitPromoted(ctx, replica); err != nil {
+			t.Fatal(err)
+		}
+		w.end = time.Now()
+		return []window{w}
+	})
 }
 
 // clusterTotals sums keys and client connections over every node.
@@ -398,7 +439,7 @@ func clusterTotals(t *testing.T, cl *redistest.Cluster) (keys int64, conns int) 
 	return keys, conns
 }
 
-// Calls on a cluster leave no key, connection or goroutine behind, and
+// 3,000 calls on a cluster leave no key, connection or goroutine behind, and
 // streams are trimmed. Not parallel: it counts every key and connection
 // of the shared cluster, and Go runs parallel tests after this one.
 func TestClusterCallsLeaveNothingBehind(t *testing.T) {
@@ -446,10 +487,10 @@ func TestClusterCallsLeaveNothingBehind(t *testing.T) {
 	calls(500)
 	keys0, conns0 := clusterTotals(t, cl)
 	goroutines0 := runtime.NumGoroutine()
-	calls(5000)
+	calls(3000)
 	keys, conns := clusterTotals(t, cl)
 	goroutines := runtime.NumGoroutine()
-	t.Logf("after 5,000 calls: keys %d -> %d, goroutines %d -> %d, connections %d -> %d", keys0, keys, goroutines0, goroutines, conns0, conns)
+	t.Logf("after 3,000 calls: keys %d -> %d, goroutines %d -> %d, connections %d -> %d", keys0, keys, goroutines0, goroutines, conns0, conns)
 	if keys != keys0 {
 		t.Errorf("keys on the cluster's masters grew from %d to %d", keys0, keys)
 	}
@@ -511,6 +552,23 @@ func TestProtocolDocSlotTable(t *testing.T) {
 		slot, err := cl.Slot(context.Background(), key)
 		if err != nil || strconv.Itoa(slot) != want {
 			t.Errorf("doc says %s is in slot %s; CLUSTER KEYSLOT says %d (%v)", key, want, slot, err)
+		}
+	}
+}
+
+// `fnmesh demo --redis redis+cluster://...`: the README's main command on
+// a Redis Cluster. Its services have fixed names (math, mail, legacy),
+// which no other cluster test uses.
+func TestDemoOverCluster(t *testing.T) {
+	t.Parallel()
+	cl := sharedCluster(t)
+	var out bytes.Buffer
+	if err := demo.Run(context.Background(), &out, cl.URL); err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	for _, want := range demo.Shows {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q", want)
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/fnmesh/fnmesh/bus"
 )
 
 // runRaw is the bare Redis Streams loop with no framework, written here so
@@ -21,10 +23,14 @@ func runRaw(ctx context.Context, o Options) (Result, error) {
 	if o.RedisURL == "" {
 		return Result{}, errors.New("bench: raw modes need --redis")
 	}
-	opt, err := redis.ParseURL(o.RedisURL)
+	u, err := bus.ParseRedisURL(o.RedisURL)
 	if err != nil {
 		return Result{}, err
 	}
+	if u.Topology != bus.Single {
+		return Result{}, fmt.Errorf("bench: the bare loop (%s) runs against one server, not a %s", o.Mode, u.Topology)
+	}
+	opt := u.Single
 	opt.PoolSize = 256
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()

@@ -36,8 +36,9 @@ type Cluster struct {
 	// redis+cluster://first?addr=second&addr=...
 	URL string
 
-	mu    sync.Mutex
-	conns map[string]*redis.Client // one plain client per node, by address
+	mu     sync.Mutex
+	conns  map[string]*redis.Client // one plain client per node, by address
+	killed map[string]bool          // nodes Kill stopped
 }
 
 // freePorts returns n distinct TCP ports on 127.0.0.1 that were free a
@@ -81,7 +82,7 @@ func StartCluster(opts ClusterOptions) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{conns: map[string]*redis.Client{}}
+	c := &Cluster{conns: map[string]*redis.Client{}, killed: map[string]bool{}}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -145,10 +146,11 @@ type NodeState struct {
 	Slots  [][2]int
 }
 
-// State asks every node who it is (CLUSTER NODES, the "myself" line).
+// State asks every live node who it is (CLUSTER NODES, the "myself"
+// line).
 func (c *Cluster) State(ctx context.Context) ([]NodeState, error) {
 	var out []NodeState
-	for _, s := range c.Nodes {
+	for _, s := range c.live() {
 		txt, err := c.Node(s.Addr).ClusterNodes(ctx).Result()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", s.Addr, err)
@@ -287,9 +289,10 @@ func (c *Cluster) Failover(ctx context.Context, replica string) error {
 	}
 }
 
-// serves reports whether every node names id as the master of some slots.
+// serves reports whether every live node names id as the master of some
+// slots.
 func (c *Cluster) serves(ctx context.Context, id string) bool {
-	for _, s := range c.Nodes {
+	for _, s := range c.live() {
 		slots, err := c.Node(s.Addr).ClusterSlots(ctx).Result()
 		if err != nil {
 			return false
@@ -305,6 +308,45 @@ func (c *Cluster) serves(ctx context.Context, id string) bool {
 		}
 	}
 	return true
+}
+
+// Kill stops the node at addr with SIGKILL, as a crash would. Its
+// replica takes over once the other masters agree it failed (after
+// cluster-node-timeout): see WaitPromoted.
+func (c *Cluster) Kill(addr string) {
+	c.mu.Lock()
+	c.killed[addr] = true
+	c.mu.Unlock()
+	c.byAddr(addr).Kill()
+}
+
+// WaitPromoted waits until every live node names the node at addr as a
+// master serving slots.
+func (c *Cluster) WaitPromoted(ctx context.Context, addr string) error {
+	id, err := c.Node(addr).ClusterMyID(ctx).Result()
+	if err != nil {
+		return err
+	}
+	for !c.serves(ctx, id) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not promoted: %w", addr, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) live() []*Server {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*Server
+	for _, s := range c.Nodes {
+		if !c.killed[s.Addr] {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func (c *Cluster) byAddr(addr string) *Server {
