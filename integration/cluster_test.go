@@ -523,7 +523,7 @@ func TestClusterCallsLeaveNothingBehind(t *testing.T) {
 	})
 }
 
-// The slot table in docs/PROTOCOL.md §11 is what the cluster computes,
+// The slot table in docs/PROTOCOL.md §13 is what the cluster computes,
 // and the keys it names are the ones the code builds.
 func TestProtocolDocSlotTable(t *testing.T) {
 	t.Parallel()
