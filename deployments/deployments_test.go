@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
 	"go.yaml.in/yaml/v3"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -922,4 +924,43 @@ func TestSecrets(t *testing.T) {
 	if n := len(render(t, "k8s/overlays/production").all("Secret")); n != 0 {
 		t.Errorf("production overlay renders %d Secrets, want none (created outside git)", n)
 	}
+}
+
+// docker-compose.yml is a valid Compose file by the Compose
+// specification's own loader (schema, anchors and merge keys, paths),
+// and what it resolves to is what TestCompose checked.
+func TestComposeSpec(t *testing.T) {
+	details := types.ConfigDetails{
+		WorkingDir:  ".",
+		ConfigFiles: []types.ConfigFile{{Filename: "docker-compose.yml"}},
+		Environment: types.Mapping{},
+	}
+	p, err := loader.LoadWithContext(t.Context(), details)
+	if err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	math, err := p.GetService("math")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Deploy == nil || math.Deploy.Replicas == nil || *math.Deploy.Replicas != 3 {
+		t.Errorf("math deploy %+v, want 3 replicas", math.Deploy)
+	}
+	root, _ := filepath.Abs("..")
+	for _, s := range p.Services {
+		if s.Name == "redis" {
+			continue
+		}
+		if s.Build == nil {
+			t.Errorf("%s builds nothing", s.Name)
+			continue
+		}
+		if ctx, _ := filepath.Abs(s.Build.Context); ctx != root || s.Build.Dockerfile != "deployments/Dockerfile" {
+			t.Errorf("%s builds %+v, want the repository root and deployments/Dockerfile", s.Name, s.Build)
+		}
+		if v := s.Environment["REDIS_URL"]; v == nil || *v != "redis://redis:6379" {
+			t.Errorf("%s: REDIS_URL %v after merge keys", s.Name, v)
+		}
+	}
+	t.Logf("compose project %q: %d services, %d volumes", p.Name, len(p.Services), len(p.Volumes))
 }
