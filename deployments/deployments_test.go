@@ -15,11 +15,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,8 +51,8 @@ var binaries = map[string]string{
 // their callers' deadlines would pass during a cold start.
 var scaleToZero = map[string]bool{"mail": true}
 
-// The gateway (fnmesh gateway, issue 5) listens on :8080 and answers
-// /healthz there.
+// The gateway (fnmesh gateway) listens on :8080 by default and answers
+// /healthz there (TestCLICommandsExist checks the default).
 const gatewayPort = 8080
 
 // decodeAll reads every YAML document of a file into generic values.
@@ -963,4 +965,97 @@ func TestComposeSpec(t *testing.T) {
 		}
 	}
 	t.Logf("compose project %q: %d services, %d volumes", p.Name, len(p.Services), len(p.Volumes))
+}
+
+// cliFlags builds the fnmesh CLI once and returns the flags of a
+// subcommand (from its --help), with their defaults.
+func cliFlags(t *testing.T, sub string) map[string]string {
+	t.Helper()
+	cliOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "fnmesh-deployments-")
+		if err != nil {
+			cliErr = err
+			return
+		}
+		cliBin = filepath.Join(dir, "fnmesh")
+		if out, err := exec.Command("go", "build", "-o", cliBin, "../cmd/fnmesh").CombinedOutput(); err != nil {
+			cliErr = fmt.Errorf("go build ../cmd/fnmesh: %v\n%s", err, out)
+		}
+	})
+	if cliErr != nil {
+		t.Fatal(cliErr)
+	}
+	out, err := exec.Command(cliBin, sub, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("fnmesh %s --help: %v\n%s", sub, err, out)
+	}
+	flags := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^\s+--([a-z-]+)[^\n]*?(?:\(default: "?([^")]*)"?\))?\s*(?:\[\$[A-Z_]+\])?$`).FindAllStringSubmatch(string(out), -1) {
+		flags[m[1]] = m[2]
+	}
+	return flags
+}
+
+var (
+	cliOnce sync.Once
+	cliBin  string
+	cliErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if cliBin != "" {
+		os.RemoveAll(filepath.Dir(cliBin))
+	}
+	os.Exit(code)
+}
+
+// Every fnmesh subcommand the compose file and the manifests run exists,
+// with the flags they pass; the gateway's default address is the port
+// they publish.
+func TestCLICommandsExist(t *testing.T) {
+	type run struct {
+		where string
+		args  []string
+	}
+	var runs []run
+	var c composeFile
+	into(t, decodeAll(t, "docker-compose.yml")[0], &c)
+	for name, s := range c.Services {
+		if len(s.Entrypoint) > 0 && s.Entrypoint[0] == "/usr/local/bin/fnmesh" {
+			runs = append(runs, run{"compose " + name, s.Command})
+		}
+	}
+	for _, dir := range []string{"k8s/overlays/dev", "k8s/overlays/production"} {
+		for _, o := range render(t, dir).all("Deployment") {
+			var w workload
+			into(t, o.Spec, &w)
+			for _, ctr := range w.Template.Spec.Containers {
+				if len(ctr.Command) > 0 && ctr.Command[0] == "/usr/local/bin/fnmesh" {
+					runs = append(runs, run{dir + " " + o.Metadata.Name, ctr.Args})
+				}
+			}
+		}
+	}
+	if len(runs) < 4 {
+		t.Fatalf("found %d fnmesh commands: %v", len(runs), runs)
+	}
+	for _, r := range runs {
+		if len(r.args) == 0 {
+			t.Errorf("%s: fnmesh with no subcommand", r.where)
+			continue
+		}
+		flags := cliFlags(t, r.args[0])
+		for _, a := range r.args[1:] {
+			if name, ok := strings.CutPrefix(a, "--"); ok {
+				name, _, _ = strings.Cut(name, "=")
+				if _, ok := flags[name]; !ok {
+					t.Errorf("%s: fnmesh %s has no flag --%s", r.where, r.args[0], name)
+				}
+			}
+		}
+	}
+	if d := cliFlags(t, "gateway")["listen"]; d != ":"+strconv.Itoa(gatewayPort) {
+		t.Errorf("fnmesh gateway listens on %q by default, the deployments expect :%d", d, gatewayPort)
+	}
 }
