@@ -102,7 +102,7 @@ var errStopping = errors.New("replica stopping: request handed back")
 // means the outcome is not recorded: the message is nacked and delivered
 // again (or handed back, when the replica stops).
 func (r *replica) run(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request) error {
-	_, err := r.runResult(msg, d, f, req, breq)
+	_, err := r.runResult(msg, d, f, req, breq, func() {})
 	if errors.Is(err, errFailed) {
 		return nil
 	}
@@ -110,11 +110,14 @@ func (r *replica) run(msg *message.Message, d bus.Delivery, f *function, req *Re
 }
 
 // runResult is run, returning the call's encoded result on success.
-func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request) ([]byte, error) {
+func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request, beforeFail func()) ([]byte, error) {
 	if !req.Async {
 		out, err := r.invoke(f, req)
 		if err != nil && r.hardCtx.Err() != nil {
 			return nil, errStopping
+		}
+		if err != nil {
+			beforeFail()
 		}
 		result, rerr := r.reply(breq.ReplyTo, req.ID, out, err)
 		if rerr != nil {
@@ -139,6 +142,7 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 			return nil, errStopping
 		}
 		if !retryable(err) || req.Attempt >= policy.MaxAttempts {
+			beforeFail()
 			if derr := r.deadLetter(msg, d, asMeshError(err), req.Attempt); derr != nil {
 				return nil, derr
 			}
@@ -146,6 +150,7 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 		}
 		pause := policy.Backoff(req.Attempt)
 		if !req.Deadline.IsZero() && time.Now().Add(pause).After(req.Deadline) {
+			beforeFail()
 			if derr := r.deadLetter(msg, d, fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "deadline passed while retrying, last error: %v", err), req.Attempt); derr != nil {
 				return nil, derr
 			}
@@ -195,7 +200,11 @@ func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req
 		}
 		return nil
 	}
-	result, err := r.runResult(msg, d, f, req, breq)
+	// A request that fails for good frees its key before its caller can
+	// learn of the failure (reply or dead letter), so a retry that follows
+	// at once may run.
+	release := func() { r.idem.Release(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID) }
+	result, err := r.runResult(msg, d, f, req, breq, release)
 	switch {
 	case err == nil:
 		if cerr := r.idem.Complete(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID, result, window); cerr != nil {
@@ -203,9 +212,7 @@ func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req
 		}
 		return nil
 	case errors.Is(err, errFailed):
-		// Failed for good: a later request with the key may try again.
-		r.idem.Release(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID)
-		return nil
+		return nil // the key was released before the failure was told
 	}
 	return err // stopping or unrecorded: delivered again, key kept
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -62,7 +63,7 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 			svc := build(cfg, log)
 			go func() {
 				<-svc.Started()
-				log.Info("replica serving", "service", svc.Name(), "functions", svc.Functions(), "redis", c.String("redis"))
+				log.Info("replica serving", "service", svc.Name(), "functions", svc.Functions(), "redis", redactURL(c.String("redis")))
 			}()
 			if err := svc.Run(ctx, b); err != nil {
 				return fmt.Errorf("%s: %w", name, err)
@@ -71,4 +72,12 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 			return nil
 		},
 	}
+}
+
+// redactURL hides the password of a Redis URL for logs.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	return "(unparsable URL)"
 }
