@@ -4,9 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/security"
@@ -126,5 +130,30 @@ func TestClaims(t *testing.T) {
 	}
 	if _, ok := security.ClaimsFromContext(context.Background()); ok {
 		t.Fatal("claims in an empty context")
+	}
+}
+
+var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func TestWrongAlgorithm(t *testing.T) {
+	v := mustVerifier(t, security.JWTConfig{HMACSecret: secret, Algorithms: []string{"HS256"}})
+	now := time.Now().Unix()
+	c := jwt.MapClaims{"sub": "a", "exp": now + 60}
+	hs384, _ := jwt.NewWithClaims(jwt.SigningMethodHS384, c).SignedString(secret)
+	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, c).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	for name, tok := range map[string]string{"HS384 when only HS256 is allowed": hs384, "alg none": none} {
+		if _, err := v.Verify(context.Background(), tok); fnmesh.CodeOf(err) != fnmesh.CodeUnauthenticated {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// Base64 that is not in its one strict spelling is rejected.
+	good, _ := security.NewHS256Signer(secret).Sign("a", time.Minute, nil)
+	sig := good[strings.LastIndex(good, ".")+1:]
+	last := sig[len(sig)-1]
+	alt := map[byte]byte{'A': 'B', 'Q': 'R', 'g': 'h', 'w': 'x'}[last]
+	if alt != 0 {
+		if _, err := v.Verify(context.Background(), good[:len(good)-1]+string(alt)); err == nil {
+			t.Error("a signature with different unused bits was accepted")
+		}
 	}
 }
