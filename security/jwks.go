@@ -217,7 +217,7 @@ func parseJWKS(data []byte) (map[string]jwk, error) {
 	for i, raw := range set.Keys {
 		var k struct {
 			Kty, Kid, Use, Alg, Crv string
-			N, E, X, Y          string
+			N, E, X, Y              string
 		}
 		if err := json.Unmarshal(raw, &k); err != nil {
 			return nil, fmt.Errorf("key %d: %w", i, err)
