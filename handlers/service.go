@@ -74,6 +74,13 @@ type Config struct {
 	// OpsHandlers are served on OpsAddr next to /healthz, e.g.
 	// "/metrics".
 	OpsHandlers map[string]http.Handler
+	// Policy, when set, decides per function who may call it (see
+	// policy.go for the order of checks). It needs Auth: tokens that are
+	// sent are verified, and a rule decides about callers without one.
+	Policy *security.Policy
+	// Plugins run beside every replica: registry announcements, queue
+	// metrics.
+	Plugins []Plugin
 }
 
 // RetryPolicy says how often and how fast a failed Send request is run
@@ -166,6 +173,8 @@ func (c *Config) setDefaults() {
 func (c Config) Validate() error {
 	var errs []error
 	switch {
+	case c.Policy != nil && c.Auth == nil:
+		errs = append(errs, errors.New("handlers: Config.Policy needs Auth to verify the tokens its rules read (an allow rule admits callers without a token)"))
 	case c.Auth == nil && !c.AllowUnauthenticated:
 		errs = append(errs, errors.New("handlers: Config.Auth is not set: give a token verifier, or set AllowUnauthenticated to run every function open"))
 	case c.Auth != nil && c.AllowUnauthenticated:
@@ -191,6 +200,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Retry.validate(); err != nil {
 		errs = append(errs, fmt.Errorf("handlers: Config.%w", err))
+	}
+	if err := validatePlugins(c.Plugins); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -289,6 +301,7 @@ func (s *Service) assemble() error {
 	if len(s.funcs) == 0 {
 		errs = append(errs, fmt.Errorf("handlers: service %s has no functions", s.name))
 	}
+	errs = append(errs, s.checkPolicy()...)
 	for _, f := range s.funcs {
 		if f.retry != nil {
 			f.retry.setDefaults()
@@ -300,6 +313,7 @@ func (s *Service) assemble() error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	s.warnDenied()
 	validate := NewValidator()
 	for _, f := range s.funcs {
 		call := f.call
@@ -315,7 +329,12 @@ func (s *Service) assemble() error {
 			h = s.middleware[i](h)
 		}
 		h = requireClaims(h)
-		if s.cfg.Auth != nil {
+		switch {
+		case s.cfg.Policy != nil:
+			rule, _ := s.ruleFor(f)
+			h = policyCheck(s.name, rule)(h)
+			h = optionalToken(s.cfg.Auth)(h)
+		case s.cfg.Auth != nil:
 			h = TokenCheck(s.cfg.Auth)(h)
 		}
 		for i := len(s.cfg.Interceptors) - 1; i >= 0; i-- {
@@ -360,7 +379,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 		health = h
 	}
 	if os.Getenv("FNMESH_ROUTER") != "" {
-		return s.runRouter(ctx, rep, sub, health, hardStop)
+		return s.runRouter(ctx, rep, sub, health, hardStop, b)
 	}
 	msgs, err := sub.Subscribe(hardCtx, bus.RequestTopic(s.name))
 	if err != nil {
@@ -386,6 +405,14 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	}
 	ended := make(chan struct{}) // every worker returned: the subscription ended
 	go func() { workers.Wait(); close(ended) }()
+	stopPlugins, err := s.startPlugins(ctx, ReplicaInfo{Service: s.name, Replica: id, Bus: b, Functions: s.FunctionInfos(), Logger: rep.log})
+	if err != nil {
+		sub.Close()
+		hardStop()
+		waitTimeout(&workers, 5*time.Second)
+		return err
+	}
+	defer stopPlugins() // also when the bus closed
 	s.startOnce.Do(func() { close(s.started) })
 	health.set(true)
 	rep.log.Debug("replica started")
@@ -397,6 +424,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	}
 	start := time.Now()
 	health.set(false)
+	stopPlugins() // e.g. leave the registry before draining
 	// Stop taking requests; let running ones finish for DrainTimeout.
 	sub.Close()
 	drained := waitTimeout(&workers, s.cfg.DrainTimeout)
@@ -412,7 +440,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 }
 
 // runRouter is Run on watermill's Router, kept to compare.
-func (s *Service) runRouter(ctx context.Context, rep *replica, sub message.Subscriber, health *healthState, hardStop func()) error {
+func (s *Service) runRouter(ctx context.Context, rep *replica, sub message.Subscriber, health *healthState, hardStop func(), b bus.Bus) error {
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: s.cfg.DrainTimeout}, watermill.NopLogger{})
 	if err != nil {
 		return err
@@ -425,6 +453,14 @@ func (s *Service) runRouter(ctx context.Context, rep *replica, sub message.Subsc
 	case err := <-runErr:
 		return fmt.Errorf("handlers: service %s: %w", s.name, err)
 	}
+	stopPlugins, err := s.startPlugins(ctx, ReplicaInfo{Service: s.name, Replica: rep.id, Bus: b, Functions: s.FunctionInfos(), Logger: rep.log})
+	if err != nil {
+		router.Close()
+		hardStop()
+		<-runErr
+		return err
+	}
+	defer stopPlugins()
 	s.startOnce.Do(func() { close(s.started) })
 	health.set(true)
 	select {
@@ -436,6 +472,7 @@ func (s *Service) runRouter(ctx context.Context, rep *replica, sub message.Subsc
 		return fmt.Errorf("handlers: service %s: bus closed", s.name)
 	}
 	health.set(false)
+	stopPlugins()
 	closeErr := router.Close()
 	hardStop()
 	unfinished := rep.running.Load()

@@ -56,6 +56,8 @@ func Run(t *testing.T, newBus NewBus) {
 		{"RequireRole", testRequireRole},
 		{"PublicFunction", testPublicFunction},
 		{"ServiceWithoutAuthDoesNotRun", testServiceWithoutAuth},
+		{"PolicyDecidesPerFunction", testPolicy},
+		{"PolicyConfigErrors", testPolicyConfigErrors},
 		{"BreakerOpensAndRecovers", testBreakerOpensAndRecovers},
 		{"BreakerIgnoresCallerErrors", testBreakerIgnoresCallerErrors},
 		{"BreakerIgnoresShortTimeouts", testBreakerIgnoresShortTimeouts},
