@@ -91,7 +91,7 @@ func (b *Memory) SendRequest(ctx context.Context, service string, r *Request) er
 	if closed {
 		return ErrClosed
 	}
-	b.queue(RequestTopic(service)).push(&memItem{msg: r.Message(), id: b.nextID()})
+	b.queue(FunctionTopic(service, r.Function)).push(&memItem{msg: r.Message(), id: b.nextID()})
 	return nil
 }
 

@@ -15,13 +15,12 @@ func (b *Memory) ReplayDeadLetters(ctx context.Context, service string, ids ...s
 	if err != nil {
 		return 0, err
 	}
-	q := b.queue(RequestTopic(service))
 	for _, d := range taken {
 		m := message.NewMessage(d.EntryID, d.Payload)
 		for k, v := range replayMessage(d.Fields, d.EntryID) {
 			m.Metadata[k] = v
 		}
-		q.push(&memItem{msg: m, id: b.nextID()})
+		b.queue(FunctionTopic(service, d.Fields[FieldFunction])).push(&memItem{msg: m, id: b.nextID()})
 	}
 	return len(taken), nil
 }

@@ -27,6 +27,18 @@ func RequestTopic(service string) string    { return "fnmesh:{" + service + "}:r
 func DeadLetterTopic(service string) string { return "fnmesh:{" + service + "}:dead" }
 func ReplyTopic(inbox string) string        { return "fnmesh:reply:{" + inbox + "}" }
 
+// FunctionTopic is where requests for function of service go: the
+// service's request stream, or, for a versioned function ("add@v2"), a
+// stream of its own, fnmesh:{SERVICE}:req:add@v2, so that only replicas
+// that serve that version take its requests while older replicas run
+// beside them.
+func FunctionTopic(service, function string) string {
+	if strings.Contains(function, "@") {
+		return RequestTopic(service) + ":" + function
+	}
+	return RequestTopic(service)
+}
+
 // IsReplyTopic reports whether topic names a caller's reply stream.
 func IsReplyTopic(topic string) bool { return strings.HasPrefix(topic, "fnmesh:reply:") }
 

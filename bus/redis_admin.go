@@ -23,7 +23,7 @@ func (r *Redis) ReplayDeadLetters(ctx context.Context, service string, ids ...st
 		replay := replayMessage(m.Metadata, x.ID)
 		vals := entryValues(replay, m.Payload)
 		pipe := r.rdb.TxPipeline()
-		pipe.XAdd(ctx, &redis.XAddArgs{Stream: RequestTopic(service), Values: vals})
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: FunctionTopic(service, replay[FieldFunction]), Values: vals})
 		pipe.XDel(ctx, dead, x.ID)
 		if _, err := pipe.Exec(ctx); err != nil {
 			return n, err

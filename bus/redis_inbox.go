@@ -147,7 +147,7 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 	if r.isClosed() {
 		return ErrClosed
 	}
-	return r.xadd(ctx, &redis.XAddArgs{Stream: RequestTopic(service), MaxLen: r.cfg.RequestMaxLen, Approx: true, Values: req.fields()})
+	return r.xadd(ctx, &redis.XAddArgs{Stream: FunctionTopic(service, req.Function), MaxLen: r.cfg.RequestMaxLen, Approx: true, Values: req.fields()})
 }
 
 // SendReply implements Bus.

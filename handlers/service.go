@@ -381,17 +381,25 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	if os.Getenv("FNMESH_ROUTER") != "" {
 		return s.runRouter(ctx, rep, sub, health, hardStop, b)
 	}
-	msgs, err := sub.Subscribe(hardCtx, bus.RequestTopic(s.name))
-	if err != nil {
-		return fmt.Errorf("handlers: service %s: %w", s.name, err)
+	// One subscription per request stream: the service's, and one per
+	// versioned function (bus.FunctionTopic).
+	var streams []<-chan *message.Message
+	for _, topic := range s.topics() {
+		msgs, err := sub.Subscribe(hardCtx, topic)
+		if err != nil {
+			sub.Close()
+			return fmt.Errorf("handlers: service %s: %w", s.name, err)
+		}
+		streams = append(streams, msgs)
 	}
 	// A fixed pool of workers, one per request in flight. watermill's
 	// Router starts a goroutine per message instead; each new goroutine
 	// grows its stack again while decoding arguments, which cost about a
 	// tenth of the CPU of a call (README, Performance). Workers keep theirs.
 	var workers sync.WaitGroup
-	for i := 0; i < s.cfg.Concurrency; i++ {
+	for i := 0; i < s.cfg.Concurrency*len(streams); i++ {
 		workers.Add(1)
+		msgs := streams[i%len(streams)]
 		go func() {
 			defer workers.Done()
 			for m := range msgs {
@@ -445,7 +453,9 @@ func (s *Service) runRouter(ctx context.Context, rep *replica, sub message.Subsc
 	if err != nil {
 		return err
 	}
-	router.AddConsumerHandler("fnmesh."+s.name+"."+rep.id, bus.RequestTopic(s.name), sub, rep.track)
+	for _, topic := range s.topics() {
+		router.AddConsumerHandler("fnmesh."+rep.id+"."+topic, topic, sub, rep.track)
+	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- router.Run(rep.hardCtx) }()
 	select {
@@ -482,6 +492,23 @@ func (s *Service) runRouter(ctx context.Context, rep *replica, sub message.Subsc
 		return fmt.Errorf("handlers: service %s: drain: %w", s.name, closeErr)
 	}
 	return nil
+}
+
+// topics lists the request streams the replica reads: the service's,
+// and one per versioned function (bus.FunctionTopic).
+func (s *Service) topics() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set := map[string]bool{}
+	for name := range s.funcs {
+		set[bus.FunctionTopic(s.name, name)] = true
+	}
+	out := make([]string, 0, len(set))
+	for t := range set {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
