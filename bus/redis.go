@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,13 @@ type RedisConfig struct {
 	// *redis.ClusterClient, or what redis.NewUniversalClient returns. The
 	// bus does not close it.
 	Client redis.UniversalClient
+	// Username and Password log in as a Redis ACL user (AUTH user
+	// password), over what the URL says. docs/SECURITY.md lists the
+	// smallest ACL a service and a caller need.
+	Username, Password string
+	// TLS, when set, turns TLS on (also for a redis:// URL) with this
+	// configuration; rediss:// alone uses the system's CAs. See TLSFiles.
+	TLS *tls.Config
 
 	// RequestMaxLen, when above 0, caps each request stream at about that
 	// many entries (XADD MAXLEN ~). Entries past the cap are dropped even if
@@ -197,6 +205,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	r := &Redis{cfg: cfg, rdb: cfg.Client, done: make(chan struct{})}
 	if r.rdb == nil {
 		u, _ := ParseRedisURL(cfg.URL) // checked by Validate
+		cfg.applySecurity(u)
 		r.rdb = u.NewClient()
 		r.ownsRDB = true
 		r.failover = u.Failover

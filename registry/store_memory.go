@@ -28,6 +28,10 @@ func memoryStoreFor(b *bus.Memory) *memoryStore {
 	return s.(*memoryStore)
 }
 
+// NewMemoryStore returns a registry store of its own, not tied to a bus
+// (its Queue reports pending runs only). For tests and tools.
+func NewMemoryStore() Store { return &memoryStore{services: map[string]*memService{}} }
+
 // memoryStore is the registry of one bus.Memory, with the semantics of
 // the Redis store: records expire unless heartbeated, heartbeats prune.
 type memoryStore struct {

@@ -15,16 +15,14 @@ import (
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/internal/redisflags"
 )
 
-const defaultRedis = "redis://127.0.0.1:6379"
-
 func callFlags() []cli.Flag {
-	return []cli.Flag{
-		redisFlag("Redis URL (default " + defaultRedis + ")"),
+	return append([]cli.Flag{
 		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "give up after this long (call); drop if not run by then (send, 0 = never)"},
 		&cli.StringFlag{Name: "token", EnvVars: []string{"FNMESH_TOKEN"}, Usage: "bearer token (JWT) sent with the request"},
-	}
+	}, redisflags.Flags("Redis URL (default "+redisflags.Default+")")...)
 }
 
 func callCommand() *cli.Command {
@@ -48,7 +46,7 @@ func callCommand() *cli.Command {
 
 func sendCommand() *cli.Command {
 	flags := callFlags()
-	flags[1] = &cli.DurationFlag{Name: "timeout", Usage: "drop the request unrun if no replica took it by then (0 = never)"}
+	flags[0] = &cli.DurationFlag{Name: "timeout", Usage: "drop the request unrun if no replica took it by then (0 = never)"}
 	return &cli.Command{
 		Name:      "send",
 		Usage:     "queue a function call without waiting for its result",
@@ -75,11 +73,11 @@ func withClient(c *cli.Context, run func(ctx context.Context, cl *client.Client,
 	if !json.Valid([]byte(raw)) {
 		return cli.Exit(fmt.Sprintf("invalid_argument: arguments are not valid JSON: %s", raw), 2)
 	}
-	url := c.String("redis")
-	if url == "" {
-		url = defaultRedis
+	rc, err := redisflags.Config(c, redisflags.Default)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
 	}
-	b, err := bus.NewRedis(bus.RedisConfig{URL: url})
+	b, err := bus.NewRedis(rc)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}

@@ -12,10 +12,11 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/internal/redisflags"
 )
 
 func dlqCommand() *cli.Command {
-	flags := []cli.Flag{redisFlag("Redis URL (default " + defaultRedis + ")")}
+	flags := redisflags.Flags("Redis URL (default " + redisflags.Default + ")")
 	jsonFlag := &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 	return &cli.Command{
 		Name:  "dlq",
@@ -183,11 +184,11 @@ func deadLetterViews(dls []bus.DeadLetter) []deadLetterView {
 
 func withBus(run func(ctx context.Context, c *cli.Context, b *bus.Redis) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
-		url := c.String("redis")
-		if url == "" {
-			url = defaultRedis
+		rc, err := redisflags.Config(c, redisflags.Default)
+		if err != nil {
+			return cli.Exit(err.Error(), 2)
 		}
-		b, err := bus.NewRedis(bus.RedisConfig{URL: url})
+		b, err := bus.NewRedis(rc)
 		if err != nil {
 			return cli.Exit(err.Error(), 2)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/gateway"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/internal/redisflags"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -23,9 +24,8 @@ func gatewayCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "gateway",
 		Usage: "serve functions over HTTP: POST /v1/functions/{service}/{function}",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: ":8080", Usage: "address to listen on"},
-			redisFlag("Redis URL (default " + defaultRedis + ")"),
 			&cli.StringFlag{Name: "catalog", Usage: "JSON file listing functions and their JSON Schemas (for /openapi.json and the UI), e.g. cmd/examples/catalog.json"},
 			&cli.BoolFlag{Name: "catalog-only", Usage: "refuse calls of functions the catalog does not list"},
 			&cli.BoolFlag{Name: "ui", Usage: "serve the function browser page at /ui/"},
@@ -40,7 +40,7 @@ func gatewayCommand() *cli.Command {
 			&cli.BoolFlag{Name: "trust-forwarded-for", Usage: "rate-limit by the last X-Forwarded-For address (behind a proxy)"},
 			&cli.DurationFlag{Name: "shutdown-delay", Usage: "on SIGTERM, keep serving this long with /healthz at 503 before closing"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log every request"},
-		},
+		}, redisflags.Flags("Redis URL (default "+redisflags.Default+")")...),
 		Action: runGateway,
 	}
 }
@@ -84,11 +84,11 @@ func runGateway(c *cli.Context) error {
 	if _, err := gateway.New(probe); err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
-	url := c.String("redis")
-	if url == "" {
-		url = defaultRedis
+	rc, err := redisflags.Config(c, redisflags.Default)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
 	}
-	b, err := bus.NewRedis(bus.RedisConfig{URL: url})
+	b, err := bus.NewRedis(rc)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
@@ -110,7 +110,7 @@ func runGateway(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	log.Info("gateway serving", "addr", ln.Addr().String(), "redis", url, "ui", cfg.UI, "tokens_checked", cfg.Auth != nil)
+	log.Info("gateway serving", "addr", ln.Addr().String(), "redis", rc.URL, "ui", cfg.UI, "tokens_checked", cfg.Auth != nil)
 	// One line on stdout for scripts and tests that wait for readiness.
 	fmt.Fprintf(c.App.Writer, "listening on %s\n", ln.Addr())
 	if err := g.Serve(ctx, ln); err != nil {

@@ -34,11 +34,15 @@ func newApp() *cli.App {
 			tokenCommand(),
 			dlqCommand(),
 			gatewayCommand(),
+			lsCommand(),
+			describeCommand(),
+			topCommand(),
 		},
 	}
 }
 
-// redisFlag is the --redis flag every command that talks to Redis takes.
+// redisFlag is the --redis flag of the commands that take a URL only
+// (bench, demo: user, password and TLS go in the URL).
 func redisFlag(usage string) *cli.StringFlag {
 	return &cli.StringFlag{Name: "redis", EnvVars: []string{"REDIS_URL"}, Usage: usage}
 }

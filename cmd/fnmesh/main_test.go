@@ -17,6 +17,9 @@ func TestFlagsFirst(t *testing.T) {
 		"fnmesh dlq purge --all":                         "fnmesh dlq purge --all",
 		"fnmesh dlq replay math 1-1 2-2 --redis r":       "fnmesh dlq replay --redis r math 1-1 2-2",
 		"fnmesh nosuch a --b":                            "fnmesh nosuch a --b",
+		"fnmesh describe math.add --json --redis u":      "fnmesh describe --json --redis u math.add",
+		"fnmesh describe math --diff":                    "fnmesh describe --diff math",
+		"fnmesh ls --json":                               "fnmesh ls --json",
 	}
 	app := newApp()
 	for in, want := range cases {

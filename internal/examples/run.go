@@ -13,6 +13,10 @@ import (
 
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/internal/redisflags"
+	"github.com/fnmesh/fnmesh/registry"
+	"github.com/fnmesh/fnmesh/security"
+	"github.com/fnmesh/fnmesh/telemetry"
 )
 
 // Defaults of the example binaries' flags. deployments/ relies on them
@@ -29,21 +33,22 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 	return &cli.App{
 		Name:  name,
 		Usage: usage,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "redis", EnvVars: []string{"REDIS_URL"}, Value: DefaultRedisURL, Usage: "Redis URL: redis://host:port, redis+cluster://host:port?addr=host2:port2, redis+sentinel://host:port?master_name=NAME (rediss for TLS)"},
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "replica-id", Usage: "name of this replica (default host-pid-random)"},
 			&cli.IntFlag{Name: "concurrency", Value: DefaultConcurrency, Usage: "requests run at once"},
-			&cli.StringFlag{Name: "ops-addr", EnvVars: []string{"OPS_ADDR"}, Value: DefaultOpsAddr, Usage: "serve " + handlers.HealthPath + " here (200 serving, 503 starting or draining); empty: off"},
+			&cli.StringFlag{Name: "ops-addr", EnvVars: []string{"OPS_ADDR"}, Value: DefaultOpsAddr, Usage: "serve " + handlers.HealthPath + " (200 serving, 503 starting or draining) and /metrics here; empty: off"},
 			&cli.BoolFlag{Name: "insecure", Usage: "run without a token check"},
 			&cli.DurationFlag{Name: "drain", Value: 0, Usage: "drain timeout on SIGTERM (default 30s)"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log every call"},
-		},
+			&cli.StringFlag{Name: "policy", Usage: "YAML file of access rules per function (see docs/SECURITY.md)"},
+			&cli.StringFlag{Name: "version", Value: "dev", Usage: "version shown by fnmesh ls"},
+		}, redisflags.Flags("Redis URL (default "+DefaultRedisURL+"): redis://host:port, redis+cluster://host:port?addr=host2:port2, redis+sentinel://host:port?master_name=NAME (rediss for TLS)")...),
 		Action: func(c *cli.Context) error {
 			level := slog.LevelInfo
 			if c.Bool("verbose") {
 				level = slog.LevelDebug
 			}
-			log := Logger(level)
+			log := slog.New(telemetry.LogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 			cfg := handlers.Config{
 				ReplicaID: c.String("replica-id"), Concurrency: c.Int("concurrency"),
 				DrainTimeout: c.Duration("drain"), Logger: log, OpsAddr: c.String("ops-addr"),
@@ -53,7 +58,25 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 			} else {
 				cfg.Auth = Verifier()
 			}
-			b, err := bus.NewRedis(bus.RedisConfig{URL: c.String("redis")})
+			if path := c.String("policy"); path != "" {
+				p, err := security.LoadPolicy(path)
+				if err != nil {
+					return cli.Exit(err.Error(), 2)
+				}
+				cfg.Policy = p
+			}
+			metrics, err := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: log})
+			if err != nil {
+				return err
+			}
+			metrics.InstrumentService(&cfg)
+			telemetry.NewTracing(nil).InstrumentService(&cfg)
+			cfg.Plugins = append(cfg.Plugins, registry.NewAnnouncer(registry.Config{Version: c.String("version"), Stats: metrics}))
+			rc, err := redisflags.Config(c, DefaultRedisURL)
+			if err != nil {
+				return cli.Exit(err.Error(), 2)
+			}
+			b, err := bus.NewRedis(rc)
 			if err != nil {
 				return err
 			}
@@ -63,7 +86,7 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 			svc := build(cfg, log)
 			go func() {
 				<-svc.Started()
-				log.Info("replica serving", "service", svc.Name(), "functions", svc.Functions(), "redis", redactURL(c.String("redis")))
+				log.Info("replica serving", "service", svc.Name(), "functions", svc.Functions(), "redis", redactURL(rc.URL))
 			}()
 			if err := svc.Run(ctx, b); err != nil {
 				return fmt.Errorf("%s: %w", name, err)

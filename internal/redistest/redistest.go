@@ -7,6 +7,7 @@ package redistest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -25,11 +26,13 @@ import (
 // Server is a redis-server process started for tests.
 type Server struct {
 	Addr string // host:port
-	URL  string // redis://host:port
+	URL  string // redis://host:port (rediss:// with Options.TLS)
 	Dir  string // working directory (AOF files live here)
-	args []string
-	cmd  *exec.Cmd
-	mu   sync.Mutex
+	// TLSConfig trusts the server's test CA; nil without Options.TLS.
+	TLSConfig *tls.Config
+	args      []string
+	cmd       *exec.Cmd
+	mu        sync.Mutex
 }
 
 // Options for Start.
@@ -45,6 +48,13 @@ type Options struct {
 	// ConfigFile, when set, is read first (redis-server CONFIG OPTIONS):
 	// sentinels need a config file they can rewrite.
 	ConfigFile string
+	// Users are ACL users, one per string as in an ACL file without the
+	// leading "user": "math on >secret ~fnmesh:{math}:* +xadd". The
+	// default user is left as it is (no password), for the harness.
+	Users []string
+	// TLS, when set, makes the server speak TLS only, with these files
+	// (see NewTLSFiles); URL is then rediss:// and TLSConfig trusts the CA.
+	TLS *TLSFiles
 }
 
 // Binary returns the path of redis-server, installing it with apt-get
@@ -99,7 +109,11 @@ func Start(opts Options) (*Server, error) {
 	if opts.ConfigFile != "" {
 		args = append(args, opts.ConfigFile)
 	}
-	args = append(args, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+	plainPort := strconv.Itoa(port)
+	if opts.TLS != nil {
+		plainPort = "0" // TLS only
+	}
+	args = append(args, "--port", plainPort, "--bind", "127.0.0.1", "--dir", dir,
 		"--save", "", "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning",
 		"--logfile", filepath.Join(dir, "redis.log"))
 	if opts.AOF {
@@ -107,9 +121,26 @@ func Start(opts Options) (*Server, error) {
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
+	for _, u := range opts.Users {
+		args = append(args, "--user")
+		args = append(args, strings.Fields(u)...)
+	}
+	scheme := "redis://"
+	if opts.TLS != nil {
+		args = append(args, "--tls-port", strconv.Itoa(port), "--tls-cert-file", opts.TLS.CertFile,
+			"--tls-key-file", opts.TLS.KeyFile, "--tls-ca-cert-file", opts.TLS.CAFile, "--tls-auth-clients", "no")
+		scheme = "rediss://"
+	}
 	args = append(args, opts.Args...)
 	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir, args: append([]string{bin}, args...)}
-	s.URL = "redis://" + s.Addr
+	s.URL = scheme + s.Addr
+	if opts.TLS != nil {
+		t, err := opts.TLS.ClientConfig()
+		if err != nil {
+			return nil, err
+		}
+		s.TLSConfig = t
+	}
 	if err := s.start(); err != nil {
 		return nil, err
 	}
@@ -126,13 +157,20 @@ func (s *Server) start() error {
 	}
 	s.cmd = cmd
 	go cmd.Wait()
-	return waitPing(s.URL, 10*time.Second, s.Dir)
+	return waitPingTLS(s.URL, s.TLSConfig, 10*time.Second, s.Dir)
 }
 
 func waitPing(url string, d time.Duration, dir string) error {
+	return waitPingTLS(url, nil, d, dir)
+}
+
+func waitPingTLS(url string, tc *tls.Config, d time.Duration, dir string) error {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		return err
+	}
+	if tc != nil {
+		opt.TLSConfig = tc
 	}
 	opt.MaxRetries = -1
 	rdb := redis.NewClient(opt)

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/internal/meshview"
+	"github.com/fnmesh/fnmesh/internal/redisflags"
+	"github.com/fnmesh/fnmesh/registry"
+)
+
+// withStore opens the registry on the Redis the flags name.
+func withStore(c *cli.Context, run func(ctx context.Context, store registry.Store) error) error {
+	rc, err := redisflags.Config(c, redisflags.Default)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	b, err := bus.NewRedis(rc)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	defer b.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	return run(ctx, registry.NewRedisStore(b.Client()))
+}
+
+func lsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ls",
+		Usage: "list services, their replicas and functions, backlog and pending requests",
+		Flags: append([]cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}}, redisflags.Flags("Redis URL (default "+redisflags.Default+")")...),
+		Action: func(c *cli.Context) error {
+			return withStore(c, func(ctx context.Context, store registry.Store) error {
+				services, err := meshview.Read(ctx, store, c.Args().Slice()...)
+				if err != nil {
+					return err
+				}
+				return meshview.WriteLS(c.App.Writer, services, c.Bool("json"), time.Now())
+			})
+		},
+	}
+}
+
+func describeCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "describe",
+		Usage:     "show the request and response JSON Schemas of a service's functions",
+		ArgsUsage: "SERVICE[.FUNCTION]",
+		Flags: append([]cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			&cli.BoolFlag{Name: "diff", Usage: "show how live replicas' request schemas differ from the oldest replica's"},
+		}, redisflags.Flags("Redis URL (default "+redisflags.Default+")")...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return cli.Exit("usage: fnmesh describe SERVICE[.FUNCTION] [--json] [--diff]", 2)
+			}
+			service, function, _ := strings.Cut(c.Args().First(), ".")
+			return withStore(c, func(ctx context.Context, store registry.Store) error {
+				services, err := meshview.Read(ctx, store, service)
+				if err != nil {
+					return err
+				}
+				err = meshview.WriteDescribe(c.App.Writer, services[0], function, c.Bool("json"), c.Bool("diff"))
+				var nf meshview.ErrNoSuchFunction
+				if errors.As(err, &nf) {
+					return cli.Exit(err.Error(), 1)
+				}
+				return err
+			})
+		},
+	}
+}
+
+func topCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "top",
+		Usage: "live view of every function's rate, error rate, p50/p99 and backlog",
+		Description: "Rates and latencies come from the counters replicas publish with their\n" +
+			"heartbeat (registry.Config.Stats, e.g. telemetry.Metrics); backlog and\n" +
+			"pending from the request streams.",
+		Flags: append([]cli.Flag{
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "refresh period"},
+			&cli.BoolFlag{Name: "once", Usage: "print one frame (two reads, an interval apart) and exit"},
+		}, redisflags.Flags("Redis URL (default "+redisflags.Default+")")...),
+		Action: func(c *cli.Context) error {
+			interval := c.Duration("interval")
+			if interval <= 0 {
+				return cli.Exit("--interval must be more than 0", 2)
+			}
+			return withStore(c, func(ctx context.Context, store registry.Store) error {
+				var top meshview.Top
+				t := time.NewTicker(interval)
+				defer t.Stop()
+				for i := 0; ; i++ {
+					frame, err := top.Sample(ctx, store)
+					switch {
+					case err != nil && !c.Bool("once"):
+						fmt.Fprintf(c.App.Writer, "%s%s: %v\n", meshview.Clear, time.Now().Format("15:04:05"), err)
+					case err != nil:
+						return err
+					case c.Bool("once") && i == 1:
+						meshview.Render(c.App.Writer, frame)
+						return nil
+					case !c.Bool("once"):
+						fmt.Fprint(c.App.Writer, meshview.Clear)
+						meshview.Render(c.App.Writer, frame)
+					}
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-t.C:
+					}
+				}
+			})
+		},
+	}
+}
