@@ -18,6 +18,7 @@ import (
 
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/registry"
 )
 
 // A worker is this test binary run again as one replica of a service, so
@@ -34,6 +35,7 @@ type workerSpec struct {
 	ClaimIdle     time.Duration
 	MaxDeliveries int
 	CrashFile     string // worker.crash exits the process while this file exists
+	Registry      bool   // announce in the registry (heartbeat 100ms, TTL 500ms)
 }
 
 func (w workerSpec) env() []string {
@@ -42,7 +44,7 @@ func (w workerSpec) env() []string {
 		"W_SERVICE="+w.Service, "W_REPLICA="+w.Replica, "W_REDIS="+w.Redis,
 		"W_CONCURRENCY="+strconv.Itoa(w.Concurrency), "W_DRAIN="+w.Drain.String(),
 		"W_CLAIM_IDLE="+w.ClaimIdle.String(), "W_MAX_DELIVERIES="+strconv.Itoa(w.MaxDeliveries),
-		"W_CRASH_FILE="+w.CrashFile,
+		"W_CRASH_FILE="+w.CrashFile, "W_REGISTRY="+strconv.FormatBool(w.Registry),
 	)
 }
 
@@ -69,11 +71,15 @@ func runWorkerIfAsked() {
 	}
 	rdb := b.Client()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	svc := handlers.NewService(service, handlers.Config{
+	cfg := handlers.Config{
 		AllowUnauthenticated: true, ReplicaID: replica, Concurrency: conc, DrainTimeout: dur("W_DRAIN"), Logger: log,
 		MaxDeliveries: maxDeliveries,
 		Retry:         handlers.RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond},
-	})
+	}
+	if os.Getenv("W_REGISTRY") == "true" {
+		cfg.Plugins = []handlers.Plugin{registry.NewAnnouncer(registry.Config{Heartbeat: 100 * time.Millisecond, TTL: 500 * time.Millisecond})}
+	}
+	svc := handlers.NewService(service, cfg)
 	handlers.Register(svc, "who", func(ctx context.Context, _ struct{}) (string, error) {
 		return replica, nil
 	})

@@ -1,0 +1,85 @@
+package integration
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/registry"
+	"github.com/fnmesh/fnmesh/telemetry"
+)
+
+// Not parallel (it counts goroutines and connections): calls through the
+// discovery check, metrics and tracing, to a replica that announces and
+// heartbeats, grow no key, goroutine or connection.
+func TestInstrumentedCallsLeaveNothingBehind(t *testing.T) {
+	rdb := inspector(t)
+	ctx := context.Background()
+	service := bustest.Name("obs")
+	m, _ := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: bustest.Quiet})
+	tr := telemetry.NewTracing(nil)
+	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet,
+		Plugins: []handlers.Plugin{registry.NewAnnouncer(registry.Config{Heartbeat: 50 * time.Millisecond, Stats: m})}}
+	m.InstrumentService(&cfg)
+	tr.InstrumentService(&cfg)
+	svc := handlers.NewService(service, cfg)
+	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
+		return bustest.AddOut{Sum: in.A + in.B}, nil
+	})
+	h := bustest.NewHarness(t, newRedisBus(t, bus.RedisConfig{TrimInterval: 100 * time.Millisecond, InboxRefresh: 100 * time.Millisecond}))
+	h.Start(svc)
+	cb := newRedisBus(t, busConfig())
+	t.Cleanup(func() { cb.Close() })
+	w, err := registry.NewWatcher(cb, registry.WatcherConfig{Refresh: 50 * time.Millisecond, Logger: bustest.Quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ccfg := client.Config{Name: "leaktest", Logger: bustest.Quiet, Interceptors: []client.Interceptor{w.Interceptor()}}
+	m.InstrumentClient(&ccfg)
+	tr.InstrumentClient(&ccfg)
+	c, err := client.New(cb, ccfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	calls := func(n int) {
+		var wg sync.WaitGroup
+		for g := 0; g < 16; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				for i := g; i < n; i += 16 {
+					if err := c.Call(ctx, service+".add", bustest.AddIn{A: i, B: 1}, nil); err != nil {
+						t.Errorf("call: %v", err)
+						return
+					}
+				}
+			}(g)
+		}
+		wg.Wait()
+	}
+	calls(500)
+	keys0, goroutines0, conns0 := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb)
+	calls(5000)
+	keys, goroutines, conns := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb)
+	t.Logf("after 5,000 instrumented calls: keys %d -> %d, goroutines %d -> %d, connections %d -> %d", keys0, keys, goroutines0, goroutines, conns0, conns)
+	if keys != keys0 {
+		t.Errorf("Redis keys grew from %d to %d", keys0, keys)
+	}
+	if goroutines > goroutines0+5 {
+		t.Errorf("goroutines grew from %d to %d", goroutines0, goroutines)
+	}
+	if conns > conns0+2 {
+		t.Errorf("connections grew from %d to %d", conns0, conns)
+	}
+	if w.Watching() != 1 {
+		t.Errorf("watcher holds %d services, want 1", w.Watching())
+	}
+}
