@@ -4,7 +4,7 @@ NPM       ?= npm
 WITHREDIS  = $(GO) run ./internal/redistest/withredis --
 PEERS     ?= ../shared/peers
 
-.PHONY: demo test test-race test-soak lint bench bench-scale build js gateway
+.PHONY: demo test test-race test-soak lint bench bench-scale build js gateway fuzz
 
 ## demo: the example services and a caller, on the in-memory bus
 ##       (REDIS_URL=redis://... make demo runs it over Redis)
@@ -61,6 +61,13 @@ bench:
 bench-scale:
 	$(WITHREDIS) sh -c '$(GO) run ./cmd/fnmesh bench --mode scale --work io && \
 	  $(GO) run ./cmd/fnmesh bench --mode scale --work cpu'
+
+## fuzz: each fuzz test for FUZZTIME (the seed corpora run in make test)
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test ./security -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./security -run '^$$' -fuzz '^FuzzParseJWKS$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./security -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME)
 
 build:
 	$(GO) build -o bin/ ./cmd/...

@@ -6,7 +6,9 @@
 //	client/    the caller: Call and Send, breakers, the reply inbox
 //	bus/       the transport: Redis Streams or the in-memory bus
 //	handlers/  the service: typed functions behind token check and validation
-//	security/  tokens and claims, used by client and handlers
+//	security/  tokens, claims and access policies, used by client and handlers
+//	registry/  discovery: replicas announce and heartbeat; callers check
+//	telemetry/ Prometheus metrics, OpenTelemetry traces, log ids
 //
 // See docs/PROTOCOL.md for the wire format.
 package fnmesh

@@ -450,3 +450,12 @@ func (c *cow[K, V]) snapshot() map[K]V {
 	}
 	return nil
 }
+
+// Describe sends the descriptions of every metric, for tools that check
+// dashboards against them.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range []prometheus.Collector{m.clientCalls, m.clientLatency, m.clientInFlight, m.clientBreaker,
+		m.serverCalls, m.serverLatency, m.serverInFlight, m.serverRetries, &m.queues} {
+		c.Describe(ch)
+	}
+}
