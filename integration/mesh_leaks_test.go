@@ -65,11 +65,18 @@ func TestInstrumentedCallsLeaveNothingBehind(t *testing.T) {
 		}
 		wg.Wait()
 	}
+	// Warm up until pools are at their working size and the replica has
+	// written its stats; then two equal batches: whatever grows with calls
+	// grows between them.
 	calls(500)
+	bustest.Eventually(t, 2*time.Second, "no stats written", func() bool {
+		return rdb.Exists(ctx, registry.StatsKey(service)).Val() == 1
+	})
+	calls(5000)
 	keys0, goroutines0, conns0 := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb)
 	calls(5000)
 	keys, goroutines, conns := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb)
-	t.Logf("after 5,000 instrumented calls: keys %d -> %d, goroutines %d -> %d, connections %d -> %d", keys0, keys, goroutines0, goroutines, conns0, conns)
+	t.Logf("after 5,000 more instrumented calls: keys %d -> %d, goroutines %d -> %d, connections %d -> %d", keys0, keys, goroutines0, goroutines, conns0, conns)
 	if keys != keys0 {
 		t.Errorf("Redis keys grew from %d to %d", keys0, keys)
 	}
