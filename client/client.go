@@ -215,6 +215,9 @@ func (c *Client) options(opts []CallOption) callOptions {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.asService {
+		o.token = c.cfg.Token
+	}
 	return o
 }
 

@@ -13,6 +13,7 @@ type CallOption func(*callOptions)
 type callOptions struct {
 	timeout        time.Duration
 	token          string
+	asService      bool // send Config.Token, whatever came before
 	requestID      string
 	idempotencyKey string
 	info           *ReplyInfo
@@ -33,6 +34,12 @@ func WithToken(token string) CallOption { return func(o *callOptions) { o.token 
 func ForwardToken(ctx context.Context) CallOption {
 	return WithToken(security.TokenFromContext(ctx))
 }
+
+// AsService sends the client's own token (Config.Token): the callee sees
+// the calling service, not the caller it serves. It is the default; say
+// it at a call site inside a function to make the choice visible next to
+// ForwardToken.
+func AsService() CallOption { return func(o *callOptions) { o.asService = true } }
 
 // WithRequestID sets the request's id instead of a generated one. Ids must
 // be unique per client.

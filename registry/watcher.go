@@ -111,7 +111,8 @@ func (w *Watcher) Close() error {
 // serves it is alive. It adds no round trip to a call whose function is
 // in the cached view; it reads the registry when the view would fail
 // the call and is older than Recheck. If the registry cannot be read,
-// calls go through.
+// calls go through. Use it for services whose replicas announce
+// themselves (NewAnnouncer): a service that never does is not_found.
 func (w *Watcher) Interceptor() client.Interceptor {
 	return func(next client.Invoker) client.Invoker {
 		return func(ctx context.Context, inv *client.Invocation) (json.RawMessage, error) {

@@ -114,3 +114,38 @@ func testPolicyConfigErrors(t *testing.T, h *Harness) {
 		t.Error("Run accepted a policy without a token verifier")
 	}
 }
+
+// testServiceIdentity: inside a function, a call to another service
+// goes with the service's own token (AsService, the default) or with the
+// caller's (ForwardToken), as the call site says.
+func testServiceIdentity(t *testing.T, h *Harness) {
+	back, signer := securedService(t, Name("back"))
+	handlers.Register(back, "whoami", whoami)
+	h.Start(back)
+	own, _ := signer.Sign("front-service", time.Minute, nil)
+	inner := h.Client(client.Config{Token: own})
+	front, _ := securedService(t, Name("front"))
+	relay := func(opt func(context.Context) client.CallOption) func(context.Context, struct{}) (string, error) {
+		return func(ctx context.Context, _ struct{}) (string, error) {
+			var sub string
+			err := inner.Call(ctx, fn(back.Name(), "whoami"), struct{}{}, &sub, opt(ctx))
+			return sub, err
+		}
+	}
+	handlers.Register(front, "as-service", relay(func(context.Context) client.CallOption { return client.AsService() }))
+	handlers.Register(front, "forward", relay(client.ForwardToken))
+	handlers.Register(front, "override-then-as-service", func(ctx context.Context, _ struct{}) (string, error) {
+		var sub string
+		err := inner.Call(ctx, fn(back.Name(), "whoami"), struct{}{}, &sub, client.ForwardToken(ctx), client.AsService())
+		return sub, err
+	})
+	h.Start(front)
+	alice, _ := signer.Sign("alice", time.Minute, nil)
+	c := h.Client(client.Config{Token: alice})
+	for f, want := range map[string]string{"as-service": "front-service", "forward": "alice", "override-then-as-service": "front-service"} {
+		var got string
+		if err := c.Call(context.Background(), fn(front.Name(), f), struct{}{}, &got); err != nil || got != want {
+			t.Errorf("%s: callee saw %q (%v), want %q", f, got, err, want)
+		}
+	}
+}

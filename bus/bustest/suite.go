@@ -58,6 +58,7 @@ func Run(t *testing.T, newBus NewBus) {
 		{"ServiceWithoutAuthDoesNotRun", testServiceWithoutAuth},
 		{"PolicyDecidesPerFunction", testPolicy},
 		{"PolicyConfigErrors", testPolicyConfigErrors},
+		{"ServiceIdentityAtTheCallSite", testServiceIdentity},
 		{"BreakerOpensAndRecovers", testBreakerOpensAndRecovers},
 		{"BreakerIgnoresCallerErrors", testBreakerIgnoresCallerErrors},
 		{"BreakerIgnoresShortTimeouts", testBreakerIgnoresShortTimeouts},
