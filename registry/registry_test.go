@@ -1,6 +1,8 @@
 package registry_test
 
 import (
+	"io"
+	"log/slog"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -14,3 +16,5 @@ func TestMemoryRegistry(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

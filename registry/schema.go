@@ -163,21 +163,27 @@ func applyRules(s obj, t reflect.Type, tag string) (required bool) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	rules, inner, hasDive := strings.Cut(tag, ",dive")
-	for _, r := range strings.Split(rules, ",") {
+	all := strings.Split(tag, ",")
+	rules, inner := all, []string(nil)
+	for i, r := range all {
+		if r == "dive" {
+			rules, inner = all[:i], all[i+1:]
+			break
+		}
+	}
+	for _, r := range rules {
 		if r == "required" {
 			required = true
 		}
 		applyRule(s, t, r)
 	}
-	if hasDive && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array || t.Kind() == reflect.Map) {
+	if inner != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array || t.Kind() == reflect.Map) {
 		elem := s["items"]
 		if t.Kind() == reflect.Map {
 			elem = s["additionalProperties"]
 		}
 		if es, ok := elem.(obj); ok {
-			inner = strings.TrimPrefix(inner, ",")
-			for _, r := range strings.Split(inner, ",") {
+			for _, r := range inner {
 				applyRule(es, t.Elem(), r)
 			}
 		}
