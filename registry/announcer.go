@@ -31,6 +31,8 @@ type Config struct {
 	KnownFor time.Duration
 	// Stats, when set, gives the per-function counters each heartbeat
 	// carries (telemetry.Metrics implements it); fnmesh top reads them.
+	// telemetry.Metrics counts per process: run one replica of a service
+	// per process, as deployments do, or each reports the process's sum.
 	Stats StatsSource
 	// Store overrides the store of the replica's bus (StoreFor).
 	Store Store
