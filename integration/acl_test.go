@@ -53,12 +53,17 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	ctx := context.Background()
 
 	// The service, as user math (credentials in RedisConfig).
-	sb, err := bus.NewRedis(bus.RedisConfig{URL: srv.URL, Username: "math", Password: "math-secret"})
+	// Short intervals, so that the claim, janitor, trim and inbox loops run while
+	// the test watches.
+	fast := bus.RedisConfig{ClaimInterval: 50 * time.Millisecond, ClaimIdle: 300 * time.Millisecond, ConsumerExpiry: 400 * time.Millisecond, TrimInterval: 50 * time.Millisecond, InboxRefresh: 50 * time.Millisecond}
+	scfg := fast
+	scfg.URL, scfg.Username, scfg.Password = srv.URL, "math", "math-secret"
+	sb, err := bus.NewRedis(scfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	m, _ := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: bustest.Quiet})
-	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet, Plugins: []handlers.Plugin{
+	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet, MaxBacklog: 1000, Plugins: []handlers.Plugin{
 		registry.NewAnnouncer(registry.Config{Heartbeat: 50 * time.Millisecond, TTL: 500 * time.Millisecond, Stats: m}),
 	}}
 	m.InstrumentService(&cfg)
@@ -75,7 +80,9 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	h.Start(svc)
 
 	// The caller, as user web (credentials in the URL).
-	cb, err := bus.NewRedis(bus.RedisConfig{URL: userURL(srv.URL, "web", "web-secret")})
+	ccfg := fast
+	ccfg.URL = userURL(srv.URL, "web", "web-secret")
+	cb, err := bus.NewRedis(ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +113,15 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 		}
 	}
 	bustest.WantCode(t, c.Call(ctx, "math.sub", bustest.AddIn{}, nil), fnmesh.CodeNotFound)
+	for i := 0; i < 2; i++ { // the second is answered from the idempotency key
+		if err := c.Call(ctx, "math.add", bustest.AddIn{A: 40, B: 2}, &out, client.WithIdempotencyKey("k1")); err != nil || out.Sum != 42 {
+			t.Fatalf("idempotent call %d: %v %+v", i, err, out)
+		}
+	}
+	// The caller reads the bound the service published.
+	if bl, err := cb.Backlog(ctx, "math"); err != nil || bl.MaxBacklog != 1000 {
+		t.Fatalf("backlog as web: %+v %v", bl, err)
+	}
 	// The registry heartbeat (a script) runs under the service's user.
 	store := registry.NewRedisStore(sb.Client())
 	bustest.Eventually(t, 3*time.Second, "stats not written by the heartbeat", func() bool {
@@ -116,6 +132,18 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 		t.Fatalf("queue as math: %v", err)
 	} else if q.Backlog != 0 {
 		t.Fatalf("queue %+v", q)
+	}
+
+	// Redis denied nothing while the loops ran (claims, trims, inbox
+	// refreshes every 50ms; heartbeats every 50ms): the heartbeat has
+	// written stats twice more by now, so every loop has run.
+	first := statsAt(t, store)
+	bustest.Eventually(t, 3*time.Second, "no further heartbeat", func() bool {
+		return statsAt(t, store).Sub(first) >= 150*time.Millisecond
+	})
+	admin := inspectorAt(t, srv.URL)
+	if log, err := admin.Do(ctx, "ACL", "LOG").Slice(); err != nil || len(log) != 0 {
+		t.Fatalf("Redis denied commands of the documented ACLs (ACL LOG): %v %v", log, err)
 	}
 
 	// Each user is refused what it was not given.
@@ -191,4 +219,12 @@ func TestTLS(t *testing.T) {
 	if _, err := (bus.TLSFiles{CAFile: "/nonexistent/ca.pem"}).Config(); err == nil {
 		t.Fatal("TLSFiles accepted a missing CA file")
 	}
+}
+
+func statsAt(t *testing.T, s *registry.RedisStore) time.Time {
+	v, err := s.Service(context.Background(), "math")
+	if err != nil || len(v.Replicas) == 0 {
+		t.Fatalf("registry: %v", err)
+	}
+	return v.Replicas[0].Stats.At
 }
