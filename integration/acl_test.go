@@ -64,7 +64,7 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	}
 	m, _ := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: bustest.Quiet})
 	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet, MaxBacklog: 1000, Plugins: []handlers.Plugin{
-		registry.NewAnnouncer(registry.Config{Heartbeat: 50 * time.Millisecond, TTL: 500 * time.Millisecond, Stats: m}),
+		registry.NewAnnouncer(registry.Config{Heartbeat: 50 * time.Millisecond, TTL: 2 * time.Second, Stats: m}),
 	}}
 	m.InstrumentService(&cfg)
 	svc := handlers.NewService("math", cfg)

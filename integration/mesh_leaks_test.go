@@ -25,7 +25,7 @@ func TestInstrumentedCallsLeaveNothingBehind(t *testing.T) {
 	m, _ := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: bustest.Quiet})
 	tr := telemetry.NewTracing(nil)
 	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet,
-		Plugins: []handlers.Plugin{registry.NewAnnouncer(registry.Config{Heartbeat: 50 * time.Millisecond, Stats: m})}}
+		Plugins: []handlers.Plugin{registry.NewAnnouncer(registry.Config{Heartbeat: 50 * time.Millisecond, TTL: 2 * time.Second, Stats: m})}}
 	m.InstrumentService(&cfg)
 	tr.InstrumentService(&cfg)
 	svc := handlers.NewService(service, cfg)

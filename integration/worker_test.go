@@ -35,7 +35,7 @@ type workerSpec struct {
 	ClaimIdle     time.Duration
 	MaxDeliveries int
 	CrashFile     string // worker.crash exits the process while this file exists
-	Registry      bool   // announce in the registry (heartbeat 100ms, TTL 500ms)
+	Registry      bool   // announce in the registry (heartbeat 100ms, TTL 1s)
 }
 
 func (w workerSpec) env() []string {
@@ -77,7 +77,7 @@ func runWorkerIfAsked() {
 		Retry:         handlers.RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond},
 	}
 	if os.Getenv("W_REGISTRY") == "true" {
-		cfg.Plugins = []handlers.Plugin{registry.NewAnnouncer(registry.Config{Heartbeat: 100 * time.Millisecond, TTL: 500 * time.Millisecond})}
+		cfg.Plugins = []handlers.Plugin{registry.NewAnnouncer(registry.Config{Heartbeat: 100 * time.Millisecond, TTL: time.Second})}
 	}
 	svc := handlers.NewService(service, cfg)
 	handlers.Register(svc, "who", func(ctx context.Context, _ struct{}) (string, error) {

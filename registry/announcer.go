@@ -173,7 +173,9 @@ func (a *Announcer) heartbeat(store Store, rec *Replica, fns []string, log *slog
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.Heartbeat)
+		// A heartbeat that lands within the TTL still keeps the record:
+		// give a slow one (a loaded machine, a busy Redis) that long.
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.TTL)
 		var stats Stats
 		if a.cfg.Stats != nil {
 			stats = Stats{At: time.Now().UTC(), Functions: a.cfg.Stats.ReplicaStats(rec.Service)}

@@ -180,7 +180,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	ln.Close()
 	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet, OpsAddr: addr, Retry: handlers.RetryPolicy{InitialBackoff: 5 * time.Millisecond}}
 	m.InstrumentService(&cfg)
-	cfg.Plugins = append(cfg.Plugins, registry.NewAnnouncer(registry.Config{Stats: m, Heartbeat: 50 * time.Millisecond, TTL: 500 * time.Millisecond}))
+	cfg.Plugins = append(cfg.Plugins, registry.NewAnnouncer(registry.Config{Stats: m, Heartbeat: 50 * time.Millisecond, TTL: 2 * time.Second}))
 	svc := handlers.NewService("calc", cfg)
 	entered, release := make(chan struct{}), make(chan struct{})
 	handlers.Register(svc, "sqrt", func(ctx context.Context, x float64) (float64, error) {

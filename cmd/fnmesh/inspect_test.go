@@ -43,7 +43,7 @@ func TestInspectCommandsOnRedis(t *testing.T) {
 	h := bustest.NewHarness(t, b)
 	m, _ := telemetry.NewMetrics(telemetry.MetricsConfig{})
 	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet,
-		Plugins: []handlers.Plugin{registry.NewAnnouncer(registry.Config{Version: "9.9", Heartbeat: 100 * time.Millisecond, Stats: m})}}
+		Plugins: []handlers.Plugin{registry.NewAnnouncer(registry.Config{Version: "9.9", Heartbeat: 100 * time.Millisecond, TTL: 2 * time.Second, Stats: m})}}
 	m.InstrumentService(&cfg)
 	name := bustest.Name("calc")
 	svc := handlers.NewService(name, cfg)

@@ -57,10 +57,12 @@ type AddOut struct {
 
 func add(_ context.Context, in AddIn) (AddOut, error) { return AddOut{Sum: in.A + in.B}, nil }
 
-// fast is the registry configuration of the suite: short heartbeats so
-// expiry shows within a second.
+// fast is the registry configuration of the suite: short heartbeats, so
+// stats show quickly, and a TTL that a loaded machine (the race
+// detector, parallel packages) does not miss. Tests of expiry set their
+// own TTL.
 func fast() registry.Config {
-	return registry.Config{Version: "1.0.0", Heartbeat: 50 * time.Millisecond, TTL: 300 * time.Millisecond}
+	return registry.Config{Version: "1.0.0", Heartbeat: 50 * time.Millisecond, TTL: 2 * time.Second}
 }
 
 func service(name string, cfg registry.Config) *handlers.Service {
