@@ -170,12 +170,12 @@ func testFailFast(t *testing.T, h *bustest.Harness) {
 	}
 	err, took := timed(bustest.Name("nosuch") + ".add")
 	fe := bustest.WantCode(t, err, fnmesh.CodeNotFound)
-	if took > time.Second || !strings.Contains(fe.Message, "not in the registry") {
+	if took > 2*time.Second || !strings.Contains(fe.Message, "not in the registry") {
 		t.Fatalf("unknown service: %v after %v", err, took)
 	}
 	err, took = timed(name + ".sub")
 	fe = bustest.WantCode(t, err, fnmesh.CodeNotFound)
-	if took > time.Second || !strings.Contains(fe.Message, "serves add") {
+	if took > 2*time.Second || !strings.Contains(fe.Message, "serves add") {
 		t.Fatalf("unknown function: %v after %v", err, took)
 	}
 	// Sends are checked too.
@@ -191,7 +191,7 @@ func testFailFast(t *testing.T, h *bustest.Harness) {
 		return fnmesh.CodeOf(err) == fnmesh.CodeUnavailable
 	})
 	err, took = timed(name + ".add")
-	if fnmesh.CodeOf(err) != fnmesh.CodeUnavailable || took > time.Second {
+	if fnmesh.CodeOf(err) != fnmesh.CodeUnavailable || took > 2*time.Second {
 		t.Fatalf("call with no live replica: %v after %v, want unavailable at once", err, took)
 	}
 	bustest.WantCode(t, c.Send(ctx, name+".add", AddIn{B: 1}), fnmesh.CodeUnavailable)
@@ -254,7 +254,7 @@ func testExpiry(t *testing.T, h *bustest.Harness) {
 	bustest.Eventually(t, 3*time.Second, "crashed replica still listed", func() bool {
 		return len(view(t, s, name).Replicas) == 0
 	})
-	if took := time.Since(start); took > ttl+500*time.Millisecond {
+	if took := time.Since(start); took > ttl+time.Second {
 		t.Fatalf("a replica that stopped heartbeating was listed %v, want about its TTL %v", took, ttl)
 	}
 	v := view(t, s, name)
