@@ -347,3 +347,22 @@ func TestGatewayToNodeFunction(t *testing.T) {
 		t.Fatalf("the gateway's inbox %s does not exist", c.Inbox())
 	}
 }
+
+// A Node caller reaches a versioned function on a Go replica: its
+// request goes to the function's own stream (PROTOCOL.md §1).
+func TestNodeCallerGoVersionedFunction(t *testing.T) {
+	t.Parallel()
+	service := bustest.Name("gover")
+	h := bustest.NewHarness(t, newRedisBus(t, busConfig()))
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	handlers.Register(svc, "add@v2", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
+		return bustest.AddOut{Sum: 10 * (in.A + in.B)}, nil
+	})
+	h.Start(svc)
+	o := nodeCall(t, "call", service+".add@v2", `{"a":1,"b":2}`)
+	var out bustest.AddOut
+	json.Unmarshal(o.Result, &out)
+	if !o.OK || out.Sum != 30 {
+		t.Fatalf("add@v2 from Node: %+v", o)
+	}
+}

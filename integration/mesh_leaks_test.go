@@ -32,9 +32,18 @@ func TestInstrumentedCallsLeaveNothingBehind(t *testing.T) {
 	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
 		return bustest.AddOut{Sum: in.A + in.B}, nil
 	})
-	h := bustest.NewHarness(t, newRedisBus(t, bus.RedisConfig{TrimInterval: 100 * time.Millisecond, InboxRefresh: 100 * time.Millisecond}))
+	name := bustest.Name("obstest") // names this test's connections
+	named := func(cfg bus.RedisConfig) *bus.Redis {
+		cfg.URL = redisURL + "?client_name=" + name
+		b, err := bus.NewRedis(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	h := bustest.NewHarness(t, named(bus.RedisConfig{TrimInterval: 100 * time.Millisecond, InboxRefresh: 100 * time.Millisecond}))
 	h.Start(svc)
-	cb := newRedisBus(t, busConfig())
+	cb := named(busConfig())
 	t.Cleanup(func() { cb.Close() })
 	w, err := registry.NewWatcher(cb, registry.WatcherConfig{Refresh: 50 * time.Millisecond, Logger: bustest.Quiet})
 	if err != nil {
@@ -73,9 +82,9 @@ func TestInstrumentedCallsLeaveNothingBehind(t *testing.T) {
 		return rdb.Exists(ctx, registry.StatsKey(service)).Val() == 1
 	})
 	calls(5000)
-	keys0, goroutines0, conns0 := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb)
+	keys0, goroutines0, conns0 := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb, name)
 	calls(5000)
-	keys, goroutines, conns := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb)
+	keys, goroutines, conns := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb, name)
 	t.Logf("after 5,000 more instrumented calls: keys %d -> %d, goroutines %d -> %d, connections %d -> %d", keys0, keys, goroutines0, goroutines, conns0, conns)
 	if keys != keys0 {
 		t.Errorf("Redis keys grew from %d to %d", keys0, keys)

@@ -5,7 +5,7 @@ import { hostname } from "node:os";
 
 import { Conn, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
 import { Codes, FnmeshError, type FieldViolation } from "./errors.js";
-import { GROUP, PROTOCOL_VERSION, limitsKey, nextId, parseStreams, replyKey, requestKey, splitName, type Details } from "./protocol.js";
+import { GROUP, PROTOCOL_VERSION, functionKey, limitsKey, nextId, parseStreams, replyKey, requestKey, splitName, type Details } from "./protocol.js";
 
 /** Options of connect. */
 export interface ClientOptions extends RedisOptions {
@@ -347,7 +347,7 @@ export class Client {
     });
     outcome.catch(() => {}); // settled before it is awaited when the XADD fails or close() runs
     try {
-      await this.cmd!.send(["XADD", requestKey(service), "*", ...fields]);
+      await this.cmd!.send(["XADD", functionKey(service, name), "*", ...fields]);
     } catch (err) {
       const w = this.waiting.get(id);
       w?.reject(new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`));
@@ -370,7 +370,7 @@ export class Client {
     const dl = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;
     const fields = this.request(id, name, { dl, token: opts.token ?? this.opts.token, traceparent: opts.traceparent, idempotencyKey: opts.idempotencyKey }, payload);
     try {
-      await this.cmd!.send(["XADD", requestKey(service), "*", ...fields]);
+      await this.cmd!.send(["XADD", functionKey(service, name), "*", ...fields]);
     } catch (err) {
       throw new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`);
     }

@@ -8,6 +8,8 @@ export const GROUP = "fnmesh";
 export const REPLY_PREFIX = "fnmesh:reply:";
 
 export const requestKey = (service: string) => `fnmesh:{${service}}:req`;
+/** Where requests for fn go (§1): a versioned function ("add@v2") has a stream of its own. */
+export const functionKey = (service: string, fn: string) => (fn.includes("@") ? `${requestKey(service)}:${fn}` : requestKey(service));
 export const deadLetterKey = (service: string) => `fnmesh:{${service}}:dead`;
 export const replyKey = (inbox: string) => `${REPLY_PREFIX}{${inbox}}`;
 export const limitsKey = (service: string) => `fnmesh:{${service}}:limits`;

@@ -198,6 +198,7 @@ export class Replica {
     const serviceRetry = { ...defaultRetry, ...opts.retry };
     for (const [name, f] of Object.entries(fns)) {
       if (!FUNCTION_RE.test(name)) problems.push(`function name ${JSON.stringify(name)}: want letters, digits, '_', '-', '.', '@'`);
+      else if (name.includes("@")) problems.push(`function ${name}: a versioned function has a request stream of its own (PROTOCOL.md §1), which this worker does not read yet`);
       const spec = typeof f === "function" ? { handler: f } : f;
       if (typeof spec?.handler !== "function") problems.push(`function ${name}: no handler`);
       this.fns.set(name, { name, spec, retry: { ...serviceRetry, ...spec.retry } });

@@ -122,6 +122,17 @@ describe("calls", () => {
     assert.equal(await (await redis()).send(["EXISTS", c.replyKey]), 0, "close removes the inbox");
   });
 
+  it("sends a versioned function's requests to its own stream", async () => {
+    const svc = unique("ver");
+    const c = await client();
+    await c.send(`${svc}.add@v2`, { a: 1 });
+    await c.send(`${svc}.add`, { a: 1 });
+    const r = await redis();
+    assert.equal(await r.send(["XLEN", `fnmesh:{${svc}}:req:add@v2`]), 1);
+    assert.equal(await r.send(["XLEN", `fnmesh:{${svc}}:req`]), 1);
+    await assert.rejects(serve(svc, { "add@v2": () => 1 }, { url, allowUnauthenticated: true }), /stream of its own/);
+  });
+
   it("refuses bad names and oversized arguments before sending", async () => {
     const c = await client({ maxPayloadBytes: 10 });
     await assert.rejects(c.call("nodot", {}), (e: FnmeshError) => e.code === Codes.InvalidArgument);
