@@ -19,7 +19,8 @@ import (
 // must still end at its deadline.
 type combiner struct {
 	rdb      redis.UniversalClient
-	conn     *redis.Conn // owned connection (single-node clients); only the flusher uses it
+	conn     *redis.Conn   // owned connection (single-node clients); only the flusher uses it
+	wake     chan struct{} // starts the flusher's turn; sent and closed under mu
 	mu       sync.Mutex
 	queue    []*pendingCmd
 	spare    []*pendingCmd // the other buffer, reused
@@ -40,6 +41,10 @@ func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
 	p := pendingPool.Get().(*pendingCmd)
 	p.cmd = cmd
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return ErrClosed
+	}
 	c.queue = append(c.queue, p)
 	if c.flushing {
 		c.mu.Unlock()
@@ -54,8 +59,9 @@ func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
 		}
 	}
 	c.flushing = true
+	// Never blocks: the flusher took the last wake before it went idle.
+	c.wake <- struct{}{} // our own command goes in its first round
 	c.mu.Unlock()
-	go c.flushAll() // our own command goes in its first round
 	select {
 	case <-p.done:
 		p.cmd = nil
@@ -83,6 +89,19 @@ func (c *combiner) flushOnce() {
 		c.spare = batch[:0]
 	}
 	c.mu.Unlock()
+}
+
+// newCombiner starts the combiner's flusher: one goroutine for its life,
+// not one per flush, which would grow its stack again through go-redis's
+// pipeline code on every flush.
+func newCombiner(rdb redis.UniversalClient) *combiner {
+	c := &combiner{rdb: rdb, wake: make(chan struct{}, 1)}
+	go func() {
+		for range c.wake {
+			c.flushAll()
+		}
+	}()
+	return c
 }
 
 func (c *combiner) flushAll() {
@@ -138,6 +157,7 @@ func (c *combiner) close() {
 	if !c.flushing {
 		c.idleLocked()
 	}
+	close(c.wake) // the flusher ends after its turn
 }
 
 // isRedisError reports an error the server answered with (the connection

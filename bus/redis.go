@@ -210,7 +210,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		r.ownsRDB = true
 		r.failover = u.Failover
 	}
-	r.comb = &combiner{rdb: r.rdb}
+	r.comb = newCombiner(r.rdb)
 	r.acks = newAcker(r.rdb, r.comb, r.done)
 	return r, nil
 }
