@@ -132,7 +132,7 @@ func (c *combiner) exec(ctx context.Context, batch []*pendingCmd) {
 		p.Process(ctx, pc.cmd)
 	}
 	_, err := p.Exec(ctx)
-	if err != nil && c.conn != nil && !isRedisError(err) {
+	if err != nil && c.conn != nil && (!isRedisError(err) || lostMaster(err)) {
 		// A network error leaves the connection unusable: take another.
 		c.conn.Close()
 		c.conn = nil

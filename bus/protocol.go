@@ -135,9 +135,9 @@ func (r *Reply) fields() []any {
 	return append(vals, FieldPayload, r.Payload)
 }
 
-// decodeReplyValues reads a reply from stream entry values.
-func decodeReplyValues(v map[string]any) (*Reply, error) {
-	get := func(k string) string { s, _ := v[k].(string); return s }
+// decodeReply reads a reply from a stream entry.
+func decodeReply(e entry) (*Reply, error) {
+	get := func(k string) string { s, _ := e.get(k); return s }
 	r := &Reply{ID: get(FieldID), Replica: get(FieldReplica)}
 	if r.ID == "" {
 		return r, fmt.Errorf("%w: reply without %q", ErrMalformed, FieldID)
@@ -152,7 +152,7 @@ func decodeReplyValues(v map[string]any) (*Reply, error) {
 		}
 		return r, nil
 	}
-	r.Payload = []byte(get(FieldPayload))
+	r.Payload = bytesOf(get(FieldPayload))
 	return r, nil
 }
 

@@ -292,6 +292,7 @@ func (r *Redis) newBlockingReader() *blockingReader {
 		if r.failover != nil {
 			opt := *r.failover
 			opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
+			opt.Protocol, opt.ReadTimeout = 2, r.readerTimeout(opt.ReadTimeout)
 			opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect(""))
 			br.UniversalClient = redis.NewFailoverClient(&opt)
 			break
@@ -306,11 +307,13 @@ func (r *Redis) newBlockingReader() *blockingReader {
 		}
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
+		opt.Protocol, opt.ReadTimeout = 2, r.readerTimeout(opt.ReadTimeout)
 		opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect(""))
 		br.UniversalClient = redis.NewClient(&opt)
 	case *redis.ClusterClient:
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
+		opt.Protocol, opt.ReadTimeout = 2, r.readerTimeout(opt.ReadTimeout)
 		newNode := opt.NewClient
 		opt.NewClient = func(o *redis.Options) *redis.Client {
 			o.OnConnect = chainOnConnect(o.OnConnect, onConnect(o.Addr))
@@ -328,6 +331,13 @@ func (r *Redis) newBlockingReader() *blockingReader {
 	return br
 }
 
+// readerTimeout is a reader connection's read timeout: above the block
+// time, since raw reads do not get go-redis's allowance for BLOCK. (A
+// reader connection speaks RESP2, which resp.go parses.)
+func (r *Redis) readerTimeout(d time.Duration) time.Duration {
+	return max(d, r.cfg.BlockTime+10*time.Second)
+}
+
 // cmdable is what the read loop reads through.
 func (br *blockingReader) cmdable() redis.Cmdable {
 	if c, ok := br.UniversalClient.(*redis.Client); ok && br.own {
@@ -339,10 +349,69 @@ func (br *blockingReader) cmdable() redis.Cmdable {
 	return br.UniversalClient
 }
 
+// readGroup reads up to count entries for consumer: XREADGROUP GROUP
+// fnmesh consumer COUNT count [BLOCK block] STREAMS key start. A block
+// below 0 does not block. A nil reply is redis.Nil.
+func (br *blockingReader) readGroup(ctx context.Context, consumer, key, start string, count int64, block time.Duration) ([]entry, error) {
+	if br.raw() {
+		args := []any{"xreadgroup", "group", Group, consumer, "count", count}
+		if block >= 0 {
+			args = append(args, "block", block.Milliseconds())
+		}
+		args = append(args, "streams", key, start)
+		return br.readRaw(ctx, args)
+	}
+	res, err := br.cmdable().XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: Group, Consumer: consumer, Streams: []string{key, start}, Count: count, Block: block,
+	}).Result()
+	return fromXStreams(res), err
+}
+
+// read reads up to count entries after last: XREAD COUNT count BLOCK
+// block STREAMS key last.
+func (br *blockingReader) read(ctx context.Context, key, last string, count int64, block time.Duration) ([]entry, error) {
+	if br.raw() {
+		return br.readRaw(ctx, []any{"xread", "count", count, "block", block.Milliseconds(), "streams", key, last})
+	}
+	res, err := br.cmdable().XRead(ctx, &redis.XReadArgs{Streams: []string{key, last}, Count: count, Block: block}).Result()
+	return fromXStreams(res), err
+}
+
+// raw reports whether reads parse RESP themselves: on a client of our own
+// for one server (or a Sentinel master). A cluster reads typed: go-redis
+// must see MOVED and ASK replies to follow slots.
+func (br *blockingReader) raw() bool {
+	_, single := br.UniversalClient.(*redis.Client)
+	return br.own && single
+}
+
+// readRaw runs a stream read and parses its RESP reply itself (resp.go).
+func (br *blockingReader) readRaw(ctx context.Context, args []any) ([]entry, error) {
+	cmd := redis.NewRawCmd(ctx, args...)
+	br.cmdable().(interface {
+		Process(context.Context, redis.Cmder) error
+	}).Process(ctx, cmd)
+	raw, err := cmd.Result()
+	if err != nil {
+		return nil, err
+	}
+	return parseStreamReply(raw)
+}
+
+func fromXStreams(res []redis.XStream) []entry {
+	var out []entry
+	for _, st := range res {
+		for _, x := range st.Messages {
+			out = append(out, fromXMessage(x))
+		}
+	}
+	return out
+}
+
 // failed drops the sticky connection after a network error; the next read
 // takes a new one.
 func (br *blockingReader) failed(err error) {
-	if br.conn != nil && !isRedisError(err) {
+	if br.conn != nil && (!isRedisError(err) || lostMaster(err)) {
 		br.conn.Close()
 		br.conn = nil
 	}
@@ -497,8 +566,21 @@ func isKnownField(k string) bool {
 	return false
 }
 
-// entryMessage turns a stream entry into a message: every field but the
+// message turns a stream entry into a message: every field but the
 // payload becomes metadata.
+func (e entry) message() *message.Message {
+	m := message.NewMessage(e.id, nil)
+	for i := 0; i+1 < len(e.fields); i += 2 {
+		if e.fields[i] == FieldPayload {
+			m.Payload = bytesOf(e.fields[i+1])
+			continue
+		}
+		m.Metadata[e.fields[i]] = e.fields[i+1]
+	}
+	return m
+}
+
+// entryMessage turns a stream entry go-redis parsed into a message.
 func entryMessage(x redis.XMessage) *message.Message {
 	m := message.NewMessage(x.ID, nil)
 	for k, v := range x.Values {
@@ -645,4 +727,12 @@ func xaddArgs(a *redis.XAddArgs) []any {
 	}
 	args = append(args, "*")
 	return append(args, a.Values.([]any)...)
+}
+
+// lostMaster reports replies of a server that is no longer the master we
+// want (after a Sentinel failover): the connection must go, so that the
+// next one reaches the new master.
+func lostMaster(err error) bool {
+	msg := err.Error()
+	return strings.HasPrefix(msg, "READONLY") || strings.HasPrefix(msg, "LOADING") || strings.HasPrefix(msg, "MASTERDOWN")
 }

@@ -129,7 +129,7 @@ type groupSubscription struct {
 }
 
 type delivery struct {
-	x     redis.XMessage
+	x     entry
 	count int
 }
 
@@ -209,10 +209,7 @@ func (g *groupSubscription) run(ctx context.Context) {
 		if history {
 			start, block = "0", -1
 		}
-		res, err := g.reader.cmdable().XReadGroup(ctx, &redis.XReadGroupArgs{
-			Group: Group, Consumer: g.s.cfg.Consumer,
-			Streams: []string{g.topic, start}, Count: int64(free), Block: block,
-		}).Result()
+		msgs, err := g.reader.readGroup(ctx, g.s.cfg.Consumer, g.topic, start, int64(free), block)
 		if err != nil {
 			if errors.Is(err, redis.Nil) {
 				continue
@@ -234,24 +231,20 @@ func (g *groupSubscription) run(ctx context.Context) {
 			continue
 		}
 		backoff = 50 * time.Millisecond
-		var msgs []redis.XMessage
-		for _, st := range res {
-			msgs = append(msgs, st.Messages...)
-		}
 		var counts map[string]int
 		if history && len(msgs) > 0 {
-			counts = g.deliveryCounts(ctx, msgs)
+			counts = g.deliveryCounts(ctx, entryIDs(msgs))
 		}
 		for _, x := range msgs {
-			if x.Values == nil { // pending entry trimmed away
-				g.s.r.acks.ack(g.topic, x.ID)
+			if x.gone { // pending entry trimmed away
+				g.s.r.acks.ack(g.topic, x.id)
 				continue
 			}
 			count := 1
 			if history {
-				count = max(counts[x.ID], 1)
+				count = max(counts[x.id], 1)
 			}
-			if !g.take(x.ID, count) {
+			if !g.take(x.id, count) {
 				continue
 			}
 			if !g.send(ctx, delivery{x, count}) {
@@ -281,14 +274,14 @@ func (g *groupSubscription) deliverAgain(ctx context.Context) bool {
 // send hands one entry, which already holds a slot, to the output channel
 // and arranges its ack.
 func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
-	m := entryMessage(d.x)
+	m := d.x.message()
 	// The message's context outlives the subscription: a closing replica
 	// lets running requests finish.
-	m.SetContext(withDelivery(context.WithoutCancel(ctx), Delivery{EntryID: d.x.ID, Count: d.count}))
+	m.SetContext(withDelivery(context.WithoutCancel(ctx), Delivery{EntryID: d.x.id, Count: d.count}))
 	select {
 	case g.out <- m:
 	case <-ctx.Done():
-		g.handBack(d.x.ID, d.count)
+		g.handBack(d.x.id, d.count)
 		return false
 	}
 	g.watch <- watched{m, d}
@@ -301,18 +294,18 @@ func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
 func (g *groupSubscription) awaitAck(ctx context.Context, m *message.Message, d delivery) {
 	select {
 	case <-m.Acked():
-		g.s.r.acks.ack(g.topic, d.x.ID)
-		g.release(d.x.ID)
+		g.s.r.acks.ack(g.topic, d.x.id)
+		g.release(d.x.id)
 		return
 	case <-m.Nacked():
 	case <-g.s.r.done:
-		g.release(d.x.ID) // stays pending; claimed by another replica later
+		g.release(d.x.id) // stays pending; claimed by another replica later
 		return
 	}
 	select {
 	case <-time.After(nackDelay(d.count)):
 	case <-ctx.Done():
-		g.handBack(d.x.ID, d.count)
+		g.handBack(d.x.id, d.count)
 		return
 	}
 	d.count++
@@ -383,15 +376,20 @@ func (g *groupSubscription) claim(ctx context.Context, cursor string) string {
 	if len(msgs) == 0 {
 		return next
 	}
-	counts := g.deliveryCounts(ctx, msgs)
+	ids := make([]string, len(msgs))
+	for i, x := range msgs {
+		ids[i] = x.ID
+	}
+	counts := g.deliveryCounts(ctx, ids)
 	queued := false
-	for _, x := range msgs {
-		if x.Values == nil {
-			g.s.r.acks.ack(g.topic, x.ID)
+	for _, xm := range msgs {
+		x := fromXMessage(xm)
+		if x.gone {
+			g.s.r.acks.ack(g.topic, x.id)
 			continue
 		}
-		count := max(counts[x.ID], 1)
-		if !g.take(x.ID, count) {
+		count := max(counts[x.id], 1)
+		if !g.take(x.id, count) {
 			continue
 		}
 		g.again <- delivery{x, count} // never blocks: it holds a slot
@@ -405,18 +403,18 @@ func (g *groupSubscription) claim(ctx context.Context, cursor string) string {
 
 // deliveryCounts asks Redis how often each entry (held by this consumer)
 // was delivered.
-func (g *groupSubscription) deliveryCounts(ctx context.Context, msgs []redis.XMessage) map[string]int {
-	lo, hi := msgs[0].ID, msgs[0].ID
-	for _, x := range msgs {
-		if compareIDs(x.ID, lo) < 0 {
-			lo = x.ID
+func (g *groupSubscription) deliveryCounts(ctx context.Context, ids []string) map[string]int {
+	lo, hi := ids[0], ids[0]
+	for _, id := range ids {
+		if compareIDs(id, lo) < 0 {
+			lo = id
 		}
-		if compareIDs(x.ID, hi) > 0 {
-			hi = x.ID
+		if compareIDs(id, hi) > 0 {
+			hi = id
 		}
 	}
 	ps, err := g.s.r.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{
-		Stream: g.topic, Group: Group, Start: lo, End: hi, Count: int64(len(msgs)) + 100, Consumer: g.s.cfg.Consumer,
+		Stream: g.topic, Group: Group, Start: lo, End: hi, Count: int64(len(ids)) + 100, Consumer: g.s.cfg.Consumer,
 	}).Result()
 	counts := make(map[string]int, len(ps))
 	if err == nil {
@@ -456,11 +454,7 @@ func (g *groupSubscription) renewLeases(ctx context.Context) {
 	if len(ids) == 0 {
 		return
 	}
-	msgs := make([]redis.XMessage, len(ids))
-	for i, id := range ids {
-		msgs[i].ID = id
-	}
-	owned := g.deliveryCounts(ctx, msgs) // only entries still ours
+	owned := g.deliveryCounts(ctx, ids) // only entries still ours
 	mine := make([]string, 0, len(owned))
 	for _, id := range ids {
 		if _, ok := owned[id]; ok {
@@ -564,4 +558,12 @@ func compareIDs(a, b string) int {
 func nextID(id string) string {
 	ms, seq := parseID(id)
 	return strconv.FormatUint(ms, 10) + "-" + strconv.FormatUint(seq+1, 10)
+}
+
+func entryIDs(es []entry) []string {
+	ids := make([]string, len(es))
+	for i, e := range es {
+		ids[i] = e.id
+	}
+	return ids
 }

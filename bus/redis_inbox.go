@@ -69,9 +69,7 @@ func (in *redisInbox) read(ctx context.Context, last string) {
 	defer in.loops.Done()
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
-		res, err := in.reader.cmdable().XRead(ctx, &redis.XReadArgs{
-			Streams: []string{in.topic, last}, Count: in.r.cfg.ReadBatch, Block: in.r.cfg.BlockTime,
-		}).Result()
+		es, err := in.reader.read(ctx, in.topic, last, in.r.cfg.ReadBatch, in.r.cfg.BlockTime)
 		if err != nil {
 			if errors.Is(err, redis.Nil) {
 				continue
@@ -86,15 +84,13 @@ func (in *redisInbox) read(ctx context.Context, last string) {
 			continue
 		}
 		backoff = 50 * time.Millisecond
-		for _, st := range res {
-			for _, x := range st.Messages {
-				last = x.ID
-				if _, hello := x.Values["hello"]; hello {
-					continue
-				}
-				if rep, err := decodeReplyValues(x.Values); err == nil {
-					in.deliver(rep)
-				}
+		for _, e := range es {
+			last = e.id
+			if _, hello := e.get("hello"); hello {
+				continue
+			}
+			if rep, err := decodeReply(e); err == nil {
+				in.deliver(rep)
 			}
 		}
 		in.last.Store(last)

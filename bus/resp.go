@@ -1,0 +1,201 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"unsafe"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Stream replies read raw. go-redis parses each stream entry into a
+// map[string]interface{} of fresh strings, about twenty allocations per
+// entry: the largest single cost of a call. The blocking readers instead
+// take the reply's RESP bytes (DoRaw, one buffer) and read entries out of
+// it with the small parser below; entry ids, fields and payloads point
+// into that buffer, which their messages keep alive.
+
+// entry is one stream entry: its id and its fields and values in order.
+type entry struct {
+	id     string
+	fields []string // name, value, name, value...
+	gone   bool     // a pending entry whose data was trimmed away
+}
+
+func (e entry) get(name string) (string, bool) {
+	for i := 0; i+1 < len(e.fields); i += 2 {
+		if e.fields[i] == name {
+			return e.fields[i+1], true
+		}
+	}
+	return "", false
+}
+
+func fromXMessage(x redis.XMessage) entry {
+	e := entry{id: x.ID, gone: x.Values == nil}
+	for k, v := range x.Values {
+		s, _ := v.(string)
+		e.fields = append(e.fields, k, s)
+	}
+	return e
+}
+
+// errRESP is wrapped by every parse error.
+var errRESP = errors.New("bus: unexpected stream reply")
+
+// parseStreamReply reads an XREAD or XREADGROUP reply (RESP2) for one
+// stream. A nil reply (the block timed out, or CLIENT UNBLOCK) returns
+// redis.Nil; an error reply returns it as a redis error.
+func parseStreamReply(raw []byte) ([]entry, error) {
+	r := respReader{b: raw}
+	n, err := r.arrayLen()
+	if err != nil {
+		return nil, err
+	}
+	if n <= 0 {
+		return nil, redis.Nil
+	}
+	var out []entry
+	for s := 0; s < n; s++ {
+		if k, err := r.arrayLen(); err != nil || k != 2 {
+			return nil, r.fail("stream pair", err)
+		}
+		if _, _, err := r.bulk(); err != nil { // the key
+			return nil, err
+		}
+		m, err := r.arrayLen()
+		if err != nil {
+			return nil, err
+		}
+		if out == nil && m > 0 {
+			out = make([]entry, 0, m)
+		}
+		for i := 0; i < m; i++ {
+			if k, err := r.arrayLen(); err != nil || k != 2 {
+				return nil, r.fail("entry pair", err)
+			}
+			id, _, err := r.bulk()
+			if err != nil {
+				return nil, err
+			}
+			f, err := r.arrayLen()
+			if err != nil {
+				return nil, err
+			}
+			e := entry{id: id}
+			if f < 0 {
+				e.gone = true
+			} else {
+				e.fields = make([]string, 0, f)
+				for j := 0; j < f; j++ {
+					v, _, err := r.bulk()
+					if err != nil {
+						return nil, err
+					}
+					e.fields = append(e.fields, v)
+				}
+			}
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// serverError is an error reply of the server (e.g. NOGROUP); it is a
+// redis.Error, as go-redis's own are.
+type serverError string
+
+func (e serverError) Error() string { return string(e) }
+
+// RedisError marks serverError as a redis.Error.
+func (serverError) RedisError() {}
+
+var _ redis.Error = serverError("")
+
+type respReader struct {
+	b []byte
+	i int
+}
+
+func (r *respReader) fail(what string, err error) error {
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: bad %s at byte %d", errRESP, what, r.i)
+}
+
+// line returns the type byte and the rest of the next line.
+func (r *respReader) line() (byte, []byte, error) {
+	start := r.i
+	for j := start; j+1 < len(r.b); j++ {
+		if r.b[j] == '\r' && r.b[j+1] == '\n' {
+			if j == start {
+				return 0, nil, r.fail("empty line", nil)
+			}
+			r.i = j + 2
+			return r.b[start], r.b[start+1 : j], nil
+		}
+	}
+	return 0, nil, r.fail("line", nil)
+}
+
+// arrayLen reads an array header; -1 for a nil array.
+func (r *respReader) arrayLen() (int, error) {
+	t, l, err := r.line()
+	if err != nil {
+		return 0, err
+	}
+	switch t {
+	case '*':
+		n, err := strconv.Atoi(string(l))
+		if err != nil || n < -1 || n > len(r.b) {
+			return 0, r.fail("array length", nil)
+		}
+		return n, nil
+	case '_': // RESP3 null
+		return -1, nil
+	case '-':
+		return 0, serverError(string(l))
+	}
+	return 0, r.fail("array", nil)
+}
+
+// bulk reads a bulk string as a string that shares the reply's memory.
+func (r *respReader) bulk() (string, bool, error) {
+	t, l, err := r.line()
+	if err != nil {
+		return "", false, err
+	}
+	if t != '$' {
+		if t == '-' {
+			return "", false, serverError(string(l))
+		}
+		return "", false, r.fail("bulk string", nil)
+	}
+	n, err := strconv.Atoi(string(l))
+	if err != nil || n < -1 {
+		return "", false, r.fail("bulk length", nil)
+	}
+	if n == -1 {
+		return "", true, nil
+	}
+	if n > len(r.b)-r.i-2 || r.b[r.i+n] != '\r' || r.b[r.i+n+1] != '\n' {
+		return "", false, r.fail("bulk string", nil)
+	}
+	s := ""
+	if n > 0 {
+		s = unsafe.String(&r.b[r.i], n)
+	}
+	r.i += n + 2
+	return s, false, nil
+}
+
+// bytesOf returns s's bytes without copying: for payloads that are only
+// read (decoded), never written.
+func bytesOf(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return unsafe.Slice(unsafe.StringData(s), len(s))
+}
