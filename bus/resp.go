@@ -3,7 +3,6 @@ package bus
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"unsafe"
 
 	"github.com/redis/go-redis/v9"
@@ -148,8 +147,8 @@ func (r *respReader) arrayLen() (int, error) {
 	}
 	switch t {
 	case '*':
-		n, err := strconv.Atoi(string(l))
-		if err != nil || n < -1 || n > len(r.b) {
+		n, ok := atoi(l)
+		if !ok || n < -1 || n > len(r.b) {
 			return 0, r.fail("array length", nil)
 		}
 		return n, nil
@@ -173,8 +172,8 @@ func (r *respReader) bulk() (string, bool, error) {
 		}
 		return "", false, r.fail("bulk string", nil)
 	}
-	n, err := strconv.Atoi(string(l))
-	if err != nil || n < -1 {
+	n, ok := atoi(l)
+	if !ok || n < -1 {
 		return "", false, r.fail("bulk length", nil)
 	}
 	if n == -1 {
@@ -189,6 +188,24 @@ func (r *respReader) bulk() (string, bool, error) {
 	}
 	r.i += n + 2
 	return s, false, nil
+}
+
+// atoi reads a RESP length: digits, or -1. No string, no allocation.
+func atoi(b []byte) (int, bool) {
+	if len(b) == 2 && b[0] == '-' && b[1] == '1' {
+		return -1, true
+	}
+	if len(b) == 0 || len(b) > 10 {
+		return 0, false
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
 }
 
 // bytesOf returns s's bytes without copying: for payloads that are only
