@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -253,6 +254,13 @@ func (g *groupSubscription) run(ctx context.Context) {
 		}
 		if history && len(msgs) < free {
 			history = false
+		}
+		if len(msgs) > 0 {
+			// Let the workers just handed entries run before this loop
+			// blocks in its next read: a woken receiver otherwise waits
+			// for the sender to block (measured: sequential p50 236us ->
+			// 208us, the same as the bare Redis loop).
+			runtime.Gosched()
 		}
 	}
 }

@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,6 +93,9 @@ func (in *redisInbox) read(ctx context.Context, last string) {
 			if rep, err := decodeReply(e); err == nil {
 				in.deliver(rep)
 			}
+		}
+		if len(es) > 0 {
+			runtime.Gosched() // let the callers just answered run first
 		}
 		in.last.Store(last)
 	}
