@@ -46,3 +46,39 @@ func benchmarkCall(b *testing.B, bs bus.Bus) {
 		}
 	})
 }
+
+// Allocations per call on the in-memory bus, client and replica together:
+// 56 measured. A change that allocates more per call fails here and must
+// say why.
+func TestAllocationBudgetMemory(t *testing.T) {
+	const budget = 70
+	b := bus.NewMemory()
+	svc := handlers.NewService("budget", handlers.Config{AllowUnauthenticated: true})
+	handlers.Register(svc, "add", func(_ context.Context, in AddIn) (AddOut, error) {
+		return AddOut{Sum: in.A + in.B}, nil
+	})
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { svc.Run(ctx, b); close(done) }()
+	defer func() { stop(); <-done; b.Close() }()
+	<-svc.Started()
+	c, err := client.New(b, client.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	call := func() {
+		var out AddOut
+		if err := c.Call(ctx, "budget.add", AddIn{A: 1, B: 2}, &out); err != nil || out.Sum != 3 {
+			t.Fatalf("call: %v %+v", err, out)
+		}
+	}
+	for i := 0; i < 200; i++ {
+		call()
+	}
+	allocs := testing.AllocsPerRun(2000, call)
+	t.Logf("allocations per call on the in-memory bus: %.1f", allocs)
+	if allocs > budget {
+		t.Fatalf("%.1f allocations per call, budget %d", allocs, budget)
+	}
+}
