@@ -102,7 +102,7 @@ var errStopping = errors.New("replica stopping: request handed back")
 // means the outcome is not recorded: the message is nacked and delivered
 // again (or handed back, when the replica stops).
 func (r *replica) run(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request) error {
-	_, err := r.runResult(msg, d, f, req, breq, func() {})
+	_, err := r.runResult(msg, d, f, req, breq, noHooks)
 	if errors.Is(err, errFailed) {
 		return nil
 	}
@@ -110,17 +110,34 @@ func (r *replica) run(msg *message.Message, d bus.Delivery, f *function, req *Re
 }
 
 // runResult is run, returning the call's encoded result on success.
-func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request, beforeFail func()) ([]byte, error) {
+// outcomeHooks run before a request's outcome is told (reply or dead
+// letter), so that what a caller learns is already recorded.
+type outcomeHooks struct {
+	beforeFail    func()
+	beforeSuccess func(result []byte)
+}
+
+var noHooks = outcomeHooks{beforeFail: func() {}, beforeSuccess: func([]byte) {}}
+
+func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request, hooks outcomeHooks) ([]byte, error) {
 	if !req.Async {
 		out, err := r.invoke(f, req)
 		if err != nil && r.hardCtx.Err() != nil {
 			return nil, errStopping
 		}
-		if err != nil {
-			beforeFail()
+		var result json.RawMessage
+		if err == nil {
+			var merr error
+			if result, merr = marshalResult(out); merr != nil {
+				err = fnmesh.Errorf(fnmesh.CodeInternal, "result is not JSON-encodable: %v", merr)
+			}
 		}
-		result, rerr := r.reply(breq.ReplyTo, req.ID, out, err)
-		if rerr != nil {
+		if err != nil {
+			hooks.beforeFail()
+		} else {
+			hooks.beforeSuccess(result)
+		}
+		if _, rerr := r.reply(breq.ReplyTo, req.ID, result, err); rerr != nil {
 			return nil, rerr
 		}
 		if err != nil {
@@ -136,13 +153,14 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 	for {
 		_, err := r.invoke(f, req)
 		if err == nil {
+			hooks.beforeSuccess(nil)
 			return nil, nil
 		}
 		if r.hardCtx.Err() != nil {
 			return nil, errStopping
 		}
 		if !retryable(err) || req.Attempt >= policy.MaxAttempts {
-			beforeFail()
+			hooks.beforeFail()
 			if derr := r.deadLetter(msg, d, asMeshError(err), req.Attempt); derr != nil {
 				return nil, derr
 			}
@@ -150,7 +168,7 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 		}
 		pause := policy.Backoff(req.Attempt)
 		if !req.Deadline.IsZero() && time.Now().Add(pause).After(req.Deadline) {
-			beforeFail()
+			hooks.beforeFail()
 			if derr := r.deadLetter(msg, d, fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "deadline passed while retrying, last error: %v", err), req.Attempt); derr != nil {
 				return nil, derr
 			}
@@ -200,21 +218,23 @@ func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req
 		}
 		return nil
 	}
-	// A request that fails for good frees its key before its caller can
-	// learn of the failure (reply or dead letter), so a retry that follows
-	// at once may run.
-	release := func() { r.idem.Release(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID) }
-	result, err := r.runResult(msg, d, f, req, breq, release)
-	switch {
-	case err == nil:
-		if cerr := r.idem.Complete(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID, result, window); cerr != nil {
-			r.log.Error("could not record an idempotency key as done", "key", breq.IdempotencyKey, "err", cerr)
-		}
-		return nil
-	case errors.Is(err, errFailed):
-		return nil // the key was released before the failure was told
+	// The key is settled before the caller can learn the outcome: done
+	// (with the result) before the reply, freed before a failure is told,
+	// so that a request repeated at once gets the first one's result, or
+	// runs when the first failed.
+	hooks := outcomeHooks{
+		beforeFail: func() { r.idem.Release(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID) },
+		beforeSuccess: func(result []byte) {
+			if err := r.idem.Complete(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID, result, window); err != nil {
+				r.log.Error("could not record an idempotency key as done", "key", breq.IdempotencyKey, "err", err)
+			}
+		},
 	}
-	return err // stopping or unrecorded: delivered again, key kept
+	_, err = r.runResult(msg, d, f, req, breq, hooks)
+	if errors.Is(err, errFailed) {
+		return nil
+	}
+	return err // nil, or stopping or unrecorded: delivered again, key kept
 }
 
 // invoke runs the function's chain with the request's deadline, turning a
