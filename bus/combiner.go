@@ -46,21 +46,11 @@ func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
 		return ErrClosed
 	}
 	c.queue = append(c.queue, p)
-	if c.flushing {
-		c.mu.Unlock()
-		select {
-		case <-p.done:
-			p.cmd = nil
-			pendingPool.Put(p)
-			return cmd.Err()
-		case <-ctx.Done():
-			// p is still referenced by the flusher; leave it to the GC.
-			return ctx.Err()
-		}
+	if !c.flushing {
+		c.flushing = true
+		// Never blocks: the flusher took the last wake before it went idle.
+		c.wake <- struct{}{} // our own command goes in its first round
 	}
-	c.flushing = true
-	// Never blocks: the flusher took the last wake before it went idle.
-	c.wake <- struct{}{} // our own command goes in its first round
 	c.mu.Unlock()
 	select {
 	case <-p.done:
@@ -68,6 +58,7 @@ func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
 		pendingPool.Put(p)
 		return cmd.Err()
 	case <-ctx.Done():
+		// p is still referenced by the flusher; leave it to the GC.
 		return ctx.Err()
 	}
 }

@@ -26,15 +26,10 @@ func TokenCheck(v security.Verifier) Middleware {
 			if req.Token == "" {
 				return nil, fnmesh.NewError(fnmesh.CodeUnauthenticated, "missing token")
 			}
-			claims, err := v.Verify(ctx, req.Token)
+			ctx, err := verifyToken(ctx, v, req.Token)
 			if err != nil {
-				if fnmesh.CodeOf(err) != fnmesh.CodeUnauthenticated {
-					err = fnmesh.Wrap(fnmesh.CodeUnauthenticated, err)
-				}
 				return nil, err
 			}
-			ctx = security.WithClaims(ctx, claims)
-			ctx = security.WithToken(ctx, req.Token)
 			return next.Serve(ctx, req)
 		})
 	}
@@ -152,4 +147,17 @@ func validationError(req *Request, err error) error {
 	}
 	e.Message = "arguments of " + req.Service + "." + req.Function + " failed validation: " + strings.Join(parts, ", ")
 	return e
+}
+
+// verifyToken checks token with v and returns ctx carrying its claims and
+// the token itself; any failure is unauthenticated.
+func verifyToken(ctx context.Context, v security.Verifier, token string) (context.Context, error) {
+	claims, err := v.Verify(ctx, token)
+	if err != nil {
+		if fnmesh.CodeOf(err) != fnmesh.CodeUnauthenticated {
+			err = fnmesh.Wrap(fnmesh.CodeUnauthenticated, err)
+		}
+		return ctx, err
+	}
+	return security.WithToken(security.WithClaims(ctx, claims), token), nil
 }

@@ -7,7 +7,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -85,15 +84,10 @@ func optionalToken(v security.Verifier) Middleware {
 			if req.Token == "" {
 				return next.Serve(ctx, req)
 			}
-			claims, err := v.Verify(ctx, req.Token)
+			ctx, err := verifyToken(ctx, v, req.Token)
 			if err != nil {
-				if fnmesh.CodeOf(err) != fnmesh.CodeUnauthenticated {
-					err = fnmesh.Wrap(fnmesh.CodeUnauthenticated, err)
-				}
 				return nil, err
 			}
-			ctx = security.WithClaims(ctx, claims)
-			ctx = security.WithToken(ctx, req.Token)
 			return next.Serve(ctx, req)
 		})
 	}

@@ -195,12 +195,24 @@ type Conflict struct {
 	Changes  []Change `json:"changes"`
 }
 
-// Conflicts compares, for each function, every live replica's request
-// schema with that of the oldest live replica serving it, and returns
-// the replicas whose schema breaks it.
-func (v *ServiceView) Conflicts() []Conflict {
-	var out []Conflict
-	for _, fn := range v.Functions() {
+// Diff is a replica serving a function with a request schema that
+// differs from the one the oldest live replica serving it has (the
+// baseline).
+type Diff struct {
+	Function string   `json:"function"`
+	Baseline string   `json:"baseline"`
+	Replica  string   `json:"replica"`
+	Breaking bool     `json:"breaking"`
+	Changes  []Change `json:"changes"`
+}
+
+// Diffs compares, for each of functions, every live replica's request
+// schema with the baseline's. A schema that cannot be compared is left
+// out and its error returned (the first one), with the other diffs.
+func (v *ServiceView) Diffs(functions []string) ([]Diff, error) {
+	var out []Diff
+	var firstErr error
+	for _, fn := range functions {
 		var base *Replica
 		var baseFn Function
 		for i := range v.Replicas { // oldest first
@@ -217,10 +229,26 @@ func (v *ServiceView) Conflicts() []Conflict {
 				continue
 			}
 			changes, err := DiffSchemas(baseFn.Request, f.Request)
-			if err != nil || !Breaking(changes) {
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
 				continue
 			}
-			out = append(out, Conflict{Function: fn, Replica: r.ID, Baseline: base.ID, Changes: changes})
+			out = append(out, Diff{Function: fn, Baseline: base.ID, Replica: r.ID, Breaking: Breaking(changes), Changes: changes})
+		}
+	}
+	return out, firstErr
+}
+
+// Conflicts returns the replicas whose request schema for a function
+// breaks callers of the baseline's (Diffs, breaking ones only).
+func (v *ServiceView) Conflicts() []Conflict {
+	diffs, _ := v.Diffs(v.Functions())
+	var out []Conflict
+	for _, d := range diffs {
+		if d.Breaking {
+			out = append(out, Conflict{Function: d.Function, Replica: d.Replica, Baseline: d.Baseline, Changes: d.Changes})
 		}
 	}
 	return out

@@ -224,14 +224,6 @@ type describedFunction struct {
 	Variants int `json:"variants"`
 }
 
-type diffEntry struct {
-	Function string            `json:"function"`
-	Baseline string            `json:"baseline"`
-	Replica  string            `json:"replica"`
-	Breaking bool              `json:"breaking"`
-	Changes  []registry.Change `json:"changes"`
-}
-
 // ErrNoSuchFunction is returned by WriteDescribe for a function no live
 // replica serves.
 type ErrNoSuchFunction struct{ Service, Function string }
@@ -297,35 +289,15 @@ func WriteDescribe(w io.Writer, s Service, function string, asJSON, diff bool) e
 }
 
 func writeDiff(w io.Writer, v *registry.ServiceView, names []string, asJSON bool) error {
-	var diffs []diffEntry
-	for _, name := range names {
-		var base *registry.Replica
-		var baseFn registry.Function
-		for i := range v.Replicas {
-			r := &v.Replicas[i]
-			f, ok := r.Function(name)
-			if !ok {
-				continue
-			}
-			if base == nil {
-				base, baseFn = r, f
-				continue
-			}
-			if string(f.Request) == string(baseFn.Request) {
-				continue
-			}
-			changes, err := registry.DiffSchemas(baseFn.Request, f.Request)
-			if err != nil {
-				return err
-			}
-			diffs = append(diffs, diffEntry{Function: name, Baseline: base.ID, Replica: r.ID, Breaking: registry.Breaking(changes), Changes: changes})
-		}
+	diffs, err := v.Diffs(names)
+	if err != nil {
+		return err
 	}
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		if diffs == nil {
-			diffs = []diffEntry{}
+			diffs = []registry.Diff{}
 		}
 		return enc.Encode(map[string]any{"service": v.Name, "diffs": diffs})
 	}
