@@ -409,11 +409,13 @@ func TestPoisonRequestIsDeadLetteredAndReplayed(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not dead-lettered after %d crashes", crashes)
 		}
-		// A supervisor: restart replicas that died.
+		// A supervisor: restart replicas that died. A restarted replica
+		// may die before it is ready: it first finishes its own pending
+		// entries, the poison among them.
 		for i, w := range workers {
 			if w.exited() {
 				crashes++
-				workers[i] = startWorker(t, spec(i))
+				workers[i] = spawnWorker(t, spec(i))
 			}
 		}
 		time.Sleep(20 * time.Millisecond)

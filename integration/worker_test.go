@@ -156,6 +156,24 @@ type worker struct {
 // startWorker starts a worker process and waits until it serves.
 func startWorker(t testing.TB, spec workerSpec) *worker {
 	t.Helper()
+	w := spawnWorker(t, spec)
+	select {
+	case l := <-w.lines:
+		if !strings.HasPrefix(l, "ready") {
+			t.Fatalf("worker %s: %q", w.spec.Replica, l)
+		}
+	case err := <-w.exit:
+		t.Fatalf("worker %s exited: %v", w.spec.Replica, err)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("worker %s not ready in 20s", w.spec.Replica)
+	}
+	return w
+}
+
+// spawnWorker starts a worker process without waiting for it: for one
+// that may die before it is ready (it finishes a request that kills it).
+func spawnWorker(t testing.TB, spec workerSpec) *worker {
+	t.Helper()
 	if spec.Redis == "" {
 		spec.Redis = redisURL
 	}
@@ -176,16 +194,6 @@ func startWorker(t testing.TB, spec workerSpec) *worker {
 	}
 	go w.read(stdout)
 	t.Cleanup(func() { w.kill() })
-	select {
-	case l := <-w.lines:
-		if !strings.HasPrefix(l, "ready") {
-			t.Fatalf("worker %s: %q", spec.Replica, l)
-		}
-	case err := <-w.exit:
-		t.Fatalf("worker %s exited: %v", spec.Replica, err)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("worker %s not ready in 20s", spec.Replica)
-	}
 	return w
 }
 
