@@ -111,7 +111,10 @@ func TestKillReplicaDuringSends(t *testing.T) {
 		service := bustest.Name("kill")
 		workers := make([]*worker, 3)
 		spec := func(i int) workerSpec {
-			return workerSpec{Service: service, Replica: fmt.Sprintf("r%d", i), Concurrency: conc, ClaimIdle: faultClaimIdle}
+			// A longer claim idle than the take-over tests: this test counts
+			// the runs the kill repeats, and race-built replicas on a
+			// starved machine can stall past a short one and lose leases.
+			return workerSpec{Service: service, Replica: fmt.Sprintf("r%d", i), Concurrency: conc, ClaimIdle: 2 * faultClaimIdle}
 		}
 		for i := range workers {
 			workers[i] = startWorker(t, spec(i))
