@@ -459,31 +459,7 @@ func TestClusterCallsLeaveNothingBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	calls := func(n int) {
-		var wg sync.WaitGroup
-		errs := make(chan error, 16)
-		for w := 0; w < 16; w++ {
-			wg.Add(1)
-			go func(w int) {
-				defer wg.Done()
-				for i := w; i < n; i += 16 {
-					var out bustest.AddOut
-					if err := c.Call(ctx, service+".add", bustest.AddIn{A: i, B: 1}, &out); err != nil || out.Sum != i+1 {
-						select {
-						case errs <- fmt.Errorf("%d+1: %v %+v", i, err, out):
-						default:
-						}
-						return
-					}
-				}
-			}(w)
-		}
-		wg.Wait()
-		close(errs)
-		if err := <-errs; err != nil {
-			t.Fatalf("call failed: %v", err)
-		}
-	}
+	calls := func(n int) { addCalls(t, c, service+".add", n) }
 	calls(500)
 	// Two equal batches after the warm-up: what leaks grows with each
 	// batch; connections the clients open to more nodes on first use, or

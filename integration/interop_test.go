@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -167,22 +166,7 @@ func TestGoAndNodeReplicasShareTheLoad(t *testing.T) {
 	startNodeReplica(t, service, "node-replica", "--concurrency", "4")
 	c := newClient(t, client.Config{})
 	const calls = 400
-	var mu sync.Mutex
-	per := map[string]int{}
-	var n atomic.Int64
-	stop := make(chan struct{})
-	var once sync.Once
-	failed := load(c, service+".sleep", SleepIn{Ms: 10}, 16, stop, func(r string) {
-		mu.Lock()
-		per[r]++
-		mu.Unlock()
-		if n.Add(1) >= calls {
-			once.Do(func() { close(stop) })
-		}
-	})
-	if len(failed) > 0 {
-		t.Fatalf("%d calls failed, first: %v", len(failed), failed[0])
-	}
+	per := spread(t, c, service+".sleep", SleepIn{Ms: 10}, 16, calls)
 	t.Logf("calls per replica: %v", per)
 	for _, r := range []string{"go-replica", "node-replica"} {
 		if per[r] < calls/4 {

@@ -59,6 +59,29 @@ func load(c *client.Client, fn string, in any, conc int, stop <-chan struct{}, o
 	return failed
 }
 
+// spread makes calls calls of fn from conc callers and returns how many
+// each replica answered; any failed call fails the test.
+func spread(t *testing.T, c *client.Client, fn string, in any, conc, calls int) map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	per := map[string]int{}
+	var n atomic.Int64
+	stop := make(chan struct{})
+	var once sync.Once
+	failed := load(c, fn, in, conc, stop, func(r string) {
+		mu.Lock()
+		per[r]++
+		mu.Unlock()
+		if n.Add(1) >= int64(calls) {
+			once.Do(func() { close(stop) })
+		}
+	})
+	if len(failed) > 0 {
+		t.Fatalf("%d calls failed, first: %v", len(failed), failed[0])
+	}
+	return per
+}
+
 func TestCallsSpreadOverReplicaProcesses(t *testing.T) {
 	t.Parallel()
 	service := bustest.Name("spread")
@@ -67,22 +90,7 @@ func TestCallsSpreadOverReplicaProcesses(t *testing.T) {
 	}
 	c := newClient(t, client.Config{})
 	const calls = 600
-	var mu sync.Mutex
-	per := map[string]int{}
-	var n atomic.Int64
-	stop := make(chan struct{})
-	var once sync.Once
-	failed := load(c, service+".sleep", SleepIn{Ms: 2}, 24, stop, func(r string) {
-		mu.Lock()
-		per[r]++
-		mu.Unlock()
-		if n.Add(1) >= calls {
-			once.Do(func() { close(stop) })
-		}
-	})
-	if len(failed) > 0 {
-		t.Fatalf("%d calls failed, first: %v", len(failed), failed[0])
-	}
+	per := spread(t, c, service+".sleep", SleepIn{Ms: 2}, 24, calls)
 	t.Logf("calls per replica process: %v", per)
 	if len(per) != 3 {
 		t.Fatalf("answered by %v, want 3 replicas", per)
