@@ -38,7 +38,12 @@ func redisCallPath(tb testing.TB) func() error {
 // BenchmarkCallRedis is one call through client, Redis and replica:
 // -benchmem reports the allocations per call on both sides together.
 func BenchmarkCallRedis(b *testing.B) {
-	call := redisCallPath(b)
+	benchCalls(b, redisCallPath(b))
+}
+
+// benchCalls warms call up, then runs it from parallel goroutines for the
+// benchmark, reporting allocations.
+func benchCalls(b *testing.B, call func() error) {
 	for i := 0; i < 100; i++ {
 		call()
 	}

@@ -46,21 +46,8 @@ func BenchmarkCallRedisInstrumented(b *testing.B) {
 	}
 	b.Cleanup(func() { c.Close() })
 	fn, in := service+".add", bustest.AddIn{A: 1, B: 2}
-	call := func() error {
+	benchCalls(b, func() error {
 		var out bustest.AddOut
 		return c.Call(context.Background(), fn, in, &out)
-	}
-	for i := 0; i < 100; i++ {
-		call()
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := call(); err != nil {
-				b.Error(err)
-				return
-			}
-		}
 	})
 }

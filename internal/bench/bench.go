@@ -216,6 +216,15 @@ func measure(ctx context.Context, o Options, mode string, call caller) (Result, 
 // runSend is peers' rawsend: Concurrency producers send for Duration,
 // then we wait until every send was processed.
 func runSend(ctx context.Context, o Options, c *client.Client, function string, processed *atomic.Int64) (Result, error) {
+	return measureSend(ctx, o, "send", processed, func(ctx context.Context) error {
+		return c.Send(ctx, function, args{1, 2})
+	})
+}
+
+// measureSend runs Concurrency producers of send for Duration, waits
+// until processed counts every send, and reports both rates: the send
+// modes, framework and bare loop alike.
+func measureSend(ctx context.Context, o Options, mode string, processed *atomic.Int64, send func(context.Context) error) (Result, error) {
 	var sent atomic.Int64
 	var failed atomic.Value
 	meter := startCPU(o.RedisURL)
@@ -227,7 +236,7 @@ func runSend(ctx context.Context, o Options, c *client.Client, function string, 
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(stop) {
-				if err := c.Send(ctx, function, args{1, 2}); err != nil {
+				if err := send(ctx); err != nil {
 					failed.Store(err)
 					return
 				}
@@ -247,7 +256,7 @@ func runSend(ctx context.Context, o Options, c *client.Client, function string, 
 	}
 	el := time.Since(t0)
 	meter.stop()
-	r := Result{Mode: "send", SentPerSec: float64(sent.Load()) / o.Duration.Seconds(), PerSecond: float64(processed.Load()) / el.Seconds(), Calls: processed.Load()}
+	r := Result{Mode: mode, SentPerSec: float64(sent.Load()) / o.Duration.Seconds(), PerSecond: float64(processed.Load()) / el.Seconds(), Calls: processed.Load()}
 	r.perCall(meter, processed.Load())
 	return r, nil
 }

@@ -70,31 +70,11 @@ func runRaw(ctx context.Context, o Options) (Result, error) {
 		}(w)
 	}
 	if send {
-		var sent atomic.Int64
-		meter := startCPU(o.RedisURL)
-		t0 := time.Now()
-		stop := t0.Add(o.Duration)
-		var wg sync.WaitGroup
-		for p := 0; p < o.Concurrency; p++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for time.Now().Before(stop) {
-					rdb.XAdd(ctx, &redis.XAddArgs{Stream: req, MaxLen: 1000000, Approx: true, Values: []any{"p", `{"A":1,"B":2}`}})
-					sent.Add(1)
-				}
-			}()
-		}
-		wg.Wait()
-		for processed.Load() < sent.Load() && time.Since(t0) < o.Duration+30*time.Second {
-			time.Sleep(time.Millisecond)
-		}
-		el := time.Since(t0)
-		meter.stop()
-		r := Result{Mode: "raw-send", SentPerSec: float64(sent.Load()) / o.Duration.Seconds(), PerSecond: float64(processed.Load()) / el.Seconds(), Calls: processed.Load()}
-		r.perCall(meter, processed.Load())
-		return r, nil
+		return measureSend(ctx, o, "raw-send", &processed, func(ctx context.Context) error {
+			return rdb.XAdd(ctx, &redis.XAddArgs{Stream: req, MaxLen: 1000000, Approx: true, Values: []any{"p", `{"A":1,"B":2}`}}).Err()
+		})
 	}
+
 	var mu sync.Mutex
 	waiting := map[string]chan []byte{}
 	go func() {
