@@ -67,9 +67,10 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 		out:   make(chan *message.Message),
 		freed: make(chan struct{}, 1),
 		// Entries in it hold slots, so it never needs more room.
-		again:    make(chan delivery, s.cfg.Concurrency),
-		watch:    make(chan watched, 2*s.cfg.Concurrency),
-		inflight: map[string]int{},
+		again:       make(chan delivery, s.cfg.Concurrency),
+		watch:       make(chan watched, 2*s.cfg.Concurrency),
+		inflight:    map[string]int{},
+		historyRead: make(chan struct{}),
 	}
 	s.mu.Lock()
 	s.readers = append(s.readers, reader)
@@ -124,6 +125,11 @@ type groupSubscription struct {
 	freed  chan struct{}         // a slot came free
 	again  chan delivery         // nacked or claimed entries to deliver
 	watch  chan watched          // delivered messages, for the ack watchers
+	// historyRead is closed once run has read this consumer's own pending
+	// entries. Claiming waits for it: reading pending entries by id counts
+	// as a delivery in Redis, so an entry claimed before that read would
+	// be counted twice (and run as its second delivery).
+	historyRead chan struct{}
 
 	mu       sync.Mutex
 	inflight map[string]int // entry id -> delivery count, for entries holding a slot
@@ -254,6 +260,7 @@ func (g *groupSubscription) run(ctx context.Context) {
 		}
 		if history && len(msgs) < free {
 			history = false
+			close(g.historyRead)
 		}
 		if len(msgs) > 0 {
 			// Let the workers just handed entries run before this loop
@@ -349,6 +356,11 @@ func (g *groupSubscription) claimLoop(ctx context.Context) {
 	defer g.s.wg.Done()
 	cfg := g.s.r.cfg
 	cursor := "0-0"
+	select {
+	case <-g.historyRead:
+	case <-ctx.Done():
+		return
+	}
 	t := time.NewTicker(cfg.ClaimInterval)
 	defer t.Stop()
 	lastJanitor := time.Now()

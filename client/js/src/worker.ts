@@ -171,6 +171,7 @@ export class Replica {
   private readonly replyMaxLen: number;
   private readonly deadMaxLen: number;
   private readonly claimIdleMs: number;
+  private historyRead = false; // run() has read this consumer's own pending entries
   private readonly claimIntervalMs: number;
   private readonly consumerExpiryMs: number;
   private readonly maxDeliveries: number;
@@ -251,8 +252,7 @@ export class Replica {
     // §11: the last replica to start says what the bound is.
     if (this.maxBacklog > 0) await this.cmd.send(["HSET", limitsKey(this.service), "max_backlog", String(this.maxBacklog)]);
     else await this.cmd.send(["HDEL", limitsKey(this.service), "max_backlog"]);
-    this.loop = this.run();
-    void this.claim(); // what a dead replica left, at once
+    this.loop = this.run(); // claims what a dead replica left once it has read its own pending entries
     this.timers.push(
       setInterval(() => void this.trim(), this.trimMs),
       setInterval(() => void this.claim(), this.claimIntervalMs),
@@ -303,7 +303,15 @@ export class Replica {
       pause = 50;
       const counts = history !== undefined && entries.length ? await this.deliveryCounts(entries.map((e) => e.id)) : undefined;
       this.dispatch(entries, counts);
-      if (history !== undefined) history = entries.length < count ? undefined : entries[entries.length - 1].id;
+      if (history !== undefined) {
+        history = entries.length < count ? undefined : entries[entries.length - 1].id;
+        if (history === undefined) {
+          // Reading pending entries by id counts as a delivery in Redis:
+          // claiming before this read would count a claimed entry twice.
+          this.historyRead = true;
+          void this.claim(); // what a dead replica left, at once
+        }
+      }
     }
   }
 
@@ -350,7 +358,7 @@ export class Replica {
 
   /** §7.5: takes over entries idle longer than claimIdleMs (their replica died or stalled). */
   private async claim(): Promise<void> {
-    if (this.stopping || this.claiming) return;
+    if (this.stopping || this.claiming || !this.historyRead) return;
     const free = this.concurrency - this.inflight.size;
     if (free <= 0) return;
     this.claiming = true;
