@@ -90,6 +90,13 @@ type GroupConfig struct {
 	// Concurrency is the most messages delivered and not yet acked or
 	// nacked at once. Default 64.
 	Concurrency int
+	// SettleDirect promises that the consumer settles every message it
+	// receives with Ack or Nack of this package (which also call m.Ack or
+	// m.Nack), once. The subscriber then settles a message within that
+	// call, instead of keeping a goroutine waiting on m.Acked and
+	// m.Nacked: a goroutine hand-off less per request. Consumers that
+	// only call m.Ack and m.Nack (a watermill Router) leave it false.
+	SettleDirect bool
 }
 
 func (c *GroupConfig) setDefaults() {
@@ -114,6 +121,35 @@ func (c GroupConfig) Validate() error {
 type Delivery struct {
 	EntryID string // the message's id in its topic (a stream entry id on Redis)
 	Count   int    // 1 on first delivery, more on redeliveries
+
+	settle func(ok bool) // set by subscriptions with GroupConfig.SettleDirect
+}
+
+// Ack acks m, a message from a group subscription, as m.Ack does; on a
+// subscription with GroupConfig.SettleDirect it also settles the entry at
+// once. It reports false if m was nacked.
+func Ack(m *message.Message) bool { return settle(m, true) }
+
+// Nack nacks m, as m.Nack does, settling it at once on a subscription
+// with GroupConfig.SettleDirect: it is delivered again. It reports false
+// if m was acked.
+func Nack(m *message.Message) bool { return settle(m, false) }
+
+func settle(m *message.Message, ok bool) bool {
+	select {
+	case <-m.Acked():
+		return ok // settled before: nothing more to do
+	case <-m.Nacked():
+		return !ok
+	default:
+	}
+	if ok && !m.Ack() || !ok && !m.Nack() {
+		return false
+	}
+	if d := DeliveryFromContext(m.Context()); d.settle != nil {
+		d.settle(ok)
+	}
+	return true
 }
 
 type deliveryKey struct{}

@@ -331,7 +331,17 @@ func (s *memGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 			it.count++
 			q.taken.Add(1)
 			m := it.msg.Copy()
-			m.SetContext(withDelivery(ctx, Delivery{EntryID: it.id, Count: it.count}))
+			d := Delivery{EntryID: it.id, Count: it.count}
+			if s.cfg.SettleDirect {
+				d.settle = func(ok bool) {
+					if !ok {
+						q.pushFront(it)
+					}
+					q.taken.Add(-1)
+					<-slots
+				}
+			}
+			m.SetContext(withDelivery(ctx, d))
 			select {
 			case out <- m:
 			case <-ctx.Done():
@@ -342,6 +352,9 @@ func (s *memGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 				q.taken.Add(-1)
 				q.pushFront(it)
 				return
+			}
+			if s.cfg.SettleDirect {
+				continue
 			}
 			go func(it *memItem, m *message.Message) {
 				select {

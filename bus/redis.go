@@ -166,7 +166,6 @@ type Redis struct {
 	// is a failover client of its own, so that it too drops its
 	// connection when the sentinels switch masters.
 	failover *redis.FailoverOptions
-	acks     *acker
 
 	mu     sync.Mutex
 	closed bool
@@ -211,7 +210,6 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		r.failover = u.Failover
 	}
 	r.comb = newCombiner(r.rdb)
-	r.acks = newAcker(r.rdb, r.comb, r.done)
 	return r, nil
 }
 
@@ -241,8 +239,7 @@ func (r *Redis) Close() error {
 	case <-time.After(r.cfg.DrainTimeout):
 	}
 	close(r.done)
-	r.acks.wait()
-	r.comb.close()
+	r.comb.close() // sends the last acks
 	if r.ownsRDB {
 		return r.rdb.Close()
 	}
@@ -620,94 +617,6 @@ func (r *Redis) ensureGroup(ctx context.Context, topic string) error {
 		return err
 	}
 	return nil
-}
-
-// acker acknowledges entries in batches: one XACK carries every id that
-// was acked while the previous XACK was in flight.
-type acker struct {
-	rdb  redis.UniversalClient
-	comb *combiner
-	in   chan ackReq
-	done <-chan struct{}
-	wg   sync.WaitGroup
-}
-
-type ackReq struct{ topic, id string }
-
-func newAcker(rdb redis.UniversalClient, comb *combiner, done <-chan struct{}) *acker {
-	a := &acker{rdb: rdb, comb: comb, in: make(chan ackReq, 4096), done: done}
-	a.wg.Add(1)
-	go a.run()
-	return a
-}
-
-func (a *acker) ack(topic, id string) {
-	select {
-	case a.in <- ackReq{topic, id}:
-	case <-a.done:
-	}
-}
-
-func (a *acker) wait() { a.wg.Wait() }
-
-func (a *acker) run() {
-	defer a.wg.Done()
-	byTopic := map[string][]string{}
-	for {
-		select {
-		case first := <-a.in:
-			byTopic[first.topic] = append(byTopic[first.topic], first.id)
-		more:
-			for n := 1; n < 1024; n++ {
-				select {
-				case x := <-a.in:
-					byTopic[x.topic] = append(byTopic[x.topic], x.id)
-				default:
-					break more
-				}
-			}
-			a.flush(byTopic)
-		case <-a.done:
-			// Flush what is queued; later acks are lost with the bus and
-			// their entries are redelivered (at-least-once).
-			for {
-				select {
-				case x := <-a.in:
-					byTopic[x.topic] = append(byTopic[x.topic], x.id)
-				default:
-					a.flush(byTopic)
-					return
-				}
-			}
-		}
-	}
-}
-
-func (a *acker) flush(byTopic map[string][]string) {
-	if len(byTopic) == 0 {
-		return
-	}
-	ctx := context.Background() // bounded by the client's timeouts
-	if len(byTopic) == 1 {
-		// Through the combiner: the XACK shares a round trip with the
-		// replies being written at the same time.
-		for topic, ids := range byTopic {
-			args := make([]any, 0, 3+len(ids))
-			args = append(args, "xack", topic, Group)
-			for _, id := range ids {
-				args = append(args, id)
-			}
-			a.comb.do(ctx, redis.NewIntCmd(ctx, args...))
-			delete(byTopic, topic)
-		}
-		return
-	}
-	pipe := a.rdb.Pipeline()
-	for topic, ids := range byTopic {
-		pipe.XAck(ctx, topic, Group, ids...)
-		delete(byTopic, topic)
-	}
-	pipe.Exec(ctx)
 }
 
 // xaddArgs spells an XADD out as command arguments, as go-redis's XAdd

@@ -244,7 +244,7 @@ func (g *groupSubscription) run(ctx context.Context) {
 		}
 		for _, x := range msgs {
 			if x.gone { // pending entry trimmed away
-				g.s.r.acks.ack(g.topic, x.id)
+				g.s.r.comb.ack(g.topic, x.id)
 				continue
 			}
 			count := 1
@@ -290,16 +290,23 @@ func (g *groupSubscription) deliverAgain(ctx context.Context) bool {
 // and arranges its ack.
 func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
 	m := d.x.message()
+	md := Delivery{EntryID: d.x.id, Count: d.count}
+	direct := g.s.cfg.SettleDirect
+	if direct {
+		md.settle = func(ok bool) { g.settled(ctx, d, ok, true) }
+	}
 	// The message's context outlives the subscription: a closing replica
 	// lets running requests finish.
-	m.SetContext(withDelivery(context.WithoutCancel(ctx), Delivery{EntryID: d.x.id, Count: d.count}))
+	m.SetContext(withDelivery(context.WithoutCancel(ctx), md))
 	select {
 	case g.out <- m:
 	case <-ctx.Done():
 		g.handBack(d.x.id, d.count)
 		return false
 	}
-	g.watch <- watched{m, d}
+	if !direct {
+		g.watch <- watched{m, d}
+	}
 	return true
 }
 
@@ -309,14 +316,31 @@ func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
 func (g *groupSubscription) awaitAck(ctx context.Context, m *message.Message, d delivery) {
 	select {
 	case <-m.Acked():
-		g.s.r.acks.ack(g.topic, d.x.id)
-		g.release(d.x.id)
-		return
+		g.settled(ctx, d, true, false)
 	case <-m.Nacked():
+		g.settled(ctx, d, false, false)
 	case <-g.s.r.done:
 		g.release(d.x.id) // stays pending; claimed by another replica later
-		return
 	}
+}
+
+// settled acks an entry whose message was acked, or delivers it again
+// after a pause (in a goroutine of its own if async).
+func (g *groupSubscription) settled(ctx context.Context, d delivery, ok, async bool) {
+	switch {
+	case ok:
+		g.s.r.comb.ack(g.topic, d.x.id)
+		g.release(d.x.id)
+	case async:
+		go g.redeliver(ctx, d)
+	default:
+		g.redeliver(ctx, d)
+	}
+}
+
+// redeliver delivers a nacked entry again after a pause, or, once the
+// subscription is closing, hands it back to the group at once.
+func (g *groupSubscription) redeliver(ctx context.Context, d delivery) {
 	select {
 	case <-time.After(nackDelay(d.count)):
 	case <-ctx.Done():
@@ -405,7 +429,7 @@ func (g *groupSubscription) claim(ctx context.Context, cursor string) string {
 	for _, xm := range msgs {
 		x := fromXMessage(xm)
 		if x.gone {
-			g.s.r.acks.ack(g.topic, x.id)
+			g.s.r.comb.ack(g.topic, x.id)
 			continue
 		}
 		count := max(counts[x.id], 1)

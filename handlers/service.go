@@ -355,7 +355,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	if id == "" {
 		id = newReplicaID()
 	}
-	sub, err := b.GroupSubscriber(bus.GroupConfig{Consumer: id, Concurrency: s.cfg.Concurrency})
+	sub, err := b.GroupSubscriber(bus.GroupConfig{Consumer: id, Concurrency: s.cfg.Concurrency, SettleDirect: true})
 	if err != nil {
 		return err
 	}
@@ -402,9 +402,9 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 			defer workers.Done()
 			for m := range msgs {
 				if err := rep.track(m); err != nil {
-					m.Nack()
+					bus.Nack(m)
 				} else {
-					m.Ack()
+					bus.Ack(m)
 				}
 			}
 		}()

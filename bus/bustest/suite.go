@@ -70,6 +70,7 @@ func Run(t *testing.T, newBus NewBus) {
 		{"BacklogBoundRefusesAndLosesNothing", testBacklogBound},
 		{"DeadLetterReplayAndPurge", testDeadLetterReplayAndPurge},
 		{"StopHandsBackUnfinished", testStopHandsBackUnfinished},
+		{"GroupSubscriberSettles", testGroupSubscriberSettles},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,87 @@
+package bustest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/fnmesh/fnmesh/bus"
+)
+
+// testGroupSubscriberSettles drives a group subscription as a plain
+// watermill consumer would (m.Ack, m.Nack) and as fnmesh's replicas do
+// (bus.Ack, bus.Nack with GroupConfig.SettleDirect): a nacked message comes
+// back as its next delivery, acked ones are gone from the backlog, and a
+// settled slot takes the next message.
+func testGroupSubscriberSettles(t *testing.T, h *Harness) {
+	for _, direct := range []bool{false, true} {
+		name := "watermill"
+		if direct {
+			name = "direct"
+		}
+		t.Run(name, func(t *testing.T) {
+			service := Name("settle")
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			sub, err := h.Bus.GroupSubscriber(bus.GroupConfig{Consumer: "c1", Concurrency: 1, SettleDirect: direct})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			msgs, err := sub.Subscribe(ctx, bus.RequestTopic(service))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range []string{"a", "b"} {
+				if err := h.Bus.SendRequest(ctx, service, &bus.Request{ID: id, Function: "f"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ack, nack := (*message.Message).Ack, (*message.Message).Nack
+			if direct {
+				ack, nack = bus.Ack, bus.Nack
+			}
+			next := func() (*message.Message, bus.Delivery) {
+				t.Helper()
+				select {
+				case m := <-msgs:
+					return m, bus.DeliveryFromContext(m.Context())
+				case <-ctx.Done():
+					t.Fatal("no message delivered")
+					return nil, bus.Delivery{}
+				}
+			}
+			// One slot: the first message is nacked, comes back as its
+			// second delivery before the other one, and is acked.
+			m, d := next()
+			if d.Count != 1 {
+				t.Fatalf("first delivery count %d, want 1", d.Count)
+			}
+			first := d.EntryID
+			if !nack(m) {
+				t.Fatal("nack reported false")
+			}
+			if ack(m) {
+				t.Fatal("ack of a nacked message reported true")
+			}
+			m, d = next()
+			if d.EntryID != first || d.Count != 2 {
+				t.Fatalf("after a nack got entry %s delivery %d, want %s delivery 2", d.EntryID, d.Count, first)
+			}
+			if !ack(m) || !ack(m) {
+				t.Fatal("ack reported false")
+			}
+			m, d = next()
+			if d.EntryID == first || d.Count != 1 {
+				t.Fatalf("got entry %s delivery %d, want the other entry's first delivery", d.EntryID, d.Count)
+			}
+			ack(m)
+			Eventually(t, 10*time.Second, "an empty backlog", func() bool {
+				b, err := h.Bus.Backlog(ctx, service)
+				return err == nil && b.Waiting == 0 && b.Pending == 0
+			})
+		})
+	}
+}
