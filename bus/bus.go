@@ -39,7 +39,11 @@ type Bus interface {
 	SendRequest(ctx context.Context, service string, r *Request) error
 
 	// SendReply answers a call on its caller's inbox. A reply to an inbox
-	// that is gone (its caller stopped) is dropped without error.
+	// that is gone (its caller stopped) is dropped without error. Unlike
+	// SendRequest, it may finish its round trip after ctx ends: a replica
+	// writes its replies itself when no other write is in flight. With
+	// r.Acks set, a successful SendReply also acks that request, as Ack
+	// would (on Redis, in the same round trip, after the reply).
 	SendReply(ctx context.Context, inbox string, r *Reply) error
 
 	// OpenInbox creates the reply topic and calls deliver for each reply
@@ -122,7 +126,10 @@ type Delivery struct {
 	EntryID string // the message's id in its topic (a stream entry id on Redis)
 	Count   int    // 1 on first delivery, more on redeliveries
 
-	settle func(ok bool) // set by subscriptions with GroupConfig.SettleDirect
+	// settle is set by subscriptions with GroupConfig.SettleDirect; sent
+	// tells that the ack was already sent (with a reply).
+	settle func(ok, sent bool)
+	topic  string // the stream the entry is on (Redis)
 }
 
 // Ack acks m, a message from a group subscription, as m.Ack does; on a
@@ -147,9 +154,16 @@ func settle(m *message.Message, ok bool) bool {
 		return false
 	}
 	if d := DeliveryFromContext(m.Context()); d.settle != nil {
-		d.settle(ok)
+		d.settle(ok, false)
 	}
 	return true
+}
+
+// ackSent marks m acked after its XACK went out with a reply.
+func ackSent(m *message.Message, d Delivery) {
+	if m.Ack() {
+		d.settle(true, true)
+	}
 }
 
 type deliveryKey struct{}

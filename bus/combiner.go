@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -18,6 +17,10 @@ import (
 // waits only as long as its ctx allows: when Redis stops answering, a
 // round trip can take go-redis's dial timeouts and retries, and a call
 // must still end at its deadline.
+//
+// Acks (XACK) queue apart, by stream, and go out as one XACK per stream
+// after the commands of the same round trip: an ack queued with a reply
+// (doInline) goes out with it.
 type combiner struct {
 	rdb      redis.UniversalClient
 	conn     *redis.Conn   // owned connection (single-node clients); only the flusher uses it
@@ -25,26 +28,11 @@ type combiner struct {
 	finished chan struct{} // closed when the flusher has ended
 	mu       sync.Mutex
 	queue    []*pendingCmd
-	spare    []*pendingCmd // the other buffer, reused
-	// acks are entry ids to XACK, by stream, sent in one XACK per stream
-	// with the next round trip; nobody waits for them. Without other
-	// commands to ride along with, they go after ackDelay (ackTimer sets
-	// ackDue).
-	acks     map[string][]string
-	ackTimer *time.Timer
-	ackArmed bool
-	ackDue   bool
+	spare    []*pendingCmd       // the other buffer, reused
+	acks     map[string][]string // entry ids to XACK, by stream; nobody waits for them
 	flushing bool
 	closed   bool
 }
-
-// ackDelay is how long an ack may wait for a round trip to share. A
-// replica under load writes replies far more often, so its acks cost no
-// round trip of their own (measured: one round trip per call less); the
-// price is that a replica killed within ackDelay of a reply leaves that
-// request pending, to be run again (at-least-once, as any kill between
-// reply and ack).
-const ackDelay = 2 * time.Millisecond
 
 type pendingCmd struct {
 	cmd  redis.Cmder
@@ -64,70 +52,114 @@ func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
 		return ErrClosed
 	}
 	c.queue = append(c.queue, p)
-	if !c.flushing {
-		c.flushing = true
-		// Never blocks: the flusher took the last wake before it went idle.
-		c.wake <- struct{}{} // our own command goes in its first round
-	}
+	c.startLocked()
 	c.mu.Unlock()
+	return c.wait(ctx, p)
+}
+
+func (c *combiner) wait(ctx context.Context, p *pendingCmd) error {
 	select {
 	case <-p.done:
+		err := p.cmd.Err()
 		p.cmd = nil
 		pendingPool.Put(p)
-		return cmd.Err()
+		return err
 	case <-ctx.Done():
 		// p is still referenced by the flusher; leave it to the GC.
 		return ctx.Err()
 	}
 }
 
-// ack queues an XACK of entry id of the request stream topic for the next
-// round trip and returns at once: an ack shares its round trip with the
-// replies written at the same time, without a goroutine hand-off of its
-// own. An ack lost (the bus closed, Redis unreachable) leaves the entry
-// pending, so it is delivered again: at-least-once.
+// startLocked wakes the flusher unless a flush is in progress; c.mu is
+// held.
+func (c *combiner) startLocked() {
+	if !c.flushing {
+		c.flushing = true
+		// Never blocks: the flusher took the last wake before it went idle.
+		c.wake <- struct{}{}
+	}
+}
+
+// doInline runs cmd as do does and, in the same round trip after it, acks
+// entry ackID of stream ackTopic (none if ackTopic is ""). It is for a
+// caller that may wait for its round trip whatever its context: a
+// replica's worker writing a reply, which it would write again anyway.
+// When no flush is in progress, the caller flushes itself instead of
+// waking the flusher and being woken back: two goroutine hand-offs less on
+// the way from function to caller. Commands queued meanwhile go on with
+// the flusher.
+func (c *combiner) doInline(ctx context.Context, cmd redis.Cmder, ackTopic, ackID string) error {
+	p := pendingPool.Get().(*pendingCmd)
+	p.cmd = cmd
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	c.queue = append(c.queue, p)
+	if ackTopic != "" {
+		c.queueAckLocked(ackTopic, ackID)
+	}
+	if c.flushing {
+		c.mu.Unlock()
+		return c.wait(ctx, p)
+	}
+	c.flushing = true
+	c.flushOnce() // releases c.mu; p.done is signalled
+	<-p.done
+	err := cmd.Err()
+	p.cmd = nil
+	pendingPool.Put(p)
+	c.mu.Lock()
+	switch {
+	case !c.pendingLocked():
+		c.idleLocked()
+		c.mu.Unlock()
+	case !c.closed:
+		c.wake <- struct{}{} // flushing stays true: the flusher takes over
+		c.mu.Unlock()
+	default:
+		// Closed meanwhile: no flusher to hand over to.
+		c.mu.Unlock()
+		c.flushAll()
+	}
+	return err
+}
+
+// ack queues an XACK of entry id of the request stream topic and returns
+// at once: it goes out with the next round trip, shared with the replies
+// written at the same time, with no goroutine hand-off of its own. An ack
+// lost (the bus closed, Redis unreachable) leaves the entry pending, so it
+// is delivered again: at-least-once.
 func (c *combiner) ack(topic, id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return
 	}
+	c.queueAckLocked(topic, id)
+	c.startLocked()
+}
+
+func (c *combiner) queueAckLocked(topic, id string) {
 	if c.acks == nil {
 		c.acks = map[string][]string{}
 	}
 	c.acks[topic] = append(c.acks[topic], id)
-	if !c.flushing {
-		c.armAckTimerLocked()
-	}
 }
 
-// armAckTimerLocked makes sure queued acks go out within ackDelay; c.mu is
-// held.
-func (c *combiner) armAckTimerLocked() {
-	if c.ackArmed || c.closed {
-		return
+// pendingLocked reports whether a command or an ack waits for a round
+// trip; c.mu is held.
+func (c *combiner) pendingLocked() bool {
+	if len(c.queue) > 0 {
+		return true
 	}
-	c.ackArmed = true
-	if c.ackTimer == nil {
-		c.ackTimer = time.AfterFunc(ackDelay, c.ackTimeout)
-	} else {
-		c.ackTimer.Reset(ackDelay)
+	for _, ids := range c.acks {
+		if len(ids) > 0 {
+			return true
+		}
 	}
-}
-
-// ackTimeout sends the queued acks: nothing else went out within ackDelay.
-func (c *combiner) ackTimeout() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.ackArmed = false
-	if c.closed || !c.acksQueued() {
-		return
-	}
-	c.ackDue = true
-	if !c.flushing {
-		c.flushing = true
-		c.wake <- struct{}{}
-	}
+	return false
 }
 
 // flushOnce sends what is queued; c.mu is held on entry and released.
@@ -178,30 +210,16 @@ func newCombiner(rdb redis.UniversalClient) *combiner {
 
 func (c *combiner) flushAll() {
 	c.mu.Lock()
-	for len(c.queue) > 0 || c.ackDue {
-		c.ackDue = false
+	for c.pendingLocked() {
 		c.flushOnce()
 		c.mu.Lock()
-	}
-	if c.acksQueued() {
-		c.armAckTimerLocked() // acked while the last round trip was out
 	}
 	c.idleLocked()
 	c.mu.Unlock()
 }
 
-// acksQueued reports whether an ack waits for a round trip; c.mu is held.
-func (c *combiner) acksQueued() bool {
-	for _, ids := range c.acks {
-		if len(ids) > 0 {
-			return true
-		}
-	}
-	return false
-}
-
-// exec sends a batch, and then acks, in one round trip. On a single-node client it uses a
-// connection of its own: the pool's health check, a syscall on every
+// exec sends a batch, and then acks, in one round trip. On a single-node
+// client it uses a connection of its own: the pool's health check, a syscall on every
 // checkout, is paid once instead of once per batch. Only one flusher runs
 // at a time, so one connection is enough.
 func (c *combiner) exec(ctx context.Context, batch []*pendingCmd, acks []redis.Cmder) {
@@ -212,7 +230,20 @@ func (c *combiner) exec(ctx context.Context, batch []*pendingCmd, acks []redis.C
 		}
 		p = c.conn.Pipeline()
 	} else {
+		// A cluster pipeline runs its commands node by node, in no order
+		// across nodes: the acks go after the replies they follow.
 		p = c.rdb.Pipeline()
+		for _, pc := range batch {
+			p.Process(ctx, pc.cmd)
+		}
+		if len(batch) > 0 {
+			p.Exec(ctx)
+		}
+		for _, cmd := range acks {
+			p.Process(ctx, cmd)
+		}
+		p.Exec(ctx)
+		return
 	}
 	for _, pc := range batch {
 		p.Process(ctx, pc.cmd)
@@ -241,16 +272,6 @@ func (c *combiner) idleLocked() {
 // close sends what is queued, then releases the owned connection.
 func (c *combiner) close() {
 	c.mu.Lock()
-	if c.ackTimer != nil {
-		c.ackTimer.Stop()
-	}
-	if c.acksQueued() {
-		c.ackDue = true
-		if !c.flushing {
-			c.flushing = true
-			c.wake <- struct{}{}
-		}
-	}
 	c.closed = true
 	if !c.flushing {
 		c.idleLocked()

@@ -107,6 +107,9 @@ func (b *Memory) SendReply(_ context.Context, inbox string, r *Reply) error {
 	if deliver != nil { // else the caller is gone: dropped, as on Redis
 		deliver(r)
 	}
+	if r.Acks != nil {
+		Ack(r.Acks)
+	}
 	return nil
 }
 
@@ -333,7 +336,7 @@ func (s *memGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 			m := it.msg.Copy()
 			d := Delivery{EntryID: it.id, Count: it.count}
 			if s.cfg.SettleDirect {
-				d.settle = func(ok bool) {
+				d.settle = func(ok, _ bool) {
 					if !ok {
 						q.pushFront(it)
 					}

@@ -231,6 +231,10 @@ type Reply struct {
 	Payload []byte // JSON result when Err is nil
 	Err     *fnmesh.Error
 	Replica string // replica that answered
+
+	// Acks, if set, is the request message answered: SendReply acks it
+	// with the reply (Bus.SendReply).
+	Acks *message.Message
 }
 
 type wireDetails struct {

@@ -290,10 +290,16 @@ func (g *groupSubscription) deliverAgain(ctx context.Context) bool {
 // and arranges its ack.
 func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
 	m := d.x.message()
-	md := Delivery{EntryID: d.x.id, Count: d.count}
+	md := Delivery{EntryID: d.x.id, Count: d.count, topic: g.topic}
 	direct := g.s.cfg.SettleDirect
 	if direct {
-		md.settle = func(ok bool) { g.settled(ctx, d, ok, true) }
+		md.settle = func(ok, sent bool) {
+			if sent {
+				g.release(d.x.id)
+				return
+			}
+			g.settled(ctx, d, ok, true)
+		}
 	}
 	// The message's context outlives the subscription: a closing replica
 	// lets running requests finish.

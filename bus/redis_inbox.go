@@ -157,11 +157,35 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	}
 	// The reply stream belongs to its caller: if it is gone, so is the
 	// caller, and the reply must not recreate the key.
-	err := r.xadd(ctx, &redis.XAddArgs{Stream: inbox, NoMkStream: true, MaxLen: r.cfg.ReplyMaxLen, Approx: true, Values: rep.fields()})
-	if errors.Is(err, redis.Nil) {
-		return nil
+	args := &redis.XAddArgs{Stream: inbox, NoMkStream: true, MaxLen: r.cfg.ReplyMaxLen, Approx: true, Values: rep.fields()}
+	var d Delivery
+	if rep.Acks != nil {
+		d = DeliveryFromContext(rep.Acks.Context())
 	}
-	return err
+	ackTopic, ackID := "", ""
+	if d.settle != nil && !r.cfg.NoAutoPipeline {
+		ackTopic, ackID = d.topic, d.EntryID
+	}
+	var err error
+	if r.cfg.NoAutoPipeline {
+		err = r.rdb.XAdd(ctx, args).Err()
+	} else {
+		// If the reply fails and the ack in its round trip did not, the
+		// request stays delivered here and is run again by this replica;
+		// only a replica dying before that leaves its caller to its
+		// deadline.
+		err = r.comb.doInline(ctx, redis.NewStringCmd(ctx, xaddArgs(args)...), ackTopic, ackID)
+	}
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	switch {
+	case ackTopic != "":
+		ackSent(rep.Acks, d)
+	case rep.Acks != nil:
+		Ack(rep.Acks)
+	}
+	return nil
 }
 
 // xadd adds one entry, sharing a round trip with concurrent writes.

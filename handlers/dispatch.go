@@ -65,7 +65,7 @@ func (r *replica) handle(msg *message.Message) error {
 		// Replicas keep dying or stalling on it: a poison request.
 		e := fnmesh.Errorf(fnmesh.CodeInternal, "request delivered %d times without finishing (limit %d): replicas stopped while running it", d.Count, r.svc.cfg.MaxDeliveries)
 		if breq.ReplyTo != "" {
-			if _, err := r.reply(breq.ReplyTo, breq.ID, nil, e); err != nil {
+			if _, err := r.reply(breq.ReplyTo, breq.ID, nil, e, nil); err != nil {
 				return err
 			}
 		}
@@ -137,7 +137,7 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 		} else {
 			hooks.beforeSuccess(result)
 		}
-		if _, rerr := r.reply(breq.ReplyTo, req.ID, result, err); rerr != nil {
+		if _, rerr := r.reply(breq.ReplyTo, req.ID, result, err, msg); rerr != nil {
 			return nil, rerr
 		}
 		if err != nil {
@@ -205,7 +205,7 @@ func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req
 	case bus.IdemDone:
 		r.log.Debug("duplicate of a finished request skipped", "key", breq.IdempotencyKey, "id", req.ID)
 		if !req.Async {
-			_, err := r.reply(breq.ReplyTo, req.ID, json.RawMessage(prior), nil)
+			_, err := r.reply(breq.ReplyTo, req.ID, json.RawMessage(prior), nil, msg)
 			return err
 		}
 		return nil
@@ -213,7 +213,7 @@ func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req
 		r.log.Debug("duplicate of a running request skipped", "key", breq.IdempotencyKey, "id", req.ID)
 		if !req.Async {
 			_, err := r.reply(breq.ReplyTo, req.ID, nil,
-				fnmesh.Errorf(fnmesh.CodeUnavailable, "a request with idempotency key %q is running; try again for its result", breq.IdempotencyKey))
+				fnmesh.Errorf(fnmesh.CodeUnavailable, "a request with idempotency key %q is running; try again for its result", breq.IdempotencyKey), msg)
 			return err
 		}
 		return nil
@@ -285,9 +285,11 @@ func asMeshError(err error) *fnmesh.Error {
 }
 
 // reply publishes the outcome of a call to the caller's reply stream and
-// returns the encoded result.
-func (r *replica) reply(replyTo, id string, out any, callErr error) ([]byte, error) {
-	rep := &bus.Reply{ID: id, Replica: r.id}
+// returns the encoded result. When the reply settles the request (it is
+// the last thing its handling does), msg is the request, acked with the
+// reply: on Redis one round trip for both.
+func (r *replica) reply(replyTo, id string, out any, callErr error, msg *message.Message) ([]byte, error) {
+	rep := &bus.Reply{ID: id, Replica: r.id, Acks: msg}
 	if callErr != nil {
 		rep.Err = asMeshError(callErr)
 	} else {
@@ -321,7 +323,7 @@ func marshalResult(out any) ([]byte, error) {
 func (r *replica) reject(msg *message.Message, breq *bus.Request, d bus.Delivery, e *fnmesh.Error) error {
 	r.log.Warn("rejected request", "code", e.Code, "reason", e.Message, "entry", d.EntryID)
 	if breq != nil && breq.ReplyTo != "" {
-		if _, err := r.reply(breq.ReplyTo, breq.ID, nil, e); err != nil {
+		if _, err := r.reply(breq.ReplyTo, breq.ID, nil, e, nil); err != nil {
 			return err
 		}
 	}

@@ -82,6 +82,44 @@ func testGroupSubscriberSettles(t *testing.T, h *Harness) {
 				b, err := h.Bus.Backlog(ctx, service)
 				return err == nil && b.Waiting == 0 && b.Pending == 0
 			})
+
+			// A reply that settles its request (Reply.Acks): the caller
+			// gets the reply, the request is acked, its slot serves the
+			// next request, and a later Ack changes nothing.
+			replies := make(chan *bus.Reply, 2)
+			inbox := bus.ReplyTopic(Name("settle-inbox"))
+			in, err := h.Bus.OpenInbox(ctx, inbox, func(r *bus.Reply) { replies <- r })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer in.Close()
+			for _, id := range []string{"c", "d"} {
+				if err := h.Bus.SendRequest(ctx, service, &bus.Request{ID: id, Function: "f", ReplyTo: inbox}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for range 2 {
+				m, _ = next()
+				id := m.Metadata.Get(bus.FieldID)
+				if err := h.Bus.SendReply(ctx, inbox, &bus.Reply{ID: id, Payload: []byte(`1`), Acks: m}); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case r := <-replies:
+					if r.ID != id {
+						t.Fatalf("reply to %s, want %s", r.ID, id)
+					}
+				case <-ctx.Done():
+					t.Fatalf("no reply to %s", id)
+				}
+				if !ack(m) {
+					t.Fatal("ack after the reply acked it reported false")
+				}
+			}
+			Eventually(t, 10*time.Second, "replies acking their requests", func() bool {
+				b, err := h.Bus.Backlog(ctx, service)
+				return err == nil && b.Waiting == 0 && b.Pending == 0
+			})
 		})
 	}
 }
