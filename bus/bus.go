@@ -34,7 +34,8 @@ type Bus interface {
 	GroupSubscriber(cfg GroupConfig) (message.Subscriber, error)
 
 	// SendRequest stores one request on a service's request topic and,
-	// like Publish, returns once it is stored. It is the hot path of every
+	// like Publish, returns once it is stored (or, with r.Failed set, once
+	// it is on its way: see Request.Failed). It is the hot path of every
 	// call: it writes the fields without building a message.
 	SendRequest(ctx context.Context, service string, r *Request) error
 

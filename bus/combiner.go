@@ -35,8 +35,9 @@ type combiner struct {
 }
 
 type pendingCmd struct {
-	cmd  redis.Cmder
-	done chan struct{}
+	cmd    redis.Cmder
+	done   chan struct{}
+	failed func(error) // set by doAsync: told of a failure instead of done
 }
 
 var pendingPool = sync.Pool{New: func() any { return &pendingCmd{done: make(chan struct{}, 1)} }}
@@ -68,6 +69,24 @@ func (c *combiner) wait(ctx context.Context, p *pendingCmd) error {
 		// p is still referenced by the flusher; leave it to the GC.
 		return ctx.Err()
 	}
+}
+
+// doAsync queues cmd for the next round trip and returns at once; failed
+// is called (by the flusher) if cmd fails. It returns ErrClosed if the
+// combiner is closed.
+func (c *combiner) doAsync(cmd redis.Cmder, failed func(error)) error {
+	p := pendingPool.Get().(*pendingCmd)
+	p.cmd, p.failed = cmd, failed
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		p.cmd, p.failed = nil, nil
+		pendingPool.Put(p)
+		return ErrClosed
+	}
+	c.queue = append(c.queue, p)
+	c.startLocked()
+	return nil
 }
 
 // startLocked wakes the flusher unless a flush is in progress; c.mu is
@@ -184,8 +203,16 @@ func (c *combiner) flushOnce() {
 	// the round trip.
 	c.exec(context.Background(), batch, acks)
 	for i, p := range batch {
-		p.done <- struct{}{}
 		batch[i] = nil
+		if p.failed == nil {
+			p.done <- struct{}{}
+			continue
+		}
+		if err := p.cmd.Err(); err != nil {
+			p.failed(err)
+		}
+		p.cmd, p.failed = nil, nil
+		pendingPool.Put(p)
 	}
 	c.mu.Lock()
 	if c.spare == nil {

@@ -89,6 +89,13 @@ type Request struct {
 	Caller         string    // caller's name, for logs and metrics
 	TraceParent    string    // W3C traceparent, may be empty
 	IdempotencyKey string    // may be empty
+
+	// Failed, if set, lets SendRequest return as soon as the request is
+	// on its way, before it is stored, and reports a failure to store it
+	// here instead (from another goroutine, at most once). A call sets
+	// it: its reply proves the request was stored, so waiting for the
+	// store too would only wake the caller twice.
+	Failed func(error)
 }
 
 // fields lays r out as stream fields and values, in protocol order, for

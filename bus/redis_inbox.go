@@ -147,7 +147,11 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 	if r.isClosed() {
 		return ErrClosed
 	}
-	return r.xadd(ctx, &redis.XAddArgs{Stream: FunctionTopic(service, req.Function), MaxLen: r.cfg.RequestMaxLen, Approx: true, Values: req.fields()})
+	args := &redis.XAddArgs{Stream: FunctionTopic(service, req.Function), MaxLen: r.cfg.RequestMaxLen, Approx: true, Values: req.fields()}
+	if req.Failed != nil && !r.cfg.NoAutoPipeline {
+		return r.comb.doAsync(redis.NewStringCmd(ctx, xaddArgs(args)...), req.Failed)
+	}
+	return r.xadd(ctx, args)
 }
 
 // SendReply implements Bus.

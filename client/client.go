@@ -339,6 +339,14 @@ func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request
 	// The deadline bounds the whole call, the write to Redis included.
 	ctx, cancel := context.WithDeadline(ctx, req.Deadline)
 	defer cancel()
+	// The caller waits once, for the reply or for a failure to store the
+	// request, not first for the write and then for the reply.
+	req.Failed = func(err error) {
+		select {
+		case ch <- &bus.Reply{ID: req.ID, Err: queueError(err)}:
+		default: // the reply came first
+		}
+	}
 	if err := c.publish(ctx, service, req); err != nil {
 		return nil, err
 	}
@@ -367,9 +375,13 @@ func (c *Client) publish(ctx context.Context, service string, req *bus.Request) 
 		if ctx.Err() != nil {
 			return contextError(ctx, service+"."+req.Function)
 		}
-		return &fnmesh.Error{Code: fnmesh.CodeUnavailable, Message: "cannot queue request: " + err.Error()}
+		return queueError(err)
 	}
 	return nil
+}
+
+func queueError(err error) *fnmesh.Error {
+	return &fnmesh.Error{Code: fnmesh.CodeUnavailable, Message: "cannot queue request: " + err.Error()}
 }
 
 // Invoke is Call with the result returned typed.
