@@ -59,7 +59,7 @@ bench:
 ## bench-scale: calls/s and p99 with 1, 2 and 4 replica processes of an
 ##              I/O-bound and of a CPU-bound function (256 in flight)
 bench-scale:
-	$(WITHREDIS) sh -c '$(GO) run ./cmd/fnmesh bench --mode scale --work io && \
+	$(WITHREDIS) sh -c '$(GO) run ./cmd/fnmesh bench --mode scale --work io --rounds 3 && \
 	  $(GO) run ./cmd/fnmesh bench --mode scale --work cpu'
 
 ## fuzz: each fuzz test for FUZZTIME (the seed corpora run in make test)

@@ -21,11 +21,13 @@ func benchCommand() *cli.Command {
 			"Redis loop (raw-call or raw-send) and prints the ratio.\n\n" +
 			"--mode scale starts 1, 2 and 4 replica processes (--counts) of a function that\n" +
 			"waits 20 ms (--work io) or burns CPU (--work cpu), drives them with 256 calls in\n" +
-			"flight (--concurrency) and prints calls/s and latency per replica count.",
+			"flight (--concurrency) and prints calls/s and latency per replica count; with\n" +
+			"--rounds N it measures the counts N times in turn and prints the medians.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "mode", Value: "call", Usage: "call, send, raw-call, raw-send or scale"},
 			&cli.StringFlag{Name: "work", Value: "io", Usage: "scale mode: what the function does, io (waits 20 ms) or cpu (hashes)"},
 			&cli.IntSliceFlag{Name: "counts", Value: cli.NewIntSlice(1, 2, 4), Usage: "scale mode: replica processes to measure"},
+			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "scale mode: measure the counts this many times in turn and print the medians"},
 			&cli.IntFlag{Name: "replicas", Value: 2, Usage: "replicas of the function, each with its own connection"},
 			&cli.IntFlag{Name: "concurrency", Value: 64, Usage: "calls in flight"},
 			&cli.DurationFlag{Name: "duration", Value: 3 * time.Second, Usage: "length of the throughput phase"},
@@ -81,6 +83,7 @@ func runScale(c *cli.Context) error {
 	if c.IsSet("duration") {
 		o.Duration = c.Duration("duration")
 	}
+	o.Rounds = c.Int("rounds")
 	_, err := bench.RunScale(ctx, o)
 	return err
 }

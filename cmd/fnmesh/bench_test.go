@@ -28,8 +28,9 @@ func TestMain(m *testing.M) {
 }
 
 // A short run of the scaling benchmark with real replica processes: one
-// row per replica count, every call answered. (Its figures are not
-// judged here: the machine is shared; README has a measured table.)
+// row per replica count and round, every call answered, and the medians.
+// (Its figures are not judged here: the machine is shared; README has a
+// measured table.)
 func TestBenchScaleMode(t *testing.T) {
 	url, err := redistest.URL()
 	if err != nil {
@@ -39,14 +40,18 @@ func TestBenchScaleMode(t *testing.T) {
 	var out bytes.Buffer
 	app.Writer = &out
 	err = app.Run([]string{"fnmesh", "bench", "--mode", "scale", "--work", "io", "--counts", "1", "--counts", "2",
-		"--concurrency", "32", "--duration", "500ms", "--redis", url})
+		"--concurrency", "32", "--duration", "500ms", "--rounds", "2", "--redis", url})
 	t.Log("\n" + out.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	rows := regexp.MustCompile(`(?m)^\s+(\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+[\d.]+x\s+(\d+)$`).FindAllStringSubmatch(out.String(), -1)
-	if len(rows) != 2 || rows[0][1] != "1" || rows[1][1] != "2" {
-		t.Fatalf("rows %q, want one for 1 and one for 2 replicas", rows)
+	if len(rows) != 4 || rows[0][1] != "1" || rows[1][1] != "2" || rows[2][1] != "1" || rows[3][1] != "2" {
+		t.Fatalf("rows %q, want one for 1 and one for 2 replicas in each of 2 rounds", rows)
+	}
+	medians := regexp.MustCompile(`(?m)^\s+([12])\s+(\d+)\s+([\d.]+)x\s+[\d.]+x-[\d.]+x$`).FindAllStringSubmatch(out.String(), -1)
+	if len(medians) != 2 || medians[0][3] != "1.00" {
+		t.Fatalf("medians %q, want a row for 1 (speedup 1.00x) and one for 2 replicas", medians)
 	}
 	for _, r := range rows {
 		if n, _ := strconv.Atoi(r[2]); n == 0 {

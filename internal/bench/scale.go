@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -34,6 +35,11 @@ type ScaleOptions struct {
 	Concurrency int
 	// Duration of each measurement, after a 1 s warm-up. Default 5s.
 	Duration time.Duration
+	// Rounds repeats the counts in turn, so that each speedup compares
+	// measurements taken close in time (a shared machine's speed drifts
+	// within minutes), and summarises the rounds by their medians.
+	// Default 1.
+	Rounds int
 	// IOWait is the io function's wait per call. Default 20ms.
 	IOWait time.Duration
 	// CPUBlocks is the cpu function's work per call, in KiB hashed.
@@ -78,6 +84,9 @@ func (o *ScaleOptions) setDefaults() error {
 	if o.Duration == 0 {
 		o.Duration = 5 * time.Second
 	}
+	if o.Rounds == 0 {
+		o.Rounds = 1
+	}
 	if o.IOWait == 0 {
 		o.IOWait = 20 * time.Millisecond
 	}
@@ -106,6 +115,9 @@ func (o *ScaleOptions) setDefaults() error {
 			errs = append(errs, fmt.Errorf("bench: %d replicas", n))
 		}
 	}
+	if o.Rounds < 1 {
+		errs = append(errs, fmt.Errorf("bench: %d rounds", o.Rounds))
+	}
 	return errors.Join(errs...)
 }
 
@@ -123,7 +135,10 @@ func burn(blocks int) [32]byte {
 }
 
 // RunScale measures calls/s and latency at a fixed concurrency for each
-// number of replica processes in Counts, printing one table row per count.
+// number of replica processes in Counts, printing one table row per count
+// and round, and with several rounds a summary: per count, the median of
+// its calls/s and of its speedups over the first count of the same round.
+// It returns the points of every round, in order.
 func RunScale(ctx context.Context, o ScaleOptions) ([]ScalePoint, error) {
 	if err := o.setDefaults(); err != nil {
 		return nil, err
@@ -140,17 +155,44 @@ func RunScale(ctx context.Context, o ScaleOptions) ([]ScalePoint, error) {
 		o.Work, work, o.Concurrency, o.Duration, numCPU(), loadAvg())
 	fmt.Fprintf(o.Out, "%8s %10s %9s %9s %8s %7s\n", "replicas", "calls/s", "p50_ms", "p99_ms", "speedup", "failed")
 	var points []ScalePoint
-	for _, n := range o.Counts {
-		p, err := scalePoint(ctx, o, n)
-		if err != nil {
-			return points, err
+	perSecond := make([][]float64, len(o.Counts)) // by count, one per round
+	speedup := make([][]float64, len(o.Counts))
+	for round := 1; round <= o.Rounds; round++ {
+		if o.Rounds > 1 {
+			fmt.Fprintf(o.Out, "round %d of %d\n", round, o.Rounds)
 		}
-		points = append(points, p)
-		fmt.Fprintf(o.Out, "%8d %10.0f %9.1f %9.1f %7.2fx %7d\n", n, p.PerSecond,
-			float64(p.P50.Microseconds())/1000, float64(p.P99.Microseconds())/1000, p.PerSecond/points[0].PerSecond, p.Failed)
+		first := len(points)
+		for i, n := range o.Counts {
+			p, err := scalePoint(ctx, o, n)
+			if err != nil {
+				return points, err
+			}
+			points = append(points, p)
+			s := p.PerSecond / points[first].PerSecond
+			perSecond[i] = append(perSecond[i], p.PerSecond)
+			speedup[i] = append(speedup[i], s)
+			fmt.Fprintf(o.Out, "%8d %10.0f %9.1f %9.1f %7.2fx %7d\n", n, p.PerSecond,
+				float64(p.P50.Microseconds())/1000, float64(p.P99.Microseconds())/1000, s, p.Failed)
+		}
+	}
+	if o.Rounds > 1 {
+		fmt.Fprintf(o.Out, "median of %d rounds\n%8s %10s %8s %17s\n", o.Rounds, "replicas", "calls/s", "speedup", "speedup range")
+		for i, n := range o.Counts {
+			lo, hi := slices.Min(speedup[i]), slices.Max(speedup[i])
+			fmt.Fprintf(o.Out, "%8d %10.0f %7.2fx %8.2fx-%.2fx\n", n, median(perSecond[i]), median(speedup[i]), lo, hi)
+		}
 	}
 	fmt.Fprintf(o.Out, "load average after: %s\n", loadAvg())
 	return points, nil
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func numCPU() int {
