@@ -98,10 +98,15 @@ type Request struct {
 	Failed func(error)
 }
 
-// fields lays r out as stream fields and values, in protocol order, for
-// XADD: no message, no map.
-func (r *Request) fields() []any {
-	vals := make([]any, 0, 20)
+// requestFields and replyFields are the most fields appendFields adds.
+const (
+	requestFields = 10
+	replyFields   = 5
+)
+
+// appendFields appends r's stream fields and values to vals, in protocol
+// order, for XADD: no message, no map.
+func (r *Request) appendFields(vals []any) []any {
 	vals = append(vals, FieldVersion, ProtocolVersion, FieldID, r.ID, FieldFunction, r.Function)
 	if r.ReplyTo != "" {
 		vals = append(vals, FieldReplyTo, r.ReplyTo)
@@ -126,9 +131,8 @@ func appendIf(vals []any, k, v string) []any {
 	return vals
 }
 
-// fields lays a reply out as stream fields and values.
-func (r *Reply) fields() []any {
-	vals := make([]any, 0, 10)
+// appendFields appends a reply's stream fields and values to vals.
+func (r *Reply) appendFields(vals []any) []any {
 	vals = append(vals, FieldID, r.ID)
 	vals = appendIf(vals, FieldReplica, r.Replica)
 	if r.Err != nil {

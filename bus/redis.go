@@ -619,23 +619,19 @@ func (r *Redis) ensureGroup(ctx context.Context, topic string) error {
 	return nil
 }
 
-// xaddArgs spells an XADD out as command arguments, as go-redis's XAdd
-// does, for commands built ahead of a shared pipeline.
-func xaddArgs(a *redis.XAddArgs) []any {
-	args := make([]any, 0, 9+len(a.Values.([]any)))
-	args = append(args, "xadd", a.Stream)
-	if a.NoMkStream {
+// xaddHead spells the start of an XADD out as command arguments (stream,
+// NOMKSTREAM, MAXLEN ~ maxLen if above 0, id *), in one slice with room
+// for fields more arguments, which the caller appends.
+func xaddHead(stream string, noMkStream bool, maxLen int64, fields int) []any {
+	args := make([]any, 0, 7+fields)
+	args = append(args, "xadd", stream)
+	if noMkStream {
 		args = append(args, "nomkstream")
 	}
-	if a.MaxLen > 0 {
-		if a.Approx {
-			args = append(args, "maxlen", "~", a.MaxLen)
-		} else {
-			args = append(args, "maxlen", a.MaxLen)
-		}
+	if maxLen > 0 {
+		args = append(args, "maxlen", "~", maxLen)
 	}
-	args = append(args, "*")
-	return append(args, a.Values.([]any)...)
+	return append(args, "*")
 }
 
 // lostMaster reports replies of a server that is no longer the master we

@@ -147,11 +147,19 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 	if r.isClosed() {
 		return ErrClosed
 	}
-	args := &redis.XAddArgs{Stream: FunctionTopic(service, req.Function), MaxLen: r.cfg.RequestMaxLen, Approx: true, Values: req.fields()}
-	if req.Failed != nil && !r.cfg.NoAutoPipeline {
-		return r.comb.doAsync(redis.NewStringCmd(ctx, xaddArgs(args)...), req.Failed)
+	args := req.appendFields(xaddHead(FunctionTopic(service, req.Function), false, r.cfg.RequestMaxLen, 2*requestFields))
+	switch {
+	case r.cfg.NoAutoPipeline:
+		if !req.Deadline.IsZero() {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+			defer cancel()
+		}
+		return r.rdb.Do(ctx, args...).Err()
+	case req.Failed != nil:
+		return r.comb.doAsync(redis.NewStringCmd(ctx, args...), req.Failed)
 	}
-	return r.xadd(ctx, args)
+	return r.comb.do(ctx, redis.NewStringCmd(ctx, args...))
 }
 
 // SendReply implements Bus.
@@ -161,7 +169,7 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	}
 	// The reply stream belongs to its caller: if it is gone, so is the
 	// caller, and the reply must not recreate the key.
-	args := &redis.XAddArgs{Stream: inbox, NoMkStream: true, MaxLen: r.cfg.ReplyMaxLen, Approx: true, Values: rep.fields()}
+	args := rep.appendFields(xaddHead(inbox, true, r.cfg.ReplyMaxLen, 2*replyFields))
 	var d Delivery
 	if rep.Acks != nil {
 		d = DeliveryFromContext(rep.Acks.Context())
@@ -172,13 +180,13 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	}
 	var err error
 	if r.cfg.NoAutoPipeline {
-		err = r.rdb.XAdd(ctx, args).Err()
+		err = r.rdb.Do(ctx, args...).Err()
 	} else {
 		// If the reply fails and the ack in its round trip did not, the
 		// request stays delivered here and is run again by this replica;
 		// only a replica dying before that leaves its caller to its
 		// deadline.
-		err = r.comb.doInline(ctx, redis.NewStringCmd(ctx, xaddArgs(args)...), ackTopic, ackID)
+		err = r.comb.doInline(ctx, redis.NewStringCmd(ctx, args...), ackTopic, ackID)
 	}
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return err
@@ -192,10 +200,12 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	return nil
 }
 
-// xadd adds one entry, sharing a round trip with concurrent writes.
-func (r *Redis) xadd(ctx context.Context, args *redis.XAddArgs) error {
+// xadd adds one entry (MAXLEN is approximate), sharing a round trip with
+// concurrent writes.
+func (r *Redis) xadd(ctx context.Context, a *redis.XAddArgs) error {
 	if r.cfg.NoAutoPipeline {
-		return r.rdb.XAdd(ctx, args).Err()
+		return r.rdb.XAdd(ctx, a).Err()
 	}
-	return r.comb.do(ctx, redis.NewStringCmd(ctx, xaddArgs(args)...))
+	args := append(xaddHead(a.Stream, a.NoMkStream, a.MaxLen, len(a.Values.([]any))), a.Values.([]any)...)
+	return r.comb.do(ctx, redis.NewStringCmd(ctx, args...))
 }

@@ -336,9 +336,13 @@ func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request
 		c.mu.Unlock()
 	}()
 
-	// The deadline bounds the whole call, the write to Redis included.
-	ctx, cancel := context.WithDeadline(ctx, req.Deadline)
-	defer cancel()
+	// The deadline bounds the whole call, the write to Redis included (the
+	// bus bounds a write it waits for by req.Deadline). A pooled timer,
+	// not a context per call: its timer, channel and context are most of
+	// what a call allocates on the caller's side.
+	deadline := deadlineTimers.Get().(*time.Timer)
+	deadline.Reset(time.Until(req.Deadline))
+	defer func() { deadline.Stop(); deadlineTimers.Put(deadline) }()
 	// The caller waits once, for the reply or for a failure to store the
 	// request, not first for the write and then for the reply.
 	req.Failed = func(err error) {
@@ -356,6 +360,8 @@ func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request
 			return rep, rep.Err
 		}
 		return rep, nil
+	case <-deadline.C:
+		return nil, deadlineError(function)
 	case <-ctx.Done():
 		return nil, contextError(ctx, function)
 	case <-c.done:
@@ -363,9 +369,21 @@ func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request
 	}
 }
 
+// deadlineTimers are stopped timers, for roundTrip. (Since Go 1.23 a
+// stopped timer's channel holds no stale tick, so Reset is safe.)
+var deadlineTimers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
+func deadlineError(function string) error {
+	return fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "no result from %s within its deadline", function)
+}
+
 func contextError(ctx context.Context, function string) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "no result from %s within its deadline", function)
+		return deadlineError(function)
 	}
 	return fnmesh.Errorf(fnmesh.CodeCanceled, "call of %s canceled: %w", function, ctx.Err())
 }
@@ -374,6 +392,9 @@ func (c *Client) publish(ctx context.Context, service string, req *bus.Request) 
 	if err := c.bus.SendRequest(ctx, service, req); err != nil {
 		if ctx.Err() != nil {
 			return contextError(ctx, service+"."+req.Function)
+		}
+		if !req.Deadline.IsZero() && !time.Now().Before(req.Deadline) {
+			return deadlineError(service + "." + req.Function)
 		}
 		return queueError(err)
 	}
