@@ -84,10 +84,12 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 		}
 		cancel()
 	}()
-	// One watcher per slot waits for each delivered message's ack: no
-	// goroutine per message.
-	for i := 0; i < s.cfg.Concurrency; i++ {
-		go sub.watchAcks(ctx)
+	// Unless the consumer settles directly, one watcher per slot waits for
+	// each delivered message's ack: no goroutine per message.
+	if !s.cfg.SettleDirect {
+		for i := 0; i < s.cfg.Concurrency; i++ {
+			go sub.watchAcks(ctx)
+		}
 	}
 	s.wg.Add(3)
 	go sub.run(ctx)

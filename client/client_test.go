@@ -1,6 +1,8 @@
 package client_test
 
 import (
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/fnmesh/fnmesh/bus"
@@ -19,6 +21,25 @@ func TestSplitName(t *testing.T) {
 	for _, bad := range []string{"", "math", "math.", ".add", "Math.add", "a b.c"} {
 		if _, _, err := client.SplitName(bad); err == nil {
 			t.Errorf("SplitName(%q) accepted", bad)
+		}
+	}
+}
+
+// SplitName accepts exactly the service names of the protocol's pattern.
+func TestSplitNameMatchesServicePattern(t *testing.T) {
+	pattern := regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	alphabet := []string{"a", "z", "0", "9", "_", "-", "A", "Z", ".", " ", "é", "/"}
+	names := []string{strings.Repeat("a", 63), strings.Repeat("a", 64), "a" + strings.Repeat("-", 62)}
+	for _, x := range alphabet {
+		for _, y := range alphabet {
+			names = append(names, x, x+y, y+x+y, "m"+x+y)
+		}
+	}
+	for _, svc := range names {
+		_, _, err := client.SplitName(svc + ".f")
+		before, _, _ := strings.Cut(svc, ".") // the name splits at its first dot
+		if want := pattern.MatchString(before); (err == nil) != want {
+			t.Errorf("service %q: SplitName error %v, want accepted=%v", svc, err, want)
 		}
 	}
 }
