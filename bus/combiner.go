@@ -45,17 +45,27 @@ var pendingPool = sync.Pool{New: func() any { return &pendingCmd{done: make(chan
 // do runs cmd, sharing a round trip with concurrent callers, and returns
 // its error. ctx only bounds the wait: once queued, the command is sent.
 func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
-	p := pendingPool.Get().(*pendingCmd)
-	p.cmd = cmd
 	c.mu.Lock()
-	if c.closed {
+	p := c.queueLocked(cmd, nil)
+	if p == nil {
 		c.mu.Unlock()
 		return ErrClosed
 	}
-	c.queue = append(c.queue, p)
 	c.startLocked()
 	c.mu.Unlock()
 	return c.wait(ctx, p)
+}
+
+// queueLocked queues cmd for the next round trip, or returns nil if the
+// combiner is closed; c.mu is held.
+func (c *combiner) queueLocked(cmd redis.Cmder, failed func(error)) *pendingCmd {
+	if c.closed {
+		return nil
+	}
+	p := pendingPool.Get().(*pendingCmd)
+	p.cmd, p.failed = cmd, failed
+	c.queue = append(c.queue, p)
+	return p
 }
 
 func (c *combiner) wait(ctx context.Context, p *pendingCmd) error {
@@ -75,16 +85,11 @@ func (c *combiner) wait(ctx context.Context, p *pendingCmd) error {
 // is called (by the flusher) if cmd fails. It returns ErrClosed if the
 // combiner is closed.
 func (c *combiner) doAsync(cmd redis.Cmder, failed func(error)) error {
-	p := pendingPool.Get().(*pendingCmd)
-	p.cmd, p.failed = cmd, failed
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		p.cmd, p.failed = nil, nil
-		pendingPool.Put(p)
+	if c.queueLocked(cmd, failed) == nil {
 		return ErrClosed
 	}
-	c.queue = append(c.queue, p)
 	c.startLocked()
 	return nil
 }
@@ -108,14 +113,12 @@ func (c *combiner) startLocked() {
 // the way from function to caller. Commands queued meanwhile go on with
 // the flusher.
 func (c *combiner) doInline(ctx context.Context, cmd redis.Cmder, ackTopic, ackID string) error {
-	p := pendingPool.Get().(*pendingCmd)
-	p.cmd = cmd
 	c.mu.Lock()
-	if c.closed {
+	p := c.queueLocked(cmd, nil)
+	if p == nil {
 		c.mu.Unlock()
 		return ErrClosed
 	}
-	c.queue = append(c.queue, p)
 	if ackTopic != "" {
 		c.queueAckLocked(ackTopic, ackID)
 	}
