@@ -30,6 +30,9 @@ type combiner struct {
 	queue    []*pendingCmd
 	spare    []*pendingCmd       // the other buffer, reused
 	acks     map[string][]string // entry ids to XACK, by stream; nobody waits for them
+	// released are told, after the round trip that carries their XACK,
+	// that an entry is acked (ackThen).
+	released []releasedEntry
 	flushing bool
 	closed   bool
 }
@@ -163,6 +166,33 @@ func (c *combiner) ack(topic, id string) {
 	c.startLocked()
 }
 
+// releaser is told that an entry it held is acked in Redis, or that its
+// ack was given up.
+type releaser interface{ release(id string) }
+
+type releasedEntry struct {
+	r  releaser
+	id string
+}
+
+// ackThen is ack, and then r.release(id) once the round trip carrying the
+// XACK is over (or at once if the combiner is closed): a replica frees a
+// request's slot only when the request is no longer pending, so that what
+// it holds unacked, and could run again after a crash, stays within its
+// Concurrency.
+func (c *combiner) ackThen(topic, id string, r releaser) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		r.release(id)
+		return
+	}
+	c.queueAckLocked(topic, id)
+	c.released = append(c.released, releasedEntry{r, id})
+	c.startLocked()
+	c.mu.Unlock()
+}
+
 func (c *combiner) queueAckLocked(topic, id string) {
 	if c.acks == nil {
 		c.acks = map[string][]string{}
@@ -201,10 +231,15 @@ func (c *combiner) flushOnce() {
 			delete(c.acks, topic) // do not keep a burst's buffer
 		}
 	}
+	released := c.released
+	c.released = nil
 	c.mu.Unlock()
 	// No deadline of its own: the client's read and write timeouts bound
 	// the round trip.
 	c.exec(context.Background(), batch, acks)
+	for _, e := range released {
+		e.r.release(e.id)
+	}
 	for i, p := range batch {
 		batch[i] = nil
 		if p.failed == nil {

@@ -337,8 +337,7 @@ func (g *groupSubscription) awaitAck(ctx context.Context, m *message.Message, d 
 func (g *groupSubscription) settled(ctx context.Context, d delivery, ok, async bool) {
 	switch {
 	case ok:
-		g.s.r.comb.ack(g.topic, d.x.id)
-		g.release(d.x.id)
+		g.s.r.comb.ackThen(g.topic, d.x.id, g)
 	case async:
 		go g.redeliver(ctx, d)
 	default:

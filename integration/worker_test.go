@@ -74,7 +74,11 @@ func runWorkerIfAsked() {
 	cfg := handlers.Config{
 		AllowUnauthenticated: true, ReplicaID: replica, Concurrency: conc, DrainTimeout: dur("W_DRAIN"), Logger: log,
 		MaxDeliveries: maxDeliveries,
-		Retry:         handlers.RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond},
+		// Sends retry long enough (about 17 s) to outlast the Redis
+		// outage of TestRedisRestartUnderLoad: record writes to that
+		// Redis, and a send whose own function failed for good is
+		// dead-lettered, which that test would count as not run.
+		Retry: handlers.RetryPolicy{MaxAttempts: 40, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 500 * time.Millisecond},
 	}
 	if os.Getenv("W_REGISTRY") == "true" {
 		cfg.Plugins = []handlers.Plugin{registry.NewAnnouncer(registry.Config{Heartbeat: 100 * time.Millisecond, TTL: time.Second})}
