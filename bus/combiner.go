@@ -284,9 +284,9 @@ func (c *combiner) flushAll() {
 }
 
 // exec sends a batch, and then acks, in one round trip. On a single-node
-// client it uses a connection of its own: the pool's health check, a syscall on every
-// checkout, is paid once instead of once per batch. Only one flusher runs
-// at a time, so one connection is enough.
+// client it uses a connection of its own: the pool's health check, a
+// syscall on every checkout, is paid once instead of once per batch. Only
+// one flusher runs at a time, so one connection is enough.
 func (c *combiner) exec(ctx context.Context, batch []*pendingCmd, acks []redis.Cmder) {
 	var p redis.Pipeliner
 	if rc, ok := c.rdb.(*redis.Client); ok {
