@@ -77,6 +77,12 @@ func testGroupSubscriberSettles(t *testing.T, h *Harness) {
 			if d.EntryID == first || d.Count != 1 {
 				t.Fatalf("got entry %s delivery %d, want the other entry's first delivery", d.EntryID, d.Count)
 			}
+			// The one slot came free only once the acked entry stopped
+			// being pending: what a replica holds unacked stays within its
+			// Concurrency (the bound on runs repeated after a crash).
+			if b, err := h.Bus.Backlog(ctx, service); err != nil || b.Pending != 1 {
+				t.Fatalf("backlog %+v (%v) when the next entry was delivered, want 1 pending: the acked one still pending", b, err)
+			}
 			ack(m)
 			Eventually(t, 10*time.Second, "an empty backlog", func() bool {
 				b, err := h.Bus.Backlog(ctx, service)
