@@ -334,15 +334,17 @@ func (s *memGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 			it.count++
 			q.taken.Add(1)
 			m := it.msg.Copy()
+			// settle frees the slot; a nacked item goes back first in line.
+			settle := func(ok, _ bool) {
+				if !ok {
+					q.pushFront(it)
+				}
+				q.taken.Add(-1)
+				<-slots
+			}
 			d := Delivery{EntryID: it.id, Count: it.count}
 			if s.cfg.SettleDirect {
-				d.settle = func(ok, _ bool) {
-					if !ok {
-						q.pushFront(it)
-					}
-					q.taken.Add(-1)
-					<-slots
-				}
+				d.settle = settle
 			}
 			m.SetContext(withDelivery(ctx, d))
 			select {
@@ -359,16 +361,16 @@ func (s *memGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 			if s.cfg.SettleDirect {
 				continue
 			}
-			go func(it *memItem, m *message.Message) {
+			go func() {
 				select {
 				case <-m.Acked():
+					settle(true, false)
 				case <-m.Nacked():
-					q.pushFront(it)
+					settle(false, false)
 				case <-s.bus.done:
+					settle(true, false) // the bus is gone: only the slot matters
 				}
-				q.taken.Add(-1)
-				<-slots
-			}(it, m)
+			}()
 		}
 	}()
 	return out, nil

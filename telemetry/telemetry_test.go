@@ -1,7 +1,6 @@
 package telemetry_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,23 +34,6 @@ type EchoIn struct {
 	Text string `json:"text"`
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A call from a client to front.hello, which calls back.echo, is one
 // trace: client span -> front server span -> client span -> back server
 // span, each the parent of the next. Logs inside back.echo carry its
@@ -62,7 +44,7 @@ func TestTraceCrossesServices(t *testing.T) {
 	defer tp.Shutdown(context.Background())
 	tr := telemetry.NewTracing(tp)
 	h := bustest.NewHarness(t, bus.NewMemory())
-	var logs syncBuffer
+	var logs bustest.SyncBuffer
 	log := slog.New(telemetry.LogHandler(slog.NewJSONHandler(&logs, nil)))
 
 	backCfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet}

@@ -12,7 +12,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/fnmesh/fnmesh"
-	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/internal/examples"
 	"github.com/fnmesh/fnmesh/internal/redisflags"
@@ -73,13 +72,9 @@ func withClient(c *cli.Context, run func(ctx context.Context, cl *client.Client,
 	if !json.Valid([]byte(raw)) {
 		return cli.Exit(fmt.Sprintf("invalid_argument: arguments are not valid JSON: %s", raw), 2)
 	}
-	rc, err := redisflags.Config(c, redisflags.Default)
+	b, err := openBus(c)
 	if err != nil {
-		return cli.Exit(err.Error(), 2)
-	}
-	b, err := bus.NewRedis(rc)
-	if err != nil {
-		return cli.Exit(err.Error(), 2)
+		return err
 	}
 	defer b.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)

@@ -184,13 +184,9 @@ func deadLetterViews(dls []bus.DeadLetter) []deadLetterView {
 
 func withBus(run func(ctx context.Context, c *cli.Context, b *bus.Redis) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
-		rc, err := redisflags.Config(c, redisflags.Default)
+		b, err := openBus(c)
 		if err != nil {
-			return cli.Exit(err.Error(), 2)
-		}
-		b, err := bus.NewRedis(rc)
-		if err != nil {
-			return cli.Exit(err.Error(), 2)
+			return err
 		}
 		defer b.Close()
 		ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)

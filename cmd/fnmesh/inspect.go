@@ -19,13 +19,9 @@ import (
 
 // withStore opens the registry on the Redis the flags name.
 func withStore(c *cli.Context, run func(ctx context.Context, store registry.Store) error) error {
-	rc, err := redisflags.Config(c, redisflags.Default)
+	b, err := openBus(c)
 	if err != nil {
-		return cli.Exit(err.Error(), 2)
-	}
-	b, err := bus.NewRedis(rc)
-	if err != nil {
-		return cli.Exit(err.Error(), 2)
+		return err
 	}
 	defer b.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -123,4 +119,18 @@ func topCommand() *cli.Command {
 			})
 		},
 	}
+}
+
+// openBus opens the Redis bus the command's flags name; a bad flag or URL
+// is a usage error (exit 2).
+func openBus(c *cli.Context) (*bus.Redis, error) {
+	rc, err := redisflags.Config(c, redisflags.Default)
+	if err != nil {
+		return nil, cli.Exit(err.Error(), 2)
+	}
+	b, err := bus.NewRedis(rc)
+	if err != nil {
+		return nil, cli.Exit(err.Error(), 2)
+	}
+	return b, nil
 }

@@ -3,12 +3,10 @@
 package registrytest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -305,23 +303,6 @@ func RecordCount(ctx context.Context, s registry.Store, service string) (int, er
 	return len(v.Replicas), nil
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func testBreaking(t *testing.T, h *bustest.Harness) {
 	name := bustest.Name("math")
 	v1 := service(name, fast())
@@ -332,7 +313,7 @@ func testBreaking(t *testing.T, h *bustest.Harness) {
 		A int `json:"a" validate:"gte=0"`
 		C int `json:"c" validate:"required"`
 	}
-	var logs syncBuffer
+	var logs bustest.SyncBuffer
 	v2 := handlers.NewService(name, handlers.Config{
 		AllowUnauthenticated: true, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 		Plugins: []handlers.Plugin{registry.NewAnnouncer(fast())},
