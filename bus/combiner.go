@@ -23,7 +23,9 @@ import (
 // (doInline) goes out with it.
 type combiner struct {
 	rdb      redis.UniversalClient
-	conn     *redis.Conn   // owned connection (single-node clients); only the flusher uses it
+	dialer   *wireDialer   // nil: through go-redis (a cluster)
+	wire     *wireConn     // the connection of a single-node client; only the flusher uses it
+	ackCmds  []respCmd     // the flusher's XACKs, reused
 	wake     chan struct{} // starts the flusher's turn; sent and closed under mu
 	finished chan struct{} // closed when the flusher has ended
 	mu       sync.Mutex
@@ -37,20 +39,37 @@ type combiner struct {
 	closed   bool
 }
 
+// pendingCmd is a command on its way: made by command, given to do,
+// doAsync or doInline, which own it from then on.
 type pendingCmd struct {
-	cmd    redis.Cmder
+	cmd    respCmd
+	err    error // the command's outcome, set by the round trip
 	done   chan struct{}
 	failed func(error) // set by doAsync: told of a failure instead of done
 }
 
 var pendingPool = sync.Pool{New: func() any { return &pendingCmd{done: make(chan struct{}, 1)} }}
 
-// do runs cmd, sharing a round trip with concurrent callers, and returns
+// command returns an empty command to fill (p.cmd) and run.
+func (c *combiner) command() *pendingCmd {
+	p := pendingPool.Get().(*pendingCmd)
+	p.cmd.reset()
+	return p
+}
+
+func (p *pendingCmd) release() {
+	p.err, p.failed = nil, nil
+	if cap(p.cmd.b) > 64<<10 {
+		p.cmd.b = nil // do not keep a large payload's buffer
+	}
+	pendingPool.Put(p)
+}
+
+// do runs p, sharing a round trip with concurrent callers, and returns
 // its error. ctx only bounds the wait: once queued, the command is sent.
-func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
+func (c *combiner) do(ctx context.Context, p *pendingCmd) error {
 	c.mu.Lock()
-	p := c.queueLocked(cmd, nil)
-	if p == nil {
+	if !c.queueLocked(p, nil) {
 		c.mu.Unlock()
 		return ErrClosed
 	}
@@ -59,24 +78,23 @@ func (c *combiner) do(ctx context.Context, cmd redis.Cmder) error {
 	return c.wait(ctx, p)
 }
 
-// queueLocked queues cmd for the next round trip, or returns nil if the
-// combiner is closed; c.mu is held.
-func (c *combiner) queueLocked(cmd redis.Cmder, failed func(error)) *pendingCmd {
+// queueLocked queues p for the next round trip, or returns false (and
+// releases p) if the combiner is closed; c.mu is held.
+func (c *combiner) queueLocked(p *pendingCmd, failed func(error)) bool {
 	if c.closed {
-		return nil
+		p.release()
+		return false
 	}
-	p := pendingPool.Get().(*pendingCmd)
-	p.cmd, p.failed = cmd, failed
+	p.failed = failed
 	c.queue = append(c.queue, p)
-	return p
+	return true
 }
 
 func (c *combiner) wait(ctx context.Context, p *pendingCmd) error {
 	select {
 	case <-p.done:
-		err := p.cmd.Err()
-		p.cmd = nil
-		pendingPool.Put(p)
+		err := p.err
+		p.release()
 		return err
 	case <-ctx.Done():
 		// p is still referenced by the flusher; leave it to the GC.
@@ -84,13 +102,13 @@ func (c *combiner) wait(ctx context.Context, p *pendingCmd) error {
 	}
 }
 
-// doAsync queues cmd for the next round trip and returns at once; failed
-// is called (by the flusher) if cmd fails. It returns ErrClosed if the
+// doAsync queues p for the next round trip and returns at once; failed
+// is called (by the flusher) if p fails. It returns ErrClosed if the
 // combiner is closed.
-func (c *combiner) doAsync(cmd redis.Cmder, failed func(error)) error {
+func (c *combiner) doAsync(p *pendingCmd, failed func(error)) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.queueLocked(cmd, failed) == nil {
+	if !c.queueLocked(p, failed) {
 		return ErrClosed
 	}
 	c.startLocked()
@@ -115,10 +133,9 @@ func (c *combiner) startLocked() {
 // waking the flusher and being woken back: two goroutine hand-offs less on
 // the way from function to caller. Commands queued meanwhile go on with
 // the flusher.
-func (c *combiner) doInline(ctx context.Context, cmd redis.Cmder, ackTopic, ackID string) error {
+func (c *combiner) doInline(ctx context.Context, p *pendingCmd, ackTopic, ackID string) error {
 	c.mu.Lock()
-	p := c.queueLocked(cmd, nil)
-	if p == nil {
+	if !c.queueLocked(p, nil) {
 		c.mu.Unlock()
 		return ErrClosed
 	}
@@ -132,9 +149,8 @@ func (c *combiner) doInline(ctx context.Context, cmd redis.Cmder, ackTopic, ackI
 	c.flushing = true
 	c.flushOnce() // releases c.mu; p.done is signalled
 	<-p.done
-	err := cmd.Err()
-	p.cmd = nil
-	pendingPool.Put(p)
+	err := p.err
+	p.release()
 	c.mu.Lock()
 	switch {
 	case !c.pendingLocked():
@@ -218,14 +234,24 @@ func (c *combiner) pendingLocked() bool {
 func (c *combiner) flushOnce() {
 	batch := c.queue
 	c.queue, c.spare = c.spare[:0], nil
-	var acks []redis.Cmder
+	acks := c.ackCmds[:0]
 	for topic, ids := range c.acks {
-		args := make([]any, 0, 3+len(ids))
-		args = append(args, "xack", topic, Group)
-		for _, id := range ids {
-			args = append(args, id)
+		if len(ids) == 0 {
+			continue
 		}
-		acks = append(acks, redis.NewIntCmd(context.Background(), args...))
+		if len(acks) == cap(acks) {
+			acks = append(acks, respCmd{})
+		} else {
+			acks = acks[:len(acks)+1]
+		}
+		a := &acks[len(acks)-1]
+		a.reset()
+		a.arg("xack")
+		a.arg(topic)
+		a.arg(Group)
+		for _, id := range ids {
+			a.arg(id)
+		}
 		c.acks[topic] = ids[:0]
 		if cap(ids) > 4096 {
 			delete(c.acks, topic) // do not keep a burst's buffer
@@ -237,6 +263,7 @@ func (c *combiner) flushOnce() {
 	// No deadline of its own: the client's read and write timeouts bound
 	// the round trip.
 	c.exec(context.Background(), batch, acks)
+	c.ackCmds = acks[:0]
 	for _, e := range released {
 		e.r.release(e.id)
 	}
@@ -246,11 +273,10 @@ func (c *combiner) flushOnce() {
 			p.done <- struct{}{}
 			continue
 		}
-		if err := p.cmd.Err(); err != nil {
-			p.failed(err)
+		if p.err != nil {
+			p.failed(p.err)
 		}
-		p.cmd, p.failed = nil, nil
-		pendingPool.Put(p)
+		p.release()
 	}
 	c.mu.Lock()
 	if c.spare == nil {
@@ -262,8 +288,8 @@ func (c *combiner) flushOnce() {
 // newCombiner starts the combiner's flusher: one goroutine for its life,
 // not one per flush, which would grow its stack again through go-redis's
 // pipeline code on every flush.
-func newCombiner(rdb redis.UniversalClient) *combiner {
-	c := &combiner{rdb: rdb, wake: make(chan struct{}, 1), finished: make(chan struct{})}
+func newCombiner(rdb redis.UniversalClient, dialer *wireDialer) *combiner {
+	c := &combiner{rdb: rdb, dialer: dialer, wake: make(chan struct{}, 1), finished: make(chan struct{})}
 	go func() {
 		defer close(c.finished)
 		for range c.wake {
@@ -283,44 +309,76 @@ func (c *combiner) flushAll() {
 	c.mu.Unlock()
 }
 
-// exec sends a batch, and then acks, in one round trip. On a single-node
-// client it uses a connection of its own: the pool's health check, a
-// syscall on every checkout, is paid once instead of once per batch. Only
-// one flusher runs at a time, so one connection is enough.
-func (c *combiner) exec(ctx context.Context, batch []*pendingCmd, acks []redis.Cmder) {
-	var p redis.Pipeliner
-	if rc, ok := c.rdb.(*redis.Client); ok {
-		if c.conn == nil {
-			c.conn = rc.Conn()
-		}
-		p = c.conn.Pipeline()
-	} else {
-		// A cluster pipeline runs its commands node by node, in no order
-		// across nodes: the acks go after the replies they follow.
-		p = c.rdb.Pipeline()
-		for _, pc := range batch {
-			p.Process(ctx, pc.cmd)
-		}
-		if len(batch) > 0 {
-			p.Exec(ctx)
-		}
-		for _, cmd := range acks {
-			p.Process(ctx, cmd)
-		}
-		p.Exec(ctx)
+// exec sends a batch, and then acks, in one round trip: on a connection
+// of its own (wire.go) for a single server, through go-redis for a
+// cluster. Only one flusher runs at a time, so one connection is enough.
+func (c *combiner) exec(ctx context.Context, batch []*pendingCmd, acks []respCmd) {
+	if c.dialer == nil {
+		c.execRedis(ctx, batch, acks)
 		return
 	}
-	for _, pc := range batch {
-		p.Process(ctx, pc.cmd)
+	for retried := false; ; retried = true {
+		if c.wire == nil {
+			w, err := c.dialer.dial(ctx)
+			if err != nil {
+				for _, p := range batch {
+					p.err = err
+				}
+				return
+			}
+			c.wire = w
+		}
+		err := c.wire.roundTrip(batch, acks)
+		if err == nil {
+			for _, p := range batch {
+				if p.err != nil && lostMaster(p.err) {
+					// Sentinel moved the master: the next round trip
+					// dials the new one.
+					c.dropWire()
+					break
+				}
+			}
+			return
+		}
+		stale := c.wire.reused
+		c.dropWire()
+		if !stale || retried {
+			return
+		}
+		// A connection that sat idle may have died under us (Redis
+		// restarted): once more on a new one, as go-redis would retry.
+		// A command that did reach Redis is then sent twice, which
+		// at-least-once delivery already allows: a reply's caller takes
+		// the first, a request runs twice.
 	}
-	for _, cmd := range acks {
-		p.Process(ctx, cmd)
+}
+
+func (c *combiner) dropWire() {
+	c.wire.close()
+	c.wire = nil
+}
+
+// execRedis is exec through go-redis. A cluster pipeline runs its
+// commands node by node, in no order across nodes: the acks go after the
+// replies they follow, in a round trip of their own.
+func (c *combiner) execRedis(ctx context.Context, batch []*pendingCmd, acks []respCmd) {
+	p := c.rdb.Pipeline()
+	if len(batch) > 0 {
+		cmds := make([]*redis.Cmd, len(batch))
+		for i, pc := range batch {
+			cmds[i] = redis.NewCmd(ctx, pc.cmd.args()...)
+			p.Process(ctx, cmds[i])
+		}
+		p.Exec(ctx)
+		for i, pc := range batch {
+			pc.err = cmds[i].Err()
+		}
 	}
-	_, err := p.Exec(ctx)
-	if err != nil && c.conn != nil && (!isRedisError(err) || lostMaster(err)) {
-		// A network error leaves the connection unusable: take another.
-		c.conn.Close()
-		c.conn = nil
+	if len(acks) > 0 {
+		for i := range acks {
+			p.Process(ctx, redis.NewCmd(ctx, acks[i].args()...))
+		}
+		p.Exec(ctx)
 	}
 }
 
@@ -328,9 +386,8 @@ func (c *combiner) exec(ctx context.Context, batch []*pendingCmd, acks []redis.C
 // touched only by the flusher, or here when no flush runs.
 func (c *combiner) idleLocked() {
 	c.flushing = false
-	if c.closed && c.conn != nil {
-		c.conn.Close()
-		c.conn = nil
+	if c.closed && c.wire != nil {
+		c.dropWire()
 	}
 }
 

@@ -98,52 +98,56 @@ type Request struct {
 	Failed func(error)
 }
 
-// requestFields and replyFields are the most fields appendFields adds.
-const (
-	requestFields = 10
-	replyFields   = 5
-)
-
-// appendFields appends r's stream fields and values to vals, in protocol
-// order, for XADD: no message, no map.
-func (r *Request) appendFields(vals []any) []any {
-	vals = append(vals, FieldVersion, ProtocolVersion, FieldID, r.ID, FieldFunction, r.Function)
-	if r.ReplyTo != "" {
-		vals = append(vals, FieldReplyTo, r.ReplyTo)
-	}
+// appendFields appends r's stream fields and values to an XADD, in
+// protocol order: no message, no map.
+func (r *Request) appendFields(c *respCmd) {
+	c.arg(FieldVersion)
+	c.arg(ProtocolVersion)
+	c.arg(FieldID)
+	c.arg(r.ID)
+	c.arg(FieldFunction)
+	c.arg(r.Function)
+	appendIf(c, FieldReplyTo, r.ReplyTo)
 	if !r.Deadline.IsZero() {
-		vals = append(vals, FieldDeadline, strconv.FormatInt(r.Deadline.UnixMilli(), 10))
+		c.arg(FieldDeadline)
+		c.argInt(r.Deadline.UnixMilli())
 	}
-	vals = appendIf(vals, FieldCaller, r.Caller)
-	vals = appendIf(vals, FieldIdempotency, r.IdempotencyKey)
-	vals = appendIf(vals, FieldTraceParent, r.TraceParent)
-	vals = appendIf(vals, FieldToken, r.Token)
+	appendIf(c, FieldCaller, r.Caller)
+	appendIf(c, FieldIdempotency, r.IdempotencyKey)
+	appendIf(c, FieldTraceParent, r.TraceParent)
+	appendIf(c, FieldToken, r.Token)
 	if len(r.Payload) > 0 {
-		vals = append(vals, FieldPayload, r.Payload)
+		c.arg(FieldPayload)
+		c.argBytes(r.Payload)
 	}
-	return vals
 }
 
-func appendIf(vals []any, k, v string) []any {
+func appendIf(c *respCmd, k, v string) {
 	if v != "" {
-		return append(vals, k, v)
+		c.arg(k)
+		c.arg(v)
 	}
-	return vals
 }
 
-// appendFields appends a reply's stream fields and values to vals.
-func (r *Reply) appendFields(vals []any) []any {
-	vals = append(vals, FieldID, r.ID)
-	vals = appendIf(vals, FieldReplica, r.Replica)
+// appendFields appends a reply's stream fields and values to an XADD.
+func (r *Reply) appendFields(c *respCmd) {
+	c.arg(FieldID)
+	c.arg(r.ID)
+	appendIf(c, FieldReplica, r.Replica)
 	if r.Err != nil {
-		vals = append(vals, FieldCode, string(r.Err.Code), FieldMessage, r.Err.Message)
+		c.arg(FieldCode)
+		c.arg(string(r.Err.Code))
+		c.arg(FieldMessage)
+		c.arg(r.Err.Message)
 		if len(r.Err.Fields) > 0 {
 			b, _ := json.Marshal(wireDetails{Fields: r.Err.Fields})
-			vals = append(vals, FieldDetails, string(b))
+			c.arg(FieldDetails)
+			c.argBytes(b)
 		}
-		return vals
+		return
 	}
-	return append(vals, FieldPayload, r.Payload)
+	c.arg(FieldPayload)
+	c.argBytes(r.Payload)
 }
 
 // decodeReply reads a reply from a stream entry.

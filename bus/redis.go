@@ -209,7 +209,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		r.ownsRDB = true
 		r.failover = u.Failover
 	}
-	r.comb = newCombiner(r.rdb)
+	r.comb = newCombiner(r.rdb, r.newWireDialer())
 	return r, nil
 }
 
@@ -619,19 +619,20 @@ func (r *Redis) ensureGroup(ctx context.Context, topic string) error {
 	return nil
 }
 
-// xaddHead spells the start of an XADD out as command arguments (stream,
-// NOMKSTREAM, MAXLEN ~ maxLen if above 0, id *), in one slice with room
-// for fields more arguments, which the caller appends.
-func xaddHead(stream string, noMkStream bool, maxLen int64, fields int) []any {
-	args := make([]any, 0, 7+fields)
-	args = append(args, "xadd", stream)
+// xadd starts c as an XADD to stream (NOMKSTREAM if noMkStream, MAXLEN
+// ~ maxLen if above 0, id *); the caller appends the fields.
+func (c *respCmd) xadd(stream string, noMkStream bool, maxLen int64) {
+	c.arg("xadd")
+	c.arg(stream)
 	if noMkStream {
-		args = append(args, "nomkstream")
+		c.arg("nomkstream")
 	}
 	if maxLen > 0 {
-		args = append(args, "maxlen", "~", maxLen)
+		c.arg("maxlen")
+		c.arg("~")
+		c.argInt(maxLen)
 	}
-	return append(args, "*")
+	c.arg("*")
 }
 
 // lostMaster reports replies of a server that is no longer the master we

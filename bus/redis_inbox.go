@@ -147,7 +147,9 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 	if r.isClosed() {
 		return ErrClosed
 	}
-	args := req.appendFields(xaddHead(FunctionTopic(service, req.Function), false, r.cfg.RequestMaxLen, 2*requestFields))
+	p := r.comb.command()
+	p.cmd.xadd(FunctionTopic(service, req.Function), false, r.cfg.RequestMaxLen)
+	req.appendFields(&p.cmd)
 	switch {
 	case r.cfg.NoAutoPipeline:
 		if !req.Deadline.IsZero() {
@@ -155,11 +157,18 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
 			defer cancel()
 		}
-		return r.rdb.Do(ctx, args...).Err()
+		return r.doDirect(ctx, p)
 	case req.Failed != nil:
-		return r.comb.doAsync(redis.NewStringCmd(ctx, args...), req.Failed)
+		return r.comb.doAsync(p, req.Failed)
 	}
-	return r.comb.do(ctx, redis.NewStringCmd(ctx, args...))
+	return r.comb.do(ctx, p)
+}
+
+// doDirect runs p on its own round trip (NoAutoPipeline).
+func (r *Redis) doDirect(ctx context.Context, p *pendingCmd) error {
+	err := r.rdb.Do(ctx, p.cmd.args()...).Err()
+	p.release()
+	return err
 }
 
 // SendReply implements Bus.
@@ -169,7 +178,9 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	}
 	// The reply stream belongs to its caller: if it is gone, so is the
 	// caller, and the reply must not recreate the key.
-	args := rep.appendFields(xaddHead(inbox, true, r.cfg.ReplyMaxLen, 2*replyFields))
+	p := r.comb.command()
+	p.cmd.xadd(inbox, true, r.cfg.ReplyMaxLen)
+	rep.appendFields(&p.cmd)
 	var d Delivery
 	if rep.Acks != nil {
 		d = DeliveryFromContext(rep.Acks.Context())
@@ -180,13 +191,13 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	}
 	var err error
 	if r.cfg.NoAutoPipeline {
-		err = r.rdb.Do(ctx, args...).Err()
+		err = r.doDirect(ctx, p)
 	} else {
 		// If the reply fails and the ack in its round trip did not, the
 		// request stays delivered here and is run again by this replica;
 		// only a replica dying before that leaves its caller to its
 		// deadline.
-		err = r.comb.doInline(ctx, redis.NewStringCmd(ctx, args...), ackTopic, ackID)
+		err = r.comb.doInline(ctx, p, ackTopic, ackID)
 	}
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return err
@@ -206,6 +217,10 @@ func (r *Redis) xadd(ctx context.Context, a *redis.XAddArgs) error {
 	if r.cfg.NoAutoPipeline {
 		return r.rdb.XAdd(ctx, a).Err()
 	}
-	args := append(xaddHead(a.Stream, a.NoMkStream, a.MaxLen, len(a.Values.([]any))), a.Values.([]any)...)
-	return r.comb.do(ctx, redis.NewStringCmd(ctx, args...))
+	p := r.comb.command()
+	p.cmd.xadd(a.Stream, a.NoMkStream, a.MaxLen)
+	for _, v := range a.Values.([]any) {
+		p.cmd.argAny(v)
+	}
+	return r.comb.do(ctx, p)
 }

@@ -1,8 +1,11 @@
 package bus
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
+	"strconv"
 	"unsafe"
 
 	"github.com/redis/go-redis/v9"
@@ -215,4 +218,141 @@ func bytesOf(s string) []byte {
 		return nil
 	}
 	return unsafe.Slice(unsafe.StringData(s), len(s))
+}
+
+// respCmd is a command encoded as RESP (an array of bulk strings) by the
+// goroutine that makes it: no boxed arguments, no command object. The
+// combiner writes it as it is to a connection of its own (wire.go), or,
+// on a cluster, hands its arguments to go-redis (args).
+type respCmd struct {
+	b []byte // headRoom bytes for the array header, then the arguments
+	h int    // where the header starts, once done
+	n int    // arguments so far
+}
+
+// headRoom fits any array header: "*", up to 9 digits, CRLF.
+const headRoom = 12
+
+func (c *respCmd) reset() {
+	c.b = append(c.b[:0], "            "...)
+	c.h, c.n = 0, 0
+}
+
+// arg appends one argument.
+func (c *respCmd) arg(s string) {
+	c.b = append(c.b, '$')
+	c.b = strconv.AppendInt(c.b, int64(len(s)), 10)
+	c.b = append(c.b, '\r', '\n')
+	c.b = append(c.b, s...)
+	c.b = append(c.b, '\r', '\n')
+	c.n++
+}
+
+func (c *respCmd) argBytes(p []byte) { c.arg(unsafe.String(unsafe.SliceData(p), len(p))) }
+
+// argInt appends an integer argument without making a string of it.
+func (c *respCmd) argInt(i int64) {
+	var d [20]byte
+	c.argBytes(strconv.AppendInt(d[:0], i, 10))
+}
+
+// argAny appends a string, []byte or integer argument.
+func (c *respCmd) argAny(v any) {
+	switch v := v.(type) {
+	case string:
+		c.arg(v)
+	case []byte:
+		c.argBytes(v)
+	case int64:
+		c.argInt(v)
+	case int:
+		c.argInt(int64(v))
+	default:
+		c.arg(fmt.Sprint(v))
+	}
+}
+
+// bytes returns the encoded command, writing its array header into the
+// room left for it.
+func (c *respCmd) bytes() []byte {
+	var h [headRoom]byte
+	head := strconv.AppendInt(append(h[:0], '*'), int64(c.n), 10)
+	head = append(head, '\r', '\n')
+	c.h = headRoom - len(head)
+	copy(c.b[c.h:], head)
+	return c.b[c.h:]
+}
+
+// args returns the command's arguments, for go-redis (a cluster, which
+// routes each command by its key, or NoAutoPipeline). The strings share
+// c's buffer: use them before c is reset.
+func (c *respCmd) args() []any {
+	out := make([]any, 0, c.n)
+	r := respReader{b: c.b[headRoom:]}
+	for i := 0; i < c.n; i++ {
+		s, _, err := r.bulk()
+		if err != nil {
+			panic("bus: respCmd does not parse: " + err.Error())
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// readReplyErr reads one reply from br and returns what the combiner
+// needs of it: replyErr is the server's error reply (serverError), or
+// redis.Nil for a null; err is a failure to read (the connection is
+// unusable). Arrays and maps are read to their end and dropped.
+func readReplyErr(br *bufio.Reader) (replyErr, err error) {
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return nil, err
+	}
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return nil, fmt.Errorf("%w: bad reply line %q", errRESP, line)
+	}
+	body := line[1 : len(line)-2]
+	switch line[0] {
+	case '+', ':', ',', '#', '(':
+		return nil, nil
+	case '-':
+		return serverError(string(body)), nil
+	case '_':
+		return redis.Nil, nil
+	case '$', '!', '=':
+		n, ok := atoi(body)
+		if !ok {
+			return nil, fmt.Errorf("%w: bad bulk length %q", errRESP, body)
+		}
+		if n < 0 {
+			return redis.Nil, nil
+		}
+		if line[0] != '!' {
+			_, err := br.Discard(n + 2)
+			return nil, err
+		}
+		msg := make([]byte, n+2)
+		if _, err := io.ReadFull(br, msg); err != nil {
+			return nil, err
+		}
+		return serverError(msg[:n]), nil
+	case '*', '~', '>', '%', '|':
+		n, ok := atoi(body)
+		if !ok {
+			return nil, fmt.Errorf("%w: bad array length %q", errRESP, body)
+		}
+		if n < 0 {
+			return redis.Nil, nil
+		}
+		if line[0] == '%' || line[0] == '|' {
+			n *= 2
+		}
+		for i := 0; i < n; i++ {
+			if _, err := readReplyErr(br); err != nil {
+				return nil, err
+			}
+		}
+		return nil, nil
+	}
+	return nil, fmt.Errorf("%w: unknown reply type %q", errRESP, line[0])
 }

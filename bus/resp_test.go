@@ -1,7 +1,10 @@
 package bus
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 
@@ -43,5 +46,102 @@ func FuzzParseStreamReply(f *testing.F) {
 	f.Add([]byte("$5\r\nab"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		parseStreamReply(b) // must not panic, whatever the bytes
+	})
+}
+
+func TestRespCmd(t *testing.T) {
+	var c respCmd
+	c.reset()
+	c.arg("xadd")
+	c.arg("k")
+	c.argInt(-12)
+	c.argBytes([]byte("a\r\nb"))
+	c.arg("")
+	want := "*5\r\n$4\r\nxadd\r\n$1\r\nk\r\n$3\r\n-12\r\n$4\r\na\r\nb\r\n$0\r\n\r\n"
+	if got := string(c.bytes()); got != want {
+		t.Fatalf("encoded %q, want %q", got, want)
+	}
+	args := c.args()
+	if len(args) != 5 || args[0] != "xadd" || args[2] != "-12" || args[3] != "a\r\nb" || args[4] != "" {
+		t.Fatalf("args %q", args)
+	}
+	// A header of more digits, and a reset that reuses the buffer.
+	c.reset()
+	for i := 0; i < 1234; i++ {
+		c.argAny(i)
+	}
+	b := c.bytes()
+	if !strings.HasPrefix(string(b), "*1234\r\n$1\r\n0\r\n") {
+		t.Fatalf("encoded %q...", b[:20])
+	}
+	if args := c.args(); len(args) != 1234 || args[1233] != "1233" {
+		t.Fatalf("%d args, last %v", len(args), args[len(args)-1])
+	}
+}
+
+// readReplyErr reads each kind of reply to its end, so that the next one
+// starts where it should, and reports errors and nulls.
+func TestReadReplyErr(t *testing.T) {
+	replies := []struct {
+		raw  string
+		want string // "" ok, "nil", or the error
+	}{
+		{"+OK\r\n", ""},
+		{":3\r\n", ""},
+		{"$5\r\n1-1\r\n\r\n", ""},
+		{"$-1\r\n", "nil"},
+		{"_\r\n", "nil"},
+		{"*-1\r\n", "nil"},
+		{"-NOGROUP no such key\r\n", "NOGROUP no such key"},
+		{"!10\r\nERR x\r\ny z\r\n", "ERR x\r\ny z"},
+		{"*2\r\n$1\r\na\r\n*1\r\n:1\r\n", ""},
+		{"%1\r\n+k\r\n$1\r\nv\r\n", ""},
+		{",1.5\r\n", ""},
+	}
+	var all string
+	for _, r := range replies {
+		all += r.raw
+	}
+	br := bufio.NewReader(strings.NewReader(all))
+	for _, r := range replies {
+		replyErr, err := readReplyErr(br)
+		if err != nil {
+			t.Fatalf("%q: %v", r.raw, err)
+		}
+		got := ""
+		switch {
+		case errors.Is(replyErr, redis.Nil):
+			got = "nil"
+		case replyErr != nil:
+			got = replyErr.Error()
+			var re redis.Error
+			if !errors.As(replyErr, &re) {
+				t.Errorf("%q: %T is not a redis.Error", r.raw, replyErr)
+			}
+		}
+		if got != r.want {
+			t.Errorf("%q: got %q, want %q", r.raw, got, r.want)
+		}
+	}
+	if _, err := readReplyErr(br); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the last reply: %v, want EOF", err)
+	}
+	for _, bad := range []string{"?x\r\n", "$x\r\n", "+OK\n", "*2\r\n:1\r\n"} {
+		if _, err := readReplyErr(bufio.NewReader(strings.NewReader(bad))); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+func FuzzReadReplyErr(f *testing.F) {
+	f.Add([]byte("*2\r\n$1\r\na\r\n%1\r\n+k\r\n:1\r\n"))
+	f.Add([]byte("!3\r\nERR\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		br := bufio.NewReader(bytes.NewReader(b))
+		for i := 0; i < 100; i++ {
+			if _, err := readReplyErr(br); err != nil {
+				return // must end in an error, not a panic, whatever the bytes
+			}
+		}
 	})
 }

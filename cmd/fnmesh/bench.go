@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -34,6 +35,8 @@ func benchCommand() *cli.Command {
 			&cli.IntFlag{Name: "n", Value: 2000, Usage: "sequential calls for latency"},
 			redisFlag("Redis URL; without it, the in-memory bus"),
 			&cli.BoolFlag{Name: "compare", Usage: "also run the bare-Redis reference and print ratios"},
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the run to this file (go tool pprof)"},
+			&cli.StringFlag{Name: "memprofile", Usage: "write an allocation profile of the run to this file (go tool pprof -sample_index=alloc_space)"},
 		},
 		Action: func(c *cli.Context) error {
 			switch c.String("mode") {
@@ -48,9 +51,25 @@ func benchCommand() *cli.Command {
 				Mode: c.String("mode"), Replicas: c.Int("replicas"), Concurrency: c.Int("concurrency"),
 				Duration: c.Duration("duration"), Sequential: c.Int("n"), RedisURL: c.String("redis"),
 			}
+			if path := c.String("cpuprofile"); path != "" {
+				f, err := os.Create(path)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			r, err := bench.Run(ctx, o)
 			if err != nil {
 				return err
+			}
+			if path := c.String("memprofile"); path != "" {
+				if err := writeHeapProfile(path); err != nil {
+					return err
+				}
 			}
 			fmt.Fprintln(c.App.Writer, r)
 			if !c.Bool("compare") || (o.Mode != "call" && o.Mode != "send") {
@@ -86,4 +105,15 @@ func runScale(c *cli.Context) error {
 	o.Rounds = c.Int("rounds")
 	_, err := bench.RunScale(ctx, o)
 	return err
+}
+
+// writeHeapProfile writes the allocations of the run so far (the
+// profile's alloc_space and alloc_objects samples).
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("allocs").WriteTo(f, 0)
 }
