@@ -172,12 +172,47 @@ type deliveryKey struct{}
 // DeliveryFromContext returns the delivery a group subscriber attached to
 // a message's context.
 func DeliveryFromContext(ctx context.Context) Delivery {
+	switch c := ctx.(type) {
+	case *deliveryContext:
+		return c.d
+	case *detachedDeliveryContext:
+		return c.d
+	}
 	d, _ := ctx.Value(deliveryKey{}).(Delivery)
 	return d
 }
 
+// deliveryContext carries a Delivery, as context.WithValue would, in one
+// allocation and without boxing it again on each lookup: a request's
+// delivery is looked up several times on its way.
+type deliveryContext struct {
+	context.Context
+	d Delivery
+}
+
+func (c *deliveryContext) Value(key any) any {
+	if key == (deliveryKey{}) {
+		return c.d
+	}
+	return c.Context.Value(key)
+}
+
 func withDelivery(ctx context.Context, d Delivery) context.Context {
-	return context.WithValue(ctx, deliveryKey{}, d)
+	return &deliveryContext{ctx, d}
+}
+
+// detachedDeliveryContext is a deliveryContext that, like
+// context.WithoutCancel, keeps its parent's values but not its
+// cancellation or deadline.
+type detachedDeliveryContext struct{ deliveryContext }
+
+func (*detachedDeliveryContext) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (*detachedDeliveryContext) Done() <-chan struct{}       { return nil }
+func (*detachedDeliveryContext) Err() error                  { return nil }
+
+// withDetachedDelivery is withDelivery(context.WithoutCancel(ctx), d).
+func withDetachedDelivery(ctx context.Context, d Delivery) context.Context {
+	return &detachedDeliveryContext{deliveryContext{ctx, d}}
 }
 
 // ErrClosed is returned by operations on a closed bus.

@@ -635,6 +635,10 @@ func (c *respCmd) xadd(stream string, noMkStream bool, maxLen int64) {
 	c.arg("*")
 }
 
+// yieldBatch is the largest batch after which a read loop yields to the
+// goroutines it just woke.
+const yieldBatch = 2
+
 // lostMaster reports replies of a server that is no longer the master we
 // want (after a Sentinel failover): the connection must go, so that the
 // next one reaches the new master.

@@ -94,8 +94,8 @@ func (in *redisInbox) read(ctx context.Context, last string) {
 				in.deliver(rep)
 			}
 		}
-		if len(es) > 0 {
-			runtime.Gosched() // let the callers just answered run first
+		if len(es) > 0 && len(es) <= yieldBatch {
+			runtime.Gosched() // let the callers just answered run first (see groupSubscription.run)
 		}
 		in.last.Store(last)
 	}

@@ -243,15 +243,11 @@ func (r *replica) invoke(f *function, req *Request) (out any, err error) {
 	// The context descends from hardCtx, not from the message: a draining
 	// replica lets running calls finish, and cancels them only when the
 	// drain timeout ends.
-	ctx, cancel := r.hardCtx, context.CancelFunc(nil)
-	if !req.Deadline.IsZero() {
-		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
-		defer cancel()
-	}
-	ctx = context.WithValue(ctx, callInfoKey{}, CallInfo{
+	ctx := newCallContext(r.hardCtx, req.Deadline, CallInfo{
 		Service: req.Service, Function: req.Function, RequestID: req.ID, Caller: req.Caller,
 		Replica: r.id, Async: req.Async, Attempt: req.Attempt, IdempotencyKey: req.IdempotencyKey,
 	})
+	defer ctx.end()
 	defer func() {
 		if p := recover(); p != nil {
 			r.log.Error("function panicked", "function", req.Function, "id", req.ID, "panic", p, "stack", string(debug.Stack()))

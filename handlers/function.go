@@ -142,6 +142,11 @@ type callInfoKey struct{}
 
 // Info returns the CallInfo of the running call.
 func Info(ctx context.Context) CallInfo {
-	i, _ := ctx.Value(callInfoKey{}).(CallInfo)
-	return i
+	if c, ok := ctx.(*callContext); ok {
+		return c.info
+	}
+	if i, _ := ctx.Value(callInfoKey{}).(*CallInfo); i != nil {
+		return *i
+	}
+	return CallInfo{}
 }

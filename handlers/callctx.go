@@ -1,0 +1,114 @@
+package handlers
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// callContext is the context a function runs in: the replica's context
+// (cancelled when a drain times out), the call's deadline and its
+// CallInfo. context.WithDeadline would start a timer for every call and
+// context.WithValue box the CallInfo, four allocations and two changes
+// of the runtime's timer heap per call; most functions never wait on
+// their context, so here the timer starts only when someone asks for
+// Done. Err reports the deadline as soon as it has passed either way.
+type callContext struct {
+	parent   context.Context
+	deadline time.Time // zero: the parent's
+	info     CallInfo
+
+	mu   sync.Mutex
+	done chan struct{} // made by Done
+	err  error
+	stop func() // stops what Done started
+}
+
+func newCallContext(parent context.Context, deadline time.Time, info CallInfo) *callContext {
+	return &callContext{parent: parent, deadline: deadline, info: info}
+}
+
+func (c *callContext) Deadline() (time.Time, bool) {
+	pd, ok := c.parent.Deadline()
+	if c.deadline.IsZero() || ok && pd.Before(c.deadline) {
+		return pd, ok
+	}
+	return c.deadline, true
+}
+
+func (c *callContext) Value(key any) any {
+	if key == (callInfoKey{}) {
+		return &c.info
+	}
+	return c.parent.Value(key)
+}
+
+func (c *callContext) Done() <-chan struct{} {
+	if c.deadline.IsZero() {
+		return c.parent.Done()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done != nil {
+		return c.done
+	}
+	c.done = make(chan struct{})
+	if c.endedLocked() {
+		close(c.done)
+		return c.done
+	}
+	t := time.AfterFunc(time.Until(c.deadline), func() { c.cancel(context.DeadlineExceeded) })
+	stopParent := context.AfterFunc(c.parent, func() { c.cancel(c.parent.Err()) })
+	c.stop = func() { t.Stop(); stopParent() }
+	return c.done
+}
+
+func (c *callContext) Err() error {
+	if c.deadline.IsZero() {
+		return c.parent.Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.endedLocked()
+	return c.err
+}
+
+// endedLocked reports whether c has ended, noting the parent's end or the
+// deadline's passing in c.err (and closing Done, if made); c.mu is held.
+func (c *callContext) endedLocked() bool {
+	if c.err != nil {
+		return true
+	}
+	if err := c.parent.Err(); err != nil {
+		c.endLocked(err)
+	} else if !time.Now().Before(c.deadline) {
+		c.endLocked(context.DeadlineExceeded)
+	}
+	return c.err != nil
+}
+
+func (c *callContext) endLocked(err error) {
+	c.err = err
+	if c.done != nil {
+		close(c.done)
+	}
+	if c.stop != nil {
+		c.stop()
+	}
+}
+
+func (c *callContext) cancel(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.endLocked(err)
+	}
+}
+
+// end is called when the function has returned, as WithDeadline's cancel
+// would be: what it left waiting on its context is released.
+func (c *callContext) end() {
+	if !c.deadline.IsZero() {
+		c.cancel(context.Canceled)
+	}
+}
