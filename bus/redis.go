@@ -266,10 +266,18 @@ type blockingReader struct {
 	redis.UniversalClient
 	owner *Redis
 	own   bool        // false: shares the bus's client (unknown kind)
-	conn  *redis.Conn // sticky connection, single-node only; read loop only
+	conn  *redis.Conn // sticky connection (a client passed in); read loop only
 
-	mu  sync.Mutex
-	ids map[string]int64 // CLIENT ID of each connection, by node address ("" for one server)
+	// On one server (or a Sentinel master) reads go on a wireConn: the
+	// read loop writes the command and reads the reply's RESP itself
+	// (readRaw). dialer is nil otherwise.
+	dialer *wireDialer
+	wire   *wireConn // set by the read loop, under mu
+	cmd    respCmd   // the read loop's command buffer
+
+	mu     sync.Mutex
+	closed bool
+	ids    map[string]int64 // CLIENT ID of each connection, by node address ("" for one server)
 }
 
 func (r *Redis) newBlockingReader() *blockingReader {
@@ -292,6 +300,7 @@ func (r *Redis) newBlockingReader() *blockingReader {
 			opt.Protocol, opt.ReadTimeout = 2, r.readerTimeout(opt.ReadTimeout)
 			opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect(""))
 			br.UniversalClient = redis.NewFailoverClient(&opt)
+			br.dialer = failoverWireDialer(opt)
 			break
 		}
 		if c.Options().Addr == "FailoverClient" {
@@ -306,7 +315,9 @@ func (r *Redis) newBlockingReader() *blockingReader {
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
 		opt.Protocol, opt.ReadTimeout = 2, r.readerTimeout(opt.ReadTimeout)
 		opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect(""))
-		br.UniversalClient = redis.NewClient(&opt)
+		rc := redis.NewClient(&opt)
+		br.UniversalClient = rc
+		br.dialer = singleWireDialer(*rc.Options())
 	case *redis.ClusterClient:
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
@@ -351,12 +362,22 @@ func (br *blockingReader) cmdable() redis.Cmdable {
 // below 0 does not block. A nil reply is redis.Nil.
 func (br *blockingReader) readGroup(ctx context.Context, consumer, key, start string, count int64, block time.Duration) ([]entry, error) {
 	if br.raw() {
-		args := []any{"xreadgroup", "group", Group, consumer, "count", count}
+		c := &br.cmd
+		c.reset()
+		c.arg("xreadgroup")
+		c.arg("group")
+		c.arg(Group)
+		c.arg(consumer)
+		c.arg("count")
+		c.argInt(count)
 		if block >= 0 {
-			args = append(args, "block", block.Milliseconds())
+			c.arg("block")
+			c.argInt(block.Milliseconds())
 		}
-		args = append(args, "streams", key, start)
-		return br.readRaw(ctx, args)
+		c.arg("streams")
+		c.arg(key)
+		c.arg(start)
+		return br.readRaw(ctx)
 	}
 	res, err := br.cmdable().XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: Group, Consumer: consumer, Streams: []string{key, start}, Count: count, Block: block,
@@ -368,27 +389,45 @@ func (br *blockingReader) readGroup(ctx context.Context, consumer, key, start st
 // block STREAMS key last.
 func (br *blockingReader) read(ctx context.Context, key, last string, count int64, block time.Duration) ([]entry, error) {
 	if br.raw() {
-		return br.readRaw(ctx, []any{"xread", "count", count, "block", block.Milliseconds(), "streams", key, last})
+		c := &br.cmd
+		c.reset()
+		c.arg("xread")
+		c.arg("count")
+		c.argInt(count)
+		c.arg("block")
+		c.argInt(block.Milliseconds())
+		c.arg("streams")
+		c.arg(key)
+		c.arg(last)
+		return br.readRaw(ctx)
 	}
 	res, err := br.cmdable().XRead(ctx, &redis.XReadArgs{Streams: []string{key, last}, Count: count, Block: block}).Result()
 	return fromXStreams(res), err
 }
 
-// raw reports whether reads parse RESP themselves: on a client of our own
-// for one server (or a Sentinel master). A cluster reads typed: go-redis
-// must see MOVED and ASK replies to follow slots.
-func (br *blockingReader) raw() bool {
-	_, single := br.UniversalClient.(*redis.Client)
-	return br.own && single
-}
+// raw reports whether reads go on a wireConn and parse RESP themselves:
+// on a client of our own for one server (or a Sentinel master). A cluster
+// reads typed: go-redis must see MOVED and ASK replies to follow slots.
+func (br *blockingReader) raw() bool { return br.dialer != nil }
 
-// readRaw runs a stream read and parses its RESP reply itself (resp.go).
-func (br *blockingReader) readRaw(ctx context.Context, args []any) ([]entry, error) {
-	cmd := redis.NewRawCmd(ctx, args...)
-	br.cmdable().(interface {
-		Process(context.Context, redis.Cmder) error
-	}).Process(ctx, cmd)
-	raw, err := cmd.Result()
+// readRaw runs the stream read in br.cmd and parses its reply (resp.go):
+// one buffer per reply, which the entries read from it share.
+func (br *blockingReader) readRaw(ctx context.Context) ([]entry, error) {
+	if br.wire == nil {
+		w, err := br.dialer.dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		br.mu.Lock()
+		if br.closed {
+			br.mu.Unlock()
+			w.close()
+			return nil, ErrClosed
+		}
+		br.wire = w
+		br.mu.Unlock()
+	}
+	raw, err := br.wire.exchange(br.cmd.bytes())
 	if err != nil {
 		return nil, err
 	}
@@ -408,9 +447,18 @@ func fromXStreams(res []redis.XStream) []entry {
 // failed drops the sticky connection after a network error; the next read
 // takes a new one.
 func (br *blockingReader) failed(err error) {
-	if br.conn != nil && (!isRedisError(err) || lostMaster(err)) {
+	if isRedisError(err) && !lostMaster(err) {
+		return
+	}
+	if br.conn != nil {
 		br.conn.Close()
 		br.conn = nil
+	}
+	if br.wire != nil {
+		br.mu.Lock()
+		br.wire.close()
+		br.wire = nil
+		br.mu.Unlock()
 	}
 }
 
@@ -453,6 +501,12 @@ func (br *blockingReader) unblock() {
 }
 
 func (br *blockingReader) close() {
+	br.mu.Lock()
+	br.closed = true
+	if br.wire != nil {
+		br.wire.close() // ends a read still in progress
+	}
+	br.mu.Unlock()
 	if br.own {
 		br.UniversalClient.Close()
 	}

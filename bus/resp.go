@@ -2,9 +2,11 @@ package bus
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"unsafe"
 
@@ -355,4 +357,136 @@ func readReplyErr(br *bufio.Reader) (replyErr, err error) {
 		return nil, nil
 	}
 	return nil, fmt.Errorf("%w: unknown reply type %q", errRESP, line[0])
+}
+
+// errIncomplete: respEnd needs more bytes.
+var errIncomplete = errors.New("bus: incomplete reply")
+
+// respEnd returns where the reply that starts at b[i] ends, or
+// errIncomplete if b stops before.
+func respEnd(b []byte, i int) (int, error) {
+	j := bytes.IndexByte(b[i:], '\n')
+	if j < 0 {
+		return 0, errIncomplete
+	}
+	line := b[i : i+j+1]
+	next := i + j + 1
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return 0, fmt.Errorf("%w: bad reply line at byte %d", errRESP, i)
+	}
+	body := line[1 : len(line)-2]
+	switch line[0] {
+	case '+', '-', ':', '_', ',', '#', '(':
+		return next, nil
+	case '$', '!', '=':
+		n, ok := atoi(body)
+		if !ok {
+			return 0, fmt.Errorf("%w: bad bulk length at byte %d", errRESP, i)
+		}
+		if n < 0 {
+			return next, nil
+		}
+		end := next + n + 2
+		if end > len(b) {
+			return 0, errIncomplete
+		}
+		if b[end-2] != '\r' || b[end-1] != '\n' {
+			return 0, fmt.Errorf("%w: bulk string at byte %d not ended by CRLF", errRESP, i)
+		}
+		return end, nil
+	case '*', '~', '>', '%', '|':
+		n, ok := atoi(body)
+		if !ok {
+			return 0, fmt.Errorf("%w: bad array length at byte %d", errRESP, i)
+		}
+		if line[0] == '%' || line[0] == '|' {
+			n *= 2
+		}
+		var err error
+		for k := 0; k < n; k++ {
+			if next, err = respEnd(b, next); err != nil {
+				return 0, err
+			}
+		}
+		return next, nil
+	}
+	return 0, fmt.Errorf("%w: unknown reply type %q at byte %d", errRESP, line[0], i)
+}
+
+// readRawReply reads one whole reply from r into a buffer of its own,
+// allocated once at its size (go-redis's raw reads grow one, about a
+// quarter of the bytes a call allocated). It reads nothing past the
+// reply.
+func readRawReply(r *bufio.Reader) ([]byte, error) {
+	for {
+		buf, _ := r.Peek(r.Buffered())
+		end, err := respEnd(buf, 0)
+		if err == nil {
+			out := make([]byte, end)
+			copy(out, buf)
+			r.Discard(end)
+			return out, nil
+		}
+		if err != errIncomplete {
+			return nil, err
+		}
+		if r.Buffered() == r.Size() {
+			return readLongReply(r)
+		}
+		if _, err := r.Peek(r.Buffered() + 1); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// readLongReply reads a reply longer than r's buffer, line by line and
+// bulk string by bulk string.
+func readLongReply(r *bufio.Reader) ([]byte, error) {
+	return appendReply(r, make([]byte, 0, 2*r.Size()))
+}
+
+func appendReply(r *bufio.Reader, out []byte) ([]byte, error) {
+	line, err := r.ReadSlice('\n')
+	if err != nil {
+		return nil, err
+	}
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return nil, fmt.Errorf("%w: bad reply line", errRESP)
+	}
+	out = append(out, line...)
+	body := line[1 : len(line)-2]
+	switch line[0] {
+	case '$', '!', '=':
+		n, ok := atoi(body)
+		if !ok {
+			return nil, fmt.Errorf("%w: bad bulk length", errRESP)
+		}
+		if n >= 0 {
+			out = slices.Grow(out, n+2)
+			if _, err := io.ReadFull(r, out[len(out):len(out)+n+2]); err != nil {
+				return nil, err
+			}
+			out = out[:len(out)+n+2]
+			if out[len(out)-2] != '\r' || out[len(out)-1] != '\n' {
+				return nil, fmt.Errorf("%w: bulk string not ended by CRLF", errRESP)
+			}
+		}
+	case '+', '-', ':', '_', ',', '#', '(':
+	case '*', '~', '>', '%', '|':
+		n, ok := atoi(body)
+		if !ok {
+			return nil, fmt.Errorf("%w: bad array length", errRESP)
+		}
+		if line[0] == '%' || line[0] == '|' {
+			n *= 2
+		}
+		for k := 0; k < n; k++ {
+			if out, err = appendReply(r, out); err != nil {
+				return nil, err
+			}
+		}
+	default:
+		return nil, fmt.Errorf("%w: unknown reply type %q", errRESP, line[0])
+	}
+	return out, nil
 }

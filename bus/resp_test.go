@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -142,6 +143,61 @@ func FuzzReadReplyErr(f *testing.F) {
 			if _, err := readReplyErr(br); err != nil {
 				return // must end in an error, not a panic, whatever the bytes
 			}
+		}
+	})
+}
+
+// readRawReply returns each reply's bytes, exactly, whether the reply
+// fits in the reader's buffer or not and however the bytes arrive.
+func TestReadRawReply(t *testing.T) {
+	long := strings.Repeat("x", 100)
+	replies := []string{
+		"*1\r\n*2\r\n$3\r\nkey\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$1\r\np\r\n$100\r\n" + long + "\r\n",
+		"*-1\r\n",
+		"-NOGROUP x\r\n",
+		"%1\r\n+k\r\n*2\r\n:1\r\n$0\r\n\r\n",
+	}
+	all := strings.Join(replies, "")
+	for _, size := range []int{16, 4096} { // 16: longer than the buffer
+		for _, oneByte := range []bool{false, true} {
+			var src io.Reader = strings.NewReader(all)
+			if oneByte {
+				src = iotest.OneByteReader(src)
+			}
+			br := bufio.NewReaderSize(src, size)
+			for _, want := range replies {
+				got, err := readRawReply(br)
+				if err != nil || string(got) != want {
+					t.Fatalf("size %d, one byte %v: %q, %v; want %q", size, oneByte, got, err, want)
+				}
+			}
+			if _, err := readRawReply(br); !errors.Is(err, io.EOF) {
+				t.Fatalf("after the last reply: %v", err)
+			}
+		}
+	}
+	if _, err := readRawReply(bufio.NewReader(strings.NewReader("*1\r\n?\r\n"))); !errors.Is(err, errRESP) {
+		t.Fatalf("bad reply: %v", err)
+	}
+}
+
+func FuzzReadRawReply(f *testing.F) {
+	f.Add([]byte("*2\r\n$1\r\na\r\n%1\r\n+k\r\n:1\r\n"), false)
+	f.Add([]byte("$40\r\n0123456789012345678901234567890123456789\r\n"), true)
+	f.Fuzz(func(t *testing.T, b []byte, small bool) {
+		size := 4096
+		if small {
+			size = 16
+		}
+		out, err := readRawReply(bufio.NewReaderSize(bytes.NewReader(b), size))
+		if err != nil {
+			return
+		}
+		if !bytes.HasPrefix(b, out) {
+			t.Fatalf("reply %q is not what was read from %q", out, b)
+		}
+		if end, err := respEnd(out, 0); err != nil || end != len(out) {
+			t.Fatalf("reply %q: end %d, %v", out, end, err)
 		}
 	})
 }

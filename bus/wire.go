@@ -55,27 +55,36 @@ func (r *Redis) newWireDialer() *wireDialer {
 	case !ok:
 		return nil
 	case r.failover != nil:
-		fo := *r.failover
-		inner := fo.Dialer
-		if inner == nil {
-			// What go-redis dials the master with when no dialer is set.
-			inner = redis.NewDialer(&redis.Options{DialTimeout: cmp.Or(fo.DialTimeout, 5*time.Second), TLSConfig: fo.TLSConfig})
-		}
-		return &wireDialer{inner: inner, newClient: func(dial dialFunc) *redis.Client {
-			o := fo
-			o.Dialer = dial
-			o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.Protocol = 1, 0, 1, 2
-			return redis.NewFailoverClient(&o)
-		}}
+		return failoverWireDialer(*r.failover)
 	case c.Options().Addr == "FailoverClient":
 		return nil
 	}
-	opt := *c.Options() // initialised: its Dialer is set
+	return singleWireDialer(*c.Options())
+}
+
+// singleWireDialer dials as a client with options opt would, opt taken
+// from a client (so initialised: its Dialer is set).
+func singleWireDialer(opt redis.Options) *wireDialer {
 	return &wireDialer{inner: opt.Dialer, newClient: func(dial dialFunc) *redis.Client {
 		o := opt
 		o.Dialer = dial
 		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.Protocol = 1, 0, 1, 2
 		return redis.NewClient(&o)
+	}}
+}
+
+// failoverWireDialer dials the master the sentinels of fo name.
+func failoverWireDialer(fo redis.FailoverOptions) *wireDialer {
+	inner := fo.Dialer
+	if inner == nil {
+		// What go-redis dials the master with when no dialer is set.
+		inner = redis.NewDialer(&redis.Options{DialTimeout: cmp.Or(fo.DialTimeout, 5*time.Second), TLSConfig: fo.TLSConfig})
+	}
+	return &wireDialer{inner: inner, newClient: func(dial dialFunc) *redis.Client {
+		o := fo
+		o.Dialer = dial
+		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.Protocol = 1, 0, 1, 2
+		return redis.NewFailoverClient(&o)
 	}}
 }
 
@@ -177,4 +186,20 @@ func (w *wireConn) roundTrip(batch []*pendingCmd, acks []respCmd) error {
 	}
 	w.reused = true
 	return nil
+}
+
+// exchange writes one command and reads its whole reply, for a reader
+// connection, which has one command in flight at a time.
+func (w *wireConn) exchange(cmd []byte) ([]byte, error) {
+	if err := deadline(w.nc.SetWriteDeadline, &w.writeBy, w.writeTimeout); err != nil {
+		return nil, err
+	}
+	w.w.Write(cmd)
+	if err := w.w.Flush(); err != nil {
+		return nil, err
+	}
+	if err := deadline(w.nc.SetReadDeadline, &w.readBy, w.readTimeout); err != nil {
+		return nil, err
+	}
+	return readRawReply(w.r)
 }
