@@ -33,10 +33,17 @@ func ReplyTopic(inbox string) string        { return "fnmesh:reply:{" + inbox + 
 // that serve that version take its requests while older replicas run
 // beside them.
 func FunctionTopic(service, function string) string {
+	p := functionTopicParts(service, function)
+	return p[0] + p[1] + p[2] + p[3]
+}
+
+// functionTopicParts is FunctionTopic in parts, for a caller that writes
+// them out without making the string (respCmd.argConcat).
+func functionTopicParts(service, function string) [4]string {
 	if strings.Contains(function, "@") {
-		return RequestTopic(service) + ":" + function
+		return [4]string{"fnmesh:{", service, "}:req:", function}
 	}
-	return RequestTopic(service)
+	return [4]string{"fnmesh:{", service, "}:req", ""}
 }
 
 // IsReplyTopic reports whether topic names a caller's reply stream.

@@ -678,6 +678,19 @@ func (r *Redis) ensureGroup(ctx context.Context, topic string) error {
 func (c *respCmd) xadd(stream string, noMkStream bool, maxLen int64) {
 	c.arg("xadd")
 	c.arg(stream)
+	c.xaddOptions(noMkStream, maxLen)
+}
+
+// xaddRequest starts c as an XADD of a request for function of service:
+// xadd to FunctionTopic(service, function), without making that string.
+func (c *respCmd) xaddRequest(service, function string, maxLen int64) {
+	c.arg("xadd")
+	parts := functionTopicParts(service, function)
+	c.argConcat(parts[:]...)
+	c.xaddOptions(false, maxLen)
+}
+
+func (c *respCmd) xaddOptions(noMkStream bool, maxLen int64) {
 	if noMkStream {
 		c.arg("nomkstream")
 	}

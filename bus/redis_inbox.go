@@ -148,7 +148,7 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 		return ErrClosed
 	}
 	p := r.comb.command()
-	p.cmd.xadd(FunctionTopic(service, req.Function), false, r.cfg.RequestMaxLen)
+	p.cmd.xaddRequest(service, req.Function, r.cfg.RequestMaxLen)
 	req.appendFields(&p.cmd)
 	switch {
 	case r.cfg.NoAutoPipeline:

@@ -250,6 +250,22 @@ func (c *respCmd) arg(s string) {
 	c.n++
 }
 
+// argConcat appends one argument made of parts, without making it.
+func (c *respCmd) argConcat(parts ...string) {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	c.b = append(c.b, '$')
+	c.b = strconv.AppendInt(c.b, int64(n), 10)
+	c.b = append(c.b, '\r', '\n')
+	for _, p := range parts {
+		c.b = append(c.b, p...)
+	}
+	c.b = append(c.b, '\r', '\n')
+	c.n++
+}
+
 func (c *respCmd) argBytes(p []byte) { c.arg(unsafe.String(unsafe.SliceData(p), len(p))) }
 
 // argInt appends an integer argument without making a string of it.

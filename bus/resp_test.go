@@ -201,3 +201,24 @@ func FuzzReadRawReply(f *testing.F) {
 		}
 	})
 }
+
+// A request's XADD names its stream without making the name, and names
+// the same stream as FunctionTopic.
+func TestXAddRequestStream(t *testing.T) {
+	for _, c := range []struct{ service, function, want string }{
+		{"math", "add", "fnmesh:{math}:req"},
+		{"math", "add@v2", "fnmesh:{math}:req:add@v2"},
+	} {
+		if got := FunctionTopic(c.service, c.function); got != c.want {
+			t.Errorf("FunctionTopic(%q, %q) = %q, want %q", c.service, c.function, got, c.want)
+		}
+		var a, b respCmd
+		a.reset()
+		a.xaddRequest(c.service, c.function, 7)
+		b.reset()
+		b.xadd(c.want, false, 7)
+		if string(a.bytes()) != string(b.bytes()) {
+			t.Errorf("%s: %q, want %q", c.want, a.bytes(), b.bytes())
+		}
+	}
+}

@@ -218,7 +218,9 @@ func (c *Client) newInvocation(function string, in any, o *callOptions, async bo
 	}
 	id := o.requestID
 	if id == "" {
-		id = c.idPrefix + strconv.FormatUint(c.seq.Add(1), 36)
+		// One allocation: the prefix and the sequence number appended.
+		var b [64]byte
+		id = string(strconv.AppendUint(append(b[:0], c.idPrefix...), c.seq.Add(1), 36))
 	}
 	return &Invocation{
 		ID: id, Function: function, Service: service, Name: fn, Args: payload,

@@ -150,12 +150,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if rb, ok := cb.(*bus.Redis); ok {
 		defer rb.Client().Del(context.Background(), bus.RequestTopic(service), bus.DeadLetterTopic(service))
 	}
+	function := service + ".add" // named once, as a caller names a function
 	if o.Mode == "send" {
-		return runSend(ctx, o, c, service+".add", &processed)
+		return runSend(ctx, o, c, function, &processed)
 	}
 	return measure(ctx, o, "call", func(ctx context.Context, a args) (result, error) {
 		var r result
-		err := c.Call(ctx, service+".add", a, &r)
+		err := c.Call(ctx, function, a, &r)
 		return r, err
 	})
 }
