@@ -211,8 +211,15 @@ var ErrMalformed = errors.New("malformed entry")
 // holds whatever could be read (notably ID and ReplyTo), so that the
 // sender can be answered.
 func DecodeRequest(m *message.Message) (*Request, error) {
+	r := new(Request)
+	return r, DecodeRequestInto(m, r)
+}
+
+// DecodeRequestInto is DecodeRequest into r, for a caller that keeps the
+// request inside a struct of its own (one allocation, not two).
+func DecodeRequestInto(m *message.Message, r *Request) error {
 	md := m.Metadata
-	r := &Request{
+	*r = Request{
 		ID:             md[FieldID],
 		Function:       md[FieldFunction],
 		Payload:        m.Payload,
@@ -226,25 +233,25 @@ func DecodeRequest(m *message.Message) (*Request, error) {
 		// Never write replies to a key that is not a reply stream: a
 		// malformed or hostile entry must not make replicas grow other keys.
 		r.ReplyTo = ""
-		return r, fmt.Errorf("%w: field %q is not a reply stream", ErrMalformed, FieldReplyTo)
+		return fmt.Errorf("%w: field %q is not a reply stream", ErrMalformed, FieldReplyTo)
 	}
 	if v, ok := md[FieldVersion]; ok && v != ProtocolVersion {
-		return r, fmt.Errorf("%w: protocol version %q, want %q", ErrMalformed, v, ProtocolVersion)
+		return fmt.Errorf("%w: protocol version %q, want %q", ErrMalformed, v, ProtocolVersion)
 	}
 	if dl := md[FieldDeadline]; dl != "" {
 		ms, err := strconv.ParseInt(dl, 10, 64)
 		if err != nil || ms <= 0 {
-			return r, fmt.Errorf("%w: field %q is not unix milliseconds: %q", ErrMalformed, FieldDeadline, dl)
+			return fmt.Errorf("%w: field %q is not unix milliseconds: %q", ErrMalformed, FieldDeadline, dl)
 		}
 		r.Deadline = time.UnixMilli(ms)
 	}
 	if r.ID == "" {
-		return r, fmt.Errorf("%w: missing field %q", ErrMalformed, FieldID)
+		return fmt.Errorf("%w: missing field %q", ErrMalformed, FieldID)
 	}
 	if r.Function == "" {
-		return r, fmt.Errorf("%w: missing field %q", ErrMalformed, FieldFunction)
+		return fmt.Errorf("%w: missing field %q", ErrMalformed, FieldFunction)
 	}
-	return r, nil
+	return nil
 }
 
 // Reply is the answer to one Call.

@@ -25,7 +25,14 @@ type callContext struct {
 }
 
 func newCallContext(parent context.Context, deadline time.Time, info CallInfo) *callContext {
-	return &callContext{parent: parent, deadline: deadline, info: info}
+	c := new(callContext)
+	c.init(parent, deadline, info)
+	return c
+}
+
+// init sets up a callContext that was never used.
+func (c *callContext) init(parent context.Context, deadline time.Time, info CallInfo) {
+	c.parent, c.deadline, c.info = parent, deadline, info
 }
 
 func (c *callContext) Deadline() (time.Time, bool) {

@@ -46,8 +46,9 @@ func (r *replica) track(msg *message.Message) error {
 // Every other outcome, bad input included, is answered and acked.
 func (r *replica) handle(msg *message.Message) error {
 	d := bus.DeliveryFromContext(msg.Context())
-	breq, err := bus.DecodeRequest(msg)
-	if err != nil {
+	req := &Request{}
+	breq := &req.wire
+	if err := bus.DecodeRequestInto(msg, breq); err != nil {
 		return r.reject(msg, breq, d, fnmesh.Wrap(fnmesh.CodeInvalidArgument, err))
 	}
 	if len(breq.Payload) > r.svc.cfg.MaxPayloadBytes {
@@ -81,12 +82,10 @@ func (r *replica) handle(msg *message.Message) error {
 		return r.deadLetter(msg, d, fnmesh.NewError(fnmesh.CodeDeadlineExceeded, "deadline passed before the request was run"), 0)
 	}
 
-	req := &Request{
-		ID: breq.ID, Service: r.svc.name, Function: breq.Function, Payload: breq.Payload,
-		Token: breq.Token, Caller: breq.Caller, Deadline: breq.Deadline,
-		Async: breq.ReplyTo == "", Attempt: max(d.Count, 1), Replica: r.id, fn: f,
-		TraceParent: breq.TraceParent, IdempotencyKey: breq.IdempotencyKey,
-	}
+	req.ID, req.Service, req.Function, req.Payload = breq.ID, r.svc.name, breq.Function, breq.Payload
+	req.Token, req.Caller, req.Deadline = breq.Token, breq.Caller, breq.Deadline
+	req.Async, req.Attempt, req.Replica, req.fn = breq.ReplyTo == "", max(d.Count, 1), r.id, f
+	req.TraceParent, req.IdempotencyKey = breq.TraceParent, breq.IdempotencyKey
 	if breq.IdempotencyKey != "" {
 		return r.runOnce(msg, d, f, req, breq)
 	}
@@ -243,10 +242,20 @@ func (r *replica) invoke(f *function, req *Request) (out any, err error) {
 	// The context descends from hardCtx, not from the message: a draining
 	// replica lets running calls finish, and cancels them only when the
 	// drain timeout ends.
-	ctx := newCallContext(r.hardCtx, req.Deadline, CallInfo{
+	info := CallInfo{
 		Service: req.Service, Function: req.Function, RequestID: req.ID, Caller: req.Caller,
 		Replica: r.id, Async: req.Async, Attempt: req.Attempt, IdempotencyKey: req.IdempotencyKey,
-	})
+	}
+	var ctx *callContext
+	if !req.ran {
+		// The first run uses the context kept in the Request; a retry
+		// gets a new one, since the last run's may still be held.
+		req.ran = true
+		ctx = &req.firstRun
+		ctx.init(r.hardCtx, req.Deadline, info)
+	} else {
+		ctx = newCallContext(r.hardCtx, req.Deadline, info)
+	}
 	defer ctx.end()
 	defer func() {
 		if p := recover(); p != nil {

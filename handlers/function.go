@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -32,6 +33,12 @@ type Request struct {
 	arg     any
 	argErr  error
 	decoded bool
+
+	// The request as it came, and the context of its first run: kept in
+	// the Request so that a request is one allocation, not three.
+	wire     bus.Request
+	firstRun callContext
+	ran      bool
 }
 
 // Arg decodes the payload into the function's argument type, once, and
