@@ -17,6 +17,7 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/internal/jsondec"
 )
 
 // Config configures a Client. Zero values take the defaults written on
@@ -269,7 +270,7 @@ func (c *Client) Call(ctx context.Context, function string, in, out any, opts ..
 		*raw = append((*raw)[:0], result...)
 		return nil
 	}
-	if err := json.Unmarshal(result, out); err != nil {
+	if err := jsondec.Unmarshal(result, out); err != nil {
 		return fnmesh.Errorf(fnmesh.CodeInternal, "result of %s does not decode into %T: %v", function, out, err)
 	}
 	return nil

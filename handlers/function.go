@@ -2,12 +2,12 @@ package handlers
 
 import (
 	"context"
-	"encoding/json"
 	"reflect"
 	"time"
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/internal/jsondec"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -50,7 +50,7 @@ func (r *Request) Arg() (any, error) {
 	r.decoded = true
 	r.arg = r.fn.newArg()
 	if len(r.Payload) > 0 {
-		if err := json.Unmarshal(r.Payload, r.arg); err != nil {
+		if err := jsondec.Unmarshal(r.Payload, r.arg); err != nil {
 			r.argErr = fnmesh.Errorf(fnmesh.CodeInvalidArgument, "arguments of %s.%s are not valid JSON for %s: %v", r.Service, r.Function, r.fn.inType, err)
 		}
 	}
