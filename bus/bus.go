@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -44,7 +45,12 @@ type Bus interface {
 	// SendRequest, it may finish its round trip after ctx ends: a replica
 	// writes its replies itself when no other write is in flight. With
 	// r.Acks set, a successful SendReply also acks that request, as Ack
-	// would (on Redis, in the same round trip, after the reply).
+	// would (on Redis, in the same round trip, after the reply). When
+	// r.Acks came from a subscription with GroupConfig.SettleDirect, the
+	// reply may instead settle the request itself, after SendReply
+	// returned: acked once the reply is written, nacked (delivered again)
+	// if that fails. Ack and Nack of that message then do nothing: the
+	// consumer goes on to its next message without waiting for the write.
 	SendReply(ctx context.Context, inbox string, r *Reply) error
 
 	// OpenInbox creates the reply topic and calls deliver for each reply
@@ -136,12 +142,28 @@ type Delivery struct {
 // Ack acks m, a message from a group subscription, as m.Ack does; on a
 // subscription with GroupConfig.SettleDirect it also settles the entry at
 // once. It reports false if m was nacked.
-func Ack(m *message.Message) bool { return settle(m, true) }
+func Ack(m *message.Message) bool {
+	if replySettles(m) {
+		return true
+	}
+	return settle(m, true)
+}
 
 // Nack nacks m, as m.Nack does, settling it at once on a subscription
 // with GroupConfig.SettleDirect: it is delivered again. It reports false
 // if m was acked.
-func Nack(m *message.Message) bool { return settle(m, false) }
+func Nack(m *message.Message) bool {
+	if replySettles(m) {
+		return true
+	}
+	return settle(m, false)
+}
+
+// replySettles reports whether m's reply settles it (Bus.SendReply).
+func replySettles(m *message.Message) bool {
+	c, ok := m.Context().(*detachedDeliveryContext)
+	return ok && c.replySettles.Load()
+}
 
 func settle(m *message.Message, ok bool) bool {
 	select {
@@ -203,8 +225,12 @@ func withDelivery(ctx context.Context, d Delivery) context.Context {
 
 // detachedDeliveryContext is a deliveryContext that, like
 // context.WithoutCancel, keeps its parent's values but not its
-// cancellation or deadline.
-type detachedDeliveryContext struct{ deliveryContext }
+// cancellation or deadline. A Redis group subscription gives it to the
+// messages it delivers.
+type detachedDeliveryContext struct {
+	deliveryContext
+	replySettles atomic.Bool // the message's reply settles it, see SendReply
+}
 
 func (*detachedDeliveryContext) Deadline() (time.Time, bool) { return time.Time{}, false }
 func (*detachedDeliveryContext) Done() <-chan struct{}       { return nil }
@@ -212,7 +238,7 @@ func (*detachedDeliveryContext) Err() error                  { return nil }
 
 // withDetachedDelivery is withDelivery(context.WithoutCancel(ctx), d).
 func withDetachedDelivery(ctx context.Context, d Delivery) context.Context {
-	return &detachedDeliveryContext{deliveryContext{ctx, d}}
+	return &detachedDeliveryContext{deliveryContext: deliveryContext{ctx, d}}
 }
 
 // ErrClosed is returned by operations on a closed bus.

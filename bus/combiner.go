@@ -42,10 +42,11 @@ type combiner struct {
 // pendingCmd is a command on its way: made by command, given to do,
 // doAsync or doInline, which own it from then on.
 type pendingCmd struct {
-	cmd    respCmd
-	err    error // the command's outcome, set by the round trip
-	done   chan struct{}
-	failed func(error) // set by doAsync: told of a failure instead of done
+	cmd     respCmd
+	err     error // the command's outcome, set by the round trip
+	done    chan struct{}
+	failed  func(error) // set by doAsync: told of a failure instead of done
+	settled func(error) // set by doSettled: told of the outcome instead of done
 }
 
 var pendingPool = sync.Pool{New: func() any { return &pendingCmd{done: make(chan struct{}, 1)} }}
@@ -58,7 +59,7 @@ func (c *combiner) command() *pendingCmd {
 }
 
 func (p *pendingCmd) release() {
-	p.err, p.failed = nil, nil
+	p.err, p.failed, p.settled = nil, nil, nil
 	if cap(p.cmd.b) > 64<<10 {
 		p.cmd.b = nil // do not keep a large payload's buffer
 	}
@@ -151,6 +152,36 @@ func (c *combiner) doInline(ctx context.Context, p *pendingCmd, ackTopic, ackID 
 	<-p.done
 	err := p.err
 	p.release()
+	c.handOverLocked()
+	return err
+}
+
+// doSettled queues p and, in the same round trip after it, the XACK of
+// entry ackID of stream ackTopic, and returns without waiting for them:
+// settled is told p's outcome after the round trip (on the goroutine
+// that flushed it; it must not block). When no flush is in progress the
+// caller flushes itself, as doInline does.
+func (c *combiner) doSettled(p *pendingCmd, ackTopic, ackID string, settled func(error)) error {
+	c.mu.Lock()
+	if !c.queueLocked(p, nil) {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	p.settled = settled
+	c.queueAckLocked(ackTopic, ackID)
+	if c.flushing {
+		c.mu.Unlock()
+		return nil
+	}
+	c.flushing = true
+	c.flushOnce() // releases c.mu; settles p
+	c.handOverLocked()
+	return nil
+}
+
+// handOverLocked ends an inline flush: what queued meanwhile goes to the
+// flusher. c.mu is taken and released.
+func (c *combiner) handOverLocked() {
 	c.mu.Lock()
 	switch {
 	case !c.pendingLocked():
@@ -164,7 +195,6 @@ func (c *combiner) doInline(ctx context.Context, p *pendingCmd, ackTopic, ackID 
 		c.mu.Unlock()
 		c.flushAll()
 	}
-	return err
 }
 
 // ack queues an XACK of entry id of the request stream topic and returns
@@ -269,6 +299,11 @@ func (c *combiner) flushOnce() {
 	}
 	for i, p := range batch {
 		batch[i] = nil
+		if p.settled != nil {
+			p.settled(p.err)
+			p.release()
+			continue
+		}
 		if p.failed == nil {
 			p.done <- struct{}{}
 			continue

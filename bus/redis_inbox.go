@@ -189,6 +189,25 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	if d.settle != nil && !r.cfg.NoAutoPipeline {
 		ackTopic, ackID = d.topic, d.EntryID
 	}
+	if dc, ok := replySettled(rep, ackTopic); ok {
+		// The reply settles its request once written (see Bus.SendReply):
+		// the worker takes its next request meanwhile, instead of waiting
+		// for a flush in progress and being woken by it.
+		dc.replySettles.Store(true)
+		m := rep.Acks
+		err := r.comb.doSettled(p, ackTopic, ackID, func(err error) {
+			if err != nil && !errors.Is(err, redis.Nil) {
+				// Delivered again: this replica, or another if it stops.
+				settle(m, false)
+				return
+			}
+			ackSent(m, d)
+		})
+		if err != nil {
+			dc.replySettles.Store(false) // not queued: the consumer settles it
+		}
+		return err
+	}
 	var err error
 	if r.cfg.NoAutoPipeline {
 		err = r.doDirect(ctx, p)
@@ -209,6 +228,17 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 		Ack(rep.Acks)
 	}
 	return nil
+}
+
+// replySettled returns the context of the request rep answers when rep
+// can settle it (Bus.SendReply): a request from a subscription with
+// SettleDirect, whose ack goes with the reply.
+func replySettled(rep *Reply, ackTopic string) (*detachedDeliveryContext, bool) {
+	if ackTopic == "" {
+		return nil, false
+	}
+	dc, ok := rep.Acks.Context().(*detachedDeliveryContext)
+	return dc, ok
 }
 
 // xadd adds one entry (MAXLEN is approximate), sharing a round trip with

@@ -4,6 +4,10 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/bus/bustest"
@@ -72,4 +76,69 @@ func clientIDs(t *testing.T, list, cmd string) map[string]bool {
 		t.Fatalf("no clients in %q", list)
 	}
 	return ids
+}
+
+// A replica's reply settles its request after the worker has moved on
+// (Bus.SendReply with SettleDirect). When Redis refuses the reply, the
+// request is not acked: it is delivered again, and answered then.
+func TestFailedReplyDeliversRequestAgain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b := newRedisBus(t, busConfig())
+	defer b.Close()
+	rdb := b.Client()
+	service := bustest.Name("badreply")
+	inbox := bus.ReplyTopic(bustest.Name("badreply-inbox"))
+	defer rdb.Del(ctx, bus.RequestTopic(service), inbox)
+	// The reply stream's key holds a string: the reply's XADD fails.
+	if err := rdb.Set(ctx, inbox, "not a stream", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := b.GroupSubscriber(bus.GroupConfig{Consumer: "c1", Concurrency: 1, SettleDirect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	msgs, err := sub.Subscribe(ctx, bus.RequestTopic(service))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SendRequest(ctx, service, &bus.Request{ID: "r1", Function: "f", ReplyTo: inbox}); err != nil {
+		t.Fatal(err)
+	}
+	next := func() (*message.Message, bus.Delivery) {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			return m, bus.DeliveryFromContext(m.Context())
+		case <-ctx.Done():
+			t.Fatal("no delivery")
+			return nil, bus.Delivery{}
+		}
+	}
+	m, d := next()
+	if err := b.SendReply(ctx, inbox, &bus.Reply{ID: "r1", Payload: []byte(`1`), Acks: m}); err != nil {
+		t.Fatalf("SendReply: %v (the failure should come back as a redelivery)", err)
+	}
+	bus.Ack(m) // the worker's settle: the reply settles it instead
+	m2, d2 := next()
+	if d2.EntryID != d.EntryID || d2.Count != 2 {
+		t.Fatalf("got entry %s delivery %d, want %s delivery 2", d2.EntryID, d2.Count, d.EntryID)
+	}
+	// The reply stream is back: the second reply goes through and acks.
+	rdb.Del(ctx, inbox)
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: inbox, Values: []any{"hello", "inbox"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SendReply(ctx, inbox, &bus.Reply{ID: "r1", Payload: []byte(`1`), Acks: m2}); err != nil {
+		t.Fatal(err)
+	}
+	bus.Ack(m2)
+	bustest.Eventually(t, 10*time.Second, "the request acked", func() bool {
+		bl, err := b.Backlog(ctx, service)
+		return err == nil && bl.Waiting == 0 && bl.Pending == 0
+	})
+	if n := rdb.XLen(ctx, inbox).Val(); n != 2 {
+		t.Fatalf("reply stream holds %d entries, want the hello and one reply", n)
+	}
 }
