@@ -92,13 +92,34 @@ type Client struct {
 	seq      atomic.Uint64
 
 	mu      sync.Mutex
-	waiting map[string]chan *bus.Reply
+	waiting map[string]*waiter // calls waiting for their reply, by request id
 	closed  bool
+	waiters sync.Pool // of *waiter of this client
 
 	breakers sync.Map // function name -> *breaker
 	invoker  Invoker  // interceptors around send
 	admit    *admission
-	done     chan struct{} // closed by Close
+}
+
+// waiter is a call waiting for its reply. Waiters are pooled, per client:
+// a reply is handed to one (deliver, fail) only under c.mu while it is in
+// c.waiting, so once a call has taken it out no late reply or failure
+// reaches the next call that uses it.
+type waiter struct {
+	c      *Client
+	id     string          // the request id, while waiting; under c.mu
+	ch     chan *bus.Reply // the reply, or the failure to queue the request
+	failed func(error)     // w.fail, made once
+}
+
+// fail hands the call a failure to store its request (Request.Failed).
+func (w *waiter) fail(err error) {
+	c := w.c
+	c.mu.Lock()
+	if w.id != "" && c.waiting[w.id] == w {
+		c.handToLocked(w, &bus.Reply{ID: w.id, Err: queueError(err)})
+	}
+	c.mu.Unlock()
 }
 
 // New returns a client on b with its own reply inbox.
@@ -112,7 +133,12 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 	id := hex.EncodeToString(rb[:])
 	c := &Client{
 		cfg: cfg, bus: b, inbox: bus.ReplyTopic(id),
-		idPrefix: id + "-", waiting: map[string]chan *bus.Reply{}, done: make(chan struct{}),
+		idPrefix: id + "-", waiting: map[string]*waiter{},
+	}
+	c.waiters.New = func() any {
+		w := &waiter{c: c, ch: make(chan *bus.Reply, 1)}
+		w.failed = w.fail
+		return w
 	}
 	open, err := b.OpenInbox(context.Background(), c.inbox, c.deliver)
 	if err != nil {
@@ -135,13 +161,16 @@ func (c *Client) Inbox() string { return c.inbox }
 // dropped.
 func (c *Client) deliver(rep *bus.Reply) {
 	c.mu.Lock()
-	ch := c.waiting[rep.ID]
+	if w := c.waiting[rep.ID]; w != nil {
+		c.handToLocked(w, rep)
+	}
 	c.mu.Unlock()
-	if ch != nil {
-		select {
-		case ch <- rep:
-		default: // a duplicate reply (a request run twice)
-		}
+}
+
+func (c *Client) handToLocked(w *waiter, rep *bus.Reply) {
+	select {
+	case w.ch <- rep:
+	default: // it has one already: a duplicate reply (a request run twice)
 	}
 }
 
@@ -154,10 +183,11 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
+	for _, w := range c.waiting {
+		c.handToLocked(w, &bus.Reply{ID: w.id, Err: errClosed()})
+	}
 	c.mu.Unlock()
-	err := c.open.Close()
-	close(c.done)
-	return err
+	return c.open.Close()
 }
 
 // validService reports whether s is a service name: ^[a-z0-9][a-z0-9_-]{0,62}$,
@@ -341,18 +371,26 @@ func (c *Client) transport(ctx context.Context, inv *Invocation) (json.RawMessag
 // roundTrip publishes req and waits for its reply. A reply carrying an
 // error is returned as that error.
 func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request, function string) (*bus.Reply, error) {
-	ch := make(chan *bus.Reply, 1)
+	w := c.waiters.Get().(*waiter)
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, fnmesh.NewError(fnmesh.CodeUnavailable, "client closed")
+		c.waiters.Put(w)
+		return nil, errClosed()
 	}
-	c.waiting[req.ID] = ch
+	w.id = req.ID
+	c.waiting[req.ID] = w
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
 		delete(c.waiting, req.ID)
+		w.id = ""
 		c.mu.Unlock()
+		select {
+		case <-w.ch: // a reply that came with the deadline
+		default:
+		}
+		c.waiters.Put(w)
 	}()
 
 	// The deadline bounds the whole call, the write to Redis included (the
@@ -364,17 +402,12 @@ func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request
 	defer func() { deadline.Stop(); deadlineTimers.Put(deadline) }()
 	// The caller waits once, for the reply or for a failure to store the
 	// request, not first for the write and then for the reply.
-	req.Failed = func(err error) {
-		select {
-		case ch <- &bus.Reply{ID: req.ID, Err: queueError(err)}:
-		default: // the reply came first
-		}
-	}
+	req.Failed = w.failed
 	if err := c.publish(ctx, service, req); err != nil {
 		return nil, err
 	}
 	select {
-	case rep := <-ch:
+	case rep := <-w.ch:
 		if rep.Err != nil {
 			return rep, rep.Err
 		}
@@ -383,10 +416,10 @@ func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request
 		return nil, deadlineError(function)
 	case <-ctx.Done():
 		return nil, contextError(ctx, function)
-	case <-c.done:
-		return nil, fnmesh.NewError(fnmesh.CodeUnavailable, "client closed")
 	}
 }
+
+func errClosed() *fnmesh.Error { return fnmesh.NewError(fnmesh.CodeUnavailable, "client closed") }
 
 // deadlineTimers are stopped timers, for roundTrip. (Since Go 1.23 a
 // stopped timer's channel holds no stale tick, so Reset is safe.)

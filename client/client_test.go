@@ -1,12 +1,16 @@
 package client_test
 
 import (
+	"context"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/handlers"
 )
 
 func TestSplitName(t *testing.T) {
@@ -47,5 +51,54 @@ func TestSplitNameMatchesServicePattern(t *testing.T) {
 func TestConfigValidate(t *testing.T) {
 	if _, err := client.New(bus.NewMemory(), client.Config{Timeout: -1, MaxPayloadBytes: -5}); err == nil {
 		t.Fatal("New accepted a negative timeout and payload limit")
+	}
+}
+
+// Close ends the calls still waiting for a reply with unavailable, at
+// once; calls after Close fail the same way.
+func TestCloseEndsWaitingCalls(t *testing.T) {
+	ctx := context.Background()
+	b := bus.NewMemory()
+	defer b.Close()
+	running, release := make(chan struct{}), make(chan struct{})
+	svc := handlers.NewService("closing", handlers.Config{AllowUnauthenticated: true})
+	handlers.Register(svc, "wait", func(context.Context, struct{}) (int, error) {
+		running <- struct{}{}
+		<-release
+		return 1, nil
+	})
+	handlers.Register(svc, "id", func(_ context.Context, n int) (int, error) { return n, nil })
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- svc.Run(runCtx, b) }()
+	defer func() { close(release); stop(); <-ran }()
+	<-svc.Started()
+
+	c, err := client.New(b, client.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Calls reuse the waiters of calls before them: each gets its own
+	// result.
+	for i := 0; i < 50; i++ {
+		var n int
+		if err := c.Call(ctx, "closing.id", i, &n, client.WithTimeout(time.Second)); err != nil || n != i {
+			t.Fatalf("call %d: %d, %v", i, n, err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Call(ctx, "closing.wait", struct{}{}, nil, client.WithTimeout(time.Minute)) }()
+	<-running
+	c.Close()
+	select {
+	case err := <-done:
+		if fnmesh.CodeOf(err) != fnmesh.CodeUnavailable {
+			t.Fatalf("waiting call ended with %v, want unavailable", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a waiting call did not end when its client closed")
+	}
+	if err := c.Call(ctx, "closing.id", 1, nil); fnmesh.CodeOf(err) != fnmesh.CodeUnavailable {
+		t.Fatalf("call after Close: %v, want unavailable", err)
 	}
 }
