@@ -159,14 +159,37 @@ func (r *Reply) appendFields(c *respCmd) {
 
 // decodeReply reads a reply from a stream entry.
 func decodeReply(e entry) (*Reply, error) {
-	get := func(k string) string { s, _ := e.get(k); return s }
-	r := &Reply{ID: get(FieldID), Replica: get(FieldReplica)}
+	r := &Reply{}
+	var code, msg, det, payload string
+	e.each(func(k, v string) bool { // one pass; a field given twice counts once
+		var to *string
+		switch k {
+		case FieldID:
+			to = &r.ID
+		case FieldReplica:
+			to = &r.Replica
+		case FieldCode:
+			to = &code
+		case FieldMessage:
+			to = &msg
+		case FieldDetails:
+			to = &det
+		case FieldPayload:
+			to = &payload
+		default:
+			return true
+		}
+		if *to == "" {
+			*to = v
+		}
+		return true
+	})
 	if r.ID == "" {
 		return r, fmt.Errorf("%w: reply without %q", ErrMalformed, FieldID)
 	}
-	if code := get(FieldCode); code != "" {
-		r.Err = &fnmesh.Error{Code: fnmesh.Code(code), Message: get(FieldMessage)}
-		if det := get(FieldDetails); det != "" {
+	if code != "" {
+		r.Err = &fnmesh.Error{Code: fnmesh.Code(code), Message: msg}
+		if det != "" {
 			var d wireDetails
 			if err := json.Unmarshal([]byte(det), &d); err == nil {
 				r.Err.Fields = d.Fields
@@ -174,7 +197,7 @@ func decodeReply(e entry) (*Reply, error) {
 		}
 		return r, nil
 	}
-	r.Payload = bytesOf(get(FieldPayload))
+	r.Payload = bytesOf(payload)
 	return r, nil
 }
 

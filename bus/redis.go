@@ -621,13 +621,14 @@ func isKnownField(k string) bool {
 // payload becomes metadata.
 func (e entry) message() *message.Message {
 	m := message.NewMessage(e.id, nil)
-	for i := 0; i+1 < len(e.fields); i += 2 {
-		if e.fields[i] == FieldPayload {
-			m.Payload = bytesOf(e.fields[i+1])
-			continue
+	e.each(func(k, v string) bool {
+		if k == FieldPayload {
+			m.Payload = bytesOf(v)
+		} else {
+			m.Metadata[k] = v
 		}
-		m.Metadata[e.fields[i]] = e.fields[i+1]
-	}
+		return true
+	})
 	return m
 }
 

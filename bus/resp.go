@@ -20,28 +20,51 @@ import (
 // it with the small parser below; entry ids, fields and payloads point
 // into that buffer, which their messages keep alive.
 
-// entry is one stream entry: its id and its fields and values in order.
+// entry is one stream entry: its id, and its fields and values in order
+// as the RESP bulk strings they came in, read when needed (each): no slice
+// of strings per entry.
 type entry struct {
 	id     string
-	fields []string // name, value, name, value...
-	gone   bool     // a pending entry whose data was trimmed away
+	fields []byte // name, value, name, value... as RESP bulk strings
+	n      int    // fields and values in fields
+	gone   bool   // a pending entry whose data was trimmed away
 }
 
-func (e entry) get(name string) (string, bool) {
-	for i := 0; i+1 < len(e.fields); i += 2 {
-		if e.fields[i] == name {
-			return e.fields[i+1], true
+// each calls f with each field and value, strings that share the reply's
+// memory.
+func (e entry) each(f func(name, value string) bool) {
+	r := respReader{b: e.fields}
+	for i := 0; i+1 < e.n; i += 2 {
+		k, _, err1 := r.bulk()
+		v, _, err2 := r.bulk()
+		if err1 != nil || err2 != nil || !f(k, v) {
+			return
 		}
 	}
-	return "", false
 }
 
+func (e entry) get(name string) (value string, found bool) {
+	e.each(func(k, v string) bool {
+		if k == name {
+			value, found = v, true
+			return false
+		}
+		return true
+	})
+	return value, found
+}
+
+// fromXMessage makes an entry of a message go-redis parsed (a cluster's
+// typed reads).
 func fromXMessage(x redis.XMessage) entry {
 	e := entry{id: x.ID, gone: x.Values == nil}
+	var c respCmd
 	for k, v := range x.Values {
 		s, _ := v.(string)
-		e.fields = append(e.fields, k, s)
+		c.arg(k)
+		c.arg(s)
 	}
+	e.fields, e.n = c.b, c.n
 	return e
 }
 
@@ -91,14 +114,13 @@ func parseStreamReply(raw []byte) ([]entry, error) {
 			if f < 0 {
 				e.gone = true
 			} else {
-				e.fields = make([]string, 0, f)
+				start := r.i
 				for j := 0; j < f; j++ {
-					v, _, err := r.bulk()
-					if err != nil {
+					if _, _, err := r.bulk(); err != nil {
 						return nil, err
 					}
-					e.fields = append(e.fields, v)
 				}
+				e.fields, e.n = r.b[start:r.i:r.i], f
 			}
 			out = append(out, e)
 		}

@@ -16,7 +16,8 @@ import (
 type callContext struct {
 	parent   context.Context
 	deadline time.Time // zero: the parent's
-	info     CallInfo
+	req      *Request  // for Info; its fields do not change during a run
+	attempt  int       // req.Attempt when the run began
 
 	mu   sync.Mutex
 	done chan struct{} // made by Done
@@ -24,15 +25,24 @@ type callContext struct {
 	stop func() // stops what Done started
 }
 
-func newCallContext(parent context.Context, deadline time.Time, info CallInfo) *callContext {
+func newCallContext(parent context.Context, req *Request) *callContext {
 	c := new(callContext)
-	c.init(parent, deadline, info)
+	c.init(parent, req)
 	return c
 }
 
-// init sets up a callContext that was never used.
-func (c *callContext) init(parent context.Context, deadline time.Time, info CallInfo) {
-	c.parent, c.deadline, c.info = parent, deadline, info
+// init sets up a callContext that was never used, for a run of req.
+func (c *callContext) init(parent context.Context, req *Request) {
+	c.parent, c.deadline, c.req, c.attempt = parent, req.Deadline, req, req.Attempt
+}
+
+// info is the CallInfo of the run.
+func (c *callContext) info() CallInfo {
+	r := c.req
+	return CallInfo{
+		Service: r.Service, Function: r.Function, RequestID: r.ID, Caller: r.Caller,
+		Replica: r.Replica, Async: r.Async, Attempt: c.attempt, IdempotencyKey: r.IdempotencyKey,
+	}
 }
 
 func (c *callContext) Deadline() (time.Time, bool) {
@@ -45,7 +55,8 @@ func (c *callContext) Deadline() (time.Time, bool) {
 
 func (c *callContext) Value(key any) any {
 	if key == (callInfoKey{}) {
-		return &c.info
+		info := c.info()
+		return &info
 	}
 	return c.parent.Value(key)
 }

@@ -11,8 +11,11 @@ import (
 // value would, though its timer starts only when Done is asked for.
 func TestCallContext(t *testing.T) {
 	info := CallInfo{Service: "s", Function: "f", Attempt: 2}
+	mk := func(parent context.Context, deadline time.Time, info CallInfo) *callContext {
+		return newCallContext(parent, &Request{Service: info.Service, Function: info.Function, Attempt: info.Attempt, Deadline: deadline})
+	}
 	t.Run("deadline passed before Done was asked for", func(t *testing.T) {
-		c := newCallContext(context.Background(), time.Now().Add(-time.Millisecond), info)
+		c := mk(context.Background(), time.Now().Add(-time.Millisecond), info)
 		if err := c.Err(); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Err %v, want deadline exceeded", err)
 		}
@@ -23,7 +26,7 @@ func TestCallContext(t *testing.T) {
 		}
 	})
 	t.Run("Done closes at the deadline", func(t *testing.T) {
-		c := newCallContext(context.Background(), time.Now().Add(20*time.Millisecond), info)
+		c := mk(context.Background(), time.Now().Add(20*time.Millisecond), info)
 		if c.Err() != nil {
 			t.Fatal("ended early")
 		}
@@ -39,7 +42,7 @@ func TestCallContext(t *testing.T) {
 	})
 	t.Run("parent cancelled", func(t *testing.T) {
 		parent, cancel := context.WithCancel(context.Background())
-		c := newCallContext(parent, time.Now().Add(time.Hour), info)
+		c := mk(parent, time.Now().Add(time.Hour), info)
 		done := c.Done()
 		cancel()
 		<-done
@@ -48,7 +51,7 @@ func TestCallContext(t *testing.T) {
 		}
 	})
 	t.Run("end releases waiters", func(t *testing.T) {
-		c := newCallContext(context.Background(), time.Now().Add(time.Hour), info)
+		c := mk(context.Background(), time.Now().Add(time.Hour), info)
 		done := c.Done()
 		c.end()
 		<-done
@@ -59,7 +62,7 @@ func TestCallContext(t *testing.T) {
 	t.Run("no deadline of its own", func(t *testing.T) {
 		parent, cancel := context.WithTimeout(context.Background(), time.Hour)
 		defer cancel()
-		c := newCallContext(parent, time.Time{}, info)
+		c := mk(parent, time.Time{}, info)
 		pd, _ := parent.Deadline()
 		if d, ok := c.Deadline(); !ok || !d.Equal(pd) {
 			t.Fatalf("deadline %v %v, want the parent's", d, ok)
@@ -75,7 +78,7 @@ func TestCallContext(t *testing.T) {
 	t.Run("values", func(t *testing.T) {
 		type key struct{}
 		parent := context.WithValue(context.Background(), key{}, "v")
-		c := newCallContext(parent, time.Now().Add(time.Hour), info)
+		c := mk(parent, time.Now().Add(time.Hour), info)
 		wrapped := context.WithValue(c, struct{ k int }{1}, 1)
 		if got := Info(wrapped); got != info {
 			t.Fatalf("Info through a child: %+v", got)

@@ -242,19 +242,15 @@ func (r *replica) invoke(f *function, req *Request) (out any, err error) {
 	// The context descends from hardCtx, not from the message: a draining
 	// replica lets running calls finish, and cancels them only when the
 	// drain timeout ends.
-	info := CallInfo{
-		Service: req.Service, Function: req.Function, RequestID: req.ID, Caller: req.Caller,
-		Replica: r.id, Async: req.Async, Attempt: req.Attempt, IdempotencyKey: req.IdempotencyKey,
-	}
 	var ctx *callContext
 	if !req.ran {
 		// The first run uses the context kept in the Request; a retry
 		// gets a new one, since the last run's may still be held.
 		req.ran = true
 		ctx = &req.firstRun
-		ctx.init(r.hardCtx, req.Deadline, info)
+		ctx.init(r.hardCtx, req)
 	} else {
-		ctx = newCallContext(r.hardCtx, req.Deadline, info)
+		ctx = newCallContext(r.hardCtx, req)
 	}
 	defer ctx.end()
 	defer func() {

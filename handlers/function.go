@@ -150,7 +150,7 @@ type callInfoKey struct{}
 // Info returns the CallInfo of the running call.
 func Info(ctx context.Context) CallInfo {
 	if c, ok := ctx.(*callContext); ok {
-		return c.info
+		return c.info()
 	}
 	if i, _ := ctx.Value(callInfoKey{}).(*CallInfo); i != nil {
 		return *i
