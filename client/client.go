@@ -260,14 +260,18 @@ func (c *Client) newInvocation(function string, in any, o *callOptions, async bo
 }
 
 func (c *Client) options(opts []CallOption) callOptions {
-	o := callOptions{token: c.cfg.Token}
+	if len(opts) == 0 {
+		// No option to hand the options to: they stay on the stack.
+		return callOptions{token: c.cfg.Token}
+	}
+	o := &callOptions{token: c.cfg.Token}
 	for _, opt := range opts {
-		opt(&o)
+		opt(o)
 	}
 	if o.asService {
 		o.token = c.cfg.Token
 	}
-	return o
+	return *o
 }
 
 // Call runs function ("service.function") with in as its arguments and
