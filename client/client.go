@@ -354,7 +354,8 @@ func (c *Client) send(ctx context.Context, inv *Invocation) (json.RawMessage, er
 }
 
 func (c *Client) transport(ctx context.Context, inv *Invocation) (json.RawMessage, error) {
-	req := &bus.Request{
+	req := &inv.wire
+	*req = bus.Request{
 		ID: inv.ID, Function: inv.Name, Payload: inv.Args, Deadline: inv.Deadline, Token: inv.Token,
 		Caller: c.cfg.Name, TraceParent: inv.TraceParent, IdempotencyKey: inv.IdempotencyKey,
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"time"
+
+	"github.com/fnmesh/fnmesh/bus"
 )
 
 // Invocation is one Call or Send as interceptors see it. Interceptors may
@@ -20,6 +22,12 @@ type Invocation struct {
 	Deadline       time.Time       // zero for a Send without WithTimeout
 	Async          bool            // a Send
 	Replica        string          // set once a reply arrived: who ran it
+
+	// wire is the request the innermost invoker sends, kept here so that
+	// a call is one allocation less. An Invocation is used by one
+	// goroutine at a time (an interceptor that retries calls next again
+	// after it returned).
+	wire bus.Request
 }
 
 // Invoker carries an invocation on and returns the JSON result (nil for a
