@@ -78,9 +78,11 @@ func TestAllocationBudgetRedis(t *testing.T) {
 	}
 }
 
-// redisAllocBudget: 41 measured, 48 under -race (client and replica
-// together). It was 175 before raw stream reads and callback replies, 110
-// before the bus wrote and read RESP itself on connections of its own
-// (wire.go: 73, then 45 with the readers) and a call's contexts and
-// request were merged (41).
-const redisAllocBudget = 56
+// redisAllocBudget: 27 measured, 38 under -race (client and replica
+// together; 2.7 kB per call, BenchmarkCallRedis). It was 175 before raw
+// stream reads and callback replies, 110 before the bus wrote and read
+// RESP itself on connections of its own (wire.go: 73, then 45 with the
+// readers), 41 before pooled JSON decoders (internal/jsondec: 33) and
+// pooled waiters, entries read in place and requests kept in the
+// Invocation (27).
+const redisAllocBudget = 45
