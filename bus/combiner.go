@@ -15,12 +15,14 @@ import (
 // commands queue while a round trip is in flight and go out together in
 // the next. Every caller, the one that started the flusher included,
 // waits only as long as its ctx allows: when Redis stops answering, a
-// round trip can take go-redis's dial timeouts and retries, and a call
-// must still end at its deadline.
+// round trip can take dial timeouts and a retry, and a call must still
+// end at its deadline. Some callers do not wait at all: doAsync (a
+// call's request, whose reply proves it was stored) and doSettled (a
+// reply, which settles its request once written).
 //
 // Acks (XACK) queue apart, by stream, and go out as one XACK per stream
 // after the commands of the same round trip: an ack queued with a reply
-// (doInline) goes out with it.
+// (doInline, doSettled) goes out with it.
 type combiner struct {
 	rdb      redis.UniversalClient
 	dialer   *wireDialer   // nil: through go-redis (a cluster)
@@ -40,7 +42,7 @@ type combiner struct {
 }
 
 // pendingCmd is a command on its way: made by command, given to do,
-// doAsync or doInline, which own it from then on.
+// doAsync, doInline or doSettled, which own it from then on.
 type pendingCmd struct {
 	cmd     respCmd
 	err     error // the command's outcome, set by the round trip

@@ -258,15 +258,13 @@ func (r *Redis) isClosed() bool {
 // blockingReader is a client of one connection for blocking reads
 // (XREADGROUP/XREAD BLOCK), which a context cannot interrupt (go-redis
 // #2556). unblock ends a waiting read with CLIENT UNBLOCK; close closes
-// the connection. On a single node it reads through a sticky connection,
-// which skips the pool's per-checkout health check (a syscall per read).
-// A cluster reader has one connection per node it has read from (a
-// stream moves with its slot on failover or resharding).
+// the connection. On a single node it reads on a wireConn of its own
+// (readRaw). A cluster reader has one connection per node it has read
+// from (a stream moves with its slot on failover or resharding).
 type blockingReader struct {
 	redis.UniversalClient
 	owner *Redis
 	own   bool        // false: shares the bus's client (unknown kind)
-	conn  *redis.Conn // sticky connection (a client passed in); read loop only
 
 	// On one server (or a Sentinel master) reads go on a wireConn: the
 	// read loop writes the command and reads the reply's RESP itself
@@ -346,16 +344,6 @@ func (r *Redis) readerTimeout(d time.Duration) time.Duration {
 	return max(d, r.cfg.BlockTime+10*time.Second)
 }
 
-// cmdable is what the read loop reads through.
-func (br *blockingReader) cmdable() redis.Cmdable {
-	if c, ok := br.UniversalClient.(*redis.Client); ok && br.own {
-		if br.conn == nil {
-			br.conn = c.Conn()
-		}
-		return br.conn
-	}
-	return br.UniversalClient
-}
 
 // readGroup reads up to count entries for consumer: XREADGROUP GROUP
 // fnmesh consumer COUNT count [BLOCK block] STREAMS key start. A block
@@ -379,7 +367,7 @@ func (br *blockingReader) readGroup(ctx context.Context, consumer, key, start st
 		c.arg(start)
 		return br.readRaw(ctx)
 	}
-	res, err := br.cmdable().XReadGroup(ctx, &redis.XReadGroupArgs{
+	res, err := br.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: Group, Consumer: consumer, Streams: []string{key, start}, Count: count, Block: block,
 	}).Result()
 	return fromXStreams(res), err
@@ -401,7 +389,7 @@ func (br *blockingReader) read(ctx context.Context, key, last string, count int6
 		c.arg(last)
 		return br.readRaw(ctx)
 	}
-	res, err := br.cmdable().XRead(ctx, &redis.XReadArgs{Streams: []string{key, last}, Count: count, Block: block}).Result()
+	res, err := br.XRead(ctx, &redis.XReadArgs{Streams: []string{key, last}, Count: count, Block: block}).Result()
 	return fromXStreams(res), err
 }
 
@@ -444,15 +432,11 @@ func fromXStreams(res []redis.XStream) []entry {
 	return out
 }
 
-// failed drops the sticky connection after a network error; the next read
-// takes a new one.
+// failed drops the reader's connection after a network error (or a
+// master that is no longer one); the next read dials a new one.
 func (br *blockingReader) failed(err error) {
 	if isRedisError(err) && !lostMaster(err) {
 		return
-	}
-	if br.conn != nil {
-		br.conn.Close()
-		br.conn = nil
 	}
 	if br.wire != nil {
 		br.mu.Lock()
