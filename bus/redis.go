@@ -264,7 +264,7 @@ func (r *Redis) isClosed() bool {
 type blockingReader struct {
 	redis.UniversalClient
 	owner *Redis
-	own   bool        // false: shares the bus's client (unknown kind)
+	own   bool // false: shares the bus's client (unknown kind)
 
 	// On one server (or a Sentinel master) reads go on a wireConn: the
 	// read loop writes the command and reads the reply's RESP itself
@@ -344,7 +344,6 @@ func (r *Redis) readerTimeout(d time.Duration) time.Duration {
 	return max(d, r.cfg.BlockTime+10*time.Second)
 }
 
-
 // readGroup reads up to count entries for consumer: XREADGROUP GROUP
 // fnmesh consumer COUNT count [BLOCK block] STREAMS key start. A block
 // below 0 does not block. A nil reply is redis.Nil.
@@ -356,15 +355,7 @@ func (br *blockingReader) readGroup(ctx context.Context, consumer, key, start st
 		c.arg("group")
 		c.arg(Group)
 		c.arg(consumer)
-		c.arg("count")
-		c.argInt(count)
-		if block >= 0 {
-			c.arg("block")
-			c.argInt(block.Milliseconds())
-		}
-		c.arg("streams")
-		c.arg(key)
-		c.arg(start)
+		c.readTail(count, block, key, start)
 		return br.readRaw(ctx)
 	}
 	res, err := br.XReadGroup(ctx, &redis.XReadGroupArgs{
@@ -380,17 +371,25 @@ func (br *blockingReader) read(ctx context.Context, key, last string, count int6
 		c := &br.cmd
 		c.reset()
 		c.arg("xread")
-		c.arg("count")
-		c.argInt(count)
-		c.arg("block")
-		c.argInt(block.Milliseconds())
-		c.arg("streams")
-		c.arg(key)
-		c.arg(last)
+		c.readTail(count, block, key, last)
 		return br.readRaw(ctx)
 	}
 	res, err := br.XRead(ctx, &redis.XReadArgs{Streams: []string{key, last}, Count: count, Block: block}).Result()
 	return fromXStreams(res), err
+}
+
+// readTail appends what XREAD and XREADGROUP end with: COUNT count,
+// BLOCK block (unless below 0), STREAMS key id.
+func (c *respCmd) readTail(count int64, block time.Duration, key, id string) {
+	c.arg("count")
+	c.argInt(count)
+	if block >= 0 {
+		c.arg("block")
+		c.argInt(block.Milliseconds())
+	}
+	c.arg("streams")
+	c.arg(key)
+	c.arg(id)
 }
 
 // raw reports whether reads go on a wireConn and parse RESP themselves:

@@ -94,28 +94,11 @@ func TestFailedReplyDeliversRequestAgain(t *testing.T) {
 	if err := rdb.Set(ctx, inbox, "not a stream", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := b.GroupSubscriber(bus.GroupConfig{Consumer: "c1", Concurrency: 1, SettleDirect: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	msgs, err := sub.Subscribe(ctx, bus.RequestTopic(service))
-	if err != nil {
-		t.Fatal(err)
-	}
+	msgs := bustest.SubscribeOneSlot(ctx, t, b, service, true)
 	if err := b.SendRequest(ctx, service, &bus.Request{ID: "r1", Function: "f", ReplyTo: inbox}); err != nil {
 		t.Fatal(err)
 	}
-	next := func() (*message.Message, bus.Delivery) {
-		t.Helper()
-		select {
-		case m := <-msgs:
-			return m, bus.DeliveryFromContext(m.Context())
-		case <-ctx.Done():
-			t.Fatal("no delivery")
-			return nil, bus.Delivery{}
-		}
-	}
+	next := func() (*message.Message, bus.Delivery) { t.Helper(); return bustest.NextDelivery(ctx, t, msgs) }
 	m, d := next()
 	if err := b.SendReply(ctx, inbox, &bus.Reply{ID: "r1", Payload: []byte(`1`), Acks: m}); err != nil {
 		t.Fatalf("SendReply: %v (the failure should come back as a redelivery)", err)

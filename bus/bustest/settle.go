@@ -25,15 +25,7 @@ func testGroupSubscriberSettles(t *testing.T, h *Harness) {
 			service := Name("settle")
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			sub, err := h.Bus.GroupSubscriber(bus.GroupConfig{Consumer: "c1", Concurrency: 1, SettleDirect: direct})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sub.Close()
-			msgs, err := sub.Subscribe(ctx, bus.RequestTopic(service))
-			if err != nil {
-				t.Fatal(err)
-			}
+			msgs := SubscribeOneSlot(ctx, t, h.Bus, service, direct)
 			for _, id := range []string{"a", "b"} {
 				if err := h.Bus.SendRequest(ctx, service, &bus.Request{ID: id, Function: "f"}); err != nil {
 					t.Fatal(err)
@@ -43,16 +35,7 @@ func testGroupSubscriberSettles(t *testing.T, h *Harness) {
 			if direct {
 				ack, nack = bus.Ack, bus.Nack
 			}
-			next := func() (*message.Message, bus.Delivery) {
-				t.Helper()
-				select {
-				case m := <-msgs:
-					return m, bus.DeliveryFromContext(m.Context())
-				case <-ctx.Done():
-					t.Fatal("no message delivered")
-					return nil, bus.Delivery{}
-				}
-			}
+			next := func() (*message.Message, bus.Delivery) { t.Helper(); return NextDelivery(ctx, t, msgs) }
 			// One slot: the first message is nacked, comes back as its
 			// second delivery before the other one, and is acked.
 			m, d := next()

@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
@@ -186,6 +188,36 @@ func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("after %v: %s", d, what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// SubscribeOneSlot subscribes consumer "c1" to service's request stream
+// with one message in flight (Concurrency 1), settling directly or not;
+// the subscriber closes with the test.
+func SubscribeOneSlot(ctx context.Context, t testing.TB, b bus.Bus, service string, direct bool) <-chan *message.Message {
+	t.Helper()
+	sub, err := b.GroupSubscriber(bus.GroupConfig{Consumer: "c1", Concurrency: 1, SettleDirect: direct})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Close() })
+	msgs, err := sub.Subscribe(ctx, bus.RequestTopic(service))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msgs
+}
+
+// NextDelivery returns the next message of a group subscription and its
+// delivery, failing the test if none comes before ctx ends.
+func NextDelivery(ctx context.Context, t testing.TB, msgs <-chan *message.Message) (*message.Message, bus.Delivery) {
+	t.Helper()
+	select {
+	case m := <-msgs:
+		return m, bus.DeliveryFromContext(m.Context())
+	case <-ctx.Done():
+		t.Fatal("no message delivered")
+		return nil, bus.Delivery{}
 	}
 }
 
