@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -44,11 +45,14 @@ type combiner struct {
 // pendingCmd is a command on its way: made by command, given to do,
 // doAsync, doInline or doSettled, which own it from then on.
 type pendingCmd struct {
-	cmd     respCmd
-	err     error // the command's outcome, set by the round trip
-	done    chan struct{}
-	failed  func(error) // set by doAsync: told of a failure instead of done
-	settled func(error) // set by doSettled: told of the outcome instead of done
+	cmd    respCmd
+	err    error // the command's outcome, set by the round trip
+	done   chan struct{}
+	failed func(error) // set by doAsync: told of a failure instead of done
+	// settles, set by doSettled, is the request a reply answers: settled
+	// by the reply's outcome (replyWritten) instead of done.
+	settles  *message.Message
+	delivery Delivery // of settles
 }
 
 var pendingPool = sync.Pool{New: func() any { return &pendingCmd{done: make(chan struct{}, 1)} }}
@@ -61,7 +65,7 @@ func (c *combiner) command() *pendingCmd {
 }
 
 func (p *pendingCmd) release() {
-	p.err, p.failed, p.settled = nil, nil, nil
+	p.err, p.failed, p.settles, p.delivery = nil, nil, nil, Delivery{}
 	if cap(p.cmd.b) > 64<<10 {
 		p.cmd.b = nil // do not keep a large payload's buffer
 	}
@@ -158,18 +162,19 @@ func (c *combiner) doInline(ctx context.Context, p *pendingCmd, ackTopic, ackID 
 	return err
 }
 
-// doSettled queues p and, in the same round trip after it, the XACK of
-// entry ackID of stream ackTopic, and returns without waiting for them:
-// settled is told p's outcome after the round trip (on the goroutine
-// that flushed it; it must not block). When no flush is in progress the
-// caller flushes itself, as doInline does.
-func (c *combiner) doSettled(p *pendingCmd, ackTopic, ackID string, settled func(error)) error {
+// doSettled queues p, a reply to request m, and, in the same round trip
+// after it, the XACK of m (entry d.EntryID of stream d.topic), and
+// returns without waiting for them: m is settled by p's outcome after the
+// round trip (replyWritten, on the goroutine that flushed it). When no
+// flush is in progress the caller flushes itself, as doInline does.
+func (c *combiner) doSettled(p *pendingCmd, m *message.Message, d Delivery) error {
 	c.mu.Lock()
 	if !c.queueLocked(p, nil) {
 		c.mu.Unlock()
 		return ErrClosed
 	}
-	p.settled = settled
+	p.settles, p.delivery = m, d
+	ackTopic, ackID := d.topic, d.EntryID
 	c.queueAckLocked(ackTopic, ackID)
 	if c.flushing {
 		c.mu.Unlock()
@@ -301,8 +306,8 @@ func (c *combiner) flushOnce() {
 	}
 	for i, p := range batch {
 		batch[i] = nil
-		if p.settled != nil {
-			p.settled(p.err)
+		if p.settles != nil {
+			replyWritten(p.settles, p.delivery, p.err)
 			p.release()
 			continue
 		}

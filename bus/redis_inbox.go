@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -194,15 +195,7 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 		// the worker takes its next request meanwhile, instead of waiting
 		// for a flush in progress and being woken by it.
 		dc.replySettles.Store(true)
-		m := rep.Acks
-		err := r.comb.doSettled(p, ackTopic, ackID, func(err error) {
-			if err != nil && !errors.Is(err, redis.Nil) {
-				// Delivered again: this replica, or another if it stops.
-				settle(m, false)
-				return
-			}
-			ackSent(m, d)
-		})
+		err := r.comb.doSettled(p, rep.Acks, d)
 		if err != nil {
 			dc.replySettles.Store(false) // not queued: the consumer settles it
 		}
@@ -228,6 +221,17 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 		Ack(rep.Acks)
 	}
 	return nil
+}
+
+// replyWritten settles request m once the round trip carrying its reply
+// is over: acked if the reply was written (or its caller's inbox is gone),
+// nacked, to be delivered again, if not.
+func replyWritten(m *message.Message, d Delivery, err error) {
+	if err != nil && !errors.Is(err, redis.Nil) {
+		settle(m, false) // delivered again: here, or elsewhere if this replica stops
+		return
+	}
+	ackSent(m, d)
 }
 
 // replySettled returns the context of the request rep answers when rep

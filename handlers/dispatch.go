@@ -66,7 +66,7 @@ func (r *replica) handle(msg *message.Message) error {
 		// Replicas keep dying or stalling on it: a poison request.
 		e := fnmesh.Errorf(fnmesh.CodeInternal, "request delivered %d times without finishing (limit %d): replicas stopped while running it", d.Count, r.svc.cfg.MaxDeliveries)
 		if breq.ReplyTo != "" {
-			if _, err := r.reply(breq.ReplyTo, breq.ID, nil, e, nil); err != nil {
+			if err := r.reply(breq.ReplyTo, breq.ID, nil, e, nil); err != nil {
 				return err
 			}
 		}
@@ -136,7 +136,7 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 		} else {
 			hooks.beforeSuccess(result)
 		}
-		if _, rerr := r.reply(breq.ReplyTo, req.ID, result, err, msg); rerr != nil {
+		if rerr := r.reply(breq.ReplyTo, req.ID, result, err, msg); rerr != nil {
 			return nil, rerr
 		}
 		if err != nil {
@@ -204,14 +204,13 @@ func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req
 	case bus.IdemDone:
 		r.log.Debug("duplicate of a finished request skipped", "key", breq.IdempotencyKey, "id", req.ID)
 		if !req.Async {
-			_, err := r.reply(breq.ReplyTo, req.ID, json.RawMessage(prior), nil, msg)
-			return err
+			return r.reply(breq.ReplyTo, req.ID, prior, nil, msg)
 		}
 		return nil
 	case bus.IdemRunning:
 		r.log.Debug("duplicate of a running request skipped", "key", breq.IdempotencyKey, "id", req.ID)
 		if !req.Async {
-			_, err := r.reply(breq.ReplyTo, req.ID, nil,
+			err := r.reply(breq.ReplyTo, req.ID, nil,
 				fnmesh.Errorf(fnmesh.CodeUnavailable, "a request with idempotency key %q is running; try again for its result", breq.IdempotencyKey), msg)
 			return err
 		}
@@ -285,28 +284,21 @@ func asMeshError(err error) *fnmesh.Error {
 	return &fnmesh.Error{Code: fnmesh.CodeOf(err), Message: err.Error()}
 }
 
-// reply publishes the outcome of a call to the caller's reply stream and
-// returns the encoded result. When the reply settles the request (it is
+// reply publishes the outcome of a call to the caller's reply stream: its
+// encoded result, or callErr. When the reply settles the request (it is
 // the last thing its handling does), msg is the request, acked with the
 // reply: on Redis one round trip for both.
-func (r *replica) reply(replyTo, id string, out any, callErr error, msg *message.Message) ([]byte, error) {
-	rep := &bus.Reply{ID: id, Replica: r.id, Acks: msg}
+func (r *replica) reply(replyTo, id string, result []byte, callErr error, msg *message.Message) error {
+	rep := &bus.Reply{ID: id, Replica: r.id, Acks: msg, Payload: result}
 	if callErr != nil {
-		rep.Err = asMeshError(callErr)
-	} else {
-		b, err := marshalResult(out)
-		if err != nil {
-			rep.Err = fnmesh.Errorf(fnmesh.CodeInternal, "result is not JSON-encodable: %v", err)
-		} else {
-			rep.Payload = b
-		}
+		rep.Err, rep.Payload = asMeshError(callErr), nil
 	}
 	// hardCtx, not the message's: a reply is written even while draining.
 	if err := r.bus.SendReply(r.hardCtx, replyTo, rep); err != nil {
 		r.log.Error("reply failed; the request will be delivered again", "err", err)
-		return nil, err
+		return err
 	}
-	return rep.Payload, nil
+	return nil
 }
 
 func marshalResult(out any) ([]byte, error) {
@@ -324,7 +316,7 @@ func marshalResult(out any) ([]byte, error) {
 func (r *replica) reject(msg *message.Message, breq *bus.Request, d bus.Delivery, e *fnmesh.Error) error {
 	r.log.Warn("rejected request", "code", e.Code, "reason", e.Message, "entry", d.EntryID)
 	if breq != nil && breq.ReplyTo != "" {
-		if _, err := r.reply(breq.ReplyTo, breq.ID, nil, e, nil); err != nil {
+		if err := r.reply(breq.ReplyTo, breq.ID, nil, e, nil); err != nil {
 			return err
 		}
 	}
