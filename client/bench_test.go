@@ -48,7 +48,7 @@ func benchmarkCall(b *testing.B, bs bus.Bus) {
 }
 
 // Allocations per call on the in-memory bus, client and replica together:
-// 31 measured, 39 under -race (it was 56 before calls waited on a pooled
+// 30 measured, 38 under -race (it was 56 before calls waited on a pooled
 // timer and replicas settled requests directly, 51 before a call's
 // contexts and request were merged, 44 before pooled JSON decoders and
 // waiters). A change that allocates more per call fails here and must

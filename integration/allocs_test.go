@@ -78,11 +78,11 @@ func TestAllocationBudgetRedis(t *testing.T) {
 	}
 }
 
-// redisAllocBudget: 27 measured, 38 under -race (client and replica
-// together; 2.7 kB per call, BenchmarkCallRedis). It was 175 before raw
-// stream reads and callback replies, 110 before the bus wrote and read
-// RESP itself on connections of its own (wire.go: 73, then 45 with the
-// readers), 41 before pooled JSON decoders (internal/jsondec: 33) and
-// pooled waiters, entries read in place and requests kept in the
-// Invocation (27).
+// redisAllocBudget: 25 measured, 37 under -race (client and replica
+// together; about 2.6 kB per call, BenchmarkCallRedis). It was 175 before
+// raw stream reads and callback replies, 110 before the bus wrote and
+// read RESP itself on connections of its own (wire.go: 73, then 45 with
+// the readers), 41 before pooled JSON decoders (internal/jsondec: 33),
+// pooled waiters, entries read in place, requests kept in the Invocation
+// (27) and replies that settle their requests without a closure (25).
 const redisAllocBudget = 45
