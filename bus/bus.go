@@ -161,8 +161,18 @@ func Nack(m *message.Message) bool {
 
 // replySettles reports whether m's reply settles it (Bus.SendReply).
 func replySettles(m *message.Message) bool {
-	c, ok := m.Context().(*detachedDeliveryContext)
+	c, ok := contextOf(m)
 	return ok && c.replySettles.Load()
+}
+
+// contextOf returns the context a Redis group subscription gave m, if m
+// (which may be nil) is such a message.
+func contextOf(m *message.Message) (*detachedDeliveryContext, bool) {
+	if m == nil {
+		return nil, false
+	}
+	c, ok := m.Context().(*detachedDeliveryContext)
+	return c, ok
 }
 
 func settle(m *message.Message, ok bool) bool {

@@ -141,24 +141,16 @@ func (c *combiner) startLocked() {
 // the way from function to caller. Commands queued meanwhile go on with
 // the flusher.
 func (c *combiner) doInline(ctx context.Context, p *pendingCmd, ackTopic, ackID string) error {
-	c.mu.Lock()
-	if !c.queueLocked(p, nil) {
-		c.mu.Unlock()
-		return ErrClosed
-	}
-	if ackTopic != "" {
-		c.queueAckLocked(ackTopic, ackID)
-	}
-	if c.flushing {
-		c.mu.Unlock()
+	flushed, err := c.queueOrFlush(p, ackTopic, ackID)
+	switch {
+	case err != nil:
+		return err
+	case !flushed:
 		return c.wait(ctx, p)
 	}
-	c.flushing = true
-	c.flushOnce() // releases c.mu; p.done is signalled
-	<-p.done
-	err := p.err
+	<-p.done // signalled by the flush
+	err = p.err
 	p.release()
-	c.handOverLocked()
 	return err
 }
 
@@ -168,27 +160,37 @@ func (c *combiner) doInline(ctx context.Context, p *pendingCmd, ackTopic, ackID 
 // round trip (replyWritten, on the goroutine that flushed it). When no
 // flush is in progress the caller flushes itself, as doInline does.
 func (c *combiner) doSettled(p *pendingCmd, m *message.Message, d Delivery) error {
+	p.settles, p.delivery = m, d
+	_, err := c.queueOrFlush(p, d.topic, d.EntryID)
+	return err
+}
+
+// queueOrFlush queues p and the XACK of entry ackID of stream ackTopic
+// (none if ackTopic is "") and, when no flush is in progress, flushes them
+// itself, reporting that it did: what queued meanwhile then goes on with
+// the flusher.
+func (c *combiner) queueOrFlush(p *pendingCmd, ackTopic, ackID string) (flushed bool, err error) {
 	c.mu.Lock()
 	if !c.queueLocked(p, nil) {
 		c.mu.Unlock()
-		return ErrClosed
+		return false, ErrClosed
 	}
-	p.settles, p.delivery = m, d
-	ackTopic, ackID := d.topic, d.EntryID
-	c.queueAckLocked(ackTopic, ackID)
+	if ackTopic != "" {
+		c.queueAckLocked(ackTopic, ackID)
+	}
 	if c.flushing {
 		c.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	c.flushing = true
-	c.flushOnce() // releases c.mu; settles p
-	c.handOverLocked()
-	return nil
+	c.flushOnce() // releases c.mu
+	c.handOver()
+	return true, nil
 }
 
-// handOverLocked ends an inline flush: what queued meanwhile goes to the
-// flusher. c.mu is taken and released.
-func (c *combiner) handOverLocked() {
+// handOver ends an inline flush: what queued meanwhile goes to the
+// flusher. It takes and releases c.mu.
+func (c *combiner) handOver() {
 	c.mu.Lock()
 	switch {
 	case !c.pendingLocked():

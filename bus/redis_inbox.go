@@ -190,10 +190,10 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	if d.settle != nil && !r.cfg.NoAutoPipeline {
 		ackTopic, ackID = d.topic, d.EntryID
 	}
-	if dc, ok := replySettled(rep, ackTopic); ok {
-		// The reply settles its request once written (see Bus.SendReply):
-		// the worker takes its next request meanwhile, instead of waiting
-		// for a flush in progress and being woken by it.
+	// A reply with its request's ack settles that request once written
+	// (see Bus.SendReply): the worker takes its next request meanwhile,
+	// instead of waiting for a flush in progress and being woken by it.
+	if dc, ok := contextOf(rep.Acks); ok && ackTopic != "" {
 		dc.replySettles.Store(true)
 		err := r.comb.doSettled(p, rep.Acks, d)
 		if err != nil {
@@ -232,17 +232,6 @@ func replyWritten(m *message.Message, d Delivery, err error) {
 		return
 	}
 	ackSent(m, d)
-}
-
-// replySettled returns the context of the request rep answers when rep
-// can settle it (Bus.SendReply): a request from a subscription with
-// SettleDirect, whose ack goes with the reply.
-func replySettled(rep *Reply, ackTopic string) (*detachedDeliveryContext, bool) {
-	if ackTopic == "" {
-		return nil, false
-	}
-	dc, ok := rep.Acks.Context().(*detachedDeliveryContext)
-	return dc, ok
 }
 
 // xadd adds one entry (MAXLEN is approximate), sharing a round trip with

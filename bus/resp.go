@@ -250,7 +250,6 @@ func bytesOf(s string) []byte {
 // on a cluster, hands its arguments to go-redis (args).
 type respCmd struct {
 	b []byte // headRoom bytes for the array header, then the arguments
-	h int    // where the header starts, once done
 	n int    // arguments so far
 }
 
@@ -259,7 +258,7 @@ const headRoom = 12
 
 func (c *respCmd) reset() {
 	c.b = append(c.b[:0], "            "...)
-	c.h, c.n = 0, 0
+	c.n = 0
 }
 
 // arg appends one argument.
@@ -318,9 +317,9 @@ func (c *respCmd) bytes() []byte {
 	var h [headRoom]byte
 	head := strconv.AppendInt(append(h[:0], '*'), int64(c.n), 10)
 	head = append(head, '\r', '\n')
-	c.h = headRoom - len(head)
-	copy(c.b[c.h:], head)
-	return c.b[c.h:]
+	start := headRoom - len(head)
+	copy(c.b[start:], head)
+	return c.b[start:]
 }
 
 // args returns the command's arguments, for go-redis (a cluster, which
@@ -339,6 +338,37 @@ func (c *respCmd) args() []any {
 	return out
 }
 
+// respHeader reads a reply's first line, its CRLF included: its type t,
+// the text after the type, and n: a bulk string's length, an aggregate's
+// element count (a map's or an attribute's pairs counted twice), -1 for a
+// null, 0 for a simple reply.
+func respHeader(line []byte) (t byte, n int, body []byte, err error) {
+	if len(line) < 3 || line[len(line)-2] != '\r' || line[len(line)-1] != '\n' {
+		return 0, 0, nil, fmt.Errorf("%w: bad reply line %q", errRESP, line)
+	}
+	t, body = line[0], line[1:len(line)-2]
+	switch t {
+	case '+', '-', ':', ',', '#', '(':
+		return t, 0, body, nil
+	case '_':
+		return t, -1, body, nil
+	case '$', '!', '=', '*', '~', '>', '%', '|':
+		n, ok := atoi(body)
+		if !ok {
+			return 0, 0, nil, fmt.Errorf("%w: bad length %q", errRESP, body)
+		}
+		if n > 0 && (t == '%' || t == '|') {
+			n *= 2
+		}
+		return t, n, body, nil
+	}
+	return 0, 0, nil, fmt.Errorf("%w: unknown reply type %q", errRESP, t)
+}
+
+// isBulk reports whether t is a bulk string's type (its length follows
+// in n; an aggregate's n counts replies).
+func isBulk(t byte) bool { return t == '$' || t == '!' || t == '=' }
+
 // readReplyErr reads one reply from br and returns what the combiner
 // needs of it: replyErr is the server's error reply (serverError), or
 // redis.Nil for a null; err is a failure to read (the connection is
@@ -348,53 +378,30 @@ func readReplyErr(br *bufio.Reader) (replyErr, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(line) < 3 || line[len(line)-2] != '\r' {
-		return nil, fmt.Errorf("%w: bad reply line %q", errRESP, line)
-	}
-	body := line[1 : len(line)-2]
-	switch line[0] {
-	case '+', ':', ',', '#', '(':
-		return nil, nil
-	case '-':
+	t, n, body, err := respHeader(line)
+	switch {
+	case err != nil:
+		return nil, err
+	case t == '-':
 		return serverError(string(body)), nil
-	case '_':
+	case n < 0:
 		return redis.Nil, nil
-	case '$', '!', '=':
-		n, ok := atoi(body)
-		if !ok {
-			return nil, fmt.Errorf("%w: bad bulk length %q", errRESP, body)
-		}
-		if n < 0 {
-			return redis.Nil, nil
-		}
-		if line[0] != '!' {
-			_, err := br.Discard(n + 2)
-			return nil, err
-		}
+	case t == '!':
 		msg := make([]byte, n+2)
 		if _, err := io.ReadFull(br, msg); err != nil {
 			return nil, err
 		}
 		return serverError(msg[:n]), nil
-	case '*', '~', '>', '%', '|':
-		n, ok := atoi(body)
-		if !ok {
-			return nil, fmt.Errorf("%w: bad array length %q", errRESP, body)
-		}
-		if n < 0 {
-			return redis.Nil, nil
-		}
-		if line[0] == '%' || line[0] == '|' {
-			n *= 2
-		}
-		for i := 0; i < n; i++ {
-			if _, err := readReplyErr(br); err != nil {
-				return nil, err
-			}
-		}
-		return nil, nil
+	case isBulk(t):
+		_, err := br.Discard(n + 2)
+		return nil, err
 	}
-	return nil, fmt.Errorf("%w: unknown reply type %q", errRESP, line[0])
+	for i := 0; i < n; i++ {
+		if _, err := readReplyErr(br); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
 }
 
 // errIncomplete: respEnd needs more bytes.
@@ -407,23 +414,14 @@ func respEnd(b []byte, i int) (int, error) {
 	if j < 0 {
 		return 0, errIncomplete
 	}
-	line := b[i : i+j+1]
 	next := i + j + 1
-	if len(line) < 3 || line[len(line)-2] != '\r' {
-		return 0, fmt.Errorf("%w: bad reply line at byte %d", errRESP, i)
-	}
-	body := line[1 : len(line)-2]
-	switch line[0] {
-	case '+', '-', ':', '_', ',', '#', '(':
+	t, n, _, err := respHeader(b[i:next])
+	switch {
+	case err != nil:
+		return 0, err
+	case n < 0:
 		return next, nil
-	case '$', '!', '=':
-		n, ok := atoi(body)
-		if !ok {
-			return 0, fmt.Errorf("%w: bad bulk length at byte %d", errRESP, i)
-		}
-		if n < 0 {
-			return next, nil
-		}
+	case isBulk(t):
 		end := next + n + 2
 		if end > len(b) {
 			return 0, errIncomplete
@@ -432,23 +430,13 @@ func respEnd(b []byte, i int) (int, error) {
 			return 0, fmt.Errorf("%w: bulk string at byte %d not ended by CRLF", errRESP, i)
 		}
 		return end, nil
-	case '*', '~', '>', '%', '|':
-		n, ok := atoi(body)
-		if !ok {
-			return 0, fmt.Errorf("%w: bad array length at byte %d", errRESP, i)
-		}
-		if line[0] == '%' || line[0] == '|' {
-			n *= 2
-		}
-		var err error
-		for k := 0; k < n; k++ {
-			if next, err = respEnd(b, next); err != nil {
-				return 0, err
-			}
-		}
-		return next, nil
 	}
-	return 0, fmt.Errorf("%w: unknown reply type %q at byte %d", errRESP, line[0], i)
+	for k := 0; k < n; k++ {
+		if next, err = respEnd(b, next); err != nil {
+			return 0, err
+		}
+	}
+	return next, nil
 }
 
 // readRawReply reads one whole reply from r into a buffer of its own,
@@ -488,43 +476,28 @@ func appendReply(r *bufio.Reader, out []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(line) < 3 || line[len(line)-2] != '\r' {
-		return nil, fmt.Errorf("%w: bad reply line", errRESP)
+	t, n, _, err := respHeader(line)
+	if err != nil {
+		return nil, err
 	}
 	out = append(out, line...)
-	body := line[1 : len(line)-2]
-	switch line[0] {
-	case '$', '!', '=':
-		n, ok := atoi(body)
-		if !ok {
-			return nil, fmt.Errorf("%w: bad bulk length", errRESP)
+	switch {
+	case n < 0:
+	case isBulk(t):
+		out = slices.Grow(out, n+2)
+		if _, err := io.ReadFull(r, out[len(out):len(out)+n+2]); err != nil {
+			return nil, err
 		}
-		if n >= 0 {
-			out = slices.Grow(out, n+2)
-			if _, err := io.ReadFull(r, out[len(out):len(out)+n+2]); err != nil {
-				return nil, err
-			}
-			out = out[:len(out)+n+2]
-			if out[len(out)-2] != '\r' || out[len(out)-1] != '\n' {
-				return nil, fmt.Errorf("%w: bulk string not ended by CRLF", errRESP)
-			}
+		out = out[:len(out)+n+2]
+		if out[len(out)-2] != '\r' || out[len(out)-1] != '\n' {
+			return nil, fmt.Errorf("%w: bulk string not ended by CRLF", errRESP)
 		}
-	case '+', '-', ':', '_', ',', '#', '(':
-	case '*', '~', '>', '%', '|':
-		n, ok := atoi(body)
-		if !ok {
-			return nil, fmt.Errorf("%w: bad array length", errRESP)
-		}
-		if line[0] == '%' || line[0] == '|' {
-			n *= 2
-		}
+	default:
 		for k := 0; k < n; k++ {
 			if out, err = appendReply(r, out); err != nil {
 				return nil, err
 			}
 		}
-	default:
-		return nil, fmt.Errorf("%w: unknown reply type %q", errRESP, line[0])
 	}
 	return out, nil
 }

@@ -210,9 +210,8 @@ func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req
 	case bus.IdemRunning:
 		r.log.Debug("duplicate of a running request skipped", "key", breq.IdempotencyKey, "id", req.ID)
 		if !req.Async {
-			err := r.reply(breq.ReplyTo, req.ID, nil,
+			return r.reply(breq.ReplyTo, req.ID, nil,
 				fnmesh.Errorf(fnmesh.CodeUnavailable, "a request with idempotency key %q is running; try again for its result", breq.IdempotencyKey), msg)
-			return err
 		}
 		return nil
 	}
