@@ -124,6 +124,10 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 		if err != nil && r.hardCtx.Err() != nil {
 			return nil, errStopping
 		}
+		if errors.Is(err, errIdemStore) {
+			r.log.Error("request not run; it will be delivered again", "err", err)
+			return nil, err
+		}
 		var result json.RawMessage
 		if err == nil {
 			var merr error
@@ -158,6 +162,10 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 		if r.hardCtx.Err() != nil {
 			return nil, errStopping
 		}
+		if errors.Is(err, errIdemStore) {
+			r.log.Error("request not run; it will be delivered again", "err", err)
+			return nil, err
+		}
 		if !retryable(err) || req.Attempt >= policy.MaxAttempts {
 			hooks.beforeFail()
 			if derr := r.deadLetter(msg, d, asMeshError(err), req.Attempt); derr != nil {
@@ -188,46 +196,20 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 // of (or that was dead-lettered): settled, but not a success.
 var errFailed = errors.New("request failed")
 
-// runOnce runs a request that carries an idempotency key: a second request
-// with the same key is not run while the first runs or after it
-// succeeded (a call gets the first one's result); a redelivery of the same
-// entry (its replica died) runs again unless it had finished.
+// runOnce runs a request that carries an idempotency key. The function's
+// chain decides (after the token check and the access rule) whether it
+// runs; the key is settled before the caller can learn the outcome: done
+// (with the result) before the reply, freed before a failure is told, so
+// that a request repeated at once gets the first one's result, or runs
+// when the first failed. A redelivery of the same entry (its replica
+// died) runs again unless it had finished.
 func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request) error {
-	ctx := r.hardCtx
-	window := r.svc.cfg.IdempotencyWindow
-	state, prior, err := r.idem.Begin(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID, window)
-	if err != nil {
-		r.log.Error("idempotency store unavailable; the request will be delivered again", "err", err)
-		return err
-	}
-	switch state {
-	case bus.IdemDone:
-		r.log.Debug("duplicate of a finished request skipped", "key", breq.IdempotencyKey, "id", req.ID)
-		if !req.Async {
-			return r.reply(breq.ReplyTo, req.ID, prior, nil, msg)
-		}
-		return nil
-	case bus.IdemRunning:
-		r.log.Debug("duplicate of a running request skipped", "key", breq.IdempotencyKey, "id", req.ID)
-		if !req.Async {
-			return r.reply(breq.ReplyTo, req.ID, nil,
-				fnmesh.Errorf(fnmesh.CodeUnavailable, "a request with idempotency key %q is running; try again for its result", breq.IdempotencyKey), msg)
-		}
-		return nil
-	}
-	// The key is settled before the caller can learn the outcome: done
-	// (with the result) before the reply, freed before a failure is told,
-	// so that a request repeated at once gets the first one's result, or
-	// runs when the first failed.
+	req.idem = idemRun{ctx: r.hardCtx, store: r.idem, owner: d.EntryID, window: r.svc.cfg.IdempotencyWindow}
 	hooks := outcomeHooks{
-		beforeFail: func() { r.idem.Release(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID) },
-		beforeSuccess: func(result []byte) {
-			if err := r.idem.Complete(ctx, r.svc.name, breq.IdempotencyKey, d.EntryID, result, window); err != nil {
-				r.log.Error("could not record an idempotency key as done", "key", breq.IdempotencyKey, "err", err)
-			}
-		},
+		beforeFail:    func() { r.settleIdem(req, false, nil) },
+		beforeSuccess: func(result []byte) { r.settleIdem(req, true, result) },
 	}
-	_, err = r.runResult(msg, d, f, req, breq, hooks)
+	_, err := r.runResult(msg, d, f, req, breq, hooks)
 	if errors.Is(err, errFailed) {
 		return nil
 	}

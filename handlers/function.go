@@ -30,6 +30,7 @@ type Request struct {
 	IdempotencyKey string
 
 	fn      *function
+	idem    idemRun // set by the path that dispatches a request with a key
 	arg     any
 	argErr  error
 	decoded bool

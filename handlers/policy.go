@@ -20,7 +20,8 @@ import (
 //     Default (deny when nil). A refusal is unauthenticated when no token
 //     was sent and the rule reads one, permission_denied otherwise.
 //  3. RequireRole/RequireClaims checks of the function, then Use
-//     middleware, then validation, then the function.
+//     middleware, then the idempotency key (a stored result is returned
+//     only here), then validation, then the function.
 
 // ruleFor returns the rule that decides who calls f.
 func (s *Service) ruleFor(f *function) (security.Rule, bool) {

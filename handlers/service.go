@@ -238,7 +238,8 @@ func NewService(name string, cfg Config) *Service {
 func (s *Service) Name() string { return s.name }
 
 // Use adds middleware that runs for every function, after the token check
-// and the function's claim requirements, before validation.
+// and the function's claim requirements, before the idempotency key is
+// looked up and before validation.
 func (s *Service) Use(m ...Middleware) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -324,6 +325,7 @@ func (s *Service) assemble() error {
 			return call(ctx, arg)
 		})
 		h = Validation(validate)(h)
+		h = idempotency(s.name)(h)
 		for i := len(s.middleware) - 1; i >= 0; i-- {
 			h = s.middleware[i](h)
 		}
