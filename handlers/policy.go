@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -106,14 +105,7 @@ func policyCheck(service string, rule security.Rule) Middleware {
 			claims, _ := security.ClaimsFromContext(ctx)
 			in := security.Input{Service: service, Function: req.Function, Claims: claims}
 			if readsArgs {
-				in.Args = func() (any, error) {
-					if len(req.Payload) == 0 {
-						return map[string]any{}, nil
-					}
-					var v any
-					err := json.Unmarshal(req.Payload, &v)
-					return v, err
-				}
+				in.Args = func() (any, error) { return security.DecodeArgs(req.Payload) }
 			}
 			if err := security.Decide(rule, in); err != nil {
 				return nil, err

@@ -1,6 +1,7 @@
 package security
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -278,8 +279,9 @@ type Input struct {
 	Service, Function string
 	// Claims of the caller's verified token; nil when the caller sent none.
 	Claims Claims
-	// Args returns the call's arguments decoded from JSON (objects as
-	// map[string]any). Called only by rules that read "args.".
+	// Args returns the call's arguments decoded from JSON, as DecodeArgs
+	// does (objects as map[string]any, numbers as json.Number). Called
+	// only by rules that read "args.".
 	Args func() (any, error)
 }
 
@@ -406,7 +408,12 @@ func (e *evaluator) lookup(path string) (any, bool, error) {
 		switch x := v.(type) {
 		case map[string]any:
 			var ok bool
-			if v, ok = x[seg]; !ok {
+			if root == "args" {
+				v, ok = lookupKey(x, seg)
+			} else {
+				v, ok = x[seg]
+			}
+			if !ok {
 				return nil, false, nil
 			}
 		case Claims:
@@ -428,6 +435,9 @@ func (e *evaluator) lookup(path string) (any, bool, error) {
 		return nil, false, nil // JSON null counts as absent
 	}
 	nv, err := normalize(v)
+	if errors.Is(err, errInexact) {
+		return nil, false, err
+	}
 	if err != nil {
 		return nil, false, nil
 	}
@@ -497,6 +507,8 @@ func normalize(v any) (any, error) {
 	switch x := v.(type) {
 	case nil, string, bool, float64:
 		return x, nil
+	case json.Number:
+		return numberValue(x)
 	case int:
 		return float64(x), nil
 	case int64:

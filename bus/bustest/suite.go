@@ -61,6 +61,7 @@ func Run(t *testing.T, newBus NewBus) {
 		{"ServiceWithoutAuthDoesNotRun", testServiceWithoutAuth},
 		{"PolicyDecidesPerFunction", testPolicy},
 		{"PolicyConfigErrors", testPolicyConfigErrors},
+		{"PolicyReadsArgsAsTheFunction", testPolicyReadsArgsAsTheFunction},
 		{"ServiceIdentityAtTheCallSite", testServiceIdentity},
 		{"BreakerOpensAndRecovers", testBreakerOpensAndRecovers},
 		{"BreakerIgnoresCallerErrors", testBreakerIgnoresCallerErrors},
