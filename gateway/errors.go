@@ -61,14 +61,27 @@ type ErrorBody struct {
 	RequestID string `json:"request_id,omitempty"`
 }
 
-// errorBody turns any error into the body sent for it.
+// errorBody turns any error into the body sent for it. An internal
+// error's text (a panic value, an error from deep inside a service) is
+// not for HTTP callers: they get a generic message naming the request
+// id, and the gateway logs the text (see logInternal).
 func errorBody(err error, requestID string) ErrorBody {
 	fe := asError(err)
 	b := ErrorBody{Code: fe.Code, Message: fe.Message, Fields: fe.Fields, RequestID: requestID}
+	if fe.Code == fnmesh.CodeInternal {
+		b.Message, b.Fields = internalMessage(requestID), nil
+	}
 	if b.Fields == nil {
 		b.Fields = []fnmesh.FieldViolation{}
 	}
 	return b
+}
+
+func internalMessage(requestID string) string {
+	if requestID == "" {
+		return "internal error; the details are in the gateway's log"
+	}
+	return "internal error; the details are in the logs under request id " + requestID
 }
 
 func asError(err error) *fnmesh.Error {

@@ -127,6 +127,9 @@ type outcome struct {
 
 func (g *Gateway) call(w http.ResponseWriter, r *http.Request, function string) (out outcome) {
 	fail := func(err error) outcome {
+		if fnmesh.CodeOf(err) == fnmesh.CodeInternal {
+			g.cfg.Logger.Error("internal error; callers get a generic message", "function", function, "id", out.requestID, "err", err)
+		}
 		out.code = writeError(w, err, out.requestID)
 		return out
 	}

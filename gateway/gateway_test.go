@@ -232,7 +232,7 @@ func TestErrorsMapToStatuses(t *testing.T) {
 			if b.Code != c.code || b.Message == "" || b.Fields == nil {
 				t.Fatalf("body %s, want code %s with a message and a fields list", r.body, c.code)
 			}
-			if c.path == "/v1/functions/test/fail" && b.Message != "m-"+string(c.code) {
+			if c.path == "/v1/functions/test/fail" && c.code != fnmesh.CodeInternal && b.Message != "m-"+string(c.code) {
 				t.Fatalf("message %q, want the function's", b.Message)
 			}
 		})
@@ -346,14 +346,18 @@ func TestTokenIsForwarded(t *testing.T) {
 }
 
 // An Idempotency-Key header reaches the mesh: a repeated request is not
-// run again and gets the first result.
+// run again and gets the first result; the key with other arguments is
+// refused.
 func TestIdempotencyKeyHeader(t *testing.T) {
 	e := newEnv(t, nil)
 	tok := e.token("ada")
 	first := e.post("/v1/functions/math/add", `{"a":1,"b":2}`, tok, gateway.HeaderIdempotencyKey, "order-7")
-	again := e.post("/v1/functions/math/add", `{"a":5,"b":5}`, tok, gateway.HeaderIdempotencyKey, "order-7")
+	again := e.post("/v1/functions/math/add", `{"a":1,"b":2}`, tok, gateway.HeaderIdempotencyKey, "order-7")
 	if first.status != 200 || again.status != 200 || !bytes.Equal(first.body, again.body) {
 		t.Fatalf("first %d %s, repeat %d %s: want the first result twice", first.status, first.body, again.status, again.body)
+	}
+	if r := e.post("/v1/functions/math/add", `{"a":5,"b":5}`, tok, gateway.HeaderIdempotencyKey, "order-7"); r.status != 400 || !strings.Contains(r.errorBody(t).Message, "different arguments") {
+		t.Fatalf("the key with other arguments: %d %s, want 400 saying the key was used with different arguments", r.status, r.body)
 	}
 	if other := e.post("/v1/functions/math/add", `{"a":5,"b":5}`, tok, gateway.HeaderIdempotencyKey, "order-8"); !strings.Contains(string(other.body), `"value":10`) {
 		t.Fatalf("another key: %s", other.body)

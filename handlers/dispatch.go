@@ -236,7 +236,9 @@ func (r *replica) invoke(f *function, req *Request) (out any, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.log.Error("function panicked", "function", req.Function, "id", req.ID, "panic", p, "stack", string(debug.Stack()))
-			out, err = nil, fnmesh.Errorf(fnmesh.CodeInternal, "%s.%s panicked: %v", req.Service, req.Function, p)
+			// The panic value stays in the log: it may hold anything the
+			// function had in hand, and callers need only the id to find it.
+			out, err = nil, fnmesh.Errorf(fnmesh.CodeInternal, "%s.%s panicked; its replica logged the panic under request id %s", req.Service, req.Function, req.ID)
 		}
 	}()
 	return f.handler.Serve(ctx, req)
