@@ -1,5 +1,7 @@
 // Names, fields and small helpers of the wire protocol (docs/PROTOCOL.md).
 
+import { createHash } from "node:crypto";
+
 import { FnmeshError, Codes } from "./errors.js";
 
 export const PROTOCOL_VERSION = "1";
@@ -14,6 +16,17 @@ export const deadLetterKey = (service: string) => `fnmesh:{${service}}:dead`;
 export const replyKey = (inbox: string) => `${REPLY_PREFIX}{${inbox}}`;
 export const limitsKey = (service: string) => `fnmesh:{${service}}:limits`;
 export const idempotencyKey = (service: string, key: string) => `fnmesh:{${service}}:idem:${key}`;
+
+/**
+ * §12: the stored name of a caller's idempotency key, scoped to the
+ * function (with its version) and the verified subject ("" without one).
+ */
+export function idempotencyScope(fn: string, subject: string, key: string): string {
+  return createHash("sha256").update(`${fn}\n${Buffer.byteLength(subject)}\n${subject}${key}`).digest("hex");
+}
+
+/** §12: the hash of the arguments (the `p` bytes as sent) a key was used with. */
+export const argsHash = (payload: string | undefined) => createHash("sha256").update(payload ?? "").digest("hex");
 
 export const SERVICE_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 export const FUNCTION_RE = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$/;

@@ -10,7 +10,7 @@ import { Codes, FnmeshError, validCode, type FieldViolation } from "./errors.js"
 import { jwtVerifier, rolesOf, type Claims, type JwtOptions, type Verifier } from "./jwt.js";
 import {
   FUNCTION_RE, GROUP, PROTOCOL_VERSION, REPLY_PREFIX, SERVICE_RE,
-  compareIds, deadLetterKey, idempotencyKey, limitsKey, nextId, parseStreams, requestKey, type Entry,
+  argsHash, compareIds, deadLetterKey, idempotencyKey, idempotencyScope, limitsKey, nextId, parseStreams, requestKey, type Entry,
 } from "./protocol.js";
 
 /** What a function learns about the call it serves. */
@@ -492,9 +492,22 @@ export class Replica {
     }
   }
 
-  /** §12: a request with an idempotency key runs once per key (within the window). */
+  /**
+   * §12: a request with an idempotency key runs once per key (within the
+   * window). The caller is checked first: a refused request runs (and is
+   * refused) as one without a key, and never sees a stored result.
+   */
   private async runOnce(e: Entry, count: number, fn: Fn, req: Req, args: unknown): Promise<void> {
-    const key = idempotencyKey(this.service, req.idempotencyKey);
+    const checked = this.contextOf(req, this.hard.signal, count);
+    try {
+      await this.admit(fn, req, checked);
+    } catch {
+      const r = await this.runRequest(e, count, fn, req, args);
+      return r.state === "stopped" ? this.handBack(e.id, count) : this.ack(e.id);
+    }
+    const subject = typeof checked.claims?.sub === "string" ? checked.claims.sub : "";
+    const key = idempotencyKey(this.service, idempotencyScope(req.fn, subject, req.idempotencyKey));
+    const sum = argsHash(req.payload);
     let state = -1;
     let prior = "";
     await this.write(e.id, async () => {
@@ -506,8 +519,16 @@ export class Replica {
       case -1:
         return this.handBack(e.id, count); // stopped before the store answered
       case 3: {
-        // A request with the key succeeded: a call gets its result.
-        const result = prior.split("|").slice(2).join("|");
+        // A request with the key succeeded: a call with its arguments gets its result.
+        const [first, ...rest] = prior.split("|").slice(2);
+        const result = rest.join("|");
+        if (first !== sum) {
+          const err = new FnmeshError(Codes.InvalidArgument, `idempotency key ${JSON.stringify(req.idempotencyKey)} was already used with different arguments for ${this.service}.${req.fn}: use a new key for new arguments`);
+          return this.settle(e.id, count, async () => {
+            if (req.rt) await this.reply(req.rt, req.id, err);
+            else await this.deadLetter(e, err, count);
+          });
+        }
         return this.settle(e.id, count, async () => {
           if (req.rt) await this.reply(req.rt, req.id, RAW(result || "null"));
         });
@@ -523,7 +544,7 @@ export class Replica {
         return this.handBack(e.id, count); // key kept: the next delivery of this entry runs it
       case "ok":
         try {
-          await this.cmd!.send(["SET", key, `d|${e.id}|${r.result ?? ""}`, "PX", String(this.idemWindowMs)]);
+          await this.cmd!.send(["SET", key, `d|${e.id}|${sum}|${r.result ?? ""}`, "PX", String(this.idemWindowMs)]);
         } catch (err) {
           this.log.error("could not record an idempotency key as done", { key: req.idempotencyKey, err: errorMessage(err) });
         }
@@ -562,31 +583,9 @@ export class Replica {
     if (req.deadline !== undefined) {
       timer = setTimeout(() => ctrl.abort(new FnmeshError(Codes.DeadlineExceeded, "deadline passed")), Math.max(0, req.deadline - Date.now()));
     }
-    const ctx: Context = {
-      id: req.id, service: this.service, function: req.fn, replica: this.id, caller: req.caller,
-      deadline: req.deadline === undefined ? undefined : new Date(req.deadline), signal: ctrl.signal,
-      token: req.token, async: !req.rt, attempt, traceparent: req.traceparent, idempotencyKey: req.idempotencyKey,
-    };
+    const ctx = this.contextOf(req, ctrl.signal, attempt);
     try {
-      if (this.verify && !(fn.spec.public && !req.token)) {
-        if (!req.token) throw new FnmeshError(Codes.Unauthenticated, "missing token");
-        try {
-          ctx.claims = await this.verify(req.token);
-        } catch (err) {
-          throw err instanceof FnmeshError && err.code === Codes.Unauthenticated ? err : new FnmeshError(Codes.Unauthenticated, errorMessage(err));
-        }
-      }
-      if (fn.spec.requireRole !== undefined || fn.spec.requireClaims) {
-        if (!ctx.claims) throw new FnmeshError(Codes.PermissionDenied, `${this.service}.${req.fn} requires a verified token`);
-        if (fn.spec.requireRole !== undefined && !rolesOf(ctx.claims).includes(fn.spec.requireRole)) {
-          throw new FnmeshError(Codes.PermissionDenied, `role "${fn.spec.requireRole}" required`);
-        }
-        try {
-          await fn.spec.requireClaims?.(ctx.claims, ctx);
-        } catch (err) {
-          throw err instanceof FnmeshError ? err : new FnmeshError(Codes.PermissionDenied, errorMessage(err));
-        }
-      }
+      await this.admit(fn, req, ctx);
       const violations = fn.spec.validate?.(args);
       if (violations && violations.length) {
         const parts = violations.map((v) => `${v.field} (${v.rule}${v.param ? "=" + v.param : ""})`);
@@ -602,6 +601,37 @@ export class Replica {
     }
   }
 
+  private contextOf(req: Req, signal: AbortSignal, attempt: number): Context {
+    return {
+      id: req.id, service: this.service, function: req.fn, replica: this.id, caller: req.caller,
+      deadline: req.deadline === undefined ? undefined : new Date(req.deadline), signal,
+      token: req.token, async: !req.rt, attempt, traceparent: req.traceparent, idempotencyKey: req.idempotencyKey,
+    };
+  }
+
+  /** The token check and the function's claim checks: sets ctx.claims, or throws a FnmeshError. */
+  private async admit(fn: Fn, req: Req, ctx: Context): Promise<void> {
+    if (this.verify && !(fn.spec.public && !req.token)) {
+      if (!req.token) throw new FnmeshError(Codes.Unauthenticated, "missing token");
+      try {
+        ctx.claims = await this.verify(req.token);
+      } catch (err) {
+        throw err instanceof FnmeshError && err.code === Codes.Unauthenticated ? err : new FnmeshError(Codes.Unauthenticated, errorMessage(err));
+      }
+    }
+    if (fn.spec.requireRole !== undefined || fn.spec.requireClaims) {
+      if (!ctx.claims) throw new FnmeshError(Codes.PermissionDenied, `${this.service}.${req.fn} requires a verified token`);
+      if (fn.spec.requireRole !== undefined && !rolesOf(ctx.claims).includes(fn.spec.requireRole)) {
+        throw new FnmeshError(Codes.PermissionDenied, `role "${fn.spec.requireRole}" required`);
+      }
+      try {
+        await fn.spec.requireClaims?.(ctx.claims, ctx);
+      } catch (err) {
+        throw err instanceof FnmeshError ? err : new FnmeshError(Codes.PermissionDenied, errorMessage(err));
+      }
+    }
+  }
+
   /** Gives any thrown value a code for the wire. */
   private asError(err: unknown, signal: AbortSignal, req: Req): FnmeshError {
     if (err instanceof FnmeshError) {
@@ -610,6 +640,11 @@ export class Replica {
     }
     if (signal.aborted && (err === signal.reason || (err instanceof Error && err.name === "AbortError"))) {
       return signal.reason instanceof FnmeshError ? signal.reason : new FnmeshError(Codes.DeadlineExceeded, "deadline passed");
+    }
+    if (err instanceof TypeError || err instanceof ReferenceError || err instanceof RangeError || err instanceof SyntaxError) {
+      // A bug, as a panic is in Go: its text may hold anything the function had in hand, so it stays in the log.
+      this.log.error("function threw", { function: req.fn, id: req.id, err: errorMessage(err), stack: err.stack });
+      return new FnmeshError(Codes.Internal, `${this.service}.${req.fn} threw a ${err.name}; its worker logged it under request id ${req.id}`);
     }
     this.log.debug("function failed", { function: req.fn, id: req.id, err: errorMessage(err) });
     return new FnmeshError(Codes.Internal, errorMessage(err));

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 
 import { Codes, FnmeshError, connect, serve, type Client, type Replica, type ServeOptions } from "../src/index.js";
+import { argsHash, idempotencyScope } from "../src/protocol.js";
 import { eventually, fieldsOf, quiet, raw, redisUrl, unique, type Raw } from "./helpers.js";
 
 const url = redisUrl();
@@ -120,14 +121,15 @@ describe("idempotency keys", () => {
     await replica(svc, { f: (a: { n: number }) => ({ n: a.n, run: ++runs }) });
     const c = await client();
     const first = await c.call(`${svc}.f`, { n: 1 }, { idempotencyKey: "order-1" });
-    const again = await c.call(`${svc}.f`, { n: 2 }, { idempotencyKey: "order-1" });
+    const again = await c.call(`${svc}.f`, { n: 1 }, { idempotencyKey: "order-1" });
     assert.deepEqual(first, { n: 1, run: 1 });
     assert.deepEqual(again, first);
-    await c.send(`${svc}.f`, { n: 3 }, { idempotencyKey: "order-1" });
+    await c.send(`${svc}.f`, { n: 1 }, { idempotencyKey: "order-1" });
     assert.deepEqual(await c.call(`${svc}.f`, { n: 4 }, { idempotencyKey: "order-2" }), { n: 4, run: 2 });
     assert.equal(runs, 2);
-    const stored = await (await redis()).send<string>(["GET", `fnmesh:{${svc}}:idem:order-1`]);
-    assert.match(stored, /^d\|\d+-\d+\|\{"n":1,"run":1\}$/);
+    // Stored under the key scoped to the function and subject (none here), with the arguments' hash.
+    const stored = await (await redis()).send<string>(["GET", `fnmesh:{${svc}}:idem:${idempotencyScope("f", "", "order-1")}`]);
+    assert.equal(stored.replace(/^d\|\d+-\d+\|/, ""), `${argsHash(JSON.stringify({ n: 1 }))}|{"n":1,"run":1}`);
   });
 
   it("a failed request releases its key", async () => {
