@@ -206,8 +206,8 @@ var errFailed = errors.New("request failed")
 func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request) error {
 	req.idem = idemRun{ctx: r.hardCtx, store: r.idem, owner: d.EntryID, window: r.svc.cfg.IdempotencyWindow}
 	hooks := outcomeHooks{
-		beforeFail:    func() { r.settleIdem(req, false, nil) },
-		beforeSuccess: func(result []byte) { r.settleIdem(req, true, result) },
+		beforeFail:    func() { req.idem.settle(r.svc.name, r.log, false, nil) },
+		beforeSuccess: func(result []byte) { req.idem.settle(r.svc.name, r.log, true, result) },
 	}
 	_, err := r.runResult(msg, d, f, req, breq, hooks)
 	if errors.Is(err, errFailed) {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -87,24 +88,24 @@ func idempotency(service string) Middleware {
 	}
 }
 
-// settleIdem records the outcome of a request that holds its key: done
-// with its result (so a repeat gets it), or freed after a failure (so a
-// repeat runs).
-func (r *replica) settleIdem(req *Request, ok bool, result []byte) {
-	g := &req.idem
+// settle records the outcome of a request that holds its key: done with
+// its result (so a repeat gets it), or freed after a failure (so a repeat
+// runs). A path that dispatches requests calls it before it tells the
+// caller the outcome.
+func (g *idemRun) settle(service string, log *slog.Logger, ok bool, result []byte) {
 	if !g.held {
 		return
 	}
 	if !ok {
-		if err := g.store.Release(g.ctx, r.svc.name, g.key, g.owner); err != nil {
-			r.log.Warn("could not free an idempotency key; it expires with the window", "err", err)
+		if err := g.store.Release(g.ctx, service, g.key, g.owner); err != nil {
+			log.Warn("could not free an idempotency key; it expires with the window", "err", err)
 		}
 		return
 	}
 	v := make([]byte, 0, len(g.args)+1+len(result))
 	v = append(append(append(v, g.args...), '|'), result...)
-	if err := g.store.Complete(g.ctx, r.svc.name, g.key, g.owner, v, g.window); err != nil {
-		r.log.Error("could not record an idempotency key as done", "id", req.ID, "err", err)
+	if err := g.store.Complete(g.ctx, service, g.key, g.owner, v, g.window); err != nil {
+		log.Error("could not record an idempotency key as done", "err", err)
 	}
 }
 
