@@ -18,6 +18,7 @@ import (
 	"github.com/fnmesh/fnmesh/internal/examples"
 	"github.com/fnmesh/fnmesh/internal/redact"
 	"github.com/fnmesh/fnmesh/internal/redisflags"
+	"github.com/fnmesh/fnmesh/internal/redislog"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -38,7 +39,7 @@ func gatewayCommand() *cli.Command {
 			&cli.DurationFlag{Name: "max-timeout", Value: 30 * time.Second, Usage: "cap on the timeout a request may ask for"},
 			&cli.Int64Flag{Name: "max-body", Value: 1 << 20, Usage: "largest request body, in bytes"},
 			&cli.Float64Flag{Name: "rate", Usage: "requests per second per token subject or client IP (0: no limit)"},
-			&cli.IntFlag{Name: "burst", Usage: "requests at once above --rate (default: --rate rounded up)"},
+			&cli.IntFlag{Name: "burst", DefaultText: "--rate rounded up", Usage: "requests at once above --rate"},
 			&cli.BoolFlag{Name: "trust-forwarded-for", Usage: "rate-limit by the last X-Forwarded-For address (behind a proxy)"},
 			&cli.DurationFlag{Name: "shutdown-delay", Usage: "on SIGTERM, keep serving this long with /healthz at 503 before closing"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log every request"},
@@ -53,6 +54,7 @@ func runGateway(c *cli.Context) error {
 		level = slog.LevelDebug
 	}
 	log := examples.Logger(level)
+	redislog.Route(log)
 	cfg := gateway.Config{
 		CatalogOnly: c.Bool("catalog-only"), UI: c.Bool("ui"), CORSOrigins: c.StringSlice("cors-origin"),
 		DefaultTimeout: c.Duration("timeout"), MaxTimeout: c.Duration("max-timeout"), MaxBodyBytes: c.Int64("max-body"),

@@ -81,3 +81,21 @@ func TestServiceAppRefusesToStartWithoutSecret(t *testing.T) {
 		t.Fatalf("Secret(false) = %q, %v", s, err)
 	}
 }
+
+// Each flag's help states its default once.
+func TestServiceAppHelp(t *testing.T) {
+	app := examples.ServiceApp("math", "test", func(cfg handlers.Config, _ *slog.Logger) *handlers.Service { return examples.Math(cfg) })
+	var out strings.Builder
+	app.Writer = &out
+	if err := app.Run([]string{"math", "--help"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.Count(line, "(default") > 1 {
+			t.Errorf("two defaults: %s", line)
+		}
+	}
+	if !strings.Contains(out.String(), "drain timeout on SIGTERM (default: 30s)") {
+		t.Errorf("--drain's default:\n%s", out.String())
+	}
+}

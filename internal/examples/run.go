@@ -16,6 +16,7 @@ import (
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/redact"
 	"github.com/fnmesh/fnmesh/internal/redisflags"
+	"github.com/fnmesh/fnmesh/internal/redislog"
 	"github.com/fnmesh/fnmesh/registry"
 	"github.com/fnmesh/fnmesh/security"
 	"github.com/fnmesh/fnmesh/telemetry"
@@ -54,6 +55,7 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 				level = slog.LevelDebug
 			}
 			log := slog.New(telemetry.LogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+			redislog.Route(log)
 			cfg := handlers.Config{
 				ReplicaID: c.String("replica-id"), Concurrency: c.Int("concurrency"),
 				DrainTimeout: c.Duration("drain"), Logger: log, OpsAddr: c.String("ops-addr"),
