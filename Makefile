@@ -4,7 +4,7 @@ NPM       ?= npm
 WITHREDIS  = $(GO) run ./internal/redistest/withredis --
 PEERS     ?= ../shared/peers
 
-.PHONY: demo test test-race test-soak lint bench bench-scale build js gateway fuzz
+.PHONY: demo deps test test-race test-soak lint bench bench-scale build js gateway fuzz
 
 ## demo: the example services and a caller, on the in-memory bus
 ##       (REDIS_URL=redis://... make demo runs it over Redis)
@@ -17,12 +17,12 @@ demo:
 ##       tests, Go/Node interop and the gateway page in headless chromium;
 ##       then deployments/ (its own module): manifests checked against the
 ##       code, kustomize rendered
-test: js
+test: deps js
 	$(GO) test -count=1 -timeout 9m ./...
 	cd deployments && $(GO) test -count=1 ./...
 
 ## test-race: the same under the race detector
-test-race: js
+test-race: deps js
 	$(GO) test -race -count=1 -timeout 15m ./...
 	cd deployments && $(GO) test -race -count=1 ./...
 
@@ -30,19 +30,26 @@ test-race: js
 test-soak:
 	$(GO) test -tags soak -count=1 -timeout 10m -run TestMillionCalls -v ./integration
 
+## deps: check the tools the tests need (redis-server, node, npm, chromium,
+##       python3 modules); install the missing ones with apt-get as root
+##       on Debian, otherwise stop and say what to install
+deps:
+	@./scripts/deps
+
 ## js: the Node packages the tests use, from their lockfiles (npm ci):
 ##     the TypeScript client (client/js) and the page test's driver
 ##     (gateway/e2e, playwright-core; the browser is Debian's chromium)
-js: client/js/node_modules/.package-lock.json gateway/e2e/node_modules/.package-lock.json
+js: deps client/js/node_modules/.package-lock.json gateway/e2e/node_modules/.package-lock.json
 
 %/node_modules/.package-lock.json: %/package-lock.json %/package.json
 	cd $* && $(NPM) ci --no-audit --no-fund
 	@touch $@
 
 ## gateway: the HTTP gateway with the function browser and the example
-##          catalog, on Redis (REDIS_URL or localhost)
+##          catalog, on Redis (REDIS_URL or localhost); verifies tokens
+##          with $FNMESH_JWT_SECRET (GATEWAY_FLAGS=--demo: the demo's)
 gateway:
-	$(GO) run ./cmd/fnmesh gateway --ui --catalog cmd/examples/catalog.json
+	$(GO) run ./cmd/fnmesh gateway --ui --catalog cmd/examples/catalog.json $(GATEWAY_FLAGS)
 
 ## lint: gofmt and go vet
 lint:

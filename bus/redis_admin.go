@@ -12,6 +12,14 @@ import (
 
 // ReplayDeadLetters implements Bus.
 func (r *Redis) ReplayDeadLetters(ctx context.Context, service string, ids ...string) (int, error) {
+	return r.ReplayDeadLettersWithToken(ctx, service, "", ids...)
+}
+
+// ReplayDeadLettersWithToken replays as ReplayDeadLetters does, sending
+// token with each request instead of the one it first came with (which
+// has often expired by the time a dead letter is replayed). An empty
+// token keeps the original.
+func (r *Redis) ReplayDeadLettersWithToken(ctx context.Context, service, token string, ids ...string) (int, error) {
 	dead := DeadLetterTopic(service)
 	xs, err := r.deadEntries(ctx, dead, ids)
 	if err != nil {
@@ -21,6 +29,9 @@ func (r *Redis) ReplayDeadLetters(ctx context.Context, service string, ids ...st
 	for _, x := range xs {
 		m := entryMessage(x)
 		replay := replayMessage(m.Metadata, x.ID)
+		if token != "" {
+			replay[FieldToken] = token
+		}
 		vals := entryValues(replay, m.Payload)
 		pipe := r.rdb.TxPipeline()
 		pipe.XAdd(ctx, &redis.XAddArgs{Stream: FunctionTopic(service, replay[FieldFunction]), Values: vals})

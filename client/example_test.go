@@ -54,3 +54,52 @@ func Example() {
 	// true invalid_argument: arguments of math.add failed validation: a (gte=0)
 	// not_found
 }
+
+// Call waits for the function's result; its error keeps the function's
+// code across processes.
+func ExampleClient_Call() {
+	b := bus.NewMemory()
+	defer b.Close()
+	svc := handlers.NewService("math", handlers.Config{AllowUnauthenticated: true})
+	handlers.Register(svc, "add", func(ctx context.Context, in AddIn) (AddOut, error) {
+		return AddOut{Sum: in.A + in.B}, nil
+	})
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go svc.Run(ctx, b)
+
+	c, _ := client.New(b, client.Config{Timeout: 5 * time.Second})
+	defer c.Close()
+	var out AddOut
+	if err := c.Call(ctx, "math.add", AddIn{A: 40, B: 2}, &out); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(out.Sum)
+	// Output: 42
+}
+
+// Send returns once the request is queued; the function runs as a call
+// would, and its result is dropped.
+func ExampleClient_Send() {
+	b := bus.NewMemory()
+	defer b.Close()
+	sent := make(chan string, 1)
+	svc := handlers.NewService("mail", handlers.Config{AllowUnauthenticated: true})
+	handlers.Register(svc, "welcome", func(ctx context.Context, in struct{ To string }) (struct{}, error) {
+		sent <- in.To
+		return struct{}{}, nil
+	})
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go svc.Run(ctx, b)
+
+	c, _ := client.New(b, client.Config{})
+	defer c.Close()
+	if err := c.Send(ctx, "mail.welcome", struct{ To string }{"ada@example.com"}); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("welcomed", <-sent)
+	// Output: welcomed ada@example.com
+}

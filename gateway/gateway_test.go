@@ -46,10 +46,10 @@ func newEnv(t *testing.T, mod func(*gateway.Config)) *env {
 	t.Helper()
 	b := bus.NewMemory()
 	h := bustest.NewHarness(t, b)
-	e := &env{t: t, signer: security.NewHS256Signer(examples.Secret()), release: make(chan struct{}), started: make(chan string, 16)}
-	h.Start(examples.Math(handlers.Config{Auth: examples.Verifier(), Logger: bustest.Quiet}))
+	e := &env{t: t, signer: security.NewHS256Signer([]byte(examples.DemoSecret)), release: make(chan struct{}), started: make(chan string, 16)}
+	h.Start(examples.Math(handlers.Config{Auth: examples.DemoVerifier(), Logger: bustest.Quiet}))
 
-	svc := handlers.NewService("test", handlers.Config{Auth: examples.Verifier(), Logger: bustest.Quiet})
+	svc := handlers.NewService("test", handlers.Config{Auth: examples.DemoVerifier(), Logger: bustest.Quiet})
 	handlers.Register(svc, "fail", func(_ context.Context, in failIn) (struct{}, error) {
 		return struct{}{}, fnmesh.NewError(fnmesh.Code(in.Code), in.Message)
 	})
@@ -98,7 +98,7 @@ func newEnv(t *testing.T, mod func(*gateway.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := gateway.Config{Client: c, Auth: examples.Verifier(), Catalog: cat, Logger: bustest.Quiet, UI: true}
+	cfg := gateway.Config{Client: c, Auth: examples.DemoVerifier(), Catalog: cat, Logger: bustest.Quiet, UI: true}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -57,14 +57,14 @@ func TestGatewayUIInChromium(t *testing.T) {
 	b := newRedisBus(t, busConfig())
 	b.Client().Del(ctx, bus.RequestTopic("math"))
 	h := bustest.NewHarness(t, b)
-	h.Start(examples.Math(handlers.Config{Auth: examples.Verifier(), ReplicaID: "go-math-1", Logger: bustest.Quiet}))
+	h.Start(examples.Math(handlers.Config{Auth: examples.DemoVerifier(), ReplicaID: "go-math-1", Logger: bustest.Quiet}))
 
 	cat, err := gateway.LoadCatalogFile("../" + examples.CatalogFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := newClient(t, client.Config{})
-	g, err := gateway.New(gateway.Config{Client: c, Auth: examples.Verifier(), Catalog: cat, UI: true, Logger: bustest.Quiet})
+	g, err := gateway.New(gateway.Config{Client: c, Auth: examples.DemoVerifier(), Catalog: cat, UI: true, Logger: bustest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/fnmesh/fnmesh/security"
 )
 
-var demoSigner = security.NewHS256Signer(examples.Secret())
+var demoSigner = security.NewHS256Signer([]byte(examples.DemoSecret))
 
 func demoToken(t testing.TB, sub string, roles ...string) string {
 	t.Helper()
@@ -96,7 +96,7 @@ func goMath(t *testing.T, service string) {
 	t.Helper()
 	b := newRedisBus(t, busConfig())
 	h := bustest.NewHarness(t, b)
-	svc := handlers.NewService(service, handlers.Config{Auth: examples.Verifier(), Logger: bustest.Quiet, ReplicaID: "go-1"})
+	svc := handlers.NewService(service, handlers.Config{Auth: examples.DemoVerifier(), Logger: bustest.Quiet, ReplicaID: "go-1"})
 	handlers.Register(svc, "add", func(ctx context.Context, in examples.AddIn) (examples.Result, error) {
 		return examples.Result{Value: in.A + in.B, Replica: handlers.Info(ctx).Replica}, nil
 	})
@@ -239,7 +239,7 @@ func TestGatewayToNodeFunction(t *testing.T) {
 	rdb := inspector(t)
 	ctx := context.Background()
 	c := newClient(t, client.Config{})
-	g, err := gateway.New(gateway.Config{Client: c, Auth: examples.Verifier(), CORSOrigins: []string{"https://app.example.com"}, Logger: bustest.Quiet})
+	g, err := gateway.New(gateway.Config{Client: c, Auth: examples.DemoVerifier(), CORSOrigins: []string{"https://app.example.com"}, Logger: bustest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

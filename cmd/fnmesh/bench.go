@@ -2,16 +2,23 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/fnmesh/fnmesh/internal/bench"
 )
+
+// benchModes are the values of bench --mode.
+var benchModes = []string{"call", "send", "raw-call", "raw-send", "scale"}
 
 func benchCommand() *cli.Command {
 	return &cli.Command{
@@ -25,7 +32,7 @@ func benchCommand() *cli.Command {
 			"flight (--concurrency) and prints calls/s and latency per replica count; with\n" +
 			"--rounds N it measures the counts N times in turn and prints the medians.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "mode", Value: "call", Usage: "call, send, raw-call, raw-send or scale"},
+			&cli.StringFlag{Name: "mode", Value: "call", Usage: strings.Join(benchModes, ", ")},
 			&cli.StringFlag{Name: "work", Value: "io", Usage: "scale mode: what the function does, io (waits 20 ms) or cpu (hashes)"},
 			&cli.IntSliceFlag{Name: "counts", Value: cli.NewIntSlice(1, 2, 4), Usage: "scale mode: replica processes to measure"},
 			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "scale mode: measure the counts this many times in turn and print the medians"},
@@ -35,15 +42,18 @@ func benchCommand() *cli.Command {
 			&cli.IntFlag{Name: "n", Value: 2000, Usage: "sequential calls for latency"},
 			redisFlag("Redis URL; without it, the in-memory bus"),
 			&cli.BoolFlag{Name: "compare", Usage: "also run the bare-Redis reference and print ratios"},
+			&cli.BoolFlag{Name: "json", Usage: "print one JSON object per result (scale: one per replica count)"},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the run to this file (go tool pprof)"},
 			&cli.StringFlag{Name: "memprofile", Usage: "write an allocation profile of the run to this file (go tool pprof -sample_index=alloc_space)"},
 		},
 		Action: func(c *cli.Context) error {
-			switch c.String("mode") {
-			case "scale-replica": // one replica process of --mode scale
+			switch mode := c.String("mode"); {
+			case mode == "scale-replica": // one replica process of --mode scale
 				return bench.ServeScaleReplica(c.String("redis"))
-			case "scale":
+			case mode == "scale":
 				return runScale(c)
+			case !slices.Contains(benchModes, mode):
+				return cli.Exit(fmt.Sprintf("unknown --mode %q: one of %s", mode, strings.Join(benchModes, ", ")), 2)
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 			defer stop()
@@ -71,7 +81,7 @@ func benchCommand() *cli.Command {
 					return err
 				}
 			}
-			fmt.Fprintln(c.App.Writer, r)
+			printResult(c, r)
 			if !c.Bool("compare") || (o.Mode != "call" && o.Mode != "send") {
 				return nil
 			}
@@ -83,8 +93,10 @@ func benchCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(c.App.Writer, raw)
-			fmt.Fprintln(c.App.Writer, bench.Ratio(r, raw))
+			printResult(c, raw)
+			if !c.Bool("json") {
+				fmt.Fprintln(c.App.Writer, bench.Ratio(r, raw))
+			}
 			return nil
 		},
 	}
@@ -103,8 +115,36 @@ func runScale(c *cli.Context) error {
 		o.Duration = c.Duration("duration")
 	}
 	o.Rounds = c.Int("rounds")
-	_, err := bench.RunScale(ctx, o)
-	return err
+	if c.Bool("json") {
+		o.Out = io.Discard
+	}
+	points, err := bench.RunScale(ctx, o)
+	if err != nil || !c.Bool("json") {
+		return err
+	}
+	enc := json.NewEncoder(c.App.Writer)
+	for _, p := range points {
+		enc.Encode(map[string]any{
+			"mode": "scale", "work": o.Work, "replicas": p.Replicas, "per_second": p.PerSecond,
+			"p50_us": p.P50.Microseconds(), "p99_us": p.P99.Microseconds(), "calls": p.Calls, "failed": p.Failed,
+		})
+	}
+	return nil
+}
+
+// printResult prints a bench result as a line of key=value pairs, or of
+// JSON with --json.
+func printResult(c *cli.Context, r bench.Result) {
+	if !c.Bool("json") {
+		fmt.Fprintln(c.App.Writer, r)
+		return
+	}
+	json.NewEncoder(c.App.Writer).Encode(map[string]any{
+		"mode": r.Mode, "p50_us": r.P50.Microseconds(), "p99_us": r.P99.Microseconds(),
+		"per_second": r.PerSecond, "sent_per_second": r.SentPerSec, "calls": r.Calls,
+		"cpu_us_per_call":       float64(r.CPUPerCall) / float64(time.Microsecond),
+		"redis_cpu_us_per_call": float64(r.RedisCPUPerCall) / float64(time.Microsecond),
+	})
 }
 
 // writeHeapProfile writes the allocations of the run so far (the

@@ -82,12 +82,12 @@ func dlqCommand() *cli.Command {
 			},
 			{
 				Name: "replay", Usage: "send dead letters again as new requests (all of SERVICE's without IDs)", ArgsUsage: "SERVICE [ID...]",
-				Flags: flags,
+				Flags: append([]cli.Flag{&cli.StringFlag{Name: "token", EnvVars: []string{"FNMESH_TOKEN"}, Usage: "bearer token (JWT) the replayed requests carry (default: the one each first came with, often expired by now)"}}, flags...),
 				Action: withBus(func(ctx context.Context, c *cli.Context, b *bus.Redis) error {
 					if c.NArg() < 1 {
 						return cli.Exit("usage: fnmesh dlq replay SERVICE [ID...]", 2)
 					}
-					n, err := b.ReplayDeadLetters(ctx, c.Args().First(), c.Args().Tail()...)
+					n, err := b.ReplayDeadLettersWithToken(ctx, c.Args().First(), c.String("token"), c.Args().Tail()...)
 					fmt.Fprintf(c.App.Writer, "replayed %d\n", n)
 					return err
 				}),

@@ -16,7 +16,9 @@ import (
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/gateway"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/internal/redact"
 	"github.com/fnmesh/fnmesh/internal/redisflags"
+	"github.com/fnmesh/fnmesh/internal/redislog"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -30,13 +32,14 @@ func gatewayCommand() *cli.Command {
 			&cli.BoolFlag{Name: "catalog-only", Usage: "refuse calls of functions the catalog does not list"},
 			&cli.BoolFlag{Name: "ui", Usage: "serve the function browser page at /ui/"},
 			&cli.BoolFlag{Name: "insecure", Usage: "forward tokens without checking them at the gateway (functions still check theirs)"},
-			&cli.StringFlag{Name: "secret", EnvVars: []string{"FNMESH_JWT_SECRET"}, Usage: "HMAC secret verifying HS256 tokens (default: the demo's)"},
+			&cli.StringFlag{Name: "secret", EnvVars: []string{"FNMESH_JWT_SECRET"}, Usage: "HMAC secret verifying HS256 tokens, at least 32 bytes (required unless --insecure or --demo)"},
+			&cli.BoolFlag{Name: "demo", Usage: "verify tokens with the public demo secret when --secret and FNMESH_JWT_SECRET are not set (never outside a demo)"},
 			&cli.StringSliceFlag{Name: "cors-origin", Usage: "origin allowed to call from a browser page, e.g. https://app.example.com, or * (repeat for more)"},
 			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "timeout of calls that ask for none"},
 			&cli.DurationFlag{Name: "max-timeout", Value: 30 * time.Second, Usage: "cap on the timeout a request may ask for"},
 			&cli.Int64Flag{Name: "max-body", Value: 1 << 20, Usage: "largest request body, in bytes"},
 			&cli.Float64Flag{Name: "rate", Usage: "requests per second per token subject or client IP (0: no limit)"},
-			&cli.IntFlag{Name: "burst", Usage: "requests at once above --rate (default: --rate rounded up)"},
+			&cli.IntFlag{Name: "burst", DefaultText: "--rate rounded up", Usage: "requests at once above --rate"},
 			&cli.BoolFlag{Name: "trust-forwarded-for", Usage: "rate-limit by the last X-Forwarded-For address (behind a proxy)"},
 			&cli.DurationFlag{Name: "shutdown-delay", Usage: "on SIGTERM, keep serving this long with /healthz at 503 before closing"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log every request"},
@@ -51,6 +54,7 @@ func runGateway(c *cli.Context) error {
 		level = slog.LevelDebug
 	}
 	log := examples.Logger(level)
+	redislog.Route(log)
 	cfg := gateway.Config{
 		CatalogOnly: c.Bool("catalog-only"), UI: c.Bool("ui"), CORSOrigins: c.StringSlice("cors-origin"),
 		DefaultTimeout: c.Duration("timeout"), MaxTimeout: c.Duration("max-timeout"), MaxBodyBytes: c.Int64("max-body"),
@@ -69,8 +73,11 @@ func runGateway(c *cli.Context) error {
 	} else {
 		secret := []byte(c.String("secret"))
 		if len(secret) == 0 {
-			secret = examples.Secret()
-			log.Warn("verifying tokens with the demo secret: set FNMESH_JWT_SECRET outside a demo")
+			if !c.Bool("demo") {
+				return cli.Exit(examples.ErrNoSecret.Error()+" (or --secret, or --insecure to leave token checks to the functions)", 2)
+			}
+			secret = []byte(examples.DemoSecret)
+			log.Warn("verifying tokens with the public demo secret (--demo): set FNMESH_JWT_SECRET outside a demo")
 		}
 		v, err := security.NewJWTVerifier(security.JWTConfig{HMACSecret: secret})
 		if err != nil {
@@ -110,7 +117,7 @@ func runGateway(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	log.Info("gateway serving", "addr", ln.Addr().String(), "redis", rc.URL, "ui", cfg.UI, "tokens_checked", cfg.Auth != nil)
+	log.Info("gateway serving", "addr", ln.Addr().String(), "redis", redact.URL(rc.URL), "ui", cfg.UI, "tokens_checked", cfg.Auth != nil)
 	// One line on stdout for scripts and tests that wait for readiness.
 	fmt.Fprintf(c.App.Writer, "listening on %s\n", ln.Addr())
 	if err := g.Serve(ctx, ln); err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/signal"
 	"strings"
@@ -71,51 +70,6 @@ func describeCommand() *cli.Command {
 					return cli.Exit(err.Error(), 1)
 				}
 				return err
-			})
-		},
-	}
-}
-
-func topCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "top",
-		Usage: "live view of every function's rate, error rate, p50/p99 and backlog",
-		Description: "Rates and latencies come from the counters replicas publish with their\n" +
-			"heartbeat (registry.Config.Stats, e.g. telemetry.Metrics); backlog and\n" +
-			"pending from the request streams.",
-		Flags: append([]cli.Flag{
-			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "refresh period"},
-			&cli.BoolFlag{Name: "once", Usage: "print one frame (two reads, an interval apart) and exit"},
-		}, redisflags.Flags("Redis URL (default "+redisflags.Default+")")...),
-		Action: func(c *cli.Context) error {
-			interval := c.Duration("interval")
-			if interval <= 0 {
-				return cli.Exit("--interval must be more than 0", 2)
-			}
-			return withStore(c, func(ctx context.Context, store registry.Store) error {
-				var top meshview.Top
-				t := time.NewTicker(interval)
-				defer t.Stop()
-				for i := 0; ; i++ {
-					frame, err := top.Sample(ctx, store)
-					switch {
-					case err != nil && !c.Bool("once"):
-						fmt.Fprintf(c.App.Writer, "%s%s: %v\n", meshview.Clear, time.Now().Format("15:04:05"), err)
-					case err != nil:
-						return err
-					case c.Bool("once") && i == 1:
-						meshview.Render(c.App.Writer, frame)
-						return nil
-					case !c.Bool("once"):
-						fmt.Fprint(c.App.Writer, meshview.Clear)
-						meshview.Render(c.App.Writer, frame)
-					}
-					select {
-					case <-ctx.Done():
-						return nil
-					case <-t.C:
-					}
-				}
 			})
 		},
 	}

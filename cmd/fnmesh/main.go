@@ -1,31 +1,67 @@
 // Command fnmesh is the functions mesh's command line: run the demo, call
-// and send to functions, benchmark, and mint tokens.
+// and send to functions, look at the mesh and its dead letters, serve the
+// HTTP gateway, benchmark, and mint tokens.
+//
+// Exit status: 0 on success; 1 when a call or a command failed (the
+// error's code is printed first: "fnmesh: invalid_argument: ...", or as
+// JSON with --json); 2 for usage errors (unknown command or flag, wrong
+// arguments, a bad configuration).
 package main
 
 import (
-	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/internal/redislog"
 )
 
 func main() {
 	app := newApp()
-	if err := app.Run(flagsFirst(app, os.Args)); err != nil {
-		fmt.Fprintln(os.Stderr, "fnmesh:", err)
-		os.Exit(exitCode(err))
-	}
+	err := app.Run(flagsFirst(app, os.Args))
+	os.Exit(report(app, err, os.Stderr))
 }
 
+const exitHelp = `EXIT STATUS:
+   0  success
+   1  the call or command failed; the error's code comes first
+      ("fnmesh: invalid_argument: ..."), or with --json as
+      {"code", "message", "fields", "request_id"} on stdout
+   2  usage error: unknown command or flag, wrong arguments, bad configuration`
+
 func newApp() *cli.App {
-	return &cli.App{
-		Name:  "fnmesh",
-		Usage: "call functions across services over Redis Streams",
+	// go-redis's own log lines (a failed dial) go to slog at debug level,
+	// shown with --debug; fnmesh prints its own error.
+	redislog.Route(nil)
+	app := &cli.App{
+		Name:    "fnmesh",
+		Usage:   "call functions across services over Redis Streams",
+		Version: version(),
+		// Shell completion: `source <(fnmesh completion bash)`.
+		EnableBashCompletion:  true,
+		Suggest:               true,
+		CustomAppHelpTemplate: cli.AppHelpTemplate + "\n" + exitHelp + "\n",
 		// main prints errors and picks the exit status; keep urfave/cli
 		// from exiting inside Run.
 		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError:   usageError,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "debug", EnvVars: []string{"FNMESH_DEBUG"}, Usage: "log debug lines to stderr, go-redis's own included"},
+		},
+		Before: func(c *cli.Context) error {
+			if c.Bool("debug") {
+				redislog.Route(examples.Logger(slog.LevelDebug))
+			}
+			return nil
+		},
+		Metadata: map[string]any{},
+		CommandNotFound: func(c *cli.Context, name string) {
+			c.App.Metadata[notFoundKey] = name
+		},
 		Commands: []*cli.Command{
 			demoCommand(),
 			callCommand(),
@@ -37,7 +73,22 @@ func newApp() *cli.App {
 			lsCommand(),
 			describeCommand(),
 			topCommand(),
+			completionCommand(),
 		},
+	}
+	forEachCommand(app.Commands, func(c *cli.Command) {
+		c.OnUsageError = usageError
+		if c.Action != nil {
+			c.Action = jsonErrors(c.Action)
+		}
+	})
+	return app
+}
+
+func forEachCommand(cmds []*cli.Command, f func(*cli.Command)) {
+	for _, c := range cmds {
+		f(c)
+		forEachCommand(c.Subcommands, f)
 	}
 }
 

@@ -2,8 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"testing"
+
+	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/security"
 )
 
 func TestFlagsFirst(t *testing.T) {
@@ -30,14 +34,48 @@ func TestFlagsFirst(t *testing.T) {
 }
 
 func TestTokenCommandPrintsAToken(t *testing.T) {
+	const secret = "an-operator-secret-of-32-bytes-or-more"
+	t.Setenv(examples.SecretEnv, secret)
 	app := newApp()
 	var out bytes.Buffer
 	app.Writer = &out
 	if err := app.Run([]string{"fnmesh", "token", "--sub", "alice", "--role", "admin"}); err != nil {
 		t.Fatal(err)
 	}
-	if parts := strings.Split(strings.TrimSpace(out.String()), "."); len(parts) != 3 {
-		t.Fatalf("not a JWT: %q", out.String())
+	v, _ := security.NewJWTVerifier(security.JWTConfig{HMACSecret: []byte(secret)})
+	claims, err := v.Verify(context.Background(), strings.TrimSpace(out.String()))
+	if err != nil || claims.Subject() != "alice" {
+		t.Fatalf("token not signed with %s: %v", examples.SecretEnv, err)
+	}
+}
+
+// Nothing signs or verifies with the public demo secret unless asked:
+// without FNMESH_JWT_SECRET, token and gateway refuse, naming what to set.
+func TestNoDemoSecretByDefault(t *testing.T) {
+	t.Setenv(examples.SecretEnv, "")
+	for _, args := range [][]string{
+		{"fnmesh", "token", "--sub", "mallory", "--role", "admin"},
+		{"fnmesh", "gateway", "--redis", "redis://127.0.0.1:1", "--listen", "127.0.0.1:0"},
+	} {
+		app := newApp()
+		var out bytes.Buffer
+		app.Writer = &out
+		err := app.Run(args)
+		if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), examples.SecretEnv) || !strings.Contains(err.Error(), "--demo") {
+			t.Errorf("%v: %v (exit %d), want a usage error naming %s and --demo", args[1:], err, exitCode(err), examples.SecretEnv)
+		}
+		if out.Len() > 0 {
+			t.Errorf("%v printed %q", args[1:], out.String())
+		}
+	}
+	app := newApp()
+	var out bytes.Buffer
+	app.Writer = &out
+	if err := app.Run([]string{"fnmesh", "token", "--demo", "--sub", "demo"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := examples.DemoVerifier().Verify(context.Background(), strings.TrimSpace(out.String())); err != nil {
+		t.Fatalf("token --demo: %v", err)
 	}
 }
 

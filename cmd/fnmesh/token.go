@@ -15,7 +15,8 @@ func tokenCommand() *cli.Command {
 		Name:  "token",
 		Usage: "print an HS256 token (for the examples and for testing)",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "secret", EnvVars: []string{"FNMESH_JWT_SECRET"}, Usage: "HMAC secret, at least 32 bytes (default: the demo's)"},
+			&cli.StringFlag{Name: "secret", EnvVars: []string{"FNMESH_JWT_SECRET"}, Usage: "HMAC secret, at least 32 bytes (required unless --demo)"},
+			&cli.BoolFlag{Name: "demo", Usage: "sign with the public demo secret when --secret and FNMESH_JWT_SECRET are not set (for the demo only)"},
 			&cli.StringFlag{Name: "sub", Value: "cli", Usage: "subject"},
 			&cli.StringSliceFlag{Name: "role", Usage: "role to grant (repeat for more)"},
 			&cli.DurationFlag{Name: "ttl", Value: time.Hour, Usage: "lifetime"},
@@ -23,7 +24,10 @@ func tokenCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			secret := []byte(c.String("secret"))
 			if len(secret) == 0 {
-				secret = examples.Secret()
+				if !c.Bool("demo") {
+					return cli.Exit(examples.ErrNoSecret.Error()+" (or --secret)", 2)
+				}
+				secret = []byte(examples.DemoSecret)
 			}
 			if len(secret) < 32 {
 				return cli.Exit("the secret must have at least 32 bytes", 2)

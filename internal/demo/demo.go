@@ -18,6 +18,7 @@ import (
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/internal/redact"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -75,13 +76,23 @@ func Run(ctx context.Context, w io.Writer, redisURL string) error {
 	defer buses.close()
 	where := "the in-memory bus (one process)"
 	if redisURL != "" {
-		where = "Redis at " + redisURL + " (a connection per replica, as separate processes would have)"
+		where = "Redis at " + redact.URL(redisURL) + " (a connection per replica, as separate processes would have)"
 	}
 	say("fnmesh demo on %s\n", where)
 
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The demo is asked for explicitly: its services verify with
+	// $FNMESH_JWT_SECRET, or the public demo secret when that is unset.
+	secret, err := examples.Secret(true)
+	if err != nil {
+		return err
+	}
+	verifier, err := security.NewJWTVerifier(security.JWTConfig{HMACSecret: secret})
+	if err != nil {
+		return err
+	}
 	secured := func(id string) handlers.Config {
-		return handlers.Config{Auth: examples.Verifier(), ReplicaID: id, Logger: quiet}
+		return handlers.Config{Auth: verifier, ReplicaID: id, Logger: quiet}
 	}
 	runCtx, stopServices := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -122,7 +133,7 @@ func Run(ctx context.Context, w io.Writer, redisURL string) error {
 	}
 	say("started math (3 replicas, token check), mail (1 replica, async), legacy (its backend is down)\n")
 
-	signer := security.NewHS256Signer(examples.Secret())
+	signer := security.NewHS256Signer(secret)
 	alice, _ := signer.Sign("alice", time.Hour, security.Claims{"roles": []string{"user"}})
 	root, _ := signer.Sign("root", time.Hour, security.Claims{"roles": []string{"admin"}})
 	cb, err := buses.get()
@@ -204,6 +215,7 @@ func Run(ctx context.Context, w io.Writer, redisURL string) error {
 	}
 	say("Done. %s", strings.TrimSpace(`
 Next: start replicas in terminals of their own and call them:
+  export FNMESH_JWT_SECRET=$(openssl rand -hex 32)
   go run ./cmd/examples/math --redis redis://127.0.0.1:6379
   go run ./cmd/fnmesh call math.add '{"a":1,"b":2}' --token "$(go run ./cmd/fnmesh token --sub me)"`))
 	return nil

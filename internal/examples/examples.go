@@ -19,27 +19,37 @@ import (
 	"github.com/fnmesh/fnmesh/security"
 )
 
-// DemoSecret signs the demo's tokens when FNMESH_JWT_SECRET is not set.
-// Anyone can read it here: set your own secret outside a demo.
+// DemoSecret signs the demo's tokens. Anyone can read it here: it is
+// used only when asked for (fnmesh demo, --demo), never by default.
 const DemoSecret = "fnmesh-demo-secret-change-me-32bytes"
 
 // SecretEnv is the environment variable that holds the HMAC secret of
 // the example services' tokens.
 const SecretEnv = "FNMESH_JWT_SECRET"
 
-// Secret returns $FNMESH_JWT_SECRET, or DemoSecret.
-func Secret() []byte {
+// ErrNoSecret says that no token secret is set and the demo's was not
+// asked for.
+var ErrNoSecret = errors.New(SecretEnv + " is not set: set it to a secret of at least 32 bytes " +
+	"(e.g. export " + SecretEnv + "=$(openssl rand -hex 32)), or pass --demo to use the public demo secret")
+
+// Secret returns $FNMESH_JWT_SECRET. When it is not set it returns
+// DemoSecret if demo is true, and ErrNoSecret otherwise.
+func Secret(demo bool) ([]byte, error) {
 	if s := os.Getenv(SecretEnv); s != "" {
-		return []byte(s)
+		return []byte(s), nil
 	}
-	return []byte(DemoSecret)
+	if demo {
+		return []byte(DemoSecret), nil
+	}
+	return nil, ErrNoSecret
 }
 
-// Verifier checks HS256 tokens signed with Secret.
-func Verifier() security.Verifier {
-	v, err := security.NewJWTVerifier(security.JWTConfig{HMACSecret: Secret()})
+// DemoVerifier checks HS256 tokens signed with DemoSecret: for the demo
+// and tests.
+func DemoVerifier() security.Verifier {
+	v, err := security.NewJWTVerifier(security.JWTConfig{HMACSecret: []byte(DemoSecret)})
 	if err != nil {
-		panic(err) // Secret is always long enough or the operator's mistake
+		panic(err) // DemoSecret is long enough
 	}
 	return v
 }

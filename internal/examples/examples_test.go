@@ -2,6 +2,10 @@ package examples_test
 
 import (
 	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,9 +26,9 @@ func TestMathPolicyFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := bustest.NewHarness(t, bus.NewMemory())
-	h.Start(examples.Math(handlers.Config{Auth: examples.Verifier(), Policy: p, Logger: bustest.Quiet}))
+	h.Start(examples.Math(handlers.Config{Auth: examples.DemoVerifier(), Policy: p, Logger: bustest.Quiet}))
 	sign := func(c security.Claims) string {
-		tok, _ := security.NewHS256Signer(examples.Secret()).Sign("u", time.Minute, c)
+		tok, _ := security.NewHS256Signer([]byte(examples.DemoSecret)).Sign("u", time.Minute, c)
 		return tok
 	}
 	user, gold, admin := sign(nil), sign(security.Claims{"tier": "gold"}), sign(security.Claims{"roles": []string{"admin"}})
@@ -47,5 +51,51 @@ func TestMathPolicyFile(t *testing.T) {
 		if got := fnmesh.CodeOf(err); got != tc.want {
 			t.Errorf("math.%s: %q (%v), want %q", tc.fn, got, err, tc.want)
 		}
+	}
+}
+
+// The example services never verify with the public demo secret unless
+// asked: without FNMESH_JWT_SECRET they refuse to start, before they
+// connect to anything, and say what to set.
+func TestServiceAppRefusesToStartWithoutSecret(t *testing.T) {
+	t.Setenv(examples.SecretEnv, "")
+	app := examples.ServiceApp("math", "test", func(cfg handlers.Config, _ *slog.Logger) *handlers.Service {
+		return examples.Math(cfg)
+	})
+	app.Writer, app.ErrWriter = io.Discard, io.Discard
+	err := app.Run([]string{"math", "--redis", "redis://127.0.0.1:1", "--ops-addr", ""})
+	if err == nil || examples.ExitCode(err) != 2 || !strings.Contains(err.Error(), examples.SecretEnv) || !strings.Contains(err.Error(), "--demo") {
+		t.Fatalf("without a secret: %v (exit %d), want a usage error naming %s and --demo", err, examples.ExitCode(err), examples.SecretEnv)
+	}
+	// Asked for, the demo secret is used: the replica gets as far as Redis
+	// (nothing listens on port 1).
+	err = app.Run([]string{"math", "--redis", "redis://127.0.0.1:1", "--ops-addr", "", "--demo"})
+	if err == nil || strings.Contains(err.Error(), examples.SecretEnv) {
+		t.Fatalf("with --demo: %v, want a Redis error", err)
+	}
+	if _, err := examples.Secret(false); !errors.Is(err, examples.ErrNoSecret) {
+		t.Fatalf("Secret(false) without %s: %v", examples.SecretEnv, err)
+	}
+	t.Setenv(examples.SecretEnv, "an-operator-secret-of-32-bytes-or-more")
+	if s, err := examples.Secret(false); err != nil || string(s) != "an-operator-secret-of-32-bytes-or-more" {
+		t.Fatalf("Secret(false) = %q, %v", s, err)
+	}
+}
+
+// Each flag's help states its default once.
+func TestServiceAppHelp(t *testing.T) {
+	app := examples.ServiceApp("math", "test", func(cfg handlers.Config, _ *slog.Logger) *handlers.Service { return examples.Math(cfg) })
+	var out strings.Builder
+	app.Writer = &out
+	if err := app.Run([]string{"math", "--help"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.Count(line, "(default") > 1 {
+			t.Errorf("two defaults: %s", line)
+		}
+	}
+	if !strings.Contains(out.String(), "drain timeout on SIGTERM (default: 30s)") {
+		t.Errorf("--drain's default:\n%s", out.String())
 	}
 }

@@ -2,18 +2,21 @@ package examples
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/internal/redact"
 	"github.com/fnmesh/fnmesh/internal/redisflags"
+	"github.com/fnmesh/fnmesh/internal/redislog"
 	"github.com/fnmesh/fnmesh/registry"
 	"github.com/fnmesh/fnmesh/security"
 	"github.com/fnmesh/fnmesh/telemetry"
@@ -33,12 +36,15 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 	return &cli.App{
 		Name:  name,
 		Usage: usage,
+		// main prints errors and picks the exit status (2: usage).
+		ExitErrHandler: func(*cli.Context, error) {},
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "replica-id", Usage: "name of this replica (default host-pid-random)"},
 			&cli.IntFlag{Name: "concurrency", Value: DefaultConcurrency, Usage: "requests run at once"},
 			&cli.StringFlag{Name: "ops-addr", EnvVars: []string{"OPS_ADDR"}, Value: DefaultOpsAddr, Usage: "serve " + handlers.HealthPath + " (200 serving, 503 starting or draining) and /metrics here; empty: off"},
 			&cli.BoolFlag{Name: "insecure", Usage: "run without a token check"},
-			&cli.DurationFlag{Name: "drain", Value: 0, Usage: "drain timeout on SIGTERM (default 30s)"},
+			&cli.BoolFlag{Name: "demo", Usage: "verify tokens with the public demo secret when " + SecretEnv + " is not set (never outside a demo)"},
+			&cli.DurationFlag{Name: "drain", Value: 30 * time.Second, Usage: "drain timeout on SIGTERM"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log every call"},
 			&cli.StringFlag{Name: "policy", Usage: "YAML file of access rules per function (see docs/SECURITY.md)"},
 			&cli.StringFlag{Name: "version", Value: "dev", Usage: "version shown by fnmesh ls"},
@@ -49,6 +55,7 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 				level = slog.LevelDebug
 			}
 			log := slog.New(telemetry.LogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+			redislog.Route(log)
 			cfg := handlers.Config{
 				ReplicaID: c.String("replica-id"), Concurrency: c.Int("concurrency"),
 				DrainTimeout: c.Duration("drain"), Logger: log, OpsAddr: c.String("ops-addr"),
@@ -56,7 +63,15 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 			if c.Bool("insecure") {
 				cfg.AllowUnauthenticated = true
 			} else {
-				cfg.Auth = Verifier()
+				secret, err := Secret(c.Bool("demo"))
+				if err != nil {
+					return cli.Exit(err.Error(), 2)
+				}
+				v, err := security.NewJWTVerifier(security.JWTConfig{HMACSecret: secret})
+				if err != nil {
+					return cli.Exit(err.Error(), 2)
+				}
+				cfg.Auth = v
 			}
 			if path := c.String("policy"); path != "" {
 				p, err := security.LoadPolicy(path)
@@ -86,7 +101,7 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 			svc := build(cfg, log)
 			go func() {
 				<-svc.Started()
-				log.Info("replica serving", "service", svc.Name(), "functions", svc.Functions(), "redis", redactURL(rc.URL))
+				log.Info("replica serving", "service", svc.Name(), "functions", svc.Functions(), "redis", redact.URL(rc.URL))
 			}()
 			if err := svc.Run(ctx, b); err != nil {
 				return fmt.Errorf("%s: %w", name, err)
@@ -97,10 +112,12 @@ func ServiceApp(name, usage string, build func(cfg handlers.Config, log *slog.Lo
 	}
 }
 
-// redactURL hides the password of a Redis URL for logs.
-func redactURL(s string) string {
-	if u, err := url.Parse(s); err == nil {
-		return u.Redacted()
+// ExitCode is the exit status of a command that failed with err: the
+// code a cli.Exit error carries (2 for usage errors), else 1.
+func ExitCode(err error) int {
+	var ec cli.ExitCoder
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
 	}
-	return "(unparsable URL)"
+	return 1
 }

@@ -18,6 +18,6 @@ func main() {
 	})
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		os.Exit(examples.ExitCode(err))
 	}
 }
