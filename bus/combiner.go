@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"net"
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -386,7 +387,11 @@ func (c *combiner) exec(ctx context.Context, batch []*pendingCmd, acks []respCmd
 		}
 		stale := c.wire.reused
 		c.dropWire()
-		if !stale || retried {
+		var ne net.Error
+		if !stale || retried || errors.As(err, &ne) && ne.Timeout() {
+			// A timeout is a server that does not answer, not a
+			// connection that died while idle: fail now, do not wait
+			// for it once more.
 			return
 		}
 		// A connection that sat idle may have died under us (Redis

@@ -60,11 +60,30 @@ func (r *Redis) newWireDialer() *wireDialer {
 	case !ok:
 		return nil
 	case r.failover != nil:
-		return failoverWireDialer(*r.failover)
+		fo := *r.failover
+		fo.DialTimeout, fo.ReadTimeout, fo.WriteTimeout = boundTimeout(fo.DialTimeout), boundTimeout(fo.ReadTimeout), boundTimeout(fo.WriteTimeout)
+		return failoverWireDialer(fo)
 	case c.Options().Addr == "FailoverClient":
 		return nil
 	}
-	return singleWireDialer(*c.Options())
+	opt := *c.Options()
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = boundTimeout(opt.DialTimeout), boundTimeout(opt.ReadTimeout), boundTimeout(opt.WriteTimeout)
+	return singleWireDialer(opt)
+}
+
+// combinerTimeout bounds the combiner's dial and each of its round trips
+// (below a client's own, longer, timeouts): when Redis hangs or is gone,
+// calls and sends fail with unavailable within about a second, so callers
+// can back off, instead of waiting out their deadline.
+const combinerTimeout = time.Second
+
+// boundTimeout is a timeout no longer than combinerTimeout; a negative one
+// (none) is kept.
+func boundTimeout(d time.Duration) time.Duration {
+	if d == 0 || d > combinerTimeout {
+		return combinerTimeout
+	}
+	return d
 }
 
 // singleWireDialer dials as a client with options opt would, opt taken

@@ -2,8 +2,11 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"testing"
+	"time"
 
+	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
@@ -83,5 +86,37 @@ func TestAllocationBudgetMemory(t *testing.T) {
 	t.Logf("allocations per call on the in-memory bus: %.1f", allocs)
 	if allocs > budget {
 		t.Fatalf("%.1f allocations per call, budget %d", allocs, budget)
+	}
+}
+
+// BenchmarkOpenBreaker is a call failed by an open breaker: no request
+// is sent, so it costs what the breaker's check costs.
+func BenchmarkOpenBreaker(b *testing.B) {
+	bs := bus.NewMemory()
+	defer bs.Close()
+	svc := handlers.NewService("down", handlers.Config{AllowUnauthenticated: true})
+	handlers.Register(svc, "get", func(context.Context, struct{}) (struct{}, error) {
+		return struct{}{}, errors.New("backend down")
+	})
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { svc.Run(ctx, bs); close(done) }()
+	defer func() { stop(); <-done }()
+	<-svc.Started()
+	c, err := client.New(bs, client.Config{Breaker: client.BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	c.Call(ctx, "down.get", struct{}{}, nil)
+	if s := c.BreakerState("down.get"); s != "open" {
+		b.Fatalf("breaker %s, want open", s)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := c.Call(ctx, "down.get", struct{}{}, nil); fnmesh.CodeOf(err) != fnmesh.CodeUnavailable {
+			b.Fatalf("call through an open breaker: %v", err)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -98,27 +99,139 @@ func waitHLen(t *testing.T, rdb *redis.Client, hash string, n int64, d time.Dura
 	})
 }
 
+// pendingOf returns the entries consumer holds, taken and not acked, on
+// service's request stream (XPENDING), by entry id, each with the key its
+// request records (SleepIn.Key).
+func pendingOf(t *testing.T, rdb *redis.Client, service, consumer string) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	stream := bus.RequestTopic(service)
+	ps, err := rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: bus.Group, Start: "-", End: "+", Count: 100000, Consumer: consumer}).Result()
+	if err != nil {
+		t.Fatalf("XPENDING %s %s: %v", stream, consumer, err)
+	}
+	out := make(map[string]string, len(ps))
+	for _, p := range ps {
+		xs, err := rdb.XRangeN(ctx, stream, p.ID, p.ID, 1).Result()
+		if err != nil {
+			t.Fatalf("XRANGE %s %s: %v", stream, p.ID, err)
+		}
+		var in SleepIn
+		if len(xs) == 1 {
+			if raw, ok := xs[0].Values[bus.FieldPayload].(string); ok {
+				if err := json.Unmarshal([]byte(raw), &in); err != nil {
+					t.Fatalf("entry %s: payload %q: %v", p.ID, raw, err)
+				}
+			}
+		}
+		out[p.ID] = in.Key
+	}
+	return out
+}
+
+// pendingCount is how many entries consumer holds on service's request
+// stream.
+func pendingCount(rdb *redis.Client, service, consumer string) int64 {
+	p, err := rdb.XPending(context.Background(), bus.RequestTopic(service), bus.Group).Result()
+	if err != nil {
+		return 0
+	}
+	return p.Consumers[consumer]
+}
+
+// waitHolding waits until consumer holds at least n entries: the signal
+// that a replica about to be killed holds work.
+func waitHolding(t *testing.T, rdb *redis.Client, service, consumer string, n int64) {
+	t.Helper()
+	bustest.Eventually(t, 60*time.Second, fmt.Sprintf("replica %s never held %d requests", consumer, n), func() bool {
+		return pendingCount(rdb, service, consumer) >= n
+	})
+}
+
+// heldKeys is the set of keys of entries.
+func heldKeys(entries map[string]string) map[string]bool {
+	keys := make(map[string]bool, len(entries))
+	for _, k := range entries {
+		keys[k] = true
+	}
+	return keys
+}
+
+// A replica killed (SIGKILL) while it holds requests, and not restarted:
+// the surviving replicas take its requests over once they have been idle
+// for ClaimIdle (XAUTOCLAIM), and every accepted send runs.
+func TestKilledReplicaWorkIsTakenOver(t *testing.T) {
+	t.Parallel()
+	const n, conc = 200, 8
+	service := bustest.Name("takeover")
+	rdb := rdbFor(t, redisURL)
+	var workers []*worker
+	for i := 0; i < 3; i++ {
+		workers = append(workers, startWorker(t, workerSpec{Service: service, Replica: fmt.Sprintf("r%d", i), Concurrency: conc, ClaimIdle: faultClaimIdle}))
+	}
+	c := newClient(t, client.Config{})
+	if acc := sendAll(t, c, service, n, 16, 300, nil); acc != n {
+		t.Fatalf("%d of %d sends accepted", acc, n)
+	}
+	waitHolding(t, rdb, service, "r1", 2)
+	workers[1].kill()
+	killedAt := time.Now()
+	held := pendingOf(t, rdb, service, "r1") // the process is gone: exactly what it held
+	if len(held) == 0 || len(held) > conc {
+		t.Fatalf("the killed replica held %d requests, want 1 to its Concurrency %d", len(held), conc)
+	}
+	keys := heldKeys(held)
+	bustest.Eventually(t, 60*time.Second, "the killed replica's requests were not taken over", func() bool {
+		runs := runCounts(t, rdb, "runs:"+service)
+		for k := range keys {
+			if runs[k] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	took := time.Since(killedAt)
+	waitHLen(t, rdb, "runs:"+service, n, 60*time.Second)
+	runs := runCounts(t, rdb, "runs:"+service)
+	for i := 0; i < n; i++ {
+		if runs["k"+strconv.Itoa(i)] == 0 {
+			t.Fatalf("k%d never ran", i)
+		}
+	}
+	for k, r := range runs {
+		if r > 1 && !keys[k] {
+			t.Errorf("%s ran %d times and the killed replica did not hold it", k, r)
+		}
+	}
+	if left := pendingCount(rdb, service, "r1"); left != 0 {
+		t.Errorf("the killed replica still holds %d entries after they all ran", left)
+	}
+	if took < faultClaimIdle/2 {
+		// Leases are renewed every ClaimIdle/3: an entry is idle for at
+		// least two thirds of ClaimIdle after its replica dies.
+		t.Errorf("held requests ran %v after the kill, before they could be idle for ClaimIdle %v", took, faultClaimIdle)
+	}
+	t.Logf("killed a replica holding %d requests; the survivors ran them all %v later (ClaimIdle %v); %d sends ran", len(held), took.Round(time.Millisecond), faultClaimIdle, len(runs))
+}
+
 // 10,000 sends while one of three replica processes is killed with
-// SIGKILL and restarted: every send runs at least once; runs repeated are
-// bounded by what the killed replica had in flight. Then the same with
-// idempotency keys, every key sent twice (a caller retrying): the effect
-// happens once per key, and the second sends are not run.
+// SIGKILL and replaced by one under a new name: every send runs at least
+// once; a request runs twice only if the killed replica held it, and that
+// is at most its Concurrency. Then the same with idempotency keys, every
+// key sent twice (a caller retrying): the second sends are not run.
 func TestKillReplicaDuringSends(t *testing.T) {
 	t.Parallel()
 	const n, conc = 10000, 16
 	rdb := rdbFor(t, redisURL)
 	for _, keyed := range []bool{false, true} {
 		service := bustest.Name("kill")
-		workers := make([]*worker, 3)
-		spec := func(i int) workerSpec {
+		spec := func(name string) workerSpec {
 			// A longer claim idle than the take-over tests: this test counts
 			// the runs the kill repeats, and race-built replicas on a
 			// starved machine can stall past a short one and lose leases.
-			return workerSpec{Service: service, Replica: fmt.Sprintf("r%d", i), Concurrency: conc, ClaimIdle: 2 * faultClaimIdle}
+			return workerSpec{Service: service, Replica: name, Concurrency: conc, ClaimIdle: 2 * faultClaimIdle}
 		}
-		for i := range workers {
-			workers[i] = startWorker(t, spec(i))
-		}
+		workers := []*worker{startWorker(t, spec("r0")), startWorker(t, spec("r1")), startWorker(t, spec("r2"))}
 		c := newClient(t, client.Config{})
 		var opts func(i int) []client.CallOption
 		sends := n
@@ -133,43 +246,50 @@ func TestKillReplicaDuringSends(t *testing.T) {
 			produced <- sendAllKeys(t, c, service, sends, n, opts)
 		}()
 		waitHLen(t, rdb, "runs:"+service, n/4, 60*time.Second)
+		waitHolding(t, rdb, service, "r1", 1)
 		workers[1].kill()
+		held := pendingOf(t, rdb, service, "r1")
 		killedAt := rdb.HLen(context.Background(), "runs:"+service).Val()
-		time.Sleep(300 * time.Millisecond) // the replica stays dead a moment: the scenario
-		workers[1] = startWorker(t, spec(1))
+		if len(held) == 0 || len(held) > conc {
+			t.Fatalf("the killed replica held %d requests, want 1 to its Concurrency %d", len(held), conc)
+		}
+		workers[1] = startWorker(t, spec("r1-replaced"))
 		if acc := <-produced; acc != int64(sends) {
 			t.Fatalf("only %d of %d sends accepted", acc, sends)
 		}
 		waitHLen(t, rdb, "runs:"+service, n, 90*time.Second)
+		keys := heldKeys(held)
+		bustest.Eventually(t, 60*time.Second, "the killed replica's entries were not taken over", func() bool {
+			return pendingCount(rdb, service, "r1") == 0
+		})
 		runs := runCounts(t, rdb, "runs:"+service)
 		twice, total := 0, 0
+		var notHeld []string
 		for i := 0; i < n; i++ {
-			k := runs["k"+strconv.Itoa(i)]
-			if k == 0 {
-				t.Fatalf("k%d never ran", i)
+			k := "k" + strconv.Itoa(i)
+			r := runs[k]
+			if r == 0 {
+				t.Fatalf("%s never ran", k)
 			}
-			total += k
-			if k > 1 {
+			total += r
+			if r > 1 {
 				twice++
+				if !keys[k] {
+					notHeld = append(notHeld, k)
+				}
 			}
+		}
+		if len(notHeld) > 0 {
+			t.Errorf("%d keys ran more than once and the killed replica did not hold them: %v", len(notHeld), notHeld[:min(len(notHeld), 5)])
 		}
 		label := "without idempotency keys"
 		if keyed {
 			label = "with idempotency keys, each sent twice"
 		}
-		t.Logf("%s: %d sends, %d keys ran, %d ran more than once, %d runs in all; killed after %d of %d keys",
-			label, sends, len(runs), twice, total, killedAt, n)
-		if twice > conc {
-			t.Errorf("%d keys ran twice, more than the %d the killed replica could hold", twice, conc)
-		}
-		if keyed {
-			if total > n+conc {
-				t.Errorf("%d runs for %d keys sent twice each: the second sends were not skipped", total, n)
-			}
-			effects := runCounts(t, rdb, "effects:"+service)
-			if len(effects) != n {
-				t.Errorf("%d effects recorded, want exactly %d (one per key)", len(effects), n)
-			}
+		t.Logf("%s: %d sends, %d keys ran, %d ran more than once, %d runs in all; killed after %d of %d keys, holding %d",
+			label, sends, len(runs), twice, total, killedAt, n, len(held))
+		if total > n+len(held) {
+			t.Errorf("%d runs for %d keys: more repeats than the %d requests the killed replica held", total, n, len(held))
 		}
 		for _, w := range workers {
 			w.kill()
@@ -204,21 +324,26 @@ func sendAllKeys(t *testing.T, c *client.Client, service string, sends, n int, o
 	return ok.Load()
 }
 
-// Calls in flight when a replica is killed: each is answered by another
-// replica or fails with a code, within its deadline; none hangs.
+// Calls in flight when a replica that holds some of them is killed: every
+// call is answered, the killed replica's by the others once its entries
+// are idle for ClaimIdle, well within the calls' deadline.
 func TestCallsInFlightAtKill(t *testing.T) {
 	t.Parallel()
 	service := bustest.Name("inflight")
+	rdb := rdbFor(t, redisURL)
 	var workers []*worker
 	for i := 0; i < 3; i++ {
 		workers = append(workers, startWorker(t, workerSpec{Service: service, Replica: fmt.Sprintf("r%d", i), Concurrency: 16, ClaimIdle: faultClaimIdle}))
 	}
 	c := newClient(t, client.Config{Breaker: client.BreakerConfig{Disabled: true}})
 	const calls = 48
-	const timeout = 8 * time.Second
+	// Long enough that the killed replica cannot finish one before the
+	// kill even on a starved machine; short enough that a taken-over call
+	// (ClaimIdle, then 1 s) ends far inside its deadline.
+	const runFor, timeout = time.Second, 20 * time.Second
 	type outcome struct {
 		by   string
-		code fnmesh.Code
+		err  error
 		took time.Duration
 	}
 	results := make(chan outcome, calls)
@@ -226,43 +351,79 @@ func TestCallsInFlightAtKill(t *testing.T) {
 		go func() {
 			start := time.Now()
 			var by string
-			err := c.Call(context.Background(), service+".sleep", SleepIn{Ms: 500}, &by, client.WithTimeout(timeout))
-			results <- outcome{by, fnmesh.CodeOf(err), time.Since(start)}
+			err := c.Call(context.Background(), service+".sleep", SleepIn{Ms: int(runFor / time.Millisecond)}, &by, client.WithTimeout(timeout))
+			results <- outcome{by, err, time.Since(start)}
 		}()
 	}
-	time.Sleep(150 * time.Millisecond) // the calls are running on all three: the scenario
+	waitHolding(t, rdb, service, "r0", 1)
 	workers[0].kill()
-	answered, failed := map[string]int{}, map[fnmesh.Code]int{}
+	held := len(pendingOf(t, rdb, service, "r0"))
+	answered := map[string]int{}
+	var failed []error
+	var slowest time.Duration
 	for i := 0; i < calls; i++ {
 		select {
 		case o := <-results:
-			if o.took > timeout+time.Second {
-				t.Errorf("a call returned after %v, past its %v deadline", o.took, timeout)
-			}
-			if o.code == "" {
-				answered[o.by]++
+			slowest = max(slowest, o.took)
+			if o.err != nil {
+				failed = append(failed, o.err)
 			} else {
-				failed[o.code]++
+				answered[o.by]++
 			}
 		case <-time.After(timeout + 5*time.Second):
 			t.Fatalf("%d calls still hang after their deadline", calls-i)
 		}
 	}
-	t.Logf("%d calls in flight at the kill: answered by %v, failed %v", calls, answered, failed)
-	if answered["r0"] > 0 {
-		// r0 died 150ms into 500ms calls: it cannot have answered.
-		t.Errorf("the killed replica answered %d calls", answered["r0"])
+	t.Logf("%d calls in flight, %d held by the killed replica: answered by %v, %d failed, slowest %v", calls, held, answered, len(failed), slowest.Round(time.Millisecond))
+	if held == 0 {
+		t.Fatal("the killed replica held no call")
 	}
-	if answered["r1"]+answered["r2"] < calls-len(failed) {
-		t.Errorf("answers do not add up: %v %v", answered, failed)
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d calls failed, first: %v", len(failed), calls, failed[0])
 	}
-	for code := range failed {
-		if code != fnmesh.CodeDeadlineExceeded && code != fnmesh.CodeUnavailable {
-			t.Errorf("calls failed with %s, want deadline_exceeded or unavailable if anything", code)
+	if survivors := answered["r1"] + answered["r2"]; survivors < held {
+		t.Fatalf("the other replicas answered %d calls, fewer than the %d the killed replica held", survivors, held)
+	}
+}
+
+// A request that runs for three times ClaimIdle on a live replica, while
+// another replica looks for idle entries to take: the slow replica renews
+// its lease, so the request runs once.
+func TestSlowRequestKeepsItsLease(t *testing.T) {
+	t.Parallel()
+	const claimIdle = 2 * time.Second
+	const n = 4
+	service := bustest.Name("lease")
+	rdb := rdbFor(t, redisURL)
+	r1 := startWorker(t, workerSpec{Service: service, Replica: "r1", Concurrency: n, ClaimIdle: claimIdle})
+	c := newClient(t, client.Config{})
+	for i := 0; i < n; i++ {
+		if err := c.Send(context.Background(), service+".record", SleepIn{Ms: int(3*claimIdle/time.Millisecond) + 500, Key: "slow" + strconv.Itoa(i)}); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if failed[fnmesh.CodeDeadlineExceeded] > 0 {
-		t.Errorf("%d calls ran out of their %v deadline: the killed replica's calls were not taken over in time", failed[fnmesh.CodeDeadlineExceeded], timeout)
+	waitHolding(t, rdb, service, "r1", n)
+	// The other replica starts once r1 runs them all: it claims any entry
+	// idle for ClaimIdle, every second, for the whole run.
+	r2 := startWorker(t, workerSpec{Service: service, Replica: "r2", Concurrency: n, ClaimIdle: claimIdle})
+	// Until they have run, none may pass to r2 (which would run it again).
+	taken := int64(0)
+	bustest.Eventually(t, 60*time.Second, "the slow requests did not finish", func() bool {
+		taken = max(taken, pendingCount(rdb, service, "r2"))
+		return rdb.HLen(context.Background(), "runs:"+service).Val() >= n
+	})
+	runs := runCounts(t, rdb, "runs:"+service)
+	t.Logf("%d requests of %v each (ClaimIdle %v), with another replica live: runs %v, taken by the other %d", n, 3*claimIdle+500*time.Millisecond, claimIdle, runs, taken)
+	if taken > 0 {
+		t.Errorf("the other replica took %d requests from the live one: their leases were not renewed", taken)
+	}
+	for k, r := range runs {
+		if r != 1 {
+			t.Errorf("%s ran %d times, want once: its live replica lost its lease", k, r)
+		}
+	}
+	if r1.exited() || r2.exited() {
+		t.Fatal("a replica exited")
 	}
 }
 
@@ -373,9 +534,10 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 	}
 }
 
-// A request that kills every replica that runs it ends in the dead-letter
-// stream after MaxDeliveries, the replicas restarted meanwhile keep
-// serving, and once the bug is fixed a replay runs it.
+// A call whose request kills every replica that runs it: it runs at most
+// MaxDeliveries times, then the waiting caller gets internal and the
+// request is in the dead-letter stream; the replicas restarted meanwhile
+// keep serving, and once the bug is fixed a replay runs it.
 func TestPoisonRequestIsDeadLetteredAndReplayed(t *testing.T) {
 	t.Parallel()
 	service := bustest.Name("poison")
@@ -387,62 +549,143 @@ func TestPoisonRequestIsDeadLetteredAndReplayed(t *testing.T) {
 	spec := func(i int) workerSpec {
 		return workerSpec{Service: service, Replica: fmt.Sprintf("r%d", i), ClaimIdle: faultClaimIdle, MaxDeliveries: maxDeliveries, CrashFile: crash}
 	}
+	// A supervisor: a replica that dies is started again under its name.
+	died := make(chan int, 16)
+	watch := func(i int, w *worker) {
+		go func() { w.wait(time.Hour); died <- i }()
+	}
 	workers := []*worker{startWorker(t, spec(0)), startWorker(t, spec(1))}
+	for i, w := range workers {
+		watch(i, w)
+	}
 	b := newRedisBus(t, busConfig())
 	defer b.Close()
-	c := newClient(t, client.Config{})
-	if err := c.Send(context.Background(), service+".crash", SleepIn{Key: "poison"}); err != nil {
-		t.Fatal(err)
+	c := newClient(t, client.Config{Breaker: client.BreakerConfig{Disabled: true}})
+	start := time.Now()
+	called := make(chan error, 1)
+	go func() {
+		called <- c.Call(context.Background(), service+".crash", SleepIn{Key: "poison"}, nil, client.WithTimeout(3*time.Minute))
+	}()
+	restarts := 0
+	var callErr error
+	for waiting := true; waiting; {
+		select {
+		case callErr = <-called:
+			waiting = false
+		case i := <-died:
+			restarts++
+			// A restarted replica may die before it is ready: it first
+			// finishes its own pending entries, the poison among them.
+			workers[i] = spawnWorker(t, spec(i))
+			watch(i, workers[i])
+		case <-time.After(3 * time.Minute):
+			t.Fatalf("the call is still waiting after %d restarts", restarts)
+		}
 	}
-	crashes := 0
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		dls, _ := b.DeadLetters(context.Background(), service, 10)
-		if len(dls) == 1 {
-			d := dls[0]
-			t.Logf("dead-lettered after %d crashes: code %s, attempts %d, reason %q", crashes, d.Code, d.Attempts, d.Reason)
-			// Deliveries are bounded by MaxDeliveries; on a starved
-			// machine one more delivery can be counted (a take-over racing
-			// a restart), never more.
-			if d.Code != fnmesh.CodeInternal || !strings.Contains(d.Reason, "delivered") || d.Attempts < maxDeliveries || d.Attempts > maxDeliveries+1 {
-				t.Fatalf("dead letter %+v, want attempts %d (or %d)", d, maxDeliveries, maxDeliveries+1)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not dead-lettered after %d crashes", crashes)
-		}
-		// A supervisor: restart replicas that died. A restarted replica
-		// may die before it is ready: it first finishes its own pending
-		// entries, the poison among them.
-		for i, w := range workers {
-			if w.exited() {
-				crashes++
-				workers[i] = spawnWorker(t, spec(i))
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
+	rdb := rdbFor(t, redisURL)
+	runs, err := rdb.HGet(context.Background(), "crashes:"+service, "poison").Int()
+	if err != nil {
+		t.Fatalf("runs of the poison: %v", err)
 	}
-	if crashes < maxDeliveries-1 || crashes > maxDeliveries+1 {
-		t.Errorf("%d crashes, want about %d (one per delivery)", crashes, maxDeliveries)
+	t.Logf("poison: %d runs, %d replica restarts, the call ended after %v: %v", runs, restarts, time.Since(start).Round(time.Millisecond), callErr)
+	bustest.WantCode(t, callErr, fnmesh.CodeInternal)
+	if runs < 1 || runs > maxDeliveries {
+		t.Fatalf("the poison ran %d times, want at most MaxDeliveries %d", runs, maxDeliveries)
+	}
+	// The caller is answered first, then the dead letter is recorded.
+	var dls []bus.DeadLetter
+	bustest.Eventually(t, 10*time.Second, "the poison is not in the dead letters", func() bool {
+		dls, err = b.DeadLetters(context.Background(), service, 10)
+		if err != nil {
+			t.Fatalf("reading the dead letters: %v", err)
+		}
+		return len(dls) > 0
+	})
+	if len(dls) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dls))
+	}
+	d := dls[0]
+	if d.Code != fnmesh.CodeInternal || !strings.Contains(d.Reason, "delivered") || d.Attempts < runs || d.Attempts > maxDeliveries {
+		t.Fatalf("dead letter %+v, want code internal, attempts %d to %d", d, runs, maxDeliveries)
 	}
 	// The replicas serve other requests.
 	var by string
 	if err := c.Call(context.Background(), service+".who", struct{}{}, &by); err != nil {
 		t.Fatalf("replicas do not serve after the poison: %v", err)
 	}
-	t.Logf("poison handled after %v", time.Since(deadline.Add(-60*time.Second)))
 	// Fixed: replay runs it.
-	os.Remove(crash)
-	replayStart := time.Now()
-	defer func() { t.Logf("replay ran after %v", time.Since(replayStart)) }()
+	if err := os.Remove(crash); err != nil {
+		t.Fatal(err)
+	}
 	if n, err := b.ReplayDeadLetters(context.Background(), service); err != nil || n != 1 {
 		t.Fatalf("replay: %d %v", n, err)
 	}
-	rdb := rdbFor(t, redisURL)
 	waitHLen(t, rdb, "runs:"+service, 1, 20*time.Second)
-	if dls, _ := b.DeadLetters(context.Background(), service, 10); len(dls) != 0 {
+	dls, err = b.DeadLetters(context.Background(), service, 10)
+	if err != nil {
+		t.Fatalf("reading the dead letters after the replay: %v", err)
+	}
+	if len(dls) != 0 {
 		t.Fatalf("dead letters after replay: %d", len(dls))
+	}
+}
+
+// handBackBound is how soon another replica must take requests a stopping
+// replica handed back: its next claim, at most ClaimInterval (1 s) later,
+// plus room for a loaded machine; without the hand-back they would wait
+// for handBackClaimIdle.
+const handBackBound = 2 * time.Second
+
+const handBackClaimIdle = 20 * time.Second
+
+// SIGTERM to a replica running requests that outlast its drain timeout:
+// it hands them back as it stops, and another replica takes them at its
+// next claim (within about a second, not after ClaimIdle) and runs each
+// once to its end.
+func TestSIGTERMHandsBackUnfinishedRequests(t *testing.T) {
+	t.Parallel()
+	const n = 4
+	service := bustest.Name("handback")
+	rdb := rdbFor(t, redisURL)
+	r1 := startWorker(t, workerSpec{Service: service, Replica: "r1", Concurrency: n, Drain: 300 * time.Millisecond, ClaimIdle: handBackClaimIdle})
+	c := newClient(t, client.Config{})
+	for i := 0; i < n; i++ {
+		if err := c.Send(context.Background(), service+".record", SleepIn{Ms: 8000, Key: "long" + strconv.Itoa(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitHolding(t, rdb, service, "r1", n)
+	// Started once r1 runs them all, so only a hand-back gives them to r2.
+	startWorker(t, workerSpec{Service: service, Replica: "r2", Concurrency: n, ClaimIdle: handBackClaimIdle})
+	if err := r1.terminate(30 * time.Second); err != nil {
+		t.Fatalf("replica did not exit cleanly on SIGTERM: %v", err)
+	}
+	stoppedAt, ok := r1.lineAt("stopped")
+	if !ok {
+		t.Fatal("the replica did not report its stop")
+	}
+	var takenAt time.Time
+	for takenAt.IsZero() {
+		if pendingCount(rdb, service, "r2") >= n {
+			takenAt = time.Now()
+			break
+		}
+		if time.Since(stoppedAt) > handBackClaimIdle+10*time.Second {
+			t.Fatalf("the other replica holds %d of the %d handed-back requests", pendingCount(rdb, service, "r2"), n)
+		}
+		time.Sleep(10 * time.Millisecond) // polling Redis: XPENDING has no signal
+	}
+	took := takenAt.Sub(stoppedAt)
+	waitHLen(t, rdb, "runs:"+service, n, 30*time.Second)
+	runs := runCounts(t, rdb, "runs:"+service)
+	t.Logf("%d requests handed back on SIGTERM; the other replica took them %v after the stop, runs %v", n, took.Round(time.Millisecond), runs)
+	if took > handBackBound {
+		t.Errorf("handed-back requests were taken %v after the stop, want within %v", took, handBackBound)
+	}
+	for k, r := range runs {
+		if r != 1 {
+			t.Errorf("%s ran %d times to its end, want once", k, r)
+		}
 	}
 }
 

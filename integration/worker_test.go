@@ -101,29 +101,22 @@ func runWorkerIfAsked() {
 		return replica, nil
 	})
 	// record is the effect the fault tests count: after Ms milliseconds it
-	// adds one to runs:SERVICE[Key]; with an idempotency key it also
-	// records the effect once per key (effects:SERVICE), as a function
-	// whose effect must not repeat does.
+	// adds one to runs:SERVICE[Key].
 	handlers.Register(svc, "record", func(ctx context.Context, in SleepIn) (struct{}, error) {
 		select {
 		case <-time.After(time.Duration(in.Ms) * time.Millisecond):
 		case <-ctx.Done():
 			return struct{}{}, ctx.Err()
 		}
-		ctx = context.WithoutCancel(ctx)
-		pipe := rdb.TxPipeline()
-		pipe.HIncrBy(ctx, "runs:"+service, in.Key, 1)
-		if ik := handlers.Info(ctx).IdempotencyKey; ik != "" {
-			pipe.HSetNX(ctx, "effects:"+service, ik, replica)
-		}
-		_, err := pipe.Exec(ctx)
-		return struct{}{}, err
+		return struct{}{}, rdb.HIncrBy(context.WithoutCancel(ctx), "runs:"+service, in.Key, 1).Err()
 	})
 	// crash kills the whole process while the crash file exists: a
 	// request no replica survives.
 	handlers.Register(svc, "crash", func(ctx context.Context, in SleepIn) (struct{}, error) {
 		if f := os.Getenv("W_CRASH_FILE"); f != "" {
 			if _, err := os.Stat(f); err == nil {
+				// Counted first: the tests bound how often it runs.
+				rdb.HIncrBy(ctx, "crashes:"+service, in.Key, 1)
 				fmt.Println("crashing on", in.Key)
 				os.Exit(3)
 			}
@@ -155,6 +148,7 @@ type worker struct {
 	exit  chan error
 	mu    sync.Mutex
 	out   []string
+	at    []time.Time // when each line of out was read
 }
 
 // startWorker starts a worker process and waits until it serves.
@@ -206,6 +200,7 @@ func (w *worker) read(r io.Reader) {
 	for sc.Scan() {
 		w.mu.Lock()
 		w.out = append(w.out, sc.Text())
+		w.at = append(w.at, time.Now())
 		w.mu.Unlock()
 		select {
 		case w.lines <- sc.Text():
@@ -255,4 +250,17 @@ func (w *worker) output() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]string(nil), w.out...)
+}
+
+// lineAt returns when the worker printed its first line starting with
+// prefix.
+func (w *worker) lineAt(prefix string) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i, l := range w.out {
+		if strings.HasPrefix(l, prefix) {
+			return w.at[i], true
+		}
+	}
+	return time.Time{}, false
 }

@@ -213,7 +213,9 @@ func testCanceledContext(t *testing.T, h *Harness) {
 	svc := openService(name)
 	release := make(chan struct{})
 	defer close(release)
+	entered := make(chan struct{}, 1)
 	handlers.Register(svc, "wait", func(ctx context.Context, _ struct{}) (int, error) {
+		entered <- struct{}{}
 		select {
 		case <-release:
 		case <-ctx.Done():
@@ -223,8 +225,8 @@ func testCanceledContext(t *testing.T, h *Harness) {
 	h.Start(svc)
 	c := h.Client(client.Config{})
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { time.Sleep(100 * time.Millisecond); cancel() }()
-	err := c.Call(ctx, fn(name, "wait"), struct{}{}, nil)
+	go func() { <-entered; cancel() }() // cancelled while the call waits for its reply
+	err := c.Call(ctx, fn(name, "wait"), struct{}{}, nil, client.WithTimeout(time.Minute))
 	WantCode(t, err, fnmesh.CodeCanceled)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("errors.Is(err, context.Canceled) false for %v", err)
@@ -441,5 +443,25 @@ func testNewReplicaDoesNotReplay(t *testing.T, h *Harness) {
 	}
 	if n := runs.Load(); n != 11 {
 		t.Fatalf("%d runs, want 11", n)
+	}
+}
+
+// Callers never retry on their own: three calls that fail, even with
+// unavailable, make three runs, each run before its call returns.
+func testCallsAreNotRetried(t *testing.T, h *Harness) {
+	name := Name("flaky")
+	svc := openService(name)
+	var runs atomic.Int64
+	handlers.Register(svc, "get", func(context.Context, struct{}) (struct{}, error) {
+		runs.Add(1)
+		return struct{}{}, fnmesh.NewError(fnmesh.CodeUnavailable, "backend down")
+	})
+	h.Start(svc)
+	c := h.Client(client.Config{})
+	for i := int64(1); i <= 3; i++ {
+		WantCode(t, c.Call(context.Background(), fn(name, "get"), struct{}{}, nil), fnmesh.CodeUnavailable)
+		if n := runs.Load(); n != i {
+			t.Fatalf("%d failing calls made %d runs, want %d: the caller retried", i, n, i)
+		}
 	}
 }

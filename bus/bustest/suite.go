@@ -44,6 +44,7 @@ func Run(t *testing.T, newBus NewBus) {
 		{"TimeoutWithNoReplica", testTimeoutWithNoReplica},
 		{"ExpiredRequestIsNotRun", testExpiredRequestIsNotRun},
 		{"CanceledContext", testCanceledContext},
+		{"CallsAreNotRetried", testCallsAreNotRetried},
 		{"SendsRunOnce", testSendsRunOnce},
 		{"NewReplicaDoesNotReplay", testNewReplicaDoesNotReplay},
 		{"SendRetriesWithBackoff", testSendRetries},

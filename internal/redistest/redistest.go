@@ -213,6 +213,22 @@ func (s *Server) Stop() {
 	}
 }
 
+// Pause stops the server's process (SIGSTOP): connections stay open and
+// nothing answers, as with a server that hangs; Resume continues it.
+func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused server (SIGCONT).
+func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil || s.cmd.Process == nil {
+		return errors.New("redistest: server not running")
+	}
+	return s.cmd.Process.Signal(sig)
+}
+
 // Restart starts the server again on the same port and directory.
 func (s *Server) Restart() error { return s.start() }
 
