@@ -42,7 +42,7 @@ js: client/js/node_modules/.package-lock.json gateway/e2e/node_modules/.package-
 ## gateway: the HTTP gateway with the function browser and the example
 ##          catalog, on Redis (REDIS_URL or localhost)
 gateway:
-	$(GO) run ./cmd/fnmesh gateway --ui --catalog cmd/examples/catalog.json
+	$(GO) run ./cmd/fnmesh gateway --ui
 
 ## lint: gofmt and go vet
 lint:
