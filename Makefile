@@ -46,10 +46,10 @@ js: deps client/js/node_modules/.package-lock.json gateway/e2e/node_modules/.pac
 	@touch $@
 
 ## gateway: the HTTP gateway with the function browser and the example
-##          catalog, on Redis (REDIS_URL or localhost); verifies tokens
+##          catalog from the live registry, on Redis (REDIS_URL or localhost); verifies tokens
 ##          with $FNMESH_JWT_SECRET (GATEWAY_FLAGS=--demo: the demo's)
 gateway:
-	$(GO) run ./cmd/fnmesh gateway --ui --catalog cmd/examples/catalog.json $(GATEWAY_FLAGS)
+	$(GO) run ./cmd/fnmesh gateway --ui $(GATEWAY_FLAGS)
 
 ## lint: gofmt and go vet
 lint:

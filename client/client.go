@@ -18,6 +18,7 @@ import (
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/internal/jsondec"
+	"github.com/fnmesh/fnmesh/registry"
 )
 
 // Config configures a Client. Zero values take the defaults written on
@@ -45,6 +46,17 @@ type Config struct {
 	// MaxBacklog); past the bound, Call and Send fail at once with
 	// resource_exhausted. Default 100ms; negative turns the check off.
 	BacklogCheck time.Duration
+	// SkipRegistryCheck sends every Call and Send without checking the
+	// registry first. By default a client fails a call at once with
+	// not_found when no replica ever served the function, and with
+	// unavailable when one did lately but none is alive now (a Send is
+	// queued then, for the next replica). Set it for callers that may not
+	// read the registry (ACLs), or whose targets do not announce
+	// themselves (handlers.Config.NoDiscovery).
+	SkipRegistryCheck bool
+	// Registry is the cached view of the registry the check reads,
+	// shared by clients that pass the same one. Default: one per client.
+	Registry *registry.Watcher
 }
 
 func (c *Config) setDefaults() {
@@ -99,6 +111,7 @@ type Client struct {
 	breakers sync.Map // function name -> *breaker
 	invoker  Invoker  // interceptors around send
 	admit    *admission
+	dir      *directory // nil: calls are not checked against the registry
 }
 
 // waiter is a call waiting for its reply. Waiters are pooled, per client:
@@ -145,8 +158,12 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 		return nil, fnmesh.Wrap(fnmesh.CodeUnavailable, fmt.Errorf("client: open reply inbox: %w", err))
 	}
 	c.open = open
+	if c.dir, err = newDirectory(b, cfg); err != nil {
+		open.Close()
+		return nil, err
+	}
 	c.admit = newAdmission(b, cfg.BacklogCheck)
-	c.invoker = c.send
+	c.invoker = c.dir.wrap(c.send)
 	for i := len(cfg.Interceptors) - 1; i >= 0; i-- {
 		c.invoker = cfg.Interceptors[i](c.invoker)
 	}
@@ -187,6 +204,7 @@ func (c *Client) Close() error {
 		c.handToLocked(w, &bus.Reply{ID: w.id, Err: errClosed()})
 	}
 	c.mu.Unlock()
+	c.dir.close()
 	return c.open.Close()
 }
 

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"reflect"
 	"sort"
 
-	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/registry"
 )
 
 // A Plugin runs beside every replica of a service: the registry's
@@ -22,25 +20,10 @@ type Plugin interface {
 }
 
 // ReplicaInfo describes a running replica to plugins.
-type ReplicaInfo struct {
-	Service   string
-	Replica   string
-	Bus       bus.Bus
-	Functions []FunctionInfo
-	Logger    *slog.Logger
-}
+type ReplicaInfo = registry.ReplicaInfo
 
 // FunctionInfo describes one registered function.
-type FunctionInfo struct {
-	Name string
-	In   reflect.Type // the argument type
-	Out  reflect.Type // the result type
-	// Access says who may call it: "open" (no token check), "token" (any
-	// valid token), "public" (with or without a token), or the policy's
-	// rule, e.g. "match(claims.roles contains \"admin\")". "+claims"
-	// marks RequireRole/RequireClaims checks on top.
-	Access string
-}
+type FunctionInfo = registry.FunctionInfo
 
 // FunctionInfos describes the registered functions, sorted by name.
 func (s *Service) FunctionInfos() []FunctionInfo {
@@ -86,7 +69,7 @@ func (s *Service) startPlugins(ctx context.Context, info ReplicaInfo) (stop func
 		}
 		stops = nil
 	}
-	for _, p := range s.cfg.Plugins {
+	for _, p := range s.plugins(info) {
 		st, err := p.StartReplica(ctx, info)
 		if err != nil {
 			stop()
@@ -97,6 +80,27 @@ func (s *Service) startPlugins(ctx context.Context, info ReplicaInfo) (stop func
 		}
 	}
 	return stop, nil
+}
+
+// plugins returns the configured plugins, after the registry's
+// announcer unless discovery is off, one is configured, or the bus has
+// no registry (registry.StoreFor).
+func (s *Service) plugins(info ReplicaInfo) []Plugin {
+	if s.cfg.NoDiscovery {
+		return s.cfg.Plugins
+	}
+	for _, p := range s.cfg.Plugins {
+		if _, ok := p.(*registry.Announcer); ok {
+			return s.cfg.Plugins
+		}
+	}
+	if s.cfg.Discovery.Store == nil {
+		if _, err := registry.StoreFor(info.Bus); errors.Is(err, registry.ErrNoStore) {
+			info.Logger.Debug("not announced: the bus has no registry", "bus", fmt.Sprintf("%T", info.Bus))
+			return s.cfg.Plugins
+		}
+	}
+	return append([]Plugin{registry.NewAnnouncer(s.cfg.Discovery)}, s.cfg.Plugins...)
 }
 
 func validatePlugins(ps []Plugin) error {

@@ -19,6 +19,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/registry"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -77,9 +78,18 @@ type Config struct {
 	// policy.go for the order of checks). It needs Auth: tokens that are
 	// sent are verified, and a rule decides about callers without one.
 	Policy *security.Policy
-	// Plugins run beside every replica: registry announcements, queue
-	// metrics.
+	// Plugins run beside every replica, e.g. queue metrics.
 	Plugins []Plugin
+	// Discovery configures how every replica announces itself in the
+	// registry of its bus (its functions, their JSON Schemas, heartbeats),
+	// so that fnmesh ls, describe and top show it and callers find it.
+	// Replicas announce by default; a registry.Announcer in Plugins
+	// replaces this one.
+	Discovery registry.Config
+	// NoDiscovery keeps replicas out of the registry. Callers that check
+	// the registry (the default) then refuse calls of the service with
+	// not_found: give them client.Config.SkipRegistryCheck.
+	NoDiscovery bool
 }
 
 // RetryPolicy says how often and how fast a failed Send request is run

@@ -92,7 +92,7 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
-	c, err := client.New(cb, client.Config{Logger: bustest.Quiet, Interceptors: []client.Interceptor{w.Interceptor()}})
+	c, err := client.New(cb, client.Config{Logger: bustest.Quiet, Registry: w})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,7 +37,7 @@ func BenchmarkCallRedisInstrumented(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { w.Close() })
-	ccfg := client.Config{Name: "bench", Logger: bustest.Quiet, Interceptors: []client.Interceptor{w.Interceptor()}}
+	ccfg := client.Config{Name: "bench", Logger: bustest.Quiet, Registry: w}
 	m.InstrumentClient(&ccfg)
 	tr.InstrumentClient(&ccfg)
 	c, err := client.New(cb, ccfg)

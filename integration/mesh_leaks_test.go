@@ -50,7 +50,7 @@ func TestInstrumentedCallsLeaveNothingBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	ccfg := client.Config{Name: "leaktest", Logger: bustest.Quiet, Interceptors: []client.Interceptor{w.Interceptor()}}
+	ccfg := client.Config{Name: "leaktest", Logger: bustest.Quiet, Registry: w}
 	m.InstrumentClient(&ccfg)
 	tr.InstrumentClient(&ccfg)
 	c, err := client.New(cb, ccfg)

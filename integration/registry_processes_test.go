@@ -52,7 +52,7 @@ func TestKilledReplicaLeavesTheRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
-	checked := newClient(t, client.Config{Interceptors: []client.Interceptor{w.Interceptor()}})
+	checked := newClient(t, client.Config{Registry: w})
 	var who string
 	if err := checked.Call(ctx, service+".who", struct{}{}, &who); err != nil || who != "r2" {
 		t.Fatalf("call: %v %q", err, who)

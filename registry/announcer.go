@@ -6,11 +6,34 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"reflect"
 	"sync"
 	"time"
 
-	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/bus"
 )
+
+// ReplicaInfo describes a running replica (handlers.ReplicaInfo is the
+// same type, given to every handlers.Plugin).
+type ReplicaInfo struct {
+	Service   string
+	Replica   string
+	Bus       bus.Bus
+	Functions []FunctionInfo
+	Logger    *slog.Logger
+}
+
+// FunctionInfo describes one registered function.
+type FunctionInfo struct {
+	Name string
+	In   reflect.Type // the argument type
+	Out  reflect.Type // the result type
+	// Access says who may call it: "open" (no token check), "token" (any
+	// valid token), "public" (with or without a token), or the policy's
+	// rule, e.g. "match(claims.roles contains \"admin\")". "+claims"
+	// marks RequireRole/RequireClaims checks on top.
+	Access string
+}
 
 // Config configures an Announcer. Zero values take the defaults written
 // on each field.
@@ -80,11 +103,9 @@ func NewAnnouncer(cfg Config) *Announcer {
 	return &Announcer{cfg: cfg, err: cfg.Validate()}
 }
 
-var _ handlers.Plugin = (*Announcer)(nil)
-
 // Record builds the registry record of a replica: its functions'
 // schemas from their Go types.
-func Record(info handlers.ReplicaInfo, version string) *Replica {
+func Record(info ReplicaInfo, version string) *Replica {
 	host, _ := os.Hostname()
 	r := &Replica{
 		Service: info.Service, ID: info.Replica, Host: host, PID: os.Getpid(),
@@ -99,7 +120,7 @@ func Record(info handlers.ReplicaInfo, version string) *Replica {
 // StartReplica implements handlers.Plugin: it reports breaking changes
 // against the live replicas, announces the replica and heartbeats until
 // stop, which removes the record.
-func (a *Announcer) StartReplica(ctx context.Context, info handlers.ReplicaInfo) (func(), error) {
+func (a *Announcer) StartReplica(ctx context.Context, info ReplicaInfo) (func(), error) {
 	if a.err != nil {
 		return nil, a.err
 	}

@@ -36,14 +36,14 @@ func BenchmarkDiscoveryCheck(b *testing.B) {
 	}
 	defer w.Close()
 	ctx := context.Background()
-	if err := w.Check(ctx, "bench", "add"); err != nil {
+	if err := w.Check(ctx, "bench", "add", false); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if err := w.Check(ctx, "bench", "add"); err != nil {
+			if err := w.Check(ctx, "bench", "add", false); err != nil {
 				b.Error(err)
 				return
 			}
@@ -61,15 +61,7 @@ func benchmarkCall(b *testing.B, discovery bool) {
 	bs := bus.NewMemory()
 	defer bs.Close()
 	defer startMath(b, bs)()
-	cfg := client.Config{}
-	if discovery {
-		w, err := registry.NewWatcher(bs, registry.WatcherConfig{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer w.Close()
-		cfg.Interceptors = append(cfg.Interceptors, w.Interceptor())
-	}
+	cfg := client.Config{SkipRegistryCheck: !discovery}
 	c, err := client.New(bs, cfg)
 	if err != nil {
 		b.Fatal(err)

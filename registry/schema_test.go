@@ -218,7 +218,7 @@ func TestWatcherReadsTheRegistryInTheBackgroundOnly(t *testing.T) {
 	}
 	defer w.Close()
 	for i := 0; i < 10000; i++ {
-		if err := w.Check(ctx, "math", "add"); err != nil {
+		if err := w.Check(ctx, "math", "add", false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -227,7 +227,7 @@ func TestWatcherReadsTheRegistryInTheBackgroundOnly(t *testing.T) {
 	}
 	// A failing check reads again, at most once per Recheck.
 	for i := 0; i < 100; i++ {
-		if fnmesh.CodeOf(w.Check(ctx, "math", "sub")) != fnmesh.CodeNotFound {
+		if fnmesh.CodeOf(w.Check(ctx, "math", "sub", false)) != fnmesh.CodeNotFound {
 			t.Fatal("sub found")
 		}
 	}
@@ -238,7 +238,7 @@ func TestWatcherReadsTheRegistryInTheBackgroundOnly(t *testing.T) {
 	s.fail.Store(true)
 	w2, _ := registry.NewWatcher(nil, registry.WatcherConfig{Store: s, Refresh: time.Hour, Logger: quiet})
 	defer w2.Close()
-	if err := w2.Check(ctx, "math", "sub"); err != nil {
+	if err := w2.Check(ctx, "math", "sub", false); err != nil {
 		t.Fatalf("check with the registry down: %v, want nil", err)
 	}
 }
@@ -248,7 +248,7 @@ func TestWatcherForgetsServicesNobodyCalls(t *testing.T) {
 	w, _ := registry.NewWatcher(nil, registry.WatcherConfig{Store: s, Refresh: 10 * time.Millisecond, Forget: 30 * time.Millisecond})
 	defer w.Close()
 	for i := 0; i < 50; i++ {
-		w.Check(context.Background(), "svc"+string(rune('a'+i%26))+string(rune('a'+i/26)), "f")
+		w.Check(context.Background(), "svc"+string(rune('a'+i%26))+string(rune('a'+i/26)), "f", false)
 	}
 	if n := w.Watching(); n != 50 {
 		t.Fatalf("watching %d, want 50", n)

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/client"
 )
 
 // WatcherConfig configures a Watcher. Zero values take the defaults
@@ -105,35 +103,25 @@ func (w *Watcher) Close() error {
 	return nil
 }
 
-// Interceptor fails calls and sends to functions no live replica serves:
-// not_found when the service never served the function (or is not in
-// the registry at all), unavailable when it did but no replica that
-// serves it is alive. It adds no round trip to a call whose function is
-// in the cached view; it reads the registry when the view would fail
-// the call and is older than Recheck. If the registry cannot be read,
-// calls go through. Use it for services whose replicas announce
-// themselves (NewAnnouncer): a service that never does is not_found.
-func (w *Watcher) Interceptor() client.Interceptor {
-	return func(next client.Invoker) client.Invoker {
-		return func(ctx context.Context, inv *client.Invocation) (json.RawMessage, error) {
-			if err := w.Check(ctx, inv.Service, inv.Name); err != nil {
-				return nil, err
-			}
-			return next(ctx, inv)
-		}
-	}
-}
-
 // Check returns nil when a live replica of service serves function (or
 // the registry cannot be read), else a not_found or unavailable
-// *fnmesh.Error.
-func (w *Watcher) Check(ctx context.Context, service, function string) error {
+// *fnmesh.Error: not_found when the service never served the function
+// (or is not in the registry at all), unavailable when it did lately but
+// no replica that serves it is alive. A send (queued, async true) to a
+// function served lately passes even with no live replica: it waits in
+// the service's stream for the next replica (scale from zero).
+//
+// It reads the registry only when the service is not in the view yet
+// (the first call waits for that read) or when the view would fail the
+// call and is older than Recheck (a replica that just started); every
+// other call is answered from the view.
+func (w *Watcher) Check(ctx context.Context, service, function string, async bool) error {
 	s := (*w.services.Load())[service]
 	if s != nil {
 		if !s.used.Load() {
 			s.used.Store(true)
 		}
-		if v := s.view.Load(); v != nil && (v.live[function] || v.failed) {
+		if v := s.view.Load(); v != nil && v.passes(function, async) {
 			return nil
 		}
 	} else {
@@ -144,14 +132,18 @@ func (w *Watcher) Check(ctx context.Context, service, function string) error {
 		v = w.fetch(ctx, s)
 	}
 	switch {
-	case v.failed || v.live[function]:
+	case v.passes(function, async):
 		return nil
 	case v.known[function]:
 		return fnmesh.Errorf(fnmesh.CodeUnavailable, "no live replica of service %s serves %s (it did lately)", service, function)
 	case len(v.live) == 0 && len(v.known) == 0:
-		return fnmesh.Errorf(fnmesh.CodeNotFound, "service %s is not in the registry", service)
+		return fnmesh.Errorf(fnmesh.CodeNotFound, "service %s is not in the registry: no replica of it ran lately", service)
 	}
 	return fnmesh.Errorf(fnmesh.CodeNotFound, "service %s has no function %s (it serves %s)", service, function, strings.Join(keys(v.live), ", "))
+}
+
+func (v *watchedView) passes(function string, async bool) bool {
+	return v.failed || v.live[function] || (async && v.known[function])
 }
 
 func keys(m map[string]bool) []string {
@@ -163,6 +155,10 @@ func keys(m map[string]bool) []string {
 	return out
 }
 
+// maxWatched bounds the view: past it, services nobody has heard of are
+// dropped first, so callers naming ever new services cannot grow it.
+const maxWatched = 4096
+
 func (w *Watcher) add(service string) *watched {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -172,6 +168,11 @@ func (w *Watcher) add(service string) *watched {
 	}
 	next := make(map[string]*watched, len(cur)+1)
 	for k, v := range cur {
+		if len(cur) >= maxWatched {
+			if v := v.view.Load(); v != nil && !v.failed && len(v.live) == 0 && len(v.known) == 0 {
+				continue
+			}
+		}
 		next[k] = v
 	}
 	s := &watched{name: service}

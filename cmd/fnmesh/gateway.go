@@ -19,6 +19,7 @@ import (
 	"github.com/fnmesh/fnmesh/internal/redact"
 	"github.com/fnmesh/fnmesh/internal/redisflags"
 	"github.com/fnmesh/fnmesh/internal/redislog"
+	"github.com/fnmesh/fnmesh/registry"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -28,7 +29,8 @@ func gatewayCommand() *cli.Command {
 		Usage: "serve functions over HTTP: POST /v1/functions/{service}/{function}",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: ":8080", Usage: "address to listen on"},
-			&cli.StringFlag{Name: "catalog", Usage: "JSON file listing functions and their JSON Schemas (for /openapi.json and the UI), e.g. cmd/examples/catalog.json"},
+			&cli.StringFlag{Name: "catalog", Usage: "JSON file listing functions and their JSON Schemas (for /openapi.json and the UI), e.g. cmd/examples/catalog.json, for a gateway that cannot read the registry (default: the live registry)"},
+			&cli.BoolFlag{Name: "skip-registry-check", Usage: "forward calls of functions no replica announced (for a gateway that cannot read the registry)"},
 			&cli.BoolFlag{Name: "catalog-only", Usage: "refuse calls of functions the catalog does not list"},
 			&cli.BoolFlag{Name: "ui", Usage: "serve the function browser page at /ui/"},
 			&cli.BoolFlag{Name: "insecure", Usage: "forward tokens without checking them at the gateway (functions still check theirs)"},
@@ -101,12 +103,15 @@ func runGateway(c *cli.Context) error {
 	}
 	defer b.Close()
 	host, _ := os.Hostname()
-	cl, err := client.New(b, client.Config{Name: fmt.Sprintf("gateway-%s-%d", host, os.Getpid()), Logger: log})
+	cl, err := client.New(b, client.Config{Name: fmt.Sprintf("gateway-%s-%d", host, os.Getpid()), Logger: log, SkipRegistryCheck: c.Bool("skip-registry-check")})
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
 	cfg.Client = cl
+	if c.String("catalog") == "" {
+		cfg.Catalog = gateway.NewRegistryCatalog(registry.NewRedisStore(b.Client()), 0, 0)
+	}
 	g, err := gateway.New(cfg)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)

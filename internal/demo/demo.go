@@ -1,6 +1,6 @@
 // Package demo is `fnmesh demo`: example services and a caller that shows
 // load balancing over replicas, a send, error codes, access checks, a
-// breaker opening and a deadline.
+// breaker opening and a call that fails fast.
 package demo
 
 import (
@@ -29,14 +29,14 @@ var Shows = []string{
 	"mail-1 sent a welcome mail to ada@example.com",
 	"invalid_argument: arguments of math.div failed validation: b (ne=0)",
 	"negative_input: square root of a negative number",
-	"not_found: function math.pow not found",
+	"not_found: service math has no function pow",
 	`permission_denied: role "admin" required`,
 	"unauthenticated: missing token",
 	"unauthenticated: token signature is invalid",
 	"asked_by:root",
 	"breaker for legacy.lookup: closed -> open",
 	"unavailable: circuit breaker for legacy.lookup",
-	"deadline_exceeded: no result from billing.charge",
+	"not_found: service billing is not in the registry",
 }
 
 // demoBuses hands out buses: one shared in-memory bus, or a Redis
@@ -205,7 +205,7 @@ func Run(ctx context.Context, w io.Writer, redisURL string) error {
 	}
 	say("")
 
-	say("6. A deadline: billing.charge has no replica running.")
+	say("6. Fail fast: no replica of billing ever ran, so billing.charge fails at once.")
 	t0 := time.Now()
 	err = cl.Call(ctx, "billing.charge", map[string]int{"cents": 100}, nil, client.WithTimeout(300*time.Millisecond))
 	say("   billing.charge -> %s after %v\n", examples.Describe(err), time.Since(t0).Round(time.Millisecond))

@@ -146,7 +146,7 @@ func watcherClient(t *testing.T, h *bustest.Harness) (*client.Client, *registry.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
-	return h.Client(client.Config{Interceptors: []client.Interceptor{w.Interceptor()}, Breaker: client.BreakerConfig{Disabled: true}}), w
+	return h.Client(client.Config{Registry: w, Breaker: client.BreakerConfig{Disabled: true}}), w
 }
 
 // failFastBound tells a call failed by the registry's view from one that
