@@ -210,12 +210,15 @@ class Client:
     async def _read_backlog(self, service: str, v: _Backlog) -> None:
         assert self._cmd
         key = request_key(service)
+        assert self._out
+        # Sent behind the requests already admitted (the same pipeline
+        # queue), so the lag it reads counts them: what was added before the
+        # read started is in it, what is added meanwhile is counted on top.
+        base = v.added
         try:
-            pipe = self._cmd.pipeline(transaction=False)
-            pipe.hget(limits_key(service), "max_backlog")
-            pipe.xlen(key)
-            pipe.execute_command("XINFO", "GROUPS", key)
-            mx, xlen, groups = await pipe.execute(raise_on_error=False)
+            mx, xlen, groups = await self._out.submit(
+                [("HGET", limits_key(service), "max_backlog"), ("XLEN", key), ("XINFO", "GROUPS", key)]
+            )
             if isinstance(mx, Exception) or isinstance(xlen, Exception):
                 raise mx if isinstance(mx, Exception) else xlen
             waiting = int(xlen)
@@ -232,7 +235,7 @@ class Client:
                     waiting = max(int(xlen) - pending, 0)
             v.max = int(mx) if mx else 0
             v.waiting = waiting
-            v.added = 0
+            v.added = max(v.added - base, 0)
         except Exception as e:
             log.debug("fnmesh: backlog of %s unknown: %s", service, e)  # keep the last view
         finally:
