@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 
 def connect_redis(url: str | None, single_connection: bool = False) -> aioredis.Redis:
@@ -49,16 +50,24 @@ class Batcher:
                 self._wake.clear()
                 continue
             batch, self._queue = self._queue, []
-            pipe = self._r.pipeline(transaction=False)
-            for cmds, _ in batch:
-                for c in cmds:
-                    pipe.execute_command(*c)
+            # XACKs of one stream merge into one XACK at the end of the
+            # pipeline, after the replies they follow.
+            cmds: list[tuple[str, ...]] = []
+            acks: dict[tuple[str, str], list[str]] = {}
+            for group, _ in batch:
+                for c in group:
+                    if c[0] == "XACK":
+                        acks.setdefault((c[1], c[2]), []).extend(c[3:])
+                    else:
+                        cmds.append(c)
+            ack_at = {k: len(cmds) + i for i, k in enumerate(acks)}
+            cmds.extend(("XACK", k[0], k[1], *ids) for k, ids in acks.items())
             try:
-                res = await pipe.execute(raise_on_error=False)
+                res = await self._execute(cmds)
             except asyncio.CancelledError:
                 for _, f in batch:
                     if not f.done():
-                        f.set_exception(ConnectionError("fnmesh: replica closed"))
+                        f.set_exception(ConnectionError("fnmesh: closed"))
                 raise
             except Exception as e:
                 for _, f in batch:
@@ -66,10 +75,36 @@ class Batcher:
                         f.set_exception(e)
                 continue
             i = 0
-            for cmds, f in batch:
+            for group, f in batch:
+                out = []
+                for c in group:
+                    if c[0] == "XACK":
+                        out.append(res[ack_at[(c[1], c[2])]])
+                    else:
+                        out.append(res[i])
+                        i += 1
                 if not f.done():
-                    f.set_result(res[i : i + len(cmds)])
-                i += len(cmds)
+                    f.set_result(out)
+
+    async def _execute(self, cmds: list[tuple[str, ...]]) -> list[Any]:
+        """Sends cmds in one write and reads their replies (raw: no
+        response callbacks), an exception in place of each one refused."""
+        pool = self._r.connection_pool
+        conn = await pool.get_connection("PIPELINE")
+        try:
+            await conn.send_packed_command(pack(cmds), check_health=False)
+            res: list[Any] = []
+            for _ in cmds:
+                try:
+                    res.append(await conn.read_response())
+                except ResponseError as e:
+                    res.append(e)
+            return res
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            await pool.release(conn)
 
     async def close(self) -> None:
         """Sends what is queued, then stops."""
@@ -79,3 +114,14 @@ class Batcher:
             await asyncio.wait_for(asyncio.shield(self._task), 5)
         except (asyncio.TimeoutError, Exception):
             self._task.cancel()
+
+
+def pack(cmds: list[tuple[str, ...]]) -> bytes:
+    """Commands in RESP, as one buffer."""
+    out: list[bytes] = []
+    for c in cmds:
+        out.append(b"*%d\r\n" % len(c))
+        for a in c:
+            b = a.encode() if isinstance(a, str) else a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)

@@ -298,7 +298,9 @@ class Replica:
         self._stopping = False
         self._hard = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._fn_tasks: set[asyncio.Future[Any]] = set()
+        self._fn_tasks: set[asyncio.Task[Any]] = set()  # requests whose function is running
+        self._expired: set[asyncio.Task[Any]] = set()  # requests cancelled by their deadline
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._timers: list[asyncio.Task[None]] = []
         self._drained = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
@@ -323,6 +325,7 @@ class Replica:
 
     async def start(self) -> None:
         """Joins the group on every stream it reads; serve() calls it."""
+        self._loop = asyncio.get_running_loop()
         self._cmd = connect_redis(self._url)
         self._out = Batcher(self._cmd)
         try:
@@ -384,6 +387,9 @@ class Replica:
             if free <= 0:
                 lane.slot.clear()
                 await lane.slot.wait()
+                # Requests read together tend to finish together: let them,
+                # and read for all their slots at once.
+                await asyncio.sleep(0)
                 continue
             count = min(free, 128)
             try:
@@ -436,7 +442,7 @@ class Replica:
                 continue  # already running here
             count = max((counts or {}).get(eid, 1), 1)
             lane.inflight[eid] = count
-            t = asyncio.ensure_future(self._handle(lane, eid, fields, count))
+            t = self._loop.create_task(self._handle(lane, eid, fields, count))
             self._tasks.add(t)
             t.add_done_callback(functools.partial(self._release, lane, eid))
 
@@ -710,13 +716,17 @@ class Replica:
             result = await self._chain(fn, req, args, ctx)
         except FnmeshError as e:
             result = e if valid_code(e.code) else FnmeshError(INTERNAL, f"function returned invalid error code {e.code!r}: {e.message}")
-        except asyncio.TimeoutError:
-            result = FnmeshError(DEADLINE_EXCEEDED, "deadline passed")
         except asyncio.CancelledError:
             cur = asyncio.current_task()
-            if cur is not None and cur.cancelling():
+            if cur is not None and cur in self._expired:
+                self._expired.discard(cur)
+                cur.uncancel()
+                result = FnmeshError(DEADLINE_EXCEEDED, "deadline passed")
+            elif cur is not None and self._hard:
+                cur.uncancel()  # cancelled at the end of the drain time: the entry is handed back
+                result = FnmeshError(UNAVAILABLE, "replica stopped")
+            else:
                 raise
-            result = FnmeshError(UNAVAILABLE, "replica stopped")
         except Exception as e:
             log.debug("fnmesh: function %s failed: %r", req.fn, e)
             result = FnmeshError(INTERNAL, str(e) or type(e).__name__)
@@ -760,19 +770,33 @@ class Replica:
                 parts = [f"{v.field} ({v.rule}{'=' + v.param if v.param else ''})" for v in violations]
                 raise FnmeshError(INVALID_ARGUMENT, f"arguments of {self.service}.{req.fn} failed validation: {', '.join(parts)}", violations)
         call_args = (value, ctx) if fn.wants_ctx else (value,) if fn.takes_args else ()
-        if fn.is_async:
-            fut: asyncio.Future[Any] = asyncio.ensure_future(spec.handler(*call_args))
-        else:
-            fut = asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(spec.handler, *call_args))
-        self._fn_tasks.add(fut)
+        # The function runs in this task (no task of its own per request):
+        # the deadline and the end of the drain time cancel this task, and
+        # _invoke tells the two apart.
+        task = asyncio.current_task()
+        assert task is not None
+        self._fn_tasks.add(task)
+        timer = None
+        if req.deadline is not None:
+            loop = self._loop
+            timer = loop.call_at(loop.time() + max(0.0, req.deadline / 1000 - time.time()), self._expire, task)
         try:
-            if req.deadline is None:
-                result = await fut
-            else:
-                result = await asyncio.wait_for(fut, max(0.0, req.deadline / 1000 - time.time()))
+            result = await self._call(fn, call_args)
         finally:
-            self._fn_tasks.discard(fut)
+            if timer is not None:
+                timer.cancel()
+            self._fn_tasks.discard(task)
         return schema.encode(result)
+
+    def _expire(self, task: asyncio.Task[Any]) -> None:
+        """A request's deadline passed while its function runs: cancel it (see _invoke)."""
+        self._expired.add(task)
+        task.cancel()
+
+    def _call(self, fn: _Fn, call_args: tuple[Any, ...]) -> Awaitable[Any]:
+        if fn.is_async:
+            return fn.spec.handler(*call_args)  # type: ignore[no-any-return]
+        return self._loop.run_in_executor(self._executor, functools.partial(fn.spec.handler, *call_args))
 
     # ---- writing outcomes
 
@@ -815,7 +839,7 @@ class Replica:
             p = outcome.json
         else:
             try:
-                p = json.dumps(outcome, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+                p = _encode_json(outcome)
             except (TypeError, ValueError) as e:
                 return self._reply_fields(rid, FnmeshError(INTERNAL, f"result is not JSON-encodable: {e}"))
         f += ["p", p]
@@ -1027,6 +1051,9 @@ def _log_ack_failure(fut: asyncio.Future[Any]) -> None:
     if e is not None:
         # Unacked, the entry stays pending: taken over once idle.
         log.warning("fnmesh: ack failed: %s", e)
+
+
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 class _RawJSON:
