@@ -17,9 +17,16 @@ demo:
 ##       tests, Go/Node interop and the gateway page in headless chromium;
 ##       then deployments/ (its own module): manifests checked against the
 ##       code, kustomize rendered
-test: deps js
+test: deps js test-python
 	$(GO) test -count=1 -timeout 9m ./...
 	cd deployments && $(GO) test -count=1 ./...
+
+## test-python: the Python package's suite (client/python/tests) against a
+##              real redis-server (started on a free port, or $REDIS_URL)
+PYTHON ?= /usr/bin/python3
+.PHONY: test-python
+test-python: deps
+	$(WITHREDIS) $(PYTHON) -m pytest -q client/python/tests
 
 ## test-race: the same under the race detector
 test-race: deps js

@@ -1,0 +1,372 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/internal/examples"
+)
+
+// The Python package (client/python) runs on Debian's python3 with
+// python3-redis and python3-jwt (`make test` installs them); the replica
+// and caller are client/python/tests/interop.py.
+const pythonBin = "/usr/bin/python3"
+
+func pythonInterop(t testing.TB) string {
+	t.Helper()
+	script, err := filepath.Abs("../client/python/tests/interop.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(pythonBin, "-c", "import redis.asyncio, jwt").CombinedOutput(); err != nil {
+		t.Fatalf("%s lacks redis-py or PyJWT (Debian: apt-get install python3-redis python3-jwt): %v\n%s", pythonBin, err, out)
+	}
+	return script
+}
+
+// pyReplica is a Python replica process.
+type pyReplica struct {
+	id    string
+	cmd   *exec.Cmd
+	lines chan string
+	exit  chan error
+}
+
+// startPythonReplica starts a Python replica of service and waits until it
+// has joined the group. args: --secret S, --concurrency N, --claim-idle SECONDS.
+func startPythonReplica(t testing.TB, service, replica string, args ...string) *pyReplica {
+	t.Helper()
+	cmd := exec.Command(pythonBin, append([]string{pythonInterop(t), "serve", service, replica}, args...)...)
+	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &pyReplica{id: replica, cmd: cmd, lines: make(chan string, 16), exit: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case p.lines <- sc.Text():
+			default:
+			}
+		}
+		p.exit <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if err := p.stop(15 * time.Second); err != nil {
+			t.Errorf("python replica %s: %v", replica, err)
+		}
+	})
+	select {
+	case l := <-p.lines:
+		if l != "ready "+replica {
+			t.Fatalf("python replica %s said %q, want ready", replica, l)
+		}
+	case err := <-p.exit:
+		p.exit <- err
+		t.Fatalf("python replica %s exited: %v", replica, err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("python replica %s not ready in 30s", replica)
+	}
+	return p
+}
+
+// stop sends SIGTERM and waits for a clean exit (the replica drains).
+func (p *pyReplica) stop(d time.Duration) error {
+	select {
+	case err := <-p.exit:
+		p.exit <- err
+		return nil // already gone (killed by the test)
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exit:
+		p.exit <- err
+		return err
+	case <-time.After(d):
+		p.cmd.Process.Kill()
+		return fmt.Errorf("still running %v after SIGTERM", d)
+	}
+}
+
+// kill9 kills the process at once (SIGKILL): nothing is handed back.
+func (p *pyReplica) kill9(t testing.TB) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err := <-p.exit
+	p.exit <- err
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("python replica %s: %v, want killed by SIGKILL", p.id, err)
+	}
+}
+
+// pythonCall runs the Python caller once: mode "call" or "send",
+// function, JSON arguments, then --token T / --timeout MS.
+func pythonCall(t testing.TB, mode, function, args string, flags ...string) nodeOutcome {
+	t.Helper()
+	cmd := exec.Command(pythonBin, append([]string{pythonInterop(t), mode, function, args}, flags...)...)
+	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("python %s %s: %v\n%s", mode, function, err, out)
+	}
+	var o nodeOutcome
+	if err := json.Unmarshal([]byte(strings.TrimSpace(string(out))), &o); err != nil {
+		t.Fatalf("python %s %s printed %q: %v", mode, function, out, err)
+	}
+	return o
+}
+
+// A Go caller calls functions served by a Python replica: results, the
+// Python side's errors and token checks arrive with their codes; its
+// versioned function has a stream of its own; `fnmesh ls` and
+// `fnmesh call` see it.
+func TestGoCallerPythonReplica(t *testing.T) {
+	t.Parallel()
+	service := bustest.Name("pysvc")
+	startPythonReplica(t, service, "py-1", "--secret", examples.DemoSecret)
+	c := newClient(t, client.Config{Token: demoToken(t, "ada")})
+	ctx := context.Background()
+
+	var sum examples.Result
+	var info client.ReplyInfo
+	if err := c.Call(ctx, service+".add", examples.AddIn{A: 1, B: 2}, &sum, client.WithReplyInfo(&info)); err != nil {
+		t.Fatal(err)
+	}
+	if sum.Value != 3 || sum.Replica != "py-1" || info.Replica != "py-1" {
+		t.Fatalf("add: %+v, answered by %q", sum, info.Replica)
+	}
+	if err := c.Call(ctx, service+".add@v2", examples.AddIn{A: 1, B: 2}, &sum); err != nil || sum.Value != 30 {
+		t.Fatalf("add@v2: %+v %v", sum, err)
+	}
+
+	err := c.Call(ctx, service+".fail", map[string]string{"code": "out_of_stock", "message": "no more widgets"}, nil)
+	fe := bustest.WantCode(t, err, "out_of_stock")
+	if fe.Message != "no more widgets" {
+		t.Errorf("application error message %q", fe.Message)
+	}
+	if !errors.Is(err, &fnmesh.Error{Code: "out_of_stock"}) {
+		t.Errorf("errors.Is does not match the application code")
+	}
+	bustest.WantCode(t, c.Call(ctx, service+".boom", nil, nil), fnmesh.CodeInternal)
+	fe = bustest.WantCode(t, c.Call(ctx, service+".div", examples.DivIn{A: 1, B: 0}, nil), fnmesh.CodeInvalidArgument)
+	if len(fe.Fields) != 1 || fe.Fields[0] != (fnmesh.FieldViolation{Field: "b", Rule: "ne", Param: "0"}) {
+		t.Errorf("validation fields from Python: %+v", fe.Fields)
+	}
+	fe = bustest.WantCode(t, c.Call(ctx, service+".add", map[string]int{"a": 1}, nil), fnmesh.CodeInvalidArgument)
+	if len(fe.Fields) != 1 || fe.Fields[0] != (fnmesh.FieldViolation{Field: "b", Rule: "required"}) {
+		t.Errorf("a missing dataclass field from Python: %+v", fe.Fields)
+	}
+	if !errors.Is(c.Call(ctx, service+".pow", nil, nil), fnmesh.ErrNotFound) {
+		t.Error("errors.Is(err, ErrNotFound) fails for a Python replica's not_found")
+	}
+
+	// Tokens: checked by the Python replica with the Go signer's secret.
+	var me struct{ Sub string }
+	if err := c.Call(ctx, service+".me", nil, &me); err != nil || me.Sub != "ada" {
+		t.Fatalf("me: %+v %v", me, err)
+	}
+	bustest.WantCode(t, c.Call(ctx, service+".me", nil, nil, client.WithToken("")), fnmesh.CodeUnauthenticated)
+	bustest.WantCode(t, c.Call(ctx, service+".me", nil, nil, client.WithToken(demoToken(t, "ada")+"x")), fnmesh.CodeUnauthenticated)
+	bustest.WantCode(t, c.Call(ctx, service+".admin", nil, nil), fnmesh.CodePermissionDenied)
+	if err := c.Call(ctx, service+".admin", nil, nil, client.WithToken(demoToken(t, "root", "admin"))); err != nil {
+		t.Fatalf("admin with the role: %v", err)
+	}
+	var pong string
+	if err := c.Call(ctx, service+".ping", nil, &pong, client.WithToken("")); err != nil || pong != "pong" {
+		t.Fatalf("public function without a token: %q %v", pong, err)
+	}
+
+	// The CLI: the registry shows the Python replica with its functions
+	// and schemas, and `fnmesh call` reaches it.
+	out, err := runCLI(t, "ls", "--json", service)
+	if err != nil {
+		t.Fatalf("fnmesh ls: %v\n%s", err, out)
+	}
+	for _, want := range []string{`"py-1"`, `"add@v2"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("fnmesh ls --json lacks %s:\n%s", want, out)
+		}
+	}
+	out, err = runCLI(t, "describe", "--json", service+".add")
+	if err != nil {
+		t.Fatalf("fnmesh describe: %v\n%s", err, out)
+	}
+	for _, want := range []string{`"AddIn"`, `"required"`, `"number"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("fnmesh describe --json lacks %s:\n%s", want, out)
+		}
+	}
+	if out, err := runCLI(t, "ls", service); err != nil || !strings.Contains(out, "py-1") {
+		t.Errorf("fnmesh ls: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "call", "--token", demoToken(t, "ada"), service+".add", `{"a":40,"b":2}`)
+	if err != nil || !strings.Contains(out, "42") {
+		t.Errorf("fnmesh call: %v\n%s", err, out)
+	}
+}
+
+// A Python caller calls a Go function: the Go replica's validation, its
+// application errors and token checks reach Python with their codes.
+func TestPythonCallerGoReplica(t *testing.T) {
+	t.Parallel()
+	service := bustest.Name("gopy")
+	goMath(t, service)
+	tok := demoToken(t, "ada")
+
+	o := pythonCall(t, "call", service+".add", `{"a":1,"b":2}`, "--token", tok)
+	var sum examples.Result
+	json.Unmarshal(o.Result, &sum)
+	if !o.OK || sum.Value != 3 || o.Replica != "go-1" {
+		t.Fatalf("add from Python: %+v", o)
+	}
+	o = pythonCall(t, "call", service+".div", `{"a":1,"b":0}`, "--token", tok)
+	if o.OK || o.Code != fnmesh.CodeInvalidArgument || len(o.Fields) != 1 || o.Fields[0] != (fnmesh.FieldViolation{Field: "b", Rule: "ne", Param: "0"}) {
+		t.Fatalf("Go validation seen from Python: %+v", o)
+	}
+	o = pythonCall(t, "call", service+".sqrt", `{"x":-1}`, "--token", tok)
+	if o.OK || o.Code != "negative_input" || o.Message != examples.ErrNegative.Message {
+		t.Fatalf("Go application error seen from Python: %+v", o)
+	}
+	for _, c := range []struct {
+		fn, token string
+		code      fnmesh.Code
+	}{
+		{"add", "", fnmesh.CodeUnauthenticated},
+		{"stats", tok, fnmesh.CodePermissionDenied},
+		{"nosuch", tok, fnmesh.CodeNotFound},
+	} {
+		if o := pythonCall(t, "call", service+"."+c.fn, `{}`, "--token", c.token); o.OK || o.Code != c.code {
+			t.Errorf("%s from Python: %+v, want %s", c.fn, o, c.code)
+		}
+	}
+	if o := pythonCall(t, "call", service+".stats", `{}`, "--token", demoToken(t, "root", "admin")); !o.OK {
+		t.Errorf("stats with the role from Python: %+v", o)
+	}
+	if o := pythonCall(t, "call", bustest.Name("nobody")+".f", `{}`, "--timeout", "200"); o.OK || o.Code != fnmesh.CodeDeadlineExceeded {
+		t.Errorf("no replica: %+v", o)
+	}
+
+	// A versioned Go function, and a send that a Go replica runs.
+	goSvc := bustest.Name("gopysend")
+	h := bustest.NewHarness(t, newRedisBus(t, busConfig()))
+	svc := handlers.NewService(goSvc, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	handlers.Register(svc, "add@v2", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
+		return bustest.AddOut{Sum: 10 * (in.A + in.B)}, nil
+	})
+	ran := make(chan string, 1)
+	handlers.Register(svc, "note", func(_ context.Context, in map[string]string) (struct{}, error) {
+		ran <- in["text"]
+		return struct{}{}, nil
+	})
+	h.Start(svc)
+	o = pythonCall(t, "call", goSvc+".add@v2", `{"a":1,"b":2}`)
+	var out bustest.AddOut
+	json.Unmarshal(o.Result, &out)
+	if !o.OK || out.Sum != 30 {
+		t.Fatalf("add@v2 from Python: %+v", o)
+	}
+	if o := pythonCall(t, "send", goSvc+".note", `{"text":"from python"}`); !o.OK || o.ID == "" {
+		t.Fatalf("send from Python: %+v", o)
+	}
+	select {
+	case got := <-ran:
+		if got != "from python" {
+			t.Fatalf("the Go function got %q", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the send from Python did not run on the Go replica in 10s")
+	}
+}
+
+// One service, one Go replica process and one Python replica process: the
+// calls of a Go caller spread over both.
+func TestGoAndPythonReplicasShareTheLoad(t *testing.T) {
+	t.Parallel()
+	service := bustest.Name("gopymix")
+	// Each replica runs at most 4 calls of 10 ms at once; 16 callers keep
+	// both saturated, so each answers about half, whichever reads faster.
+	startWorker(t, workerSpec{Service: service, Replica: "go-replica", Concurrency: 4})
+	startPythonReplica(t, service, "py-replica", "--concurrency", "4")
+	c := newClient(t, client.Config{})
+	const calls = 400
+	per := spread(t, c, service+".sleep", SleepIn{Ms: 10}, 16, calls)
+	t.Logf("calls per replica: %v", per)
+	for _, r := range []string{"go-replica", "py-replica"} {
+		if per[r] < calls/4 {
+			t.Errorf("replica %s answered %d of %d calls, want at least a quarter", r, per[r], calls)
+		}
+	}
+	if len(per) != 2 {
+		t.Errorf("answered by %v, want exactly the two replicas", per)
+	}
+}
+
+// A Python replica killed with kill -9 while it runs sends: every send
+// that was accepted still runs, taken over by another replica once the
+// dead one's entries have been idle for the claim time.
+func TestPythonReplicaKilledMidSendsLosesNothing(t *testing.T) {
+	t.Parallel()
+	service := bustest.Name("pykill")
+	rdb := inspector(t)
+	ctx := context.Background()
+	runs := "runs:" + service
+	t.Cleanup(func() { rdb.Del(ctx, runs) })
+	victim := startPythonReplica(t, service, "py-victim", "--concurrency", "32")
+	c := newClient(t, client.Config{})
+	const sends = 200
+	for i := 0; i < sends; i++ {
+		if err := c.Send(ctx, service+".sleep", SleepIn{Ms: 100, Key: fmt.Sprint("k", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Kill it while it is busy: some sends done, the rest running or waiting.
+	bustest.Eventually(t, 20*time.Second, "the victim ran some sends", func() bool { return rdb.HLen(ctx, runs).Val() >= 20 })
+	victim.kill9(t)
+	done := rdb.HLen(ctx, runs).Val()
+	pending, err := rdb.XPending(ctx, "fnmesh:{"+service+"}:req", "fnmesh").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed with %d of %d sends run, %d held by the dead replica", done, sends, pending.Count)
+	if done >= sends || pending.Count == 0 {
+		t.Fatalf("the kill came too late to test anything: %d run, %d pending", done, pending.Count)
+	}
+	// Another replica (Python, taking over after 1 s idle) finishes them.
+	startPythonReplica(t, service, "py-heir", "--claim-idle", "1")
+	bustest.Eventually(t, 60*time.Second, "every send run", func() bool { return rdb.HLen(ctx, runs).Val() == sends })
+	for k, v := range rdb.HGetAll(ctx, runs).Val() {
+		if v != "1" && v != "2" {
+			t.Errorf("send %s ran %s times", k, v)
+		}
+	}
+	bustest.Eventually(t, 10*time.Second, "nothing left pending", func() bool {
+		p, err := rdb.XPending(ctx, "fnmesh:{"+service+"}:req", "fnmesh").Result()
+		return err == nil && p.Count == 0
+	})
+}
