@@ -74,7 +74,7 @@ func TestCLIDeadLetterReplayWithToken(t *testing.T) {
 		return err == nil && json.Unmarshal([]byte(out), &list) == nil && len(list) == 1
 	})
 	fixed.Store(true)
-	if out, err := runCLI(t, "dlq", "replay", service, list[0]["id"].(string), "--token", "new-token"); err != nil || !strings.Contains(out, "replayed 1") {
+	if out, err := runCLI(t, "dlq", "replay", service, list[0]["id"].(string), "--token", "new-token", "--json"); err != nil || strings.TrimSpace(out) != "{\n  \"replayed\": 1\n}" {
 		t.Fatalf("dlq replay --token: %v\n%s", err, out)
 	}
 	select {

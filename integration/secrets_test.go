@@ -129,19 +129,21 @@ func TestNoSecretsInOutput(t *testing.T) {
 	}
 	plainURL := []string{"REDIS_URL=redis://leaky@" + srv.Addr, "REDIS_PASSWORD=" + password}
 	runs := map[string]string{
-		"call":                   cli(nil, "call", "math.add", `{"a":1,"b":2}`, "--token", tok),
-		"call, password in env":  cli(plainURL, "call", "math.add", `{"a":1,"b":2}`, "--token", tok),
-		"call, --redis-password": cli(nil, "call", "--redis", "redis://leaky@"+srv.Addr, "--redis-password", password, "math.add", `{"a":1,"b":2}`, "--token", tok),
-		"call, bad token":        cli(nil, "call", "math.add", `{"a":1,"b":2}`, "--token", tok+"x"),
-		"call, invalid args":     cli(nil, "call", "math.div", `{"a":1,"b":0}`, "--token", tok),
-		"call, wrong password":   cli([]string{"REDIS_URL=redis://leaky:" + wrongPass + "@" + srv.Addr}, "call", "math.add", `{}`, "--token", tok, "--timeout", "2s"),
-		"send":                   cli(nil, "send", "math.add", `{"a":1,"b":2}`, "--token", tok),
-		"ls":                     cli(nil, "ls"),
-		"ls --json":              cli(nil, "ls", "--json"),
-		"describe":               cli(nil, "describe", "math"),
-		"dlq list":               cli(nil, "dlq", "list", "math"),
-		"token":                  cli(nil, "token", "--sub", "ada"),
-		"demo over Redis":        cli(nil, "demo"),
+		"call":                    cli(nil, "call", "math.add", `{"a":1,"b":2}`, "--token", tok),
+		"call, password in env":   cli(plainURL, "call", "math.add", `{"a":1,"b":2}`, "--token", tok),
+		"call, --redis-password":  cli(nil, "call", "--redis", "redis://leaky@"+srv.Addr, "--redis-password", password, "math.add", `{"a":1,"b":2}`, "--token", tok),
+		"call, bad token":         cli(nil, "call", "math.add", `{"a":1,"b":2}`, "--token", tok+"x"),
+		"call, invalid args":      cli(nil, "call", "math.div", `{"a":1,"b":0}`, "--token", tok),
+		"call, wrong password":    cli([]string{"REDIS_URL=redis://leaky:" + wrongPass + "@" + srv.Addr}, "call", "math.add", `{}`, "--token", tok, "--timeout", "2s"),
+		"call, unparsable URL":    cli([]string{"REDIS_URL=redis://leaky:" + password + "@" + srv.Addr + "/%zz"}, "call", "math.add", `{}`, "--token", tok),
+		"gateway, unparsable URL": cli([]string{"REDIS_URL=redis://leaky:" + password + "@" + srv.Addr + "/%zz"}, "gateway", "--listen", "127.0.0.1:0"),
+		"send":                    cli(nil, "send", "math.add", `{"a":1,"b":2}`, "--token", tok),
+		"ls":                      cli(nil, "ls"),
+		"ls --json":               cli(nil, "ls", "--json"),
+		"describe":                cli(nil, "describe", "math"),
+		"dlq list":                cli(nil, "dlq", "list", "math"),
+		"token":                   cli(nil, "token", "--sub", "ada"),
+		"demo over Redis":         cli(nil, "demo"),
 	}
 	if !strings.Contains(runs["call"], `"value":3`) || !strings.Contains(runs["call, password in env"], `"value":3`) || !strings.Contains(runs["call, --redis-password"], `"value":3`) {
 		t.Fatalf("calls did not reach the replica: %v", runs)

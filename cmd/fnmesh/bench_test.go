@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 
 // A short run of the scaling benchmark with real replica processes: one
 // row per replica count and round, every call answered, and the medians.
-// (Its figures are not judged here: the machine is shared; README has a
+// (Its figures are not judged here: the machine is shared; docs/PERFORMANCE.md has a
 // measured table.)
 func TestBenchScaleMode(t *testing.T) {
 	url, err := redistest.URL()

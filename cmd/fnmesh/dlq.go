@@ -82,19 +82,25 @@ func dlqCommand() *cli.Command {
 			},
 			{
 				Name: "replay", Usage: "send dead letters again as new requests (all of SERVICE's without IDs)", ArgsUsage: "SERVICE [ID...]",
-				Flags: append([]cli.Flag{&cli.StringFlag{Name: "token", EnvVars: []string{"FNMESH_TOKEN"}, Usage: "bearer token (JWT) the replayed requests carry (default: the one each first came with, often expired by now)"}}, flags...),
+				Flags: append([]cli.Flag{&cli.StringFlag{Name: "token", EnvVars: []string{"FNMESH_TOKEN"}, Usage: "bearer token (JWT) the replayed requests carry (default: the one each first came with, often expired by now)"}, jsonFlag}, flags...),
 				Action: withBus(func(ctx context.Context, c *cli.Context, b *bus.Redis) error {
 					if c.NArg() < 1 {
 						return cli.Exit("usage: fnmesh dlq replay SERVICE [ID...]", 2)
 					}
 					n, err := b.ReplayDeadLettersWithToken(ctx, c.Args().First(), c.String("token"), c.Args().Tail()...)
+					if c.Bool("json") {
+						if err != nil {
+							return err
+						}
+						return printJSON(c.App.Writer, map[string]int{"replayed": n})
+					}
 					fmt.Fprintf(c.App.Writer, "replayed %d\n", n)
 					return err
 				}),
 			},
 			{
 				Name: "purge", Usage: "delete dead letters: SERVICE's given IDs, all of SERVICE's, or with --all every service's", ArgsUsage: "SERVICE [ID...] | --all",
-				Flags: append(flags, &cli.BoolFlag{Name: "all", Usage: "purge every service's dead letters"}),
+				Flags: append([]cli.Flag{jsonFlag, &cli.BoolFlag{Name: "all", Usage: "purge every service's dead letters"}}, flags...),
 				Action: withBus(func(ctx context.Context, c *cli.Context, b *bus.Redis) error {
 					services := c.Args().Slice()
 					var ids []string
@@ -116,6 +122,9 @@ func dlqCommand() *cli.Command {
 						if err != nil {
 							return err
 						}
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, map[string]int{"purged": total})
 					}
 					fmt.Fprintf(c.App.Writer, "purged %d\n", total)
 					return nil
