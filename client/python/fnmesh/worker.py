@@ -192,6 +192,7 @@ class _Lane:
     claim_cursor: str = "0-0"
     claiming: bool = False
     task: asyncio.Task[None] | None = None
+    writing: set[str] = field(default_factory=set)  # entries whose reply and ack are on their way
 
 
 class Replica:
@@ -448,10 +449,14 @@ class Replica:
 
     def _release(self, lane: _Lane, eid: str, t: asyncio.Task[Any]) -> None:
         self._tasks.discard(t)
-        lane.inflight.pop(eid, None)
-        lane.slot.set()
         if not t.cancelled() and t.exception() is not None:
             log.error("fnmesh: request %s failed in the replica: %r", eid, t.exception())
+        if eid not in lane.writing:  # else its reply's write frees the slot
+            self._free(lane, eid)
+
+    def _free(self, lane: _Lane, eid: str) -> None:
+        lane.inflight.pop(eid, None)
+        lane.slot.set()
         if self.running == 0:
             self._drained.set()
 
@@ -773,6 +778,17 @@ class Replica:
         # The function runs in this task (no task of its own per request):
         # the deadline and the end of the drain time cancel this task, and
         # _invoke tells the two apart.
+        if fn.is_async:
+            # Run it at once: a function that finishes without waiting for
+            # anything needs no timer.
+            coro = fn.spec.handler(*call_args)
+            try:
+                waiting = coro.send(None)
+            except StopIteration as done:
+                return schema.encode(done.value)
+            aw: Awaitable[Any] = _Started(coro, waiting)
+        else:
+            aw = self._loop.run_in_executor(self._executor, functools.partial(fn.spec.handler, *call_args))
         task = asyncio.current_task()
         assert task is not None
         self._fn_tasks.add(task)
@@ -781,7 +797,7 @@ class Replica:
             loop = self._loop
             timer = loop.call_at(loop.time() + max(0.0, req.deadline / 1000 - time.time()), self._expire, task)
         try:
-            result = await self._call(fn, call_args)
+            result = await aw
         finally:
             if timer is not None:
                 timer.cancel()
@@ -793,10 +809,6 @@ class Replica:
         self._expired.add(task)
         task.cancel()
 
-    def _call(self, fn: _Fn, call_args: tuple[Any, ...]) -> Awaitable[Any]:
-        if fn.is_async:
-            return fn.spec.handler(*call_args)  # type: ignore[no-any-return]
-        return self._loop.run_in_executor(self._executor, functools.partial(fn.spec.handler, *call_args))
 
     # ---- writing outcomes
 
@@ -809,6 +821,12 @@ class Replica:
         cmds: list[tuple[str, ...]] = [("XADD", req.rt, "NOMKSTREAM", "MAXLEN", "~", self._reply_max, "*", *fields)]
         if then_ack:
             cmds.append(("XACK", lane.key, GROUP, eid))
+            if not self._hard:
+                # The request's task ends here; the write's outcome is
+                # seen by _reply_written, which frees the slot.
+                lane.writing.add(eid)
+                self._out.submit(cmds).add_done_callback(functools.partial(self._reply_written, lane, eid, req.id, cmds))
+                return p
         pause = 0.1
         while True:
             try:
@@ -826,7 +844,38 @@ class Replica:
                     raise _Stopped() from None
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 3.2)
-                cmds = cmds[:1]
+
+    def _reply_written(self, lane: _Lane, eid: str, rid: str, cmds: list[tuple[str, ...]], fut: asyncio.Future[list[Any]]) -> None:
+        err: BaseException | None = ConnectionError("replica closed") if fut.cancelled() else fut.exception()
+        if err is None and isinstance(fut.result()[0], Exception):
+            err = fut.result()[0]
+        if err is None:
+            lane.writing.discard(eid)
+            self._free(lane, eid)
+            return
+        log.error("fnmesh: cannot answer %s; will try again: %s", rid, err)
+        self._spawn(self._rewrite(lane, eid, rid, cmds))
+
+    async def _rewrite(self, lane: _Lane, eid: str, rid: str, cmds: list[tuple[str, ...]]) -> None:
+        """Writes a reply (and its ack) again until it can (§7.3), or the
+        replica's drain time is over: then, unacked, the entry is taken
+        over and run again."""
+        assert self._out
+        pause = 0.1
+        try:
+            while not self._hard:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 3.2)
+                try:
+                    res = await self._out.submit(cmds)
+                    if not isinstance(res[0], Exception):
+                        return
+                    raise res[0]
+                except Exception as e:
+                    log.error("fnmesh: cannot answer %s; will try again: %s", rid, e)
+        finally:
+            lane.writing.discard(eid)
+            self._free(lane, eid)
 
     def _reply_fields(self, rid: str, outcome: Any) -> tuple[list[str], str | None]:
         f = ["id", rid, "by", self.id]
@@ -1054,6 +1103,33 @@ def _log_ack_failure(fut: asyncio.Future[Any]) -> None:
 
 
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+class _Started:
+    """Awaits the rest of a coroutine that was started by hand and is
+    waiting for `waiting` (what its first send returned)."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Any, waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Any:
+        coro, y = self.coro, self.waiting
+        while True:
+            try:
+                v = yield y
+            except BaseException as e:  # cancellation (deadline, drain time) goes into the function
+                try:
+                    y = coro.throw(e)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    y = coro.send(v)
+                except StopIteration as done:
+                    return done.value
 
 
 class _RawJSON:
