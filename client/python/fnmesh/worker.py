@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import signal
 import socket
@@ -49,7 +50,7 @@ from .protocol import (
     limits_key,
     next_id,
 )
-from .redisconn import Batcher, connect_redis
+from .redisconn import Batcher, StreamReader, connect_redis
 
 log = logging.getLogger("fnmesh")
 
@@ -185,7 +186,7 @@ class _Lane:
     """One request stream this replica reads (the service's, or a versioned function's)."""
 
     key: str
-    reader: aioredis.Redis | None = None
+    reader: StreamReader | None = None
     inflight: dict[str, int] = field(default_factory=dict)  # entry id -> delivery count
     slot: asyncio.Event = field(default_factory=asyncio.Event)
     history_read: bool = False
@@ -344,7 +345,8 @@ class Replica:
             await self._cmd.close(close_connection_pool=True)
             raise
         for lane in self._lanes.values():
-            lane.reader = connect_redis(self._url, single_connection=True)
+            # Named, so that operators see which replica a blocked read is.
+            lane.reader = StreamReader(self._url, name="fnmesh-replica-" + re.sub(r"[^A-Za-z0-9_.:@-]", "_", self.id))
             lane.task = asyncio.create_task(self._run(lane))
         self._every(self._trim_every, self._trim)
         self._every(self._claim_every, self._claim_all)
@@ -395,9 +397,9 @@ class Replica:
             count = min(free, 128)
             try:
                 if history is not None:
-                    resp = await lane.reader.xreadgroup(GROUP, self.id, {lane.key: history}, count=count)
+                    entries = await lane.reader.xreadgroup(GROUP, self.id, lane.key, history, count, None)
                 else:
-                    resp = await lane.reader.xreadgroup(GROUP, self.id, {lane.key: ">"}, count=count, block=self._block_ms)
+                    entries = await lane.reader.xreadgroup(GROUP, self.id, lane.key, ">", count, self._block_ms)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -414,7 +416,6 @@ class Replica:
                 pause = min(pause * 2, 2.0)
                 continue
             pause = 0.05
-            entries = resp[0][1] if resp else []
             counts = None
             if history is not None and entries:
                 counts = await self._delivery_counts(lane, [e[0] for e in entries])
@@ -1033,7 +1034,7 @@ class Replica:
                     pass
             if lane.reader is not None:
                 # Its connection may hold a cancelled read: closed, never reused.
-                await lane.reader.close(close_connection_pool=True)
+                await lane.reader.close()
         if self._announce:
             try:
                 await self._leave()
