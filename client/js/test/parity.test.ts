@@ -9,7 +9,7 @@ import { after, describe, it } from "node:test";
 import { SignJWT, exportJWK } from "jose";
 
 import { Codes, FnmeshError, connect, serve, type Client, type Replica, type ServeOptions } from "../src/index.js";
-import { quiet, raw, redisUrl, unique, type Raw } from "./helpers.js";
+import { eventually, quiet, raw, redisUrl, unique, type Raw } from "./helpers.js";
 
 const url = redisUrl();
 const cleanups: Array<() => Promise<void>> = [];
@@ -106,7 +106,7 @@ describe("circuit breaker", () => {
   it("opens after consecutive failures of a function, fails at once with unavailable, then closes on a trial call", async () => {
     const svc = unique("brk");
     const changes: string[] = [];
-    const c = await client({ breaker: { openTimeoutMs: 500, onStateChange: (fn: string, from: string, to: string) => changes.push(`${fn} ${from}->${to}`) } });
+    const c = await client({ breaker: { openTimeoutMs: 3000, onStateChange: (fn: string, from: string, to: string) => changes.push(`${fn} ${from}->${to}`) } });
     const fn = `${svc}.f`;
     // Tiny timeouts say nothing about the target.
     for (let i = 0; i < 6; i++) await assert.rejects(c.call(fn, {}, { timeoutMs: 50 }), code(Codes.DeadlineExceeded));
@@ -120,8 +120,7 @@ describe("circuit breaker", () => {
     assert.equal(c.breakerState(`${svc}.other`), "closed", "one breaker per function");
     // The function comes up; once the open time is over a trial call goes through and closes it.
     await replica(svc, { f: () => "up" });
-    await new Promise((res) => setTimeout(res, 550));
-    assert.equal(c.breakerState(fn), "half-open");
+    await eventually("half-open once the open time is over", () => c.breakerState(fn) === "half-open");
     assert.equal(await c.call(fn), "up");
     assert.equal(c.breakerState(fn), "closed");
     assert.deepEqual(changes, [`${fn} closed->open`, `${fn} open->half-open`, `${fn} half-open->closed`]);
