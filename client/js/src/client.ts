@@ -4,6 +4,7 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 
 import { Conn, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
+import { Breaker, outcomeOf, type BreakerOptions, type BreakerState } from "./breaker.js";
 import { Codes, FnmeshError, type FieldViolation } from "./errors.js";
 import { GROUP, PROTOCOL_VERSION, functionKey, limitsKey, nextId, parseStreams, replyKey, requestKey, splitName, type Details } from "./protocol.js";
 
@@ -27,6 +28,8 @@ export interface ClientOptions extends RedisOptions {
    * 100 ms; negative: never check.
    */
   admissionIntervalMs?: number;
+  /** The circuit breaker in front of each target function (as the Go client's). */
+  breaker?: BreakerOptions;
   logger?: Logger;
 }
 
@@ -103,6 +106,7 @@ export class Client {
   private readonly stopping = new AbortController();
   private readonly admissionMs: number;
   private readonly backlogs = new Map<string, BacklogView>();
+  private readonly breakers = new Map<string, Breaker>();
 
   constructor(private readonly opts: ClientOptions) {
     this.inbox = randomBytes(6).toString("hex");
@@ -118,6 +122,26 @@ export class Client {
       if (!(v > 0)) throw new Error(`fnmesh: ClientOptions.${k} is ${v}, want more than 0`);
     }
     if (this.ttlMs < 1000) throw new Error(`fnmesh: ClientOptions.inboxTtlMs is ${this.ttlMs}, want at least 1000`);
+  }
+
+  /** The state of the breaker in front of fn ("closed", "half-open" or "open"); closed if it has none yet. */
+  breakerState(fn: string): BreakerState {
+    return this.breakers.get(fn)?.current ?? "closed";
+  }
+
+  /** Lets a call of fn through its breaker (or throws unavailable); returns what settles it. */
+  private guard(fn: string, timeoutMs?: number): (err?: unknown) => void {
+    const cfg = this.opts.breaker ?? {};
+    if (cfg.disabled) return () => {};
+    let b = this.breakers.get(fn);
+    if (!b) this.breakers.set(fn, (b = new Breaker(fn, cfg)));
+    const done = b.allow();
+    const minTimeout = cfg.minTimeoutMs ?? 200;
+    return (err) => {
+      // A caller's own tiny timeout says nothing about the target.
+      if (err instanceof FnmeshError && err.code === Codes.DeadlineExceeded && timeoutMs !== undefined && timeoutMs < minTimeout) done("ignored");
+      else done(outcomeOf(err));
+    };
   }
 
   /** The inbox's stream key, fnmesh:reply:{INBOX}. */
@@ -318,6 +342,7 @@ export class Client {
     const id = `${this.inbox}-${(++this.seq).toString(36)}`;
     const deadline = Date.now() + timeoutMs;
     const fields = this.request(id, name, { rt: this.key, dl: deadline, token: opts.token ?? this.opts.token, traceparent: opts.traceparent, idempotencyKey: opts.idempotencyKey }, payload);
+    const settle = this.guard(fn, timeoutMs);
 
     const outcome = new Promise<{ result: unknown; replica: string }>((resolve, reject) => {
       const cleanup = () => {
@@ -352,8 +377,15 @@ export class Client {
       const w = this.waiting.get(id);
       w?.reject(new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`));
     }
-    const { result, replica } = await outcome;
-    return { result: result as R, id, replica };
+    let out: { result: unknown; replica: string };
+    try {
+      out = await outcome;
+    } catch (err) {
+      settle(err);
+      throw err;
+    }
+    settle();
+    return { result: out.result as R, id, replica: out.replica };
   }
 
   /**
@@ -369,11 +401,15 @@ export class Client {
     const id = `${this.inbox}-${(++this.seq).toString(36)}`;
     const dl = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;
     const fields = this.request(id, name, { dl, token: opts.token ?? this.opts.token, traceparent: opts.traceparent, idempotencyKey: opts.idempotencyKey }, payload);
+    const settle = this.guard(fn);
     try {
       await this.cmd!.send(["XADD", functionKey(service, name), "*", ...fields]);
     } catch (err) {
-      throw new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`);
+      const e = new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`);
+      settle(e);
+      throw e;
     }
+    settle();
     return id;
   }
 

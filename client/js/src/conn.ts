@@ -37,7 +37,7 @@ interface RedisClient {
   on(event: string, listener: (...args: any[]) => void): unknown;
   connect(): Promise<unknown>;
   sendCommand(args: string[]): Promise<unknown>;
-  multi(): { addCommand(args: string[]): any; exec(): Promise<unknown> };
+  multi(): { addCommand(args: string[]): any; exec(): Promise<unknown>; execAsPipeline(): Promise<unknown> };
   duplicate(): RedisClient;
   readonly isReady: boolean;
   readonly isOpen: boolean;
@@ -99,6 +99,16 @@ export class Conn {
     let m = this.client.multi();
     for (const c of cmds) m = m.addCommand(c as string[]);
     return (await m.exec()) as unknown[];
+  }
+
+  /**
+   * Sends commands in one write, without MULTI, and returns their replies.
+   * Throws if any command fails (the others have run).
+   */
+  async pipeline(cmds: Args[]): Promise<unknown[]> {
+    let m = this.client.multi();
+    for (const c of cmds) m = m.addCommand(c as string[]);
+    return (await m.execAsPipeline()) as unknown[];
   }
 
   /** This connection's CLIENT ID, for CLIENT UNBLOCK; 0 while unknown. */

@@ -10,4 +10,5 @@ export type { Context, FunctionSpec, Functions, Handler, RetryPolicy, ServeOptio
 export { jwtVerifier, rolesOf, signHS256 } from "./jwt.js";
 export type { Claims, JwtOptions, Verifier } from "./jwt.js";
 export type { Logger, RedisOptions } from "./conn.js";
+export type { BreakerOptions, BreakerState } from "./breaker.js";
 export { deadLetterKey, functionKey, replyKey, requestKey, GROUP, PROTOCOL_VERSION } from "./protocol.js";

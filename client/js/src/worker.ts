@@ -10,7 +10,7 @@ import { Codes, FnmeshError, validCode, type FieldViolation } from "./errors.js"
 import { jwtVerifier, rolesOf, type Claims, type JwtOptions, type Verifier } from "./jwt.js";
 import {
   FUNCTION_RE, GROUP, PROTOCOL_VERSION, REPLY_PREFIX, SERVICE_RE,
-  argsHash, compareIds, deadLetterKey, idempotencyKey, idempotencyScope, limitsKey, nextId, parseStreams, requestKey, type Entry,
+  argsHash, compareIds, deadLetterKey, functionKey, idempotencyKey, idempotencyScope, limitsKey, nextId, parseStreams, requestKey, type Entry,
 } from "./protocol.js";
 
 /** What a function learns about the call it serves. */
@@ -190,21 +190,32 @@ export class Replica {
   private claiming = false;
   private claimCursor = "0-0";
   private closing?: Promise<void>;
+  /** The replicas of this one's versioned functions, one per stream. */
+  private readonly versions: Replica[];
+  /** Reads a versioned function's stream for its parent replica. */
+  private readonly isVersion: boolean;
 
-  constructor(service: string, fns: Functions, private readonly opts: ServeOptions) {
+  /**
+   * @param stream the request stream to read; the service's, with one
+   * replica per versioned function on its own stream, when undefined.
+   */
+  constructor(service: string, fns: Functions, private readonly opts: ServeOptions, stream?: string) {
     const problems: string[] = [];
+    const versioned: string[] = [];
     if (!SERVICE_RE.test(service)) problems.push(`service name ${JSON.stringify(service)}: want lower case letters, digits, '-' and '_', up to 63`);
     if (opts.auth === undefined && !opts.allowUnauthenticated) problems.push("auth is not set: give a token verifier, or set allowUnauthenticated to run every function open");
     if (opts.auth !== undefined && opts.allowUnauthenticated) problems.push("auth and allowUnauthenticated are both set: choose one");
     const serviceRetry = { ...defaultRetry, ...opts.retry };
     for (const [name, f] of Object.entries(fns)) {
       if (!FUNCTION_RE.test(name)) problems.push(`function name ${JSON.stringify(name)}: want letters, digits, '_', '-', '.', '@'`);
-      else if (name.includes("@")) problems.push(`function ${name}: a versioned function has a request stream of its own (PROTOCOL.md §1), which this worker does not read yet`);
       const spec = typeof f === "function" ? { handler: f } : f;
       if (typeof spec?.handler !== "function") problems.push(`function ${name}: no handler`);
-      this.fns.set(name, { name, spec, retry: { ...serviceRetry, ...spec.retry } });
+      // A versioned function has a request stream of its own (PROTOCOL.md
+      // §1), read by a replica of its own on that stream (versions below).
+      if (stream === undefined && name.includes("@")) versioned.push(name);
+      else this.fns.set(name, { name, spec, retry: { ...serviceRetry, ...spec.retry } });
     }
-    if (this.fns.size === 0) problems.push(`service ${service} has no functions`);
+    if (this.fns.size === 0 && versioned.length === 0) problems.push(`service ${service} has no functions`);
     this.concurrency = opts.concurrency ?? 64;
     this.maxPayload = opts.maxPayloadBytes ?? 1 << 20;
     this.drainMs = opts.drainTimeoutMs ?? 30_000;
@@ -233,25 +244,36 @@ export class Replica {
     if (typeof opts.auth === "function") this.verify = opts.auth;
     else if (opts.auth) this.verify = jwtVerifier(opts.auth);
     this.service = service;
-    this.key = requestKey(service);
+    this.key = stream ?? requestKey(service);
     this.id = opts.replicaId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
+    this.isVersion = stream !== undefined;
+    const sub = { ...opts, replicaId: this.id };
+    this.versions = versioned.map((name) => new Replica(service, { [name]: fns[name] }, sub, functionKey(service, name)));
     this.log = opts.logger ?? defaultLogger;
     setMaxListeners(0, this.hard.signal); // one listener per running request
   }
 
   /** The names of the functions served. */
   get functions(): string[] {
-    return [...this.fns.keys()].sort();
+    return [...this.fns.keys(), ...this.versions.flatMap((v) => v.functions)].sort();
+  }
+
+  /** The request streams this replica reads (PROTOCOL.md §1). */
+  get streams(): string[] {
+    return [this.key, ...this.versions.map((v) => v.key)].sort();
   }
 
   /** @internal serve() calls it. */
   async start(): Promise<void> {
+    for (const v of this.versions) await v.start();
     this.cmd = await Conn.open(this.opts, this.log, "replica");
     this.reader = await this.cmd.duplicate("replica reader");
     await this.ensureGroup();
     // §11: the last replica to start says what the bound is.
-    if (this.maxBacklog > 0) await this.cmd.send(["HSET", limitsKey(this.service), "max_backlog", String(this.maxBacklog)]);
-    else await this.cmd.send(["HDEL", limitsKey(this.service), "max_backlog"]);
+    if (!this.isVersion) {
+      if (this.maxBacklog > 0) await this.cmd.send(["HSET", limitsKey(this.service), "max_backlog", String(this.maxBacklog)]);
+      else await this.cmd.send(["HDEL", limitsKey(this.service), "max_backlog"]);
+    }
     this.loop = this.run(); // claims what a dead replica left once it has read its own pending entries
     this.timers.push(
       setInterval(() => void this.trim(), this.trimMs),
@@ -453,9 +475,9 @@ export class Replica {
       return this.settle(e.id, count, () => this.deadLetter(e, new FnmeshError(Codes.DeadlineExceeded, "deadline passed before the request was run"), 0));
     }
     if (req.idempotencyKey) return this.runOnce(e, count, fn, req, args);
-    const r = await this.runRequest(e, count, fn, req, args);
+    const r = await this.runRequest(e, count, fn, req, args, true);
     if (r.state === "stopped") return this.handBack(e.id, count);
-    this.ack(e.id);
+    if (!r.acked) this.ack(e.id);
   }
 
   /**
@@ -463,13 +485,15 @@ export class Replica {
    * dead-lettered if it keeps failing. "stopped": the replica stopped
    * before the outcome was recorded (the entry is to be handed back).
    */
-  private async runRequest(e: Entry, count: number, fn: Fn, req: Req, args: unknown): Promise<{ state: "ok" | "failed" | "stopped"; result?: string }> {
+  private async runRequest(e: Entry, count: number, fn: Fn, req: Req, args: unknown, ackWithReply = false): Promise<{ state: "ok" | "failed" | "stopped"; result?: string; acked?: boolean }> {
     if (req.rt) {
       const outcome = await this.invoke(fn, req, args, count);
       if (outcome instanceof FnmeshError && this.hard.signal.aborted) return { state: "stopped" };
       let p: string | undefined;
-      if (!(await this.write(e.id, async () => void (p = await this.reply(req.rt, req.id, outcome))))) return { state: "stopped" };
-      return outcome instanceof FnmeshError ? { state: "failed" } : { state: "ok", result: p };
+      // §7.3: the reply and the ack in one round trip, the reply first.
+      const ack = ackWithReply ? e.id : undefined;
+      if (!(await this.write(e.id, async () => void (p = await this.reply(req.rt, req.id, outcome, ack))))) return { state: "stopped" };
+      return outcome instanceof FnmeshError ? { state: "failed", acked: ackWithReply } : { state: "ok", result: p, acked: ackWithReply };
     }
     for (let attempt = count; ; attempt++) {
       const outcome = await this.invoke(fn, req, args, attempt);
@@ -650,8 +674,11 @@ export class Replica {
     return new FnmeshError(Codes.Internal, errorMessage(err));
   }
 
-  /** §4: answers a call on its caller's inbox; returns the result's JSON (p) on success. */
-  private async reply(rt: string, id: string, outcome: unknown): Promise<string | undefined> {
+  /**
+   * §4: answers a call on its caller's inbox; returns the result's JSON (p)
+   * on success. With ackEntry, acks that entry in the same pipeline (§7.3).
+   */
+  private async reply(rt: string, id: string, outcome: unknown, ackEntry?: string): Promise<string | undefined> {
     const f = ["id", id, "by", this.id];
     let p: string | undefined;
     if (outcome instanceof FnmeshError) {
@@ -661,13 +688,17 @@ export class Replica {
       try {
         p = outcome instanceof RawJSON ? outcome.json : JSON.stringify(outcome);
       } catch (err) {
-        return this.reply(rt, id, new FnmeshError(Codes.Internal, `result is not JSON-encodable: ${errorMessage(err)}`));
+        return this.reply(rt, id, new FnmeshError(Codes.Internal, `result is not JSON-encodable: ${errorMessage(err)}`), ackEntry);
       }
-      if (p === undefined) return this.reply(rt, id, new FnmeshError(Codes.Internal, `result is not JSON-encodable: ${typeof outcome}`));
+      if (p === undefined) return this.reply(rt, id, new FnmeshError(Codes.Internal, `result is not JSON-encodable: ${typeof outcome}`), ackEntry);
       f.push("p", p);
     }
     // NOMKSTREAM: a caller whose inbox is gone is gone too.
-    await this.cmd!.send(["XADD", rt, "NOMKSTREAM", "MAXLEN", "~", String(this.replyMaxLen), "*", ...f]);
+    const xadd = ["XADD", rt, "NOMKSTREAM", "MAXLEN", "~", String(this.replyMaxLen), "*", ...f];
+    // If the reply fails, the XACK still runs: this replica holds the
+    // outcome and writes it again (write) until it can, or stops.
+    if (ackEntry !== undefined) await this.cmd!.pipeline([xadd, ["XACK", this.key, GROUP, ackEntry]]);
+    else await this.cmd!.send(xadd);
     return p;
   }
 
@@ -752,7 +783,7 @@ export class Replica {
 
   /** Requests running now. */
   get running(): number {
-    return this.inflight.size;
+    return this.inflight.size + this.versions.reduce((n, v) => n + v.running, 0);
   }
 
   /**
@@ -766,6 +797,7 @@ export class Replica {
   }
 
   private async shutdown(): Promise<void> {
+    const versions = Promise.all(this.versions.map((v) => v.close()));
     this.stopping = true;
     for (const t of this.timers) clearInterval(t);
     await this.cmd!.unblock(this.reader!);
@@ -785,6 +817,7 @@ export class Replica {
     for (const [id, count] of this.inflight) await this.handBack(id, count);
     await this.reader!.close();
     await this.cmd!.close();
+    await versions;
   }
 }
 

@@ -11,11 +11,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 
-def connect_redis(url: str | None, single_connection: bool = False) -> aioredis.Redis:
+def connect_redis(url: str | None, single_connection: bool = False, name: str | None = None) -> aioredis.Redis:
     """A client for url (default $REDIS_URL, else redis://127.0.0.1:6379),
-    decoding replies as UTF-8 text."""
+    decoding replies as UTF-8 text; name: its connections' CLIENT SETNAME."""
     url = url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
-    pool = aioredis.ConnectionPool.from_url(url, decode_responses=True)
+    pool = aioredis.ConnectionPool.from_url(url, decode_responses=True, client_name=name)
     return aioredis.Redis(connection_pool=pool, single_connection_client=single_connection)
 
 
@@ -93,13 +93,7 @@ class Batcher:
         conn = await pool.get_connection("PIPELINE")
         try:
             await conn.send_packed_command(pack(cmds), check_health=False)
-            res: list[Any] = []
-            for _ in cmds:
-                try:
-                    res.append(await conn.read_response())
-                except ResponseError as e:
-                    res.append(e)
-            return res
+            return await read_replies(conn, len(cmds))
         except BaseException:
             await conn.disconnect()  # replies may be left unread on it
             raise
@@ -125,3 +119,121 @@ def pack(cmds: list[tuple[str, ...]]) -> bytes:
             b = a.encode() if isinstance(a, str) else a if isinstance(a, bytes) else str(a).encode()
             out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
+    """One RESP2 value from buf at pos: bulk strings as text, errors as
+    ResponseError values. Raises _Incomplete when buf ends first."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete()
+    kind = buf[pos]
+    if kind == 36:  # $ bulk string
+        n = int(buf[pos + 1 : end])
+        if n < 0:
+            return None, end + 2
+        stop = end + 2 + n
+        if stop + 2 > len(buf):
+            raise _Incomplete()
+        return buf[end + 2 : stop].decode("utf-8", "replace"), stop + 2
+    if kind == 42:  # * array
+        n = int(buf[pos + 1 : end])
+        pos = end + 2
+        if n < 0:
+            return None, pos
+        out = []
+        for _ in range(n):
+            v, pos = _parse(buf, pos)
+            out.append(v)
+        return out, pos
+    line = buf[pos + 1 : end].decode("utf-8", "replace")
+    if kind == 58:  # : integer
+        return int(line), end + 2
+    if kind == 45:  # - error
+        return ResponseError(line), end + 2
+    return line, end + 2  # + simple string
+
+
+async def read_replies(conn: Any, n: int) -> list[Any]:
+    """Reads n replies from a redis-py connection with nothing else
+    pending on it, parsing RESP here (an error reply becomes a
+    ResponseError in its place)."""
+    reader = conn._reader
+    if reader is None:
+        raise ConnectionError("not connected")
+    buf = b""
+    out: list[Any] = []
+    pos = 0
+    while len(out) < n:
+        try:
+            v, pos = _parse(buf, pos)
+            out.append(v)
+            continue
+        except _Incomplete:
+            pass
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise ConnectionError("connection closed by the server")
+        buf = buf[pos:] + chunk
+        pos = 0
+    return out
+
+
+class StreamReader:
+    """Reads XREADGROUP replies on a connection of its own, parsing RESP
+    itself: the blocking read of a replica, its hottest path, without
+    redis-py's per-element reply parser. The connection (and its
+    authentication, database and TLS) is redis-py's."""
+
+    def __init__(self, url: str | None, name: str | None = None) -> None:
+        self._r = connect_redis(url, single_connection=True, name=name)
+        self._buf = b""
+
+    async def xreadgroup(self, group: str, consumer: str, key: str, last: str, count: int, block: int | None) -> list[tuple[str, dict[str, str]]]:
+        """The entries of one XREADGROUP on key (fields {} for an entry
+        trimmed away); raises ResponseError for an error reply."""
+        conn = self._r.connection
+        if conn is None or not conn.is_connected:
+            await self._r.ping()  # connects (and authenticates)
+            conn = self._r.connection
+            self._buf = b""
+        assert conn is not None
+        args: list[str] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", str(count)]
+        if block is not None:
+            args += ["BLOCK", str(block)]
+        args += ["STREAMS", key, last]
+        try:
+            await conn.send_packed_command(pack([tuple(args)]), check_health=False)
+            reader = conn._reader
+            assert reader is not None
+            while True:
+                try:
+                    reply, pos = _parse(self._buf, 0) if self._buf else (None, -1)
+                    if pos >= 0:
+                        self._buf = self._buf[pos:]
+                        break
+                except _Incomplete:
+                    pass
+                chunk = await reader.read(65536)
+                if not chunk:
+                    raise ConnectionError("connection closed by the server")
+                self._buf += chunk
+        except BaseException:
+            self._buf = b""
+            await conn.disconnect()
+            raise
+        if isinstance(reply, ResponseError):
+            raise reply
+        out: list[tuple[str, dict[str, str]]] = []
+        for _, entries in reply or []:
+            for e in entries:
+                flat = e[1] or []
+                out.append((e[0], dict(zip(flat[::2], flat[1::2]))))
+        return out
+
+    async def close(self) -> None:
+        await self._r.close(close_connection_pool=True)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import signal
 import socket
@@ -49,7 +50,7 @@ from .protocol import (
     limits_key,
     next_id,
 )
-from .redisconn import Batcher, connect_redis
+from .redisconn import Batcher, StreamReader, connect_redis
 
 log = logging.getLogger("fnmesh")
 
@@ -185,13 +186,14 @@ class _Lane:
     """One request stream this replica reads (the service's, or a versioned function's)."""
 
     key: str
-    reader: aioredis.Redis | None = None
+    reader: StreamReader | None = None
     inflight: dict[str, int] = field(default_factory=dict)  # entry id -> delivery count
     slot: asyncio.Event = field(default_factory=asyncio.Event)
     history_read: bool = False
     claim_cursor: str = "0-0"
     claiming: bool = False
     task: asyncio.Task[None] | None = None
+    writing: set[str] = field(default_factory=set)  # entries whose reply and ack are on their way
 
 
 class Replica:
@@ -343,7 +345,8 @@ class Replica:
             await self._cmd.close(close_connection_pool=True)
             raise
         for lane in self._lanes.values():
-            lane.reader = connect_redis(self._url, single_connection=True)
+            # Named, so that operators see which replica a blocked read is.
+            lane.reader = StreamReader(self._url, name="fnmesh-replica-" + re.sub(r"[^A-Za-z0-9_.:@-]", "_", self.id))
             lane.task = asyncio.create_task(self._run(lane))
         self._every(self._trim_every, self._trim)
         self._every(self._claim_every, self._claim_all)
@@ -394,9 +397,9 @@ class Replica:
             count = min(free, 128)
             try:
                 if history is not None:
-                    resp = await lane.reader.xreadgroup(GROUP, self.id, {lane.key: history}, count=count)
+                    entries = await lane.reader.xreadgroup(GROUP, self.id, lane.key, history, count, None)
                 else:
-                    resp = await lane.reader.xreadgroup(GROUP, self.id, {lane.key: ">"}, count=count, block=self._block_ms)
+                    entries = await lane.reader.xreadgroup(GROUP, self.id, lane.key, ">", count, self._block_ms)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -413,7 +416,6 @@ class Replica:
                 pause = min(pause * 2, 2.0)
                 continue
             pause = 0.05
-            entries = resp[0][1] if resp else []
             counts = None
             if history is not None and entries:
                 counts = await self._delivery_counts(lane, [e[0] for e in entries])
@@ -448,10 +450,14 @@ class Replica:
 
     def _release(self, lane: _Lane, eid: str, t: asyncio.Task[Any]) -> None:
         self._tasks.discard(t)
-        lane.inflight.pop(eid, None)
-        lane.slot.set()
         if not t.cancelled() and t.exception() is not None:
             log.error("fnmesh: request %s failed in the replica: %r", eid, t.exception())
+        if eid not in lane.writing:  # else its reply's write frees the slot
+            self._free(lane, eid)
+
+    def _free(self, lane: _Lane, eid: str) -> None:
+        lane.inflight.pop(eid, None)
+        lane.slot.set()
         if self.running == 0:
             self._drained.set()
 
@@ -773,6 +779,17 @@ class Replica:
         # The function runs in this task (no task of its own per request):
         # the deadline and the end of the drain time cancel this task, and
         # _invoke tells the two apart.
+        if fn.is_async:
+            # Run it at once: a function that finishes without waiting for
+            # anything needs no timer.
+            coro = fn.spec.handler(*call_args)
+            try:
+                waiting = coro.send(None)
+            except StopIteration as done:
+                return schema.encode(done.value)
+            aw: Awaitable[Any] = _Started(coro, waiting)
+        else:
+            aw = self._loop.run_in_executor(self._executor, functools.partial(fn.spec.handler, *call_args))
         task = asyncio.current_task()
         assert task is not None
         self._fn_tasks.add(task)
@@ -781,7 +798,7 @@ class Replica:
             loop = self._loop
             timer = loop.call_at(loop.time() + max(0.0, req.deadline / 1000 - time.time()), self._expire, task)
         try:
-            result = await self._call(fn, call_args)
+            result = await aw
         finally:
             if timer is not None:
                 timer.cancel()
@@ -793,10 +810,6 @@ class Replica:
         self._expired.add(task)
         task.cancel()
 
-    def _call(self, fn: _Fn, call_args: tuple[Any, ...]) -> Awaitable[Any]:
-        if fn.is_async:
-            return fn.spec.handler(*call_args)  # type: ignore[no-any-return]
-        return self._loop.run_in_executor(self._executor, functools.partial(fn.spec.handler, *call_args))
 
     # ---- writing outcomes
 
@@ -809,6 +822,12 @@ class Replica:
         cmds: list[tuple[str, ...]] = [("XADD", req.rt, "NOMKSTREAM", "MAXLEN", "~", self._reply_max, "*", *fields)]
         if then_ack:
             cmds.append(("XACK", lane.key, GROUP, eid))
+            if not self._hard:
+                # The request's task ends here; the write's outcome is
+                # seen by _reply_written, which frees the slot.
+                lane.writing.add(eid)
+                self._out.submit(cmds).add_done_callback(functools.partial(self._reply_written, lane, eid, req.id, cmds))
+                return p
         pause = 0.1
         while True:
             try:
@@ -826,7 +845,38 @@ class Replica:
                     raise _Stopped() from None
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 3.2)
-                cmds = cmds[:1]
+
+    def _reply_written(self, lane: _Lane, eid: str, rid: str, cmds: list[tuple[str, ...]], fut: asyncio.Future[list[Any]]) -> None:
+        err: BaseException | None = ConnectionError("replica closed") if fut.cancelled() else fut.exception()
+        if err is None and isinstance(fut.result()[0], Exception):
+            err = fut.result()[0]
+        if err is None:
+            lane.writing.discard(eid)
+            self._free(lane, eid)
+            return
+        log.error("fnmesh: cannot answer %s; will try again: %s", rid, err)
+        self._spawn(self._rewrite(lane, eid, rid, cmds))
+
+    async def _rewrite(self, lane: _Lane, eid: str, rid: str, cmds: list[tuple[str, ...]]) -> None:
+        """Writes a reply (and its ack) again until it can (§7.3), or the
+        replica's drain time is over: then, unacked, the entry is taken
+        over and run again."""
+        assert self._out
+        pause = 0.1
+        try:
+            while not self._hard:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 3.2)
+                try:
+                    res = await self._out.submit(cmds)
+                    if not isinstance(res[0], Exception):
+                        return
+                    raise res[0]
+                except Exception as e:
+                    log.error("fnmesh: cannot answer %s; will try again: %s", rid, e)
+        finally:
+            lane.writing.discard(eid)
+            self._free(lane, eid)
 
     def _reply_fields(self, rid: str, outcome: Any) -> tuple[list[str], str | None]:
         f = ["id", rid, "by", self.id]
@@ -984,7 +1034,7 @@ class Replica:
                     pass
             if lane.reader is not None:
                 # Its connection may hold a cancelled read: closed, never reused.
-                await lane.reader.close(close_connection_pool=True)
+                await lane.reader.close()
         if self._announce:
             try:
                 await self._leave()
@@ -1054,6 +1104,33 @@ def _log_ack_failure(fut: asyncio.Future[Any]) -> None:
 
 
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+class _Started:
+    """Awaits the rest of a coroutine that was started by hand and is
+    waiting for `waiting` (what its first send returned)."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Any, waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Any:
+        coro, y = self.coro, self.waiting
+        while True:
+            try:
+                v = yield y
+            except BaseException as e:  # cancellation (deadline, drain time) goes into the function
+                try:
+                    y = coro.throw(e)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    y = coro.send(v)
+                except StopIteration as done:
+                    return done.value
 
 
 class _RawJSON:

@@ -252,3 +252,32 @@ def test_registry_record_with_schemas(raw: Any) -> None:
         assert raw.hget(f"fnmesh:{{{svc}}}:replicas", r.id) is None
 
     run(main())
+
+
+def test_leases_keep_a_long_run_from_being_taken_over(raw: Any) -> None:
+    async def main() -> None:
+        svc = unique("lease")
+        runs: list[str] = []
+
+        async def long(_: None, ctx: Context) -> str:
+            runs.append(ctx.replica)
+            await asyncio.sleep(2.0)  # more than three times the claim time
+            return ctx.replica
+
+        opts: dict[str, Any] = {"url": redis_url(), "allow_unauthenticated": True, "claim_idle": 0.5, "claim_interval": 0.05}
+        a = await fnmesh.serve(svc, {"long": long}, replica_id="a", **opts)
+        c = await fnmesh.connect(url=redis_url())
+        try:
+            call = asyncio.ensure_future(c.call(f"{svc}.long", timeout=10))
+            await eventually("running on a", lambda: runs == ["a"])
+            b = await fnmesh.serve(svc, {"long": long}, replica_id="b", **opts)
+            try:
+                assert await call == "a"
+                assert runs == ["a"], "taken over while its replica was running it"
+            finally:
+                await b.close()
+        finally:
+            await c.close()
+            await a.close()
+
+    run(main())

@@ -152,7 +152,7 @@ def test_concurrency_bound_and_deadline() -> None:
             t = time.monotonic()
             with pytest.raises(FnmeshError) as e:
                 await c.call(f"{svc}.slow", {"s": 5}, timeout=0.3)
-            assert e.value.code == fnmesh.DEADLINE_EXCEEDED and time.monotonic() - t < 2
+            assert e.value.code == fnmesh.DEADLINE_EXCEEDED and time.monotonic() - t < 4
         finally:
             await c.close()
             await r.close()
@@ -171,11 +171,10 @@ def test_sync_functions_run_off_the_event_loop() -> None:
         r = await serve(svc, {"block": block, "add": add})
         c = await fnmesh.connect(url=redis_url())
         try:
-            slow = asyncio.ensure_future(c.call(f"{svc}.block", {"s": 1.5}))
-            await asyncio.sleep(0.1)
-            t = time.monotonic()
+            slow = asyncio.ensure_future(c.call(f"{svc}.block", {"s": 3}))
+            await eventually("the blocking function started", lambda: r.running == 1)
             assert (await c.call(f"{svc}.add", {"a": 1, "b": 1}))["sum"] == 2
-            assert time.monotonic() - t < 1.0, "a blocking function held up another call"
+            assert not slow.done(), "a blocking function held up another call"
             assert await slow == "slept"
         finally:
             await c.close()
