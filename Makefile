@@ -33,7 +33,8 @@ test-race: deps js
 	$(GO) test -race -count=1 -timeout 15m ./...
 	cd deployments && $(GO) test -race -count=1 ./...
 
-## test-soak: one million calls; RSS, goroutines and Redis keys stay flat
+## test-soak: one million calls; RSS and goroutines of every process, and
+##            Redis memory, keys, streams and pending entries stay flat
 test-soak:
 	$(GO) test -tags soak -count=1 -timeout 10m -run TestMillionCalls -v ./integration
 

@@ -50,14 +50,12 @@ func benchmarkCall(b *testing.B, bs bus.Bus) {
 	})
 }
 
-// Allocations per call on the in-memory bus, client and replica together:
-// 30 measured, 38 under -race (it was 56 before calls waited on a pooled
-// timer and replicas settled requests directly, 51 before a call's
-// contexts and request were merged, 44 before pooled JSON decoders and
-// waiters). A change that allocates more per call fails here and must
-// say why.
+// Allocations per call on the in-memory bus, client and replica together.
+// The budget (budget_test.go, budget_race_test.go under -race) is about
+// 10% over what was measured: a change that allocates more per call fails
+// here and must say why.
 func TestAllocationBudgetMemory(t *testing.T) {
-	const budget = 45
+	const budget = memoryAllocBudget
 	b := bus.NewMemory()
 	svc := handlers.NewService("budget", handlers.Config{AllowUnauthenticated: true})
 	handlers.Register(svc, "add", func(_ context.Context, in AddIn) (AddOut, error) {
@@ -85,7 +83,7 @@ func TestAllocationBudgetMemory(t *testing.T) {
 	allocs := testing.AllocsPerRun(2000, call)
 	t.Logf("allocations per call on the in-memory bus: %.1f", allocs)
 	if allocs > budget {
-		t.Fatalf("%.1f allocations per call, budget %d", allocs, budget)
+		t.Fatalf("%.1f allocations per call, budget %d (%s)", allocs, budget, memoryAllocMeasured)
 	}
 }
 

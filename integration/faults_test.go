@@ -391,7 +391,7 @@ func TestCallsInFlightAtKill(t *testing.T) {
 // its lease, so the request runs once.
 func TestSlowRequestKeepsItsLease(t *testing.T) {
 	t.Parallel()
-	const claimIdle = 2 * time.Second
+	const claimIdle = faultClaimIdle
 	const n = 4
 	service := bustest.Name("lease")
 	rdb := rdbFor(t, redisURL)

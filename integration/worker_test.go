@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -123,6 +124,16 @@ func runWorkerIfAsked() {
 		}
 		return struct{}{}, rdb.HIncrBy(context.WithoutCancel(ctx), "runs:"+service, in.Key, 1).Err()
 	})
+	// SIGUSR1 asks for the process's goroutine count (after a GC), which
+	// the soak test watches in every process.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		for range usr1 {
+			runtime.GC()
+			fmt.Printf("%s%d\n", goroutinesLine, runtime.NumGoroutine())
+		}
+	}()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	go func() {
 		<-svc.Started()
@@ -263,4 +274,41 @@ func (w *worker) lineAt(prefix string) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+const goroutinesLine = "goroutines "
+
+// goroutines asks the worker for its goroutine count (SIGUSR1) and
+// returns it.
+func (w *worker) goroutines(t testing.TB) int {
+	t.Helper()
+	count := func() (n int, last string) {
+		for _, l := range w.output() {
+			if strings.HasPrefix(l, goroutinesLine) {
+				n, last = n+1, l
+			}
+		}
+		return n, last
+	}
+	before, _ := count()
+	if err := w.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var n int
+		if n, last = count(); n > before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker %s did not report its goroutines", w.spec.Replica)
+		}
+		time.Sleep(5 * time.Millisecond) // its stdout has no signal of its own
+	}
+	g, err := strconv.Atoi(strings.TrimPrefix(last, goroutinesLine))
+	if err != nil {
+		t.Fatalf("worker %s: %q", w.spec.Replica, last)
+	}
+	return g
 }

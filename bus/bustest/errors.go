@@ -58,6 +58,10 @@ func testUnknownFunction(t *testing.T, h *Harness) {
 	if !errors.Is(err, fnmesh.ErrNotFound) {
 		t.Fatal("errors.Is(err, ErrNotFound) false")
 	}
+	Eventually(t, 10*time.Second, "request for an unknown function not dead-lettered", func() bool {
+		d := deadLetters(h, name)
+		return len(d) == 1 && d[0].Code == fnmesh.CodeNotFound
+	})
 	err = c.Call(context.Background(), "no-dot-here", AddIn{}, nil)
 	WantCode(t, err, fnmesh.CodeInvalidArgument)
 }

@@ -152,14 +152,18 @@ describe("backlog bound", () => {
     const svc = unique("bound");
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
-    await replica(svc, { f: () => gate }, { concurrency: 1, maxBacklog: 3 });
-    assert.equal(await (await redis()).send(["HGET", `fnmesh:{${svc}}:limits`, "max_backlog"]), "3");
+    const ran: number[] = [];
+    await replica(svc, { f: (a: { i: number }) => (ran.push(a.i), gate) }, { concurrency: 1, maxBacklog: 3 });
+    const r = await redis();
+    assert.equal(await r.send(["HGET", `fnmesh:{${svc}}:limits`, "max_backlog"]), "3");
     const c = await client();
-    const sent: string[] = [];
-    for (let i = 0; i < 3; i++) sent.push(await c.send(`${svc}.f`, { i }));
+    for (let i = 0; i < 3; i++) await c.send(`${svc}.f`, { i });
     await assert.rejects(c.send(`${svc}.f`, { i: 3 }), (e: FnmeshError) => e.code === Codes.ResourceExhausted && /bound is 3/.test(e.message));
-    await assert.rejects(c.call(`${svc}.f`, {}), (e: FnmeshError) => e.code === Codes.ResourceExhausted);
+    await assert.rejects(c.call(`${svc}.f`, { i: 4 }), (e: FnmeshError) => e.code === Codes.ResourceExhausted);
     release();
-    assert.equal(sent.length, 3);
+    // What was accepted is drained; what was refused never runs.
+    await eventually("the accepted sends ran", () => ran.length === 3);
+    await eventually("all acked", async () => (await r.send<any[]>(["XPENDING", `fnmesh:{${svc}}:req`, "fnmesh"]))[0] === 0);
+    assert.deepEqual([...ran].sort(), [0, 1, 2]);
   });
 });

@@ -259,7 +259,9 @@ describe("sends", () => {
     const ids = await Promise.all(Array.from({ length: 200 }, (_, i) => c.send(`${svc}.rec`, { i })));
     assert.equal(new Set(ids).size, 200);
     await eventually("200 sends run", () => seen.size === 200);
-    await sleep(200);
+    // Once every entry is acked none can be delivered again: then count.
+    const r = await redis();
+    await eventually("all acked", async () => (await r.send<any[]>(["XPENDING", `fnmesh:{${svc}}:req`, "fnmesh"]))[0] === 0);
     for (const [i, n] of seen) assert.equal(n, 1, `send ${i} ran ${n} times`);
   });
 
@@ -372,12 +374,17 @@ describe("replicas", () => {
     const gate = new Promise<void>((r) => (release = r));
     let started!: () => void;
     const running = new Promise<void>((r) => (started = r));
-    const rep = await serve(svc, { f: async () => (started(), await gate, "finished") }, { url, allowUnauthenticated: true, logger: quiet, blockMs: 100 });
+    const who = (_: unknown, ctx: { replica: string }) => ctx.replica;
+    const rep = await serve(svc, { f: async () => (started(), await gate, "finished"), who }, { url, allowUnauthenticated: true, logger: quiet, blockMs: 100 });
     const c = await client();
     const call = c.call(`${svc}.f`, {}, { timeoutMs: 10_000 });
     await running;
     const closed = rep.close();
-    await sleep(50);
+    // A call made while the replica drains is not run by it: it waits for
+    // another replica, which answers it while the first call still runs.
+    const next = c.call(`${svc}.who`, {}, { timeoutMs: 10_000 });
+    await replica(svc, { f: () => "second", who }, { replicaId: "second", claimIntervalMs: 50 });
+    assert.equal(await next, "second");
     assert.equal(rep.running, 1);
     release();
     await closed;
