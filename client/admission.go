@@ -35,8 +35,20 @@ func newAdmission(b bus.Bus, interval time.Duration) *admission {
 	return &admission{bus: b, interval: interval, views: map[string]*backlogView{}}
 }
 
-// admit returns resource_exhausted when service's backlog is at its bound.
+// admit returns resource_exhausted when service's backlog is at its bound,
+// and otherwise counts a request added to it.
 func (a *admission) admit(ctx context.Context, service string) error {
+	return a.decide(ctx, service, true)
+}
+
+// check is admit for a request that will not wait in the backlog (an
+// in-process call): refused as well once the bound is reached, so that it
+// does not pass requests waiting there, but not counted.
+func (a *admission) check(ctx context.Context, service string) error {
+	return a.decide(ctx, service, false)
+}
+
+func (a *admission) decide(ctx context.Context, service string, count bool) error {
 	if a.interval < 0 {
 		return nil
 	}
@@ -64,7 +76,9 @@ func (a *admission) admit(ctx context.Context, service string) error {
 	if b.MaxBacklog > 0 && b.Waiting+v.added.Load() >= b.MaxBacklog {
 		return fnmesh.Errorf(fnmesh.CodeResourceExhausted, "service %s has %d requests waiting, its bound is %d", service, b.Waiting+v.added.Load(), b.MaxBacklog)
 	}
-	v.added.Add(1)
+	if count {
+		v.added.Add(1)
+	}
 	return nil
 }
 

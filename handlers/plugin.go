@@ -28,6 +28,10 @@ type ReplicaInfo struct {
 	Bus       bus.Bus
 	Functions []FunctionInfo
 	Logger    *slog.Logger
+	// Colocated lists the services hosted in this process, this one
+	// included, when a placement.Process runs it: callers here reach
+	// them in-process. Nil for a replica run on its own.
+	Colocated []string
 }
 
 // FunctionInfo describes one registered function.
