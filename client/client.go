@@ -276,7 +276,7 @@ func (c *Client) newInvocation(function string, in any, o *callOptions, async bo
 	return &Invocation{
 		ID: id, Function: function, Service: service, Name: fn, Args: payload,
 		Token: o.token, Async: async, IdempotencyKey: o.idempotencyKey,
-		argsBorrowed: borrowed,
+		argsBorrowed: borrowed, argValue: marshalled(in, borrowed),
 	}, nil
 }
 
@@ -310,13 +310,17 @@ func (c *Client) Call(ctx context.Context, function string, in, out any, opts ..
 	if timeout <= 0 {
 		timeout = c.cfg.Timeout
 	}
-	inv.Deadline = time.Now().Add(timeout)
+	inv.begun = time.Now()
+	inv.Deadline = inv.begun.Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(inv.Deadline) {
 		inv.Deadline = dl
 	}
 	result, err := c.invoker(ctx, inv)
 	if o.info != nil {
 		*o.info = ReplyInfo{RequestID: inv.ID, Replica: inv.Replica}
+	}
+	if err == nil && inv.resultValue != nil {
+		return takeValue(function, inv.resultValue, out)
 	}
 	if err != nil || out == nil {
 		return err

@@ -3,11 +3,12 @@ package client
 import (
 	"context"
 	"encoding/json"
-	"time"
+	"reflect"
 
 	"github.com/fnmesh/fnmesh"
 
 	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/internal/jsondec"
 )
 
 // LocalServices are the services whose replicas run in the caller's own
@@ -51,9 +52,8 @@ func (c *Client) sendLocal(ctx context.Context, inv *Invocation, l LocalServices
 	if berr != nil {
 		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", inv.Function, berr)
 	}
-	start := time.Now()
 	result, err := c.transportLocal(ctx, inv, l)
-	if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && inv.Deadline.Sub(start) < c.cfg.Breaker.MinTimeout {
+	if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && inv.Deadline.Sub(inv.begun) < c.cfg.Breaker.MinTimeout {
 		done(errNotCounted) // the caller allowed too little time to tell
 	} else {
 		done(err)
@@ -66,6 +66,7 @@ func (c *Client) transportLocal(ctx context.Context, inv *Invocation, l LocalSer
 	*req = bus.Request{
 		ID: inv.ID, Function: inv.Name, Payload: inv.Args, Deadline: inv.Deadline, Token: inv.Token,
 		Caller: c.cfg.Name, TraceParent: inv.TraceParent, IdempotencyKey: inv.IdempotencyKey,
+		Value: inv.argValue,
 	}
 	if inv.argsBorrowed {
 		// The replica may still read the arguments after the call gave up
@@ -89,5 +90,44 @@ func (c *Client) transportLocal(ctx context.Context, inv *Invocation, l LocalSer
 	if err != nil {
 		return nil, err
 	}
+	inv.resultValue = rep.Value
 	return rep.Payload, nil
+}
+
+// marshalled returns in when Payload was made from it by json.Marshal
+// (bus.Request.Value), else nil.
+func marshalled(in any, borrowed bool) any {
+	if borrowed {
+		return nil
+	}
+	if _, raw := in.(json.RawMessage); raw {
+		return nil
+	}
+	return in
+}
+
+// takeValue stores a result that came as a Go value (an in-process
+// replica's, of a type that JSON would copy exactly) in out: assigned
+// when out points to its type, else through JSON as over the bus.
+func takeValue(function string, v, out any) error {
+	if out == nil {
+		return nil
+	}
+	dst := reflect.ValueOf(out)
+	if dst.Kind() == reflect.Pointer && !dst.IsNil() && dst.Type().Elem() == reflect.TypeOf(v) {
+		dst.Elem().Set(reflect.ValueOf(v))
+		return nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fnmesh.Errorf(fnmesh.CodeInternal, "result is not JSON-encodable: %v", err)
+	}
+	if raw, ok := out.(*json.RawMessage); ok {
+		*raw = b
+		return nil
+	}
+	if err := jsondec.Unmarshal(b, out); err != nil {
+		return fnmesh.Errorf(fnmesh.CodeInternal, "result of %s does not decode into %T: %v", function, out, err)
+	}
+	return nil
 }

@@ -1,8 +1,10 @@
 package handlers
 
 import (
+	"encoding"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -189,11 +191,11 @@ func (e *localEntry) wait(d time.Duration) bool {
 func (r *replica) serveLocal(j localJob) {
 	breq := &j.req.wire
 	async := breq.ReplyTo == ""
-	result, err := r.runLocal(j.req, async)
+	result, value, err := r.runLocal(j.req, async)
 	if async {
 		return
 	}
-	rep := &bus.Reply{ID: breq.ID, Replica: r.id, Payload: result}
+	rep := &bus.Reply{ID: breq.ID, Replica: r.id, Payload: result, Value: value}
 	if err != nil {
 		rep.Err, rep.Payload = wireError(err), nil
 	}
@@ -209,26 +211,27 @@ func wireError(err error) *fnmesh.Error {
 
 // runLocal checks and runs an in-process request as handle does one read
 // from the bus. A call returns its encoded result or error; a send is
-// retried and dead-lettered as over the bus.
-func (r *replica) runLocal(req *Request, async bool) ([]byte, error) {
+// retried and dead-lettered as over the bus. A call's result of a plain
+// type comes back as its Go value instead (plainType).
+func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
 	breq := &req.wire
 	if len(breq.Payload) > r.svc.cfg.MaxPayloadBytes {
-		return nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeInvalidArgument,
+		return nil, nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeInvalidArgument,
 			"arguments of %d bytes exceed the limit of %d", len(breq.Payload), r.svc.cfg.MaxPayloadBytes))
 	}
-	if len(breq.Payload) > 0 && !json.Valid(breq.Payload) {
-		return nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "%v: field %q is not valid JSON", bus.ErrMalformed, bus.FieldPayload))
+	if breq.Value == nil && len(breq.Payload) > 0 && !json.Valid(breq.Payload) {
+		return nil, nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "%v: field %q is not valid JSON", bus.ErrMalformed, bus.FieldPayload))
 	}
 	f := r.svc.funcs[breq.Function] // read-only once the replica runs
 	if f == nil {
-		return nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeNotFound, "function %s.%s not found", r.svc.name, breq.Function))
+		return nil, nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeNotFound, "function %s.%s not found", r.svc.name, breq.Function))
 	}
 	if !breq.Deadline.IsZero() && !time.Now().Before(breq.Deadline) {
 		e := fnmesh.NewError(fnmesh.CodeDeadlineExceeded, "deadline passed before the request was run")
 		if async {
 			r.deadLetter(breq.Message(), bus.Delivery{}, e, 0)
 		}
-		return nil, e
+		return nil, nil, e
 	}
 	req.ID, req.Service, req.Function, req.Payload = breq.ID, r.svc.name, breq.Function, breq.Payload
 	req.Token, req.Caller, req.Deadline = breq.Token, breq.Caller, breq.Deadline
@@ -236,25 +239,36 @@ func (r *replica) runLocal(req *Request, async bool) ([]byte, error) {
 	req.TraceParent, req.IdempotencyKey = breq.TraceParent, breq.IdempotencyKey
 	if async {
 		r.sendLocal(f, req, breq)
-		return nil, nil
+		return nil, nil, nil
 	}
 	if breq.IdempotencyKey != "" {
-		return r.callOnceLocal(f, req, breq)
+		result, err := r.callOnceLocal(f, req, breq)
+		return result, nil, err
 	}
-	return r.callLocal(f, req)
+	out, err := r.callLocal(f, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if f.outPlain && out != nil && reflect.TypeOf(out) == f.outType {
+		return nil, out, nil
+	}
+	result, err := encodeLocal(out)
+	return result, nil, err
 }
 
-// callLocal runs a call and encodes its result.
-func (r *replica) callLocal(f *function, req *Request) ([]byte, error) {
+// callLocal runs a call.
+func (r *replica) callLocal(f *function, req *Request) (any, error) {
 	out, err := r.invoke(f, req)
-	if err != nil {
-		if r.hardCtx.Err() != nil {
-			// Over the bus the request would be handed to another replica;
-			// here the caller is told, and may call again.
-			return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "replica %s stopped before %s.%s finished", r.id, req.Service, req.Function)
-		}
-		return nil, err
+	if err != nil && r.hardCtx.Err() != nil {
+		// Over the bus the request would be handed to another replica;
+		// here the caller is told, and may call again.
+		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "replica %s stopped before %s.%s finished", r.id, req.Service, req.Function)
 	}
+	return out, err
+}
+
+// encodeLocal encodes a call's result as a reply over the bus carries it.
+func encodeLocal(out any) ([]byte, error) {
 	result, merr := marshalResult(out)
 	if merr != nil {
 		return nil, fnmesh.Errorf(fnmesh.CodeInternal, "result is not JSON-encodable: %v", merr)
@@ -277,7 +291,11 @@ func (r *replica) callOnceLocal(f *function, req *Request, breq *bus.Request) ([
 	case bus.IdemRunning:
 		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "a request with idempotency key %q is running; try again for its result", key)
 	}
-	result, err := r.callLocal(f, req)
+	out, err := r.callLocal(f, req)
+	var result []byte
+	if err == nil {
+		result, err = encodeLocal(out)
+	}
 	if err != nil {
 		r.idem.Release(ctx, r.svc.name, key, owner)
 		return nil, err
@@ -338,4 +356,45 @@ func (s *Service) colocatedWith() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.colocated
+}
+
+var (
+	jsonMarshaler   = reflect.TypeFor[json.Marshaler]()
+	jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+	textMarshaler   = reflect.TypeFor[encoding.TextMarshaler]()
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// plainType reports whether a value of t, copied by Go assignment, is
+// what encoding it to JSON and decoding it again would give: booleans,
+// numbers, strings, and arrays and structs of them whose fields are all
+// exported, named, not skipped, with no JSON or text methods. Such values
+// share no memory once copied (no pointer, slice, map or interface).
+// In-process calls pass them as they are; other types go through JSON,
+// as over the bus. (One difference remains: a string that is not valid
+// UTF-8 arrives unchanged, where JSON replaces its bad bytes by U+FFFD.)
+func plainType(t reflect.Type) bool {
+	for _, m := range []reflect.Type{jsonMarshaler, jsonUnmarshaler, textMarshaler, textUnmarshaler} {
+		if t.Implements(m) || reflect.PointerTo(t).Implements(m) {
+			return false
+		}
+	}
+	switch t.Kind() {
+	case reflect.Bool, reflect.String,
+		reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		return true
+	case reflect.Array:
+		return plainType(t.Elem())
+	case reflect.Struct:
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			if !f.IsExported() || f.Anonymous || f.Tag.Get("json") == "-" || !plainType(f.Type) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }

@@ -26,7 +26,9 @@ import (
 // each field.
 type Config struct {
 	// Auth verifies every caller's token. Required, unless
-	// AllowUnauthenticated says the service runs open.
+	// AllowUnauthenticated says the service runs open. Tokens it accepts
+	// are remembered until they expire (security.CacheVerified), for
+	// calls over the bus and in-process alike.
 	Auth security.Verifier
 	// AllowUnauthenticated runs every function without a token check. It
 	// must be set explicitly: a service with neither Auth nor this fails
@@ -165,6 +167,7 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Auth = security.CacheVerified(c.Auth, security.TokenCacheConfig{})
 	c.Retry.setDefaults()
 }
 
