@@ -23,12 +23,16 @@ func benchCommand() *cli.Command {
 			"--mode scale starts 1, 2 and 4 replica processes (--counts) of a function that\n" +
 			"waits 20 ms (--work io) or burns CPU (--work cpu), drives them with 256 calls in\n" +
 			"flight (--concurrency) and prints calls/s and latency per replica count; with\n" +
-			"--rounds N it measures the counts N times in turn and prints the medians.",
+			"--rounds N it measures the counts N times in turn and prints the medians.\n\n" +
+			"--mode local compares, in one run, a Go function called directly, the same\n" +
+			"function co-located (in-process through the mesh) without and with an HS256\n" +
+			"token, and over the in-memory bus: p50 of sequential calls, calls/s with\n" +
+			"--concurrency in flight, and process CPU per call.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "mode", Value: "call", Usage: "call, send, raw-call, raw-send or scale"},
+			&cli.StringFlag{Name: "mode", Value: "call", Usage: "call, send, raw-call, raw-send, scale or local"},
 			&cli.StringFlag{Name: "work", Value: "io", Usage: "scale mode: what the function does, io (waits 20 ms) or cpu (hashes)"},
 			&cli.IntSliceFlag{Name: "counts", Value: cli.NewIntSlice(1, 2, 4), Usage: "scale mode: replica processes to measure"},
-			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "scale mode: measure the counts this many times in turn and print the medians"},
+			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "scale and local modes: measure this many times in turn and print the medians"},
 			&cli.IntFlag{Name: "replicas", Value: 2, Usage: "replicas of the function, each with its own connection"},
 			&cli.IntFlag{Name: "concurrency", Value: 64, Usage: "calls in flight"},
 			&cli.DurationFlag{Name: "duration", Value: 3 * time.Second, Usage: "length of the throughput phase"},
@@ -44,6 +48,8 @@ func benchCommand() *cli.Command {
 				return bench.ServeScaleReplica(c.String("redis"))
 			case "scale":
 				return runScale(c)
+			case "local":
+				return runLocal(c)
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 			defer stop()
@@ -116,4 +122,23 @@ func writeHeapProfile(path string) error {
 	}
 	defer f.Close()
 	return pprof.Lookup("allocs").WriteTo(f, 0)
+}
+
+// runLocal is --mode local: the co-located path against a direct call and
+// the in-memory bus, in one run.
+func runLocal(c *cli.Context) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	o := bench.Options{Concurrency: c.Int("concurrency"), Duration: c.Duration("duration"), Sequential: c.Int("n")}
+	rounds, med, err := bench.RunLocal(ctx, o, c.Int("rounds"))
+	if err != nil {
+		return err
+	}
+	for _, r := range rounds {
+		fmt.Fprintln(c.App.Writer, r)
+	}
+	if len(rounds) > 1 {
+		fmt.Fprintln(c.App.Writer, bench.MedianLine(len(rounds), med))
+	}
+	return nil
 }
