@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"encoding"
 	"encoding/json"
 	"errors"
@@ -192,7 +193,7 @@ func (r *replica) serveLocal(j localJob) {
 	breq := &j.req.wire
 	async := breq.ReplyTo == ""
 	result, value, err := r.runLocal(j.req, async)
-	if async {
+	if async || errors.Is(err, errHandedBack) {
 		return
 	}
 	rep := &bus.Reply{ID: breq.ID, Replica: r.id, Payload: result, Value: value}
@@ -246,6 +247,9 @@ func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
 		return result, nil, err
 	}
 	out, err := r.callLocal(f, req)
+	if errors.Is(err, errStopping) {
+		return nil, nil, r.handBack(breq)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -260,11 +264,24 @@ func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
 func (r *replica) callLocal(f *function, req *Request) (any, error) {
 	out, err := r.invoke(f, req)
 	if err != nil && r.hardCtx.Err() != nil {
-		// Over the bus the request would be handed to another replica;
-		// here the caller is told, and may call again.
-		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "replica %s stopped before %s.%s finished", r.id, req.Service, req.Function)
+		return nil, errStopping
 	}
 	return out, err
+}
+
+// errHandedBack: the call went to the bus, its reply comes from there.
+var errHandedBack = errors.New("handed to the bus")
+
+// handBack sends a call the drain timeout cut short over the bus, as a
+// replica reading the bus hands its request back: another replica runs
+// it and answers the caller's inbox, where the caller waits.
+func (r *replica) handBack(breq *bus.Request) error {
+	req := *breq
+	req.Value = nil
+	if err := r.bus.SendRequest(context.WithoutCancel(r.hardCtx), r.svc.name, &req); err != nil {
+		return fnmesh.Errorf(fnmesh.CodeUnavailable, "replica %s stopped before %s.%s finished, and the bus refused it: %v", r.id, r.svc.name, breq.Function, err)
+	}
+	return errHandedBack
 }
 
 // encodeLocal encodes a call's result as a reply over the bus carries it.
@@ -292,6 +309,10 @@ func (r *replica) callOnceLocal(f *function, req *Request, breq *bus.Request) ([
 		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "a request with idempotency key %q is running; try again for its result", key)
 	}
 	out, err := r.callLocal(f, req)
+	if errors.Is(err, errStopping) {
+		r.idem.Release(ctx, r.svc.name, key, owner)
+		return nil, r.handBack(breq)
+	}
 	var result []byte
 	if err == nil {
 		result, err = encodeLocal(out)
