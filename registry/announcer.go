@@ -88,7 +88,7 @@ func Record(info handlers.ReplicaInfo, version string) *Replica {
 	host, _ := os.Hostname()
 	r := &Replica{
 		Service: info.Service, ID: info.Replica, Host: host, PID: os.Getpid(),
-		Version: version, StartedAt: time.Now().UTC(),
+		Version: version, StartedAt: time.Now().UTC(), Colocated: info.Colocated,
 	}
 	for _, f := range info.Functions {
 		r.Functions = append(r.Functions, Function{Name: f.Name, Access: f.Access, Request: Schema(f.In), Response: Schema(f.Out)})
