@@ -19,8 +19,7 @@ import (
 type admission struct {
 	bus      bus.Bus
 	interval time.Duration
-	mu       sync.Mutex
-	views    map[string]*backlogView
+	views    sync.Map // service -> *backlogView
 }
 
 type backlogView struct {
@@ -32,7 +31,7 @@ type backlogView struct {
 }
 
 func newAdmission(b bus.Bus, interval time.Duration) *admission {
-	return &admission{bus: b, interval: interval, views: map[string]*backlogView{}}
+	return &admission{bus: b, interval: interval}
 }
 
 // admit returns resource_exhausted when service's backlog is at its bound,
@@ -52,13 +51,13 @@ func (a *admission) decide(ctx context.Context, service string, count bool) erro
 	if a.interval < 0 {
 		return nil
 	}
-	a.mu.Lock()
-	v := a.views[service]
-	if v == nil {
-		v = &backlogView{}
-		a.views[service] = v
+	var v *backlogView
+	if got, ok := a.views.Load(service); ok {
+		v = got.(*backlogView)
+	} else {
+		got, _ := a.views.LoadOrStore(service, &backlogView{})
+		v = got.(*backlogView)
 	}
-	a.mu.Unlock()
 
 	v.mu.Lock()
 	switch {

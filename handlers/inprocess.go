@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,9 +39,16 @@ var ErrNotServedHere = errors.New("handlers: no replica in this process can take
 
 // localReplicas are the replicas of a service running in this process.
 type localReplicas struct {
-	mu   sync.RWMutex
-	list []*localEntry
-	next atomic.Uint32 // round robin over list
+	mu   sync.Mutex                    // serializes changes of list
+	list atomic.Pointer[[]*localEntry] // copied on write: Dispatch takes no lock
+	next atomic.Uint32                 // round robin over list
+}
+
+func (lr *localReplicas) entries() []*localEntry {
+	if l := lr.list.Load(); l != nil {
+		return *l
+	}
+	return nil
 }
 
 // localEntry is a replica's in-process door: a bounded set of workers.
@@ -68,10 +76,9 @@ type localJob struct {
 // the reply (a send: until it finishes), so the caller must not change it.
 func (s *Service) Dispatch(req *bus.Request, deliver func(*bus.Reply)) error {
 	lr := &s.local
-	lr.mu.RLock()
-	n := len(lr.list)
+	list := lr.entries()
+	n := len(list)
 	if n == 0 {
-		lr.mu.RUnlock()
 		return ErrNotServedHere
 	}
 	hr := &Request{wire: *req}
@@ -81,21 +88,17 @@ func (s *Service) Dispatch(req *bus.Request, deliver func(*bus.Reply)) error {
 		start = int(lr.next.Add(1) % uint32(n))
 	}
 	for i := 0; i < n; i++ {
-		if lr.list[(start+i)%n].take(localJob{req: hr, deliver: deliver}) {
-			lr.mu.RUnlock()
+		if list[(start+i)%n].take(localJob{req: hr, deliver: deliver}) {
 			return nil
 		}
 	}
-	lr.mu.RUnlock()
 	return ErrNotServedHere
 }
 
 // ServedHere reports whether a replica of s runs in this process and
 // takes in-process requests (it may be full at the moment).
 func (s *Service) ServedHere() bool {
-	s.local.mu.RLock()
-	defer s.local.mu.RUnlock()
-	return len(s.local.list) > 0
+	return len(s.local.entries()) > 0
 }
 
 // take queues j unless the entry is full or closed.
@@ -143,7 +146,8 @@ func (r *replica) startLocal() *localEntry {
 	}
 	lr := &r.svc.local
 	lr.mu.Lock()
-	lr.list = append(lr.list, e)
+	list := append(slices.Clone(lr.entries()), e)
+	lr.list.Store(&list)
 	lr.mu.Unlock()
 	return e
 }
@@ -153,12 +157,8 @@ func (r *replica) startLocal() *localEntry {
 func (e *localEntry) close() {
 	lr := &e.r.svc.local
 	lr.mu.Lock()
-	for i, x := range lr.list {
-		if x == e {
-			lr.list = append(lr.list[:i:i], lr.list[i+1:]...)
-			break
-		}
-	}
+	list := slices.DeleteFunc(slices.Clone(lr.entries()), func(x *localEntry) bool { return x == e })
+	lr.list.Store(&list)
 	lr.mu.Unlock()
 	e.closed.Store(true)
 }

@@ -24,6 +24,7 @@ type LocalResult struct {
 	DirectP50, LocalP50, LocalTokenP50, MemoryP50 time.Duration
 	LocalPerSecond, MemoryPerSecond               float64
 	LocalCPU, MemoryCPU                           time.Duration // process CPU per call at throughput
+	Ratio                                         float64       // LocalPerSecond / MemoryPerSecond
 }
 
 func (r LocalResult) String() string {
@@ -32,7 +33,7 @@ func (r LocalResult) String() string {
 		" cpu_us_per_call_colocated=%.2f cpu_us_per_call_memory=%.2f",
 		r.DirectP50.Nanoseconds(), usec(r.LocalP50), usec(r.LocalTokenP50), usec(r.MemoryP50),
 		usec(r.LocalP50-r.DirectP50), usec(r.LocalTokenP50-r.DirectP50),
-		r.LocalPerSecond, r.MemoryPerSecond, r.LocalPerSecond/r.MemoryPerSecond,
+		r.LocalPerSecond, r.MemoryPerSecond, r.Ratio,
 		usec(r.LocalCPU), usec(r.MemoryCPU))
 }
 
@@ -119,6 +120,7 @@ func runLocalRound(ctx context.Context, o Options) (LocalResult, error) {
 	}
 	out.MemoryP50, out.LocalPerSecond, out.MemoryPerSecond = mr.P50, lr.PerSecond, mr.PerSecond
 	out.LocalCPU, out.MemoryCPU = lr.CPUPerCall, mr.CPUPerCall
+	out.Ratio = lr.PerSecond / mr.PerSecond
 	return out, nil
 }
 
@@ -163,6 +165,7 @@ func medianLocal(rs []LocalResult) LocalResult {
 		MemoryPerSecond: med(func(r LocalResult) float64 { return r.MemoryPerSecond }),
 		LocalCPU:        d(func(r LocalResult) time.Duration { return r.LocalCPU }),
 		MemoryCPU:       d(func(r LocalResult) time.Duration { return r.MemoryCPU }),
+		Ratio:           med(func(r LocalResult) float64 { return r.Ratio }),
 	}
 }
 
