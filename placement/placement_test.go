@@ -218,3 +218,75 @@ func TestResolve(t *testing.T) {
 		t.Error("missing file: no error")
 	}
 }
+
+// Arguments and results that are not plain values go through JSON, as
+// over the bus: the function cannot change the caller's slice, nor the
+// caller the function's.
+func TestNonPlainValuesAreCopied(t *testing.T) {
+	b := bus.NewMemory()
+	t.Cleanup(func() { b.Close() })
+	kept := []string{"kept"}
+	svc := handlers.NewService("lists", handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	handlers.Register(svc, "mangle", func(_ context.Context, in []string) ([]string, error) {
+		in[0] = "changed by the function"
+		return kept, nil
+	})
+	p, err := placement.New(placement.Config{}, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p, b)
+	c, err := client.New(b, client.Config{Local: p, Logger: bustest.Quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	arg := []string{"mine"}
+	var out []string
+	if err := c.Call(context.Background(), "lists.mangle", arg, &out); err != nil {
+		t.Fatal(err)
+	}
+	out[0] = "changed by the caller"
+	if arg[0] != "mine" || kept[0] != "kept" {
+		t.Fatalf("memory shared across an in-process call: arg %q, function's %q", arg[0], kept[0])
+	}
+}
+
+// A full local replica leaves the call to the bus, where a replica (here
+// the same process's bus side) takes it.
+func TestFullLocalReplicaFallsBackToTheBus(t *testing.T) {
+	b := &countingBus{Bus: bus.NewMemory()}
+	t.Cleanup(func() { b.Close() })
+	release := make(chan struct{})
+	entered := make(chan struct{}, 4)
+	svc := handlers.NewService("slow", handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet, Concurrency: 1})
+	handlers.Register(svc, "wait", func(ctx context.Context, _ struct{}) (string, error) {
+		entered <- struct{}{}
+		<-release
+		return handlers.Info(ctx).Replica, nil
+	})
+	p, err := placement.New(placement.Config{}, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p, b)
+	c, err := client.New(b, client.Config{Local: p, Logger: bustest.Quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	errs := make(chan error, 2)
+	go func() { errs <- c.Call(context.Background(), "slow.wait", struct{}{}, nil) }()
+	<-entered // the one in-process slot is taken
+	go func() { errs <- c.Call(context.Background(), "slow.wait", struct{}{}, nil) }()
+	<-entered // the second runs too: over the bus
+	if n := b.requests.Load(); n != 1 {
+		t.Fatalf("%d requests over the bus, want 1 (the call the full replica left)", n)
+	}
+	close(release)
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
