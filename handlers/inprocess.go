@@ -95,12 +95,6 @@ func (s *Service) Dispatch(req *bus.Request, deliver func(*bus.Reply)) error {
 	return ErrNotServedHere
 }
 
-// ServedHere reports whether a replica of s runs in this process and
-// takes in-process requests (it may be full at the moment).
-func (s *Service) ServedHere() bool {
-	return len(s.local.entries()) > 0
-}
-
 // take queues j unless the entry is full or closed.
 func (e *localEntry) take(j localJob) bool {
 	if e.closed.Load() {
