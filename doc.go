@@ -7,6 +7,7 @@
 //	bus/       the transport: Redis Streams or the in-memory bus
 //	handlers/  the service: typed functions behind token check and validation
 //	security/  tokens, claims and access policies, used by client and handlers
+//	placement/ which services share a process: calls between them stay in-process
 //	registry/  discovery: replicas announce and heartbeat; callers check
 //	telemetry/ Prometheus metrics, OpenTelemetry traces, log ids
 //

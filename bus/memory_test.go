@@ -14,3 +14,14 @@ func TestMemoryBehaviour(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// The same suite with every service co-located with its callers: calls
+// run in-process, sends go over the in-memory bus.
+func TestMemoryColocatedBehaviour(t *testing.T) {
+	bustest.RunColocated(t, func(t *testing.T) bus.Bus { return bus.NewMemory() }, false)
+}
+
+// And with sends in-process too (client.Config.LocalSends).
+func TestMemoryColocatedSendsBehaviour(t *testing.T) {
+	bustest.RunColocated(t, func(t *testing.T) bus.Bus { return bus.NewMemory() }, true)
+}

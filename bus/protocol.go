@@ -96,6 +96,11 @@ type Request struct {
 	Caller         string    // caller's name, for logs and metrics
 	TraceParent    string    // W3C traceparent, may be empty
 	IdempotencyKey string    // may be empty
+	// Value is the caller's Go argument, for a replica in the caller's
+	// own process (handlers.Service.Dispatch), which may use it instead of
+	// decoding Payload; when set, Payload is its encoding by
+	// json.Marshal. It never goes on the wire.
+	Value any
 
 	// Failed, if set, lets SendRequest return as soon as the request is
 	// on its way, before it is stored, and reports a failure to store it
@@ -283,6 +288,11 @@ type Reply struct {
 	Payload []byte // JSON result when Err is nil
 	Err     *fnmesh.Error
 	Replica string // replica that answered
+	// Value is the function's Go result from a replica in the caller's
+	// own process, set instead of Payload when the result's type survives
+	// a JSON round trip unchanged (handlers.Service.Dispatch). It never
+	// goes on the wire.
+	Value any
 
 	// Acks, if set, is the request message answered: SendReply acks it
 	// with the reply (Bus.SendReply).

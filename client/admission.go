@@ -19,8 +19,7 @@ import (
 type admission struct {
 	bus      bus.Bus
 	interval time.Duration
-	mu       sync.Mutex
-	views    map[string]*backlogView
+	views    sync.Map // service -> *backlogView
 }
 
 type backlogView struct {
@@ -32,21 +31,33 @@ type backlogView struct {
 }
 
 func newAdmission(b bus.Bus, interval time.Duration) *admission {
-	return &admission{bus: b, interval: interval, views: map[string]*backlogView{}}
+	return &admission{bus: b, interval: interval}
 }
 
-// admit returns resource_exhausted when service's backlog is at its bound.
+// admit returns resource_exhausted when service's backlog is at its bound,
+// and otherwise counts a request added to it.
 func (a *admission) admit(ctx context.Context, service string) error {
+	return a.decide(ctx, service, true)
+}
+
+// check is admit for a request that will not wait in the backlog (an
+// in-process call): refused as well once the bound is reached, so that it
+// does not pass requests waiting there, but not counted.
+func (a *admission) check(ctx context.Context, service string) error {
+	return a.decide(ctx, service, false)
+}
+
+func (a *admission) decide(ctx context.Context, service string, count bool) error {
 	if a.interval < 0 {
 		return nil
 	}
-	a.mu.Lock()
-	v := a.views[service]
-	if v == nil {
-		v = &backlogView{}
-		a.views[service] = v
+	var v *backlogView
+	if got, ok := a.views.Load(service); ok {
+		v = got.(*backlogView)
+	} else {
+		got, _ := a.views.LoadOrStore(service, &backlogView{})
+		v = got.(*backlogView)
 	}
-	a.mu.Unlock()
 
 	v.mu.Lock()
 	switch {
@@ -64,7 +75,9 @@ func (a *admission) admit(ctx context.Context, service string) error {
 	if b.MaxBacklog > 0 && b.Waiting+v.added.Load() >= b.MaxBacklog {
 		return fnmesh.Errorf(fnmesh.CodeResourceExhausted, "service %s has %d requests waiting, its bound is %d", service, b.Waiting+v.added.Load(), b.MaxBacklog)
 	}
-	v.added.Add(1)
+	if count {
+		v.added.Add(1)
+	}
 	return nil
 }
 

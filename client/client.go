@@ -57,6 +57,18 @@ type Config struct {
 	// Registry is the cached view of the registry the check reads,
 	// shared by clients that pass the same one. Default: one per client.
 	Registry *registry.Watcher
+	// Local, when set, are the services hosted in this process
+	// (placement.Process): a Call to one of them runs on its replica
+	// here, in-process, through the same checks as over the bus; calls to
+	// other services, and calls a full or draining local replica cannot
+	// take, go over the bus. Default nil: every call goes over the bus.
+	Local LocalServices
+	// LocalSends runs a Send to a service in Local in-process too. It is
+	// an opt-in: such a send is held in this process's memory, not in
+	// Redis, and is lost if the process dies before it ran; other
+	// replicas never see it. By default a Send always goes over the bus,
+	// durable once Send returns.
+	LocalSends bool
 }
 
 func (c *Config) setDefaults() {
@@ -112,6 +124,9 @@ type Client struct {
 	invoker  Invoker  // interceptors around send
 	admit    *admission
 	dir      *directory // nil: calls are not checked against the registry
+	// deliverFn is c.deliver, made once: Dispatch of an in-process call
+	// takes it.
+	deliverFn func(*bus.Reply)
 }
 
 // waiter is a call waiting for its reply. Waiters are pooled, per client:
@@ -153,7 +168,8 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 		w.failed = w.fail
 		return w
 	}
-	open, err := b.OpenInbox(context.Background(), c.inbox, c.deliver)
+	c.deliverFn = c.deliver
+	open, err := b.OpenInbox(context.Background(), c.inbox, c.deliverFn)
 	if err != nil {
 		return nil, fnmesh.Wrap(fnmesh.CodeUnavailable, fmt.Errorf("client: open reply inbox: %w", err))
 	}
@@ -163,7 +179,7 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c.admit = newAdmission(b, cfg.BacklogCheck)
-	c.invoker = c.dir.wrap(c.send)
+	c.invoker = c.dir.wrap(c.send, cfg.Local)
 	for i := len(cfg.Interceptors) - 1; i >= 0; i-- {
 		c.invoker = cfg.Interceptors[i](c.invoker)
 	}
@@ -262,6 +278,10 @@ func (c *Client) newInvocation(function string, in any, o *callOptions, async bo
 	if err != nil {
 		return nil, err
 	}
+	_, borrowed := in.([]byte)
+	if raw, ok := in.(json.RawMessage); ok {
+		borrowed = len(raw) > 0
+	}
 	if len(payload) > c.cfg.MaxPayloadBytes {
 		return nil, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "arguments of %d bytes exceed the limit of %d", len(payload), c.cfg.MaxPayloadBytes)
 	}
@@ -274,6 +294,7 @@ func (c *Client) newInvocation(function string, in any, o *callOptions, async bo
 	return &Invocation{
 		ID: id, Function: function, Service: service, Name: fn, Args: payload,
 		Token: o.token, Async: async, IdempotencyKey: o.idempotencyKey,
+		argsBorrowed: borrowed, argValue: marshalled(in, borrowed),
 	}, nil
 }
 
@@ -307,13 +328,17 @@ func (c *Client) Call(ctx context.Context, function string, in, out any, opts ..
 	if timeout <= 0 {
 		timeout = c.cfg.Timeout
 	}
-	inv.Deadline = time.Now().Add(timeout)
+	inv.begun = time.Now()
+	inv.Deadline = inv.begun.Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(inv.Deadline) {
 		inv.Deadline = dl
 	}
 	result, err := c.invoker(ctx, inv)
 	if o.info != nil {
 		*o.info = ReplyInfo{RequestID: inv.ID, Replica: inv.Replica}
+	}
+	if err == nil && inv.resultValue != nil {
+		return takeValue(function, inv.resultValue, out)
 	}
 	if err != nil || out == nil {
 		return err
@@ -351,6 +376,9 @@ func (c *Client) Send(ctx context.Context, function string, in any, opts ...Call
 // send is the innermost Invoker: the backlog bound, the breaker, then the
 // bus.
 func (c *Client) send(ctx context.Context, inv *Invocation) (json.RawMessage, error) {
+	if l := c.local(inv); l != nil {
+		return c.sendLocal(ctx, inv, l)
+	}
 	if err := c.admit.admit(ctx, inv.Service); err != nil {
 		return nil, err
 	}
@@ -381,7 +409,7 @@ func (c *Client) transport(ctx context.Context, inv *Invocation) (json.RawMessag
 		return nil, c.publish(ctx, inv.Service, req)
 	}
 	req.ReplyTo = c.inbox
-	rep, err := c.roundTrip(ctx, inv.Service, req, inv.Function)
+	rep, err := c.roundTripVia(ctx, inv.Service, req, inv.Function, nil)
 	if rep != nil {
 		inv.Replica = rep.Replica
 	}
@@ -391,9 +419,10 @@ func (c *Client) transport(ctx context.Context, inv *Invocation) (json.RawMessag
 	return rep.Payload, nil
 }
 
-// roundTrip publishes req and waits for its reply. A reply carrying an
-// error is returned as that error.
-func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request, function string) (*bus.Reply, error) {
+// roundTripVia publishes req, or hands it to local when a replica there
+// takes it, and waits for its reply. A reply carrying an error is
+// returned as that error.
+func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Request, function string, local LocalServices) (*bus.Reply, error) {
 	w := c.waiters.Get().(*waiter)
 	c.mu.Lock()
 	if c.closed {
@@ -426,8 +455,16 @@ func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request
 	// The caller waits once, for the reply or for a failure to store the
 	// request, not first for the write and then for the reply.
 	req.Failed = w.failed
-	if err := c.publish(ctx, service, req); err != nil {
-		return nil, err
+	if local == nil || local.Dispatch(service, req, c.deliverFn) != nil {
+		if local != nil {
+			// Not taken in-process: it waits in the bus like any call.
+			if err := c.admit.admit(ctx, service); err != nil {
+				return nil, err
+			}
+		}
+		if err := c.publish(ctx, service, req); err != nil {
+			return nil, err
+		}
 	}
 	select {
 	case rep := <-w.ch:

@@ -40,11 +40,16 @@ func newDirectory(b bus.Bus, cfg Config) (*directory, error) {
 }
 
 // wrap checks every invocation before next sends it.
-func (d *directory) wrap(next Invoker) Invoker {
+// A service hosted in this process (local) is not checked: its replica
+// here answers, and the registry may not have seen it announce yet.
+func (d *directory) wrap(next Invoker, local LocalServices) Invoker {
 	if d == nil {
 		return next
 	}
 	return func(ctx context.Context, inv *Invocation) (json.RawMessage, error) {
+		if local != nil && local.Hosts(inv.Service) {
+			return next(ctx, inv)
+		}
 		if err := d.w.Check(ctx, inv.Service, inv.Name, inv.Async); err != nil {
 			return nil, err
 		}

@@ -28,6 +28,13 @@ type Invocation struct {
 	// goroutine at a time (an interceptor that retries calls next again
 	// after it returned).
 	wire bus.Request
+	// argsBorrowed: Args are the caller's own bytes (json.RawMessage or
+	// []byte), which an in-process replica must copy.
+	argsBorrowed bool
+	// argValue is the Go argument, resultValue the Go result of a call
+	// answered in-process (bus.Request.Value, bus.Reply.Value).
+	argValue, resultValue any
+	begun                 time.Time // when Call began
 }
 
 // Invoker carries an invocation on and returns the JSON result (nil for a

@@ -50,6 +50,9 @@ func (r *Request) Arg() (any, error) {
 	}
 	r.decoded = true
 	r.arg = r.fn.newArg()
+	if v := r.wire.Value; v != nil && r.fn.argPlain && r.fn.setArg(r.arg, v) {
+		return r.arg, nil // in-process: the caller's value, as JSON would give it
+	}
 	if len(r.Payload) > 0 {
 		if err := jsondec.Unmarshal(r.Payload, r.arg); err != nil {
 			r.argErr = fnmesh.Errorf(fnmesh.CodeInvalidArgument, "arguments of %s.%s are not valid JSON for %s: %v", r.Service, r.Function, r.fn.inType, err)
@@ -83,6 +86,11 @@ type function struct {
 	requires []func(ctx context.Context, c security.Claims) error
 	retry    *RetryPolicy
 	handler  Handler // the full chain, built by Run
+
+	// In-process calls pass arguments and results as Go values when
+	// their types survive a JSON round trip unchanged (plainType).
+	setArg             func(dst, v any) bool // *dst.(*In) = v.(In)
+	argPlain, outPlain bool
 }
 
 // FunctionOption configures one registered function.
@@ -127,6 +135,15 @@ func Register[In, Out any](s *Service, name string, fn func(ctx context.Context,
 		call: func(ctx context.Context, arg any) (any, error) {
 			return fn(ctx, *arg.(*In))
 		},
+		setArg: func(dst, v any) bool {
+			in, ok := v.(In)
+			if ok {
+				*dst.(*In) = in
+			}
+			return ok
+		},
+		argPlain: plainType(reflect.TypeFor[In]()),
+		outPlain: plainType(reflect.TypeFor[Out]()),
 	}
 	for _, o := range opts {
 		o(f)

@@ -27,7 +27,9 @@ import (
 // each field.
 type Config struct {
 	// Auth verifies every caller's token. Required, unless
-	// AllowUnauthenticated says the service runs open.
+	// AllowUnauthenticated says the service runs open. Tokens it accepts
+	// are remembered until they expire (security.CacheVerified), for
+	// calls over the bus and in-process alike.
 	Auth security.Verifier
 	// AllowUnauthenticated runs every function without a token check. It
 	// must be set explicitly: a service with neither Auth nor this fails
@@ -175,6 +177,7 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Auth = security.CacheVerified(c.Auth, security.TokenCacheConfig{})
 	c.Retry.setDefaults()
 }
 
@@ -231,6 +234,8 @@ type Service struct {
 	buildErr   error // what that Run found wrong
 	started    chan struct{}
 	startOnce  sync.Once
+	local      localReplicas // replicas in this process, for Dispatch
+	colocated  []string      // services hosted with it (SetColocated)
 }
 
 // NewService returns an empty service. Configuration problems are
@@ -423,7 +428,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	}
 	ended := make(chan struct{}) // every worker returned: the subscription ended
 	go func() { workers.Wait(); close(ended) }()
-	stopPlugins, err := s.startPlugins(ctx, ReplicaInfo{Service: s.name, Replica: id, Bus: b, Functions: s.FunctionInfos(), Logger: rep.log})
+	stopPlugins, err := s.startPlugins(ctx, ReplicaInfo{Service: s.name, Replica: id, Bus: b, Functions: s.FunctionInfos(), Logger: rep.log, Colocated: s.colocatedWith()})
 	if err != nil {
 		sub.Close()
 		hardStop()
@@ -431,6 +436,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 		return err
 	}
 	defer stopPlugins() // also when the bus closed
+	local := rep.startLocal()
 	s.startOnce.Do(func() { close(s.started) })
 	health.set(true)
 	rep.log.Debug("replica started")
@@ -438,19 +444,25 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	select {
 	case <-ctx.Done():
 	case <-ended:
+		local.close()
+		hardStop()
+		local.wait(5 * time.Second)
 		return fmt.Errorf("handlers: service %s: bus closed", s.name)
 	}
 	start := time.Now()
 	health.set(false)
 	stopPlugins() // e.g. leave the registry before draining
-	// Stop taking requests; let running ones finish for DrainTimeout.
+	// Stop taking requests (in-process ones go to the bus); let running
+	// ones finish for DrainTimeout.
+	local.close()
 	sub.Close()
 	drained := waitTimeout(&workers, s.cfg.DrainTimeout)
+	drained = local.wait(max(0, s.cfg.DrainTimeout-time.Since(start))) && drained
 	// Then cancel what still runs: those requests are handed back (nacked,
 	// and the bus gives them to another replica at once).
-	unfinished := rep.running.Load()
+	unfinished := rep.running.Load() + local.inflight.Load()
 	hardStop()
-	if !drained && !waitTimeout(&workers, 5*time.Second) {
+	if !drained && !(waitTimeout(&workers, 5*time.Second) && local.wait(5*time.Second)) {
 		rep.log.Warn("requests ignore their cancelled context; they will be taken over once idle", "count", rep.running.Load())
 	}
 	rep.log.Debug("replica stopped", "drain", time.Since(start), "handed_back", unfinished)

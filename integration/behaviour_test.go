@@ -22,5 +22,12 @@ func TestRedisBehaviour(t *testing.T) {
 	bustest.Run(t, func(t *testing.T) bus.Bus { return newRedisBus(t, bus.RedisConfig{}) })
 }
 
+// The suite on the co-located path with a Redis bus: every service a test
+// starts is hosted in the test's process and called in-process; sends go
+// through Redis, as they do by default.
+func TestRedisColocatedBehaviour(t *testing.T) {
+	bustest.RunColocated(t, func(t *testing.T) bus.Bus { return newRedisBus(t, bus.RedisConfig{}) }, false)
+}
+
 // busConfig is the bus configuration tests use unless they need another.
 func busConfig() bus.RedisConfig { return bus.RedisConfig{} }

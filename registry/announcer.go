@@ -21,6 +21,10 @@ type ReplicaInfo struct {
 	Bus       bus.Bus
 	Functions []FunctionInfo
 	Logger    *slog.Logger
+	// Colocated lists the services hosted in this process, this one
+	// included, when a placement.Process runs it: callers here reach
+	// them in-process. Nil for a replica run on its own.
+	Colocated []string
 }
 
 // FunctionInfo describes one registered function.
@@ -109,7 +113,7 @@ func Record(info ReplicaInfo, version string) *Replica {
 	host, _ := os.Hostname()
 	r := &Replica{
 		Service: info.Service, ID: info.Replica, Host: host, PID: os.Getpid(),
-		Version: version, StartedAt: time.Now().UTC(),
+		Version: version, StartedAt: time.Now().UTC(), Colocated: info.Colocated,
 	}
 	for _, f := range info.Functions {
 		r.Functions = append(r.Functions, Function{Name: f.Name, Access: f.Access, Request: Schema(f.In), Response: Schema(f.Out)})

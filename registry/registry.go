@@ -43,6 +43,11 @@ type Replica struct {
 	Version   string     `json:"version,omitempty"`
 	StartedAt time.Time  `json:"started_at"`
 	Functions []Function `json:"functions"`
+	// Colocated lists the services hosted in the replica's process, its
+	// own included, when a placement.Process runs it: callers in that
+	// process reach it in-process, everyone else through the bus. Empty
+	// for a replica run on its own.
+	Colocated []string `json:"colocated,omitempty"`
 
 	// Set when read back from the registry.
 	Expires time.Time `json:"expires,omitzero"` // dropped after this, unless it heartbeats

@@ -32,7 +32,18 @@ import (
 type NewBus func(t *testing.T) bus.Bus
 
 // Run runs every behaviour test against buses from newBus.
-func Run(t *testing.T, newBus NewBus) {
+func Run(t *testing.T, newBus NewBus) { run(t, newBus, nil) }
+
+// RunColocated runs every behaviour test on the co-located path: each
+// service a test starts is hosted in the test's process, and its clients
+// call it in-process (client.Config.Local), with the same expectations as
+// over the bus. Sends go over the bus unless localSends (client.Config
+// LocalSends).
+func RunColocated(t *testing.T, newBus NewBus, localSends bool) {
+	run(t, newBus, &Colocated{LocalSends: localSends})
+}
+
+func run(t *testing.T, newBus NewBus, colocated *Colocated) {
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, h *Harness)
@@ -83,7 +94,11 @@ func Run(t *testing.T, newBus NewBus) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tc.fn(t, NewHarness(t, newBus(t)))
+			h := NewHarness(t, newBus(t))
+			if colocated != nil {
+				h.Local = &Colocated{LocalSends: colocated.LocalSends}
+			}
+			tc.fn(t, h)
 		})
 	}
 }
@@ -93,6 +108,43 @@ func Run(t *testing.T, newBus NewBus) {
 type Harness struct {
 	T   testing.TB
 	Bus bus.Bus
+	// Local, when set, hosts every service Start runs in this process, and
+	// Client's clients call them in-process.
+	Local *Colocated
+}
+
+// Colocated is the set of services a Harness hosts in-process.
+type Colocated struct {
+	LocalSends bool // clients also send in-process
+	mu         sync.Mutex
+	services   map[string]*handlers.Service
+}
+
+func (c *Colocated) add(svc *handlers.Service) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.services == nil {
+		c.services = map[string]*handlers.Service{}
+	}
+	c.services[svc.Name()] = svc
+}
+
+func (c *Colocated) get(service string) *handlers.Service {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.services[service]
+}
+
+// Hosts implements client.LocalServices.
+func (c *Colocated) Hosts(service string) bool { return c.get(service) != nil }
+
+// Dispatch implements client.LocalServices.
+func (c *Colocated) Dispatch(service string, req *bus.Request, deliver func(*bus.Reply)) error {
+	svc := c.get(service)
+	if svc == nil {
+		return handlers.ErrNotServedHere
+	}
+	return svc.Dispatch(req, deliver)
 }
 
 // NewHarness wraps b; b is closed when the test ends.
@@ -135,6 +187,9 @@ var Quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // has joined its group. Run's error is checked at the end.
 func (h *Harness) Start(svc *handlers.Service) {
 	h.T.Helper()
+	if h.Local != nil {
+		h.Local.add(svc)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- svc.Run(ctx, h.Bus) }()
@@ -156,6 +211,9 @@ func (h *Harness) Start(svc *handlers.Service) {
 // StartStoppable runs one replica and returns a function that stops it
 // and returns Run's error.
 func (h *Harness) StartStoppable(svc *handlers.Service) (stop func() error) {
+	if h.Local != nil {
+		h.Local.add(svc)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- svc.Run(ctx, h.Bus) }()
@@ -174,6 +232,9 @@ func (h *Harness) Client(cfg client.Config) *client.Client {
 	h.T.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = Quiet
+	}
+	if h.Local != nil && cfg.Local == nil {
+		cfg.Local, cfg.LocalSends = h.Local, h.Local.LocalSends
 	}
 	c, err := client.New(h.Bus, cfg)
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 )
 
 // benchModes are the values of bench --mode.
-var benchModes = []string{"call", "send", "raw-call", "raw-send", "scale"}
+var benchModes = []string{"call", "send", "raw-call", "raw-send", "scale", "local"}
 
 func benchCommand() *cli.Command {
 	return &cli.Command{
@@ -30,12 +30,16 @@ func benchCommand() *cli.Command {
 			"--mode scale starts 1, 2 and 4 replica processes (--counts) of a function that\n" +
 			"waits 20 ms (--work io) or burns CPU (--work cpu), drives them with 256 calls in\n" +
 			"flight (--concurrency) and prints calls/s and latency per replica count; with\n" +
-			"--rounds N it measures the counts N times in turn and prints the medians.",
+			"--rounds N it measures the counts N times in turn and prints the medians.\n\n" +
+			"--mode local compares, in one run, a Go function called directly, the same\n" +
+			"function co-located (in-process through the mesh) without and with an HS256\n" +
+			"token, and over the in-memory bus: p50 of sequential calls, calls/s with\n" +
+			"--concurrency in flight, and process CPU per call.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "mode", Value: "call", Usage: strings.Join(benchModes, ", ")},
 			&cli.StringFlag{Name: "work", Value: "io", Usage: "scale mode: what the function does, io (waits 20 ms) or cpu (hashes)"},
 			&cli.IntSliceFlag{Name: "counts", Value: cli.NewIntSlice(1, 2, 4), Usage: "scale mode: replica processes to measure"},
-			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "scale mode: measure the counts this many times in turn and print the medians"},
+			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "scale and local modes: measure this many times in turn and print the medians"},
 			&cli.IntFlag{Name: "replicas", Value: 2, Usage: "replicas of the function, each with its own connection"},
 			&cli.IntFlag{Name: "concurrency", Value: 64, Usage: "calls in flight"},
 			&cli.DurationFlag{Name: "duration", Value: 3 * time.Second, Usage: "length of the throughput phase"},
@@ -52,6 +56,8 @@ func benchCommand() *cli.Command {
 				return bench.ServeScaleReplica(c.String("redis"))
 			case mode == "scale":
 				return runScale(c)
+			case mode == "local":
+				return runLocal(c)
 			case !slices.Contains(benchModes, mode):
 				return cli.Exit(fmt.Sprintf("unknown --mode %q: one of %s", mode, strings.Join(benchModes, ", ")), 2)
 			}
@@ -156,4 +162,23 @@ func writeHeapProfile(path string) error {
 	}
 	defer f.Close()
 	return pprof.Lookup("allocs").WriteTo(f, 0)
+}
+
+// runLocal is --mode local: the co-located path against a direct call and
+// the in-memory bus, in one run.
+func runLocal(c *cli.Context) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	o := bench.Options{Concurrency: c.Int("concurrency"), Duration: c.Duration("duration"), Sequential: c.Int("n")}
+	rounds, med, err := bench.RunLocal(ctx, o, c.Int("rounds"))
+	if err != nil {
+		return err
+	}
+	for _, r := range rounds {
+		fmt.Fprintln(c.App.Writer, r)
+	}
+	if len(rounds) > 1 {
+		fmt.Fprintln(c.App.Writer, bench.MedianLine(len(rounds), med))
+	}
+	return nil
 }

@@ -54,6 +54,11 @@ type lsReplica struct {
 	StartedAt time.Time `json:"started_at"`
 	Expires   time.Time `json:"expires"`
 	Functions []string  `json:"functions"`
+	// Process is host:pid; Colocated the services hosted with it there,
+	// whose calls to it stay in-process (empty: reached through the bus
+	// only).
+	Process   string   `json:"process"`
+	Colocated []string `json:"colocated,omitempty"`
 	// Breaking lists functions whose request schema on this replica
 	// breaks the one older live replicas serve.
 	Breaking []registry.Conflict `json:"breaking,omitempty"`
@@ -77,7 +82,8 @@ func lsOf(s Service) lsService {
 		out.Known = []string{}
 	}
 	for _, r := range v.Replicas {
-		lr := lsReplica{ID: r.ID, Host: r.Host, PID: r.PID, Version: r.Version, StartedAt: r.StartedAt, Expires: r.Expires}
+		lr := lsReplica{ID: r.ID, Host: r.Host, PID: r.PID, Version: r.Version, StartedAt: r.StartedAt, Expires: r.Expires,
+			Process: process(r), Colocated: r.Colocated}
 		for _, f := range r.Functions {
 			lr.Functions = append(lr.Functions, f.Name)
 		}
@@ -143,12 +149,29 @@ func WriteLS(w io.Writer, services []Service, asJSON bool, now time.Time) error 
 				version = "-"
 			}
 			fmt.Fprintf(w, "  %s %-30s %-16s %-8s up %s\n", mark, trunc(r.ID, 30), trunc(r.Host, 16), trunc(version, 8), age(now.Sub(r.StartedAt)))
+			fmt.Fprintf(w, "      process %s, %s\n", r.Process, how(r.Colocated))
 			for _, c := range r.Breaking {
 				fmt.Fprintf(w, "      breaking %s vs %s: %s\n", c.Function, trunc(c.Baseline, 24), summary(c.Changes))
 			}
 		}
 	}
 	return nil
+}
+
+// process names a replica's process, host:pid.
+func process(r registry.Replica) string {
+	if r.PID == 0 {
+		return r.Host
+	}
+	return fmt.Sprintf("%s:%d", r.Host, r.PID)
+}
+
+// how says how callers reach a replica.
+func how(colocated []string) string {
+	if len(colocated) == 0 {
+		return "remote: reached through the bus"
+	}
+	return "co-located with " + strings.Join(colocated, ", ") + ": in-process for them, through the bus for others"
 }
 
 func summary(changes []registry.Change) string {
@@ -215,11 +238,14 @@ func wrapList(items []string, width int, indent string) string {
 // ---- describe
 
 type describedFunction struct {
-	Name     string          `json:"name"`
-	Access   string          `json:"access,omitempty"`
-	Replicas []string        `json:"replicas"`
-	Request  json.RawMessage `json:"request"`
-	Response json.RawMessage `json:"response"`
+	Name     string   `json:"name"`
+	Access   string   `json:"access,omitempty"`
+	Replicas []string `json:"replicas"`
+	// Processes says, per replica, which process serves it and how
+	// (co-located or remote).
+	Processes []string        `json:"processes"`
+	Request   json.RawMessage `json:"request"`
+	Response  json.RawMessage `json:"response"`
 	// Variants counts distinct request schemas among live replicas.
 	Variants int `json:"variants"`
 }
@@ -251,7 +277,7 @@ func WriteDescribe(w io.Writer, s Service, function string, asJSON, diff bool) e
 	}
 	var fns []describedFunction
 	for _, name := range names {
-		d := describedFunction{Name: name, Replicas: []string{}}
+		d := describedFunction{Name: name, Replicas: []string{}, Processes: []string{}}
 		schemas := map[string]bool{}
 		for _, r := range v.Replicas {
 			f, ok := r.Function(name)
@@ -262,6 +288,7 @@ func WriteDescribe(w io.Writer, s Service, function string, asJSON, diff bool) e
 				d.Request, d.Response, d.Access = f.Request, f.Response, f.Access
 			}
 			d.Replicas = append(d.Replicas, r.ID)
+			d.Processes = append(d.Processes, process(r)+" ("+how(r.Colocated)+")")
 			schemas[string(f.Request)] = true
 		}
 		d.Variants = len(schemas)
@@ -279,6 +306,9 @@ func WriteDescribe(w io.Writer, s Service, function string, asJSON, diff bool) e
 		fmt.Fprintf(w, "%s.%s\n", v.Name, d.Name)
 		fmt.Fprintf(w, "  access:   %s\n", d.Access)
 		fmt.Fprintf(w, "  replicas: %d (%s)\n", len(d.Replicas), strings.Join(d.Replicas, ", "))
+		for i, p := range d.Processes {
+			fmt.Fprintf(w, "    %s: process %s\n", d.Replicas[i], p)
+		}
 		if d.Variants > 1 {
 			fmt.Fprintf(w, "  ! %d different request schemas among live replicas: fnmesh describe --diff %s.%s\n", d.Variants, v.Name, d.Name)
 		}

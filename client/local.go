@@ -1,0 +1,133 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+
+	"github.com/fnmesh/fnmesh"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/internal/jsondec"
+)
+
+// LocalServices are the services whose replicas run in the caller's own
+// process. A Client with Config.Local hands each Call to such a service
+// straight to its replica, in-process, and sends everything else over
+// the bus. placement.Process implements it; handlers.Service.Dispatch
+// does the work.
+type LocalServices interface {
+	// Hosts reports whether service runs in this process.
+	Hosts(service string) bool
+	// Dispatch hands req to a replica of service in this process and
+	// returns at once; the reply of a call goes to deliver, once. An
+	// error means no replica here can take req now (none, full, or
+	// draining): the client then sends req over the bus.
+	Dispatch(service string, req *bus.Request, deliver func(*bus.Reply)) error
+}
+
+// local returns where inv runs in this process, or nil when it goes over
+// the bus: a Call to a hosted service, or a Send to one with
+// Config.LocalSends.
+func (c *Client) local(inv *Invocation) LocalServices {
+	l := c.cfg.Local
+	if l == nil || inv.Async && !c.cfg.LocalSends || !l.Hosts(inv.Service) {
+		return nil
+	}
+	return l
+}
+
+// sendLocal runs inv on a replica in this process, through the backlog
+// bound and the breaker as over the bus: once the bound is reached it is
+// refused, not run ahead of the requests waiting in the bus. When no
+// replica here can take it, the request goes over the bus.
+func (c *Client) sendLocal(ctx context.Context, inv *Invocation, l LocalServices) (json.RawMessage, error) {
+	if err := c.admit.check(ctx, inv.Service); err != nil {
+		return nil, err
+	}
+	if c.cfg.Breaker.Disabled {
+		return c.transportLocal(ctx, inv, l)
+	}
+	done, berr := c.breaker(inv.Function).Allow()
+	if berr != nil {
+		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", inv.Function, berr)
+	}
+	result, err := c.transportLocal(ctx, inv, l)
+	if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && inv.Deadline.Sub(inv.begun) < c.cfg.Breaker.MinTimeout {
+		done(errNotCounted) // the caller allowed too little time to tell
+	} else {
+		done(err)
+	}
+	return result, err
+}
+
+func (c *Client) transportLocal(ctx context.Context, inv *Invocation, l LocalServices) (json.RawMessage, error) {
+	req := &inv.wire // Dispatch copies it
+	*req = bus.Request{
+		ID: inv.ID, Function: inv.Name, Payload: inv.Args, Deadline: inv.Deadline, Token: inv.Token,
+		Caller: c.cfg.Name, TraceParent: inv.TraceParent, IdempotencyKey: inv.IdempotencyKey,
+		Value: inv.argValue,
+	}
+	if inv.argsBorrowed {
+		// The replica may still read the arguments after the call gave up
+		// (deadline, cancel): it gets its own copy of the caller's bytes.
+		req.Payload = append([]byte(nil), req.Payload...)
+	}
+	if inv.Async {
+		if l.Dispatch(inv.Service, req, nil) == nil {
+			return nil, nil
+		}
+		if err := c.admit.admit(ctx, inv.Service); err != nil {
+			return nil, err
+		}
+		return nil, c.publish(ctx, inv.Service, req)
+	}
+	req.ReplyTo = c.inbox
+	rep, err := c.roundTripVia(ctx, inv.Service, req, inv.Function, l)
+	if rep != nil {
+		inv.Replica = rep.Replica
+	}
+	if err != nil {
+		return nil, err
+	}
+	inv.resultValue = rep.Value
+	return rep.Payload, nil
+}
+
+// marshalled returns in when Payload was made from it by json.Marshal
+// (bus.Request.Value), else nil.
+func marshalled(in any, borrowed bool) any {
+	if borrowed {
+		return nil
+	}
+	if _, raw := in.(json.RawMessage); raw {
+		return nil
+	}
+	return in
+}
+
+// takeValue stores a result that came as a Go value (an in-process
+// replica's, of a type that JSON would copy exactly) in out: assigned
+// when out points to its type, else through JSON as over the bus.
+func takeValue(function string, v, out any) error {
+	if out == nil {
+		return nil
+	}
+	dst := reflect.ValueOf(out)
+	if dst.Kind() == reflect.Pointer && !dst.IsNil() && dst.Type().Elem() == reflect.TypeOf(v) {
+		dst.Elem().Set(reflect.ValueOf(v))
+		return nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fnmesh.Errorf(fnmesh.CodeInternal, "result is not JSON-encodable: %v", err)
+	}
+	if raw, ok := out.(*json.RawMessage); ok {
+		*raw = b
+		return nil
+	}
+	if err := jsondec.Unmarshal(b, out); err != nil {
+		return fnmesh.Errorf(fnmesh.CodeInternal, "result of %s does not decode into %T: %v", function, out, err)
+	}
+	return nil
+}

@@ -1,0 +1,116 @@
+package placement_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/placement"
+	"github.com/fnmesh/fnmesh/security"
+)
+
+var benchSecret = []byte("placement-bench-secret-0123456789abcdef")
+
+// benchIn has no validate tags: the benchmarks measure the mesh, not
+// validation rules.
+type benchIn struct{ A, B int }
+type benchOut struct{ Sum int }
+
+//go:noinline
+func add(_ context.Context, in benchIn) (benchOut, error) {
+	return benchOut{Sum: in.A + in.B}, nil
+}
+
+// colocated returns a client calling math.add in-process (local) or over
+// the in-memory bus, with or without a token check.
+func colocated(tb testing.TB, local, withToken bool) *client.Client {
+	tb.Helper()
+	b := bus.NewMemory()
+	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet}
+	var token string
+	if withToken {
+		v, err := security.NewJWTVerifier(security.JWTConfig{HMACSecret: benchSecret})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		cfg = handlers.Config{Auth: v, Logger: bustest.Quiet}
+		token, err = jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "bench", "exp": time.Now().Add(time.Hour).Unix()}).SignedString(benchSecret)
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	svc := handlers.NewService("math", cfg)
+	handlers.Register(svc, "add", add)
+	p, err := placement.New(placement.Config{}, svc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx, b); close(done) }()
+	if err := p.Started(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	ccfg := client.Config{Token: token, Logger: bustest.Quiet}
+	if local {
+		ccfg.Local = p
+	}
+	c, err := client.New(b, ccfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close(); cancel(); <-done; b.Close() })
+	return c
+}
+
+func benchCalls(b *testing.B, c *client.Client) {
+	ctx := context.Background()
+	in := benchIn{A: 1, B: 2}
+	var out benchOut
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := c.Call(ctx, "math.add", in, &out); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDirect is the baseline: the Go function called directly.
+func BenchmarkDirect(b *testing.B) {
+	ctx := context.Background()
+	in := benchIn{A: 1, B: 2}
+	f := add
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		out, err := f(ctx, in)
+		if err != nil || out.Sum != 3 {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkColocatedCall(b *testing.B)      { benchCalls(b, colocated(b, true, false)) }
+func BenchmarkColocatedCallHS256(b *testing.B) { benchCalls(b, colocated(b, true, true)) }
+func BenchmarkMemoryBusCall(b *testing.B)      { benchCalls(b, colocated(b, false, false)) }
+func BenchmarkMemoryBusCallHS256(b *testing.B) { benchCalls(b, colocated(b, false, true)) }
+
+func BenchmarkColocatedCallParallel(b *testing.B) {
+	c := colocated(b, true, false)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		var out benchOut
+		for pb.Next() {
+			if err := c.Call(context.Background(), "math.add", benchIn{A: 1, B: 2}, &out); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
