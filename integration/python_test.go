@@ -370,3 +370,36 @@ func TestPythonReplicaKilledMidSendsLosesNothing(t *testing.T) {
 		return err == nil && p.Count == 0
 	})
 }
+
+// A key stored by a Go replica is honoured by a Python replica of the
+// same service: both store it under the same name and value (PROTOCOL.md
+// §12), so the Python replica answers with the Go replica's result, and
+// refuses the key with other arguments.
+func TestPythonReplicaHonoursGoIdempotencyKeys(t *testing.T) {
+	t.Parallel()
+	service := bustest.Name("pyidem")
+	w := startWorker(t, workerSpec{Service: service, Replica: "go-replica"})
+	c := newClient(t, client.Config{})
+	ctx := context.Background()
+	var got string
+	if err := c.Call(ctx, service+".sleep", SleepIn{Ms: 1}, &got, client.WithIdempotencyKey("order-1")); err != nil || got != "go-replica" {
+		t.Fatalf("first call: %q %v", got, err)
+	}
+	if err := w.terminate(20 * time.Second); err != nil {
+		t.Fatalf("stopping the Go replica: %v", err)
+	}
+	startPythonReplica(t, service, "py-replica")
+	c = newClient(t, client.Config{}) // a caller that has not seen the Go replica leave
+	got = ""
+	if err := c.Call(ctx, service+".sleep", SleepIn{Ms: 1}, &got, client.WithIdempotencyKey("order-1")); err != nil || got != "go-replica" {
+		t.Fatalf("the same key on the Python replica: %q %v, want the Go replica's result", got, err)
+	}
+	err := c.Call(ctx, service+".sleep", SleepIn{Ms: 2}, &got, client.WithIdempotencyKey("order-1"))
+	fe := bustest.WantCode(t, err, fnmesh.CodeInvalidArgument)
+	if !strings.Contains(fe.Message, `idempotency key "order-1" was already used with different arguments for `+service+".sleep") {
+		t.Errorf("other arguments: %q", fe.Message)
+	}
+	if err := c.Call(ctx, service+".sleep", SleepIn{Ms: 1}, &got, client.WithIdempotencyKey("order-2")); err != nil || got != "py-replica" {
+		t.Fatalf("a new key: %q %v, want the Python replica to run it", got, err)
+	}
+}

@@ -66,7 +66,7 @@ interface BacklogView {
   waiting: number;
   max: number;
   readAt: number;
-  added: number; // requests this client added since readAt
+  added: number; // requests this client added that the last read did not count
   refreshing?: Promise<void>;
 }
 
@@ -281,6 +281,12 @@ export class Client {
   private async readBacklog(service: string, v: BacklogView): Promise<void> {
     const key = requestKey(service);
     try {
+      // Read behind the requests already admitted: each writes its XADD a
+      // few microtasks after its admission, on this same connection, so
+      // they are all written before the next macrotask and the lag read
+      // counts them. What is admitted after base is counted on top.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      const base = v.added;
       const [max, len, groups] = await Promise.all([
         this.cmd!.send(["HGET", limitsKey(service), "max_backlog"]),
         this.cmd!.send(["XLEN", key]),
@@ -299,7 +305,7 @@ export class Client {
       }
       v.max = max === null || max === undefined ? 0 : Number(max);
       v.waiting = waiting;
-      v.added = 0;
+      v.added = Math.max(v.added - base, 0);
     } catch (err) {
       // Keep the last view; the call itself reports an outage.
       this.log.debug("backlog unknown", { service, err: errorMessage(err) });

@@ -166,4 +166,31 @@ describe("backlog bound", () => {
     await eventually("all acked", async () => (await r.send<any[]>(["XPENDING", `fnmesh:{${svc}}:req`, "fnmesh"]))[0] === 0);
     assert.deepEqual([...ran].sort(), [0, 1, 2]);
   });
+
+  it("counts sends made while a backlog read is in flight", async () => {
+    const svc = unique("boundrace");
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    await replica(svc, { f: () => gate }, { concurrency: 1, maxBacklog: 3 });
+    cleanups.push(async () => release());
+    const c = await connect({ url, logger: quiet, admissionIntervalMs: 0 });
+    cleanups.push(() => c.close());
+    const r = await redis();
+    const group = async () => fieldsOf((await r.send<string[][]>(["XINFO", "GROUPS", `fnmesh:{${svc}}:req`]))[0]);
+    await c.send(`${svc}.f`, {}); // taken by the replica
+    await eventually("running", async () => Number((await group()).pending) === 1);
+    let admitted = 0;
+    for (let round = 0; round < 4; round++) {
+      await new Promise((res) => setTimeout(res, 5)); // the view is stale: the next send reads the backlog again
+      // Sent at once: each round's first send starts a read, the others are admitted while it is in flight.
+      const out = await Promise.allSettled(Array.from({ length: 5 }, (_, i) => c.send(`${svc}.f`, { round, i })));
+      for (const o of out) {
+        if (o.status === "fulfilled") admitted++;
+        else assert.equal((o.reason as FnmeshError).code, Codes.ResourceExhausted);
+      }
+    }
+    const lag = Number((await group()).lag);
+    assert.ok(lag <= 3, `${lag} requests waiting, the bound is 3`);
+    assert.equal(admitted, lag);
+  });
 });

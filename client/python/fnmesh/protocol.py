@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -39,6 +40,18 @@ def limits_key(service: str) -> str:
 
 def idempotency_key(service: str, key: str) -> str:
     return "fnmesh:{" + service + "}:idem:" + key
+
+
+def idempotency_scope(fn: str, subject: str, key: str) -> str:
+    """§12: the stored name of a caller's idempotency key, scoped to the
+    function (with its version) and the verified subject ("" without one)."""
+    sub = subject.encode()
+    return hashlib.sha256(fn.encode() + b"\n" + str(len(sub)).encode() + b"\n" + sub + key.encode()).hexdigest()
+
+
+def args_hash(payload: str | None) -> str:
+    """§12: the hash of the arguments (the `p` bytes as sent) a key was used with."""
+    return hashlib.sha256((payload or "").encode()).hexdigest()
 
 
 def split_name(name: str) -> tuple[str, str]:

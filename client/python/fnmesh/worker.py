@@ -43,10 +43,12 @@ from .protocol import (
     PROTOCOL_VERSION,
     REPLY_PREFIX,
     SERVICE_RE,
+    args_hash,
     compare_ids,
     dead_letter_key,
     function_key,
     idempotency_key,
+    idempotency_scope,
     limits_key,
     next_id,
 )
@@ -672,9 +674,20 @@ class Replica:
             await asyncio.sleep(min(left, 0.1))
 
     async def _run_once(self, lane: _Lane, eid: str, f: dict[str, str], count: int, fn: _Fn, req: _Req, args: Any) -> None:
-        """§12: a request with an idempotency key runs once per key (within the window)."""
+        """§12: a request with an idempotency key runs once per key (within
+        the window). The caller is checked first: a refused request runs
+        (and is refused) as one without a key, and never sees a stored
+        result."""
         assert self._cmd
-        key = idempotency_key(self.service, req.idempotency_key)
+        checked = self._context(req, count)
+        try:
+            await self._admit(fn, req, checked)
+        except Exception:
+            await self._run_request(lane, eid, f, count, fn, req, args)
+            return
+        sub = checked.claims.get("sub") if isinstance(checked.claims, dict) else None
+        key = idempotency_key(self.service, idempotency_scope(req.fn, sub if isinstance(sub, str) else "", req.idempotency_key))
+        sum_ = args_hash(req.payload)
         got: list[Any] = []
 
         async def begin() -> None:
@@ -683,10 +696,18 @@ class Replica:
         await self._write(eid, begin)
         state, prior = int(got[0][0]), str(got[0][1] or "")
         if state == 3:
-            # A request with the key succeeded: a call gets its result.
-            result = prior.split("|", 2)[2] if prior.count("|") >= 2 else ""
+            # A request with the key succeeded: a call with its arguments gets its result.
+            parts = prior.split("|", 3)
+            if len(parts) < 4 or parts[2] != sum_:
+                err = FnmeshError(INVALID_ARGUMENT, f"idempotency key {json.dumps(req.idempotency_key)} was already used with different "
+                                                    f"arguments for {self.service}.{req.fn}: use a new key for new arguments")
+                if req.rt:
+                    await self._write_reply(lane, eid, req, err, True)
+                else:
+                    await self._settle(lane, eid, count, None, err, f, count)
+                return
             if req.rt:
-                await self._write_reply(lane, eid, req, _RawJSON(result or "null"), True)
+                await self._write_reply(lane, eid, req, _RawJSON(parts[3] or "null"), True)
             else:
                 self._ack(lane, eid)
             return
@@ -700,7 +721,7 @@ class Replica:
         ok, result = await self._run_request(lane, eid, f, count, fn, req, args, then_ack=False)
         try:
             if ok:
-                await self._cmd.set(key, f"d|{eid}|{result or ''}", px=int(self._idem_ms))
+                await self._cmd.set(key, f"d|{eid}|{sum_}|{result or ''}", px=int(self._idem_ms))
             else:
                 # Failed for good: a later request with the key may try again.
                 await self._cmd.eval(_IDEM_RELEASE, 1, key, eid)
@@ -708,14 +729,17 @@ class Replica:
             log.error("fnmesh: could not record idempotency key %s: %s", req.idempotency_key, e)
         self._ack(lane, eid)
 
-    async def _invoke(self, fn: _Fn, req: _Req, args: Any, attempt: int) -> Any:
-        """Runs fn's chain: token check, claim checks, decoding and
-        validation, the function. Returns the result or a FnmeshError."""
-        ctx = Context(
+    def _context(self, req: _Req, attempt: int) -> Context:
+        return Context(
             id=req.id, service=self.service, function=req.fn, replica=self.id, caller=req.caller,
             deadline=req.deadline / 1000 if req.deadline is not None else None, token=req.token, claims=None,
             is_send=not req.rt, attempt=attempt, traceparent=req.traceparent, idempotency_key=req.idempotency_key,
         )
+
+    async def _invoke(self, fn: _Fn, req: _Req, args: Any, attempt: int) -> Any:
+        """Runs fn's chain: token check, claim checks, decoding and
+        validation, the function. Returns the result or a FnmeshError."""
+        ctx = self._context(req, attempt)
         start = time.perf_counter()
         fn.running += 1
         try:
@@ -733,6 +757,11 @@ class Replica:
                 result = FnmeshError(UNAVAILABLE, "replica stopped")
             else:
                 raise
+        except _BUGS as e:
+            # A bug, as a panic is in Go: its text may hold anything the
+            # function had in hand, so it stays in the log.
+            log.error("fnmesh: function %s raised %s under request id %s", req.fn, type(e).__name__, req.id, exc_info=e)
+            result = FnmeshError(INTERNAL, f"{self.service}.{req.fn} raised a {type(e).__name__}; its worker logged it under request id {req.id}")
         except Exception as e:
             log.debug("fnmesh: function %s failed: %r", req.fn, e)
             result = FnmeshError(INTERNAL, str(e) or type(e).__name__)
@@ -741,7 +770,9 @@ class Replica:
         fn.observe(time.perf_counter() - start, isinstance(result, FnmeshError))
         return result
 
-    async def _chain(self, fn: _Fn, req: _Req, args: Any, ctx: Context) -> Any:
+    async def _admit(self, fn: _Fn, req: _Req, ctx: Context) -> None:
+        """The token check and the function's claim checks: sets ctx.claims,
+        or raises a FnmeshError."""
         spec = fn.spec
         if self._verify is not None and not (spec.public and not req.token):
             if not req.token:
@@ -769,6 +800,10 @@ class Replica:
                     raise
                 except Exception as e:
                     raise FnmeshError(PERMISSION_DENIED, str(e)) from None
+
+    async def _chain(self, fn: _Fn, req: _Req, args: Any, ctx: Context) -> Any:
+        spec = fn.spec
+        await self._admit(fn, req, ctx)
         value = schema.decode(fn.arg_type, args) if fn.arg_type is not None else args
         if spec.validate is not None:
             violations = spec.validate(value)
@@ -1166,7 +1201,11 @@ def run(service: str, functions: Mapping[str, Callable[..., Any] | Function], **
     asyncio.run(main())
 
 
-# §12, as the Go replica runs them: "r|OWNER" while running, "d|OWNER|RESULT" when done.
+# Exceptions that are bugs of a function rather than an answer it gives:
+# callers get a generic internal error, the text goes to the log.
+_BUGS = (TypeError, LookupError, AttributeError, NameError, ArithmeticError, AssertionError, RecursionError, UnicodeError)
+
+# §12, as the Go replica runs them: "r|OWNER" while running, "d|OWNER|ARGS|RESULT" when done.
 _IDEM_BEGIN = """
 if redis.call('SET', KEYS[1], 'r|' .. ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, ''} end
 local v = redis.call('GET', KEYS[1])

@@ -117,3 +117,40 @@ def test_configuration_is_checked() -> None:
         fnmesh.Replica("svc", {"f": lambda: 1})
     with pytest.raises(ValueError, match="service name"):
         fnmesh.Replica("Bad Name", {"f": lambda: 1}, allow_unauthenticated=True)
+
+
+def test_idempotency_key_never_skips_the_token_and_role_checks() -> None:
+    async def main() -> None:
+        svc = unique("authidem")
+        runs: list[str] = []
+
+        def admin(_: Any, ctx: Context) -> dict[str, Any]:
+            runs.append((ctx.claims or {})["sub"])
+            return {"secret": "admin data", "run": len(runs)}
+
+        r = await fnmesh.serve(svc, {"admin": Function(admin, require_role="admin")}, url=redis_url(), auth=JWTAuth(hmac_secret=SECRET))
+
+        async def call(token: str | None) -> Any:
+            c = await fnmesh.connect(url=redis_url(), token=token)
+            try:
+                return await c.call(f"{svc}.admin", {"q": 1}, idempotency_key="k-1", timeout=5)
+            except FnmeshError as e:
+                return e.code
+            finally:
+                await c.close()
+
+        try:
+            ada_admin = jwt.encode(claims(roles=["admin"]), SECRET, algorithm="HS256")
+            assert await call(ada_admin) == {"secret": "admin data", "run": 1}
+            # The same subject without the role, no token, a bad token: refused, not the stored result.
+            assert await call(jwt.encode(claims(), SECRET, algorithm="HS256")) == fnmesh.PERMISSION_DENIED
+            assert await call(None) == fnmesh.UNAUTHENTICATED
+            assert await call(ada_admin + "x") == fnmesh.UNAUTHENTICATED
+            assert await call(ada_admin) == {"secret": "admin data", "run": 1}
+            # Another admin's key of the same name is theirs: it runs.
+            assert await call(jwt.encode(claims(sub="bob", roles=["admin"]), SECRET, algorithm="HS256")) == {"secret": "admin data", "run": 2}
+            assert runs == ["ada", "bob"]
+        finally:
+            await r.close()
+
+    run(main())

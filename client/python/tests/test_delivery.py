@@ -20,6 +20,7 @@ from conftest import eventually, redis_url, run, unique
 
 import fnmesh
 from fnmesh import Context, FnmeshError
+from fnmesh.protocol import args_hash, idempotency_scope
 
 HERE = Path(__file__).resolve().parent
 
@@ -156,8 +157,81 @@ def test_idempotency_keys(raw: Any) -> None:
             await c.call(f"{svc}.charge", {"n": 9})  # after the sends, on the same stream
             await eventually("sends settled", lambda: raw.xpending(f"fnmesh:{{{svc}}}:req", "fnmesh")["pending"] == 0)
             assert runs == [5, 7, 9]
-            assert raw.get(f"fnmesh:{{{svc}}}:idem:order-1").startswith("d|")
-            assert 0 < raw.pttl(f"fnmesh:{{{svc}}}:idem:order-1") <= 86_400_000
+            stored = f"fnmesh:{{{svc}}}:idem:{idempotency_scope('charge', '', 'order-1')}"
+            assert raw.get(stored).split("|", 3)[2:] == [args_hash('{"n":5}'), '{"charged":5,"run":1}']
+            assert 0 < raw.pttl(stored) <= 86_400_000
+            assert raw.exists(f"fnmesh:{{{svc}}}:idem:order-1") == 0
+        finally:
+            await c.close()
+            await r.close()
+
+    run(main())
+
+
+def test_idempotency_key_names_match_go_and_typescript() -> None:
+    # The same vectors are in handlers/idempotency_test.go and client/js/test/security.test.ts.
+    assert idempotency_scope("pay@v2", "alice", "k-1") == "e0ea0eb467b0fbaa4dddf8a6c8e493d207084bf9b84c9a3fdbdf31e6a934e1f7"
+    assert args_hash('{"a":1}') == "015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862"
+    # The subject's length keeps subject and key apart.
+    assert idempotency_scope("f", "a", "bc") != idempotency_scope("f", "ab", "c")
+
+
+def test_idempotency_key_is_scoped_to_the_function(raw: Any) -> None:
+    async def main() -> None:
+        svc = unique("idemfn")
+        runs: list[str] = []
+
+        def a(_: Any) -> str:
+            runs.append("a")
+            return "from a"
+
+        def b(_: Any) -> str:
+            runs.append("b")
+            return "from b"
+
+        def b2(_: Any) -> str:
+            runs.append("b@v2")
+            return "from b@v2"
+
+        r = await fnmesh.serve(svc, {"a": a, "b": b, "b@v2": b2}, url=redis_url(), allow_unauthenticated=True)
+        c = await fnmesh.connect(url=redis_url())
+        try:
+            assert await c.call(f"{svc}.a", {"x": 1}, idempotency_key="k") == "from a"
+            assert await c.call(f"{svc}.b", {"x": 1}, idempotency_key="k") == "from b"
+            assert await c.call(f"{svc}.b@v2", {"x": 1}, idempotency_key="k") == "from b@v2"
+            assert await c.call(f"{svc}.b", {"x": 1}, idempotency_key="k") == "from b"
+            assert runs == ["a", "b", "b@v2"]
+        finally:
+            await c.close()
+            await r.close()
+
+    run(main())
+
+
+def test_idempotency_key_reused_with_other_arguments(raw: Any) -> None:
+    async def main() -> None:
+        svc = unique("idemargs")
+        runs: list[int] = []
+
+        def charge(a: dict[str, int]) -> int:
+            runs.append(a["n"])
+            return a["n"]
+
+        r = await fnmesh.serve(svc, {"charge": charge}, url=redis_url(), allow_unauthenticated=True)
+        c = await fnmesh.connect(url=redis_url())
+        try:
+            assert await c.call(f"{svc}.charge", {"n": 5}, idempotency_key="pay-7") == 5
+            with pytest.raises(FnmeshError) as e:
+                await c.call(f"{svc}.charge", {"n": 500}, idempotency_key="pay-7")
+            assert e.value.code == fnmesh.INVALID_ARGUMENT
+            assert e.value.message == f'idempotency key "pay-7" was already used with different arguments for {svc}.charge: use a new key for new arguments'
+            await c.send(f"{svc}.charge", {"n": 600}, idempotency_key="pay-7")
+            dead = f"fnmesh:{{{svc}}}:dead"
+            await eventually("the send is dead-lettered", lambda: raw.xlen(dead) == 1)
+            _, f = raw.xrange(dead)[0]
+            assert f["code"] == fnmesh.INVALID_ARGUMENT and "different arguments" in f["reason"] and f["ik"] == "pay-7"
+            assert await c.call(f"{svc}.charge", {"n": 5}, idempotency_key="pay-7") == 5
+            assert runs == [5]
         finally:
             await c.close()
             await r.close()

@@ -116,6 +116,36 @@ def test_errors_carry_code_message_and_fields() -> None:
     run(main())
 
 
+def test_a_functions_bug_reaches_callers_without_its_text(caplog: pytest.LogCaptureFixture) -> None:
+    def lookup(a: dict[str, Any]) -> Any:
+        return {"card": "4111-SECRET"}[a["k"]]  # KeyError: its text is the caller's key
+
+    async def concat(a: dict[str, Any]) -> Any:
+        await asyncio.sleep(0)
+        return "token=SECRET-abc " + a["n"]  # TypeError: can only concatenate str (not "int") to str
+
+    async def main() -> None:
+        svc = unique("bug")
+        r = await serve(svc, {"lookup": lookup, "concat": concat})
+        c = await fnmesh.connect(url=redis_url())
+        try:
+            for fn, args, kind in (("lookup", {"k": "user-SECRET-key"}, "KeyError"), ("concat", {"n": 1}, "TypeError")):
+                with pytest.raises(FnmeshError) as e:
+                    await c.call(f"{svc}.{fn}", args)
+                assert e.value.code == fnmesh.INTERNAL
+                assert "SECRET" not in e.value.message and "concatenate" not in e.value.message
+                assert e.value.message.startswith(f"{svc}.{fn} raised a {kind}; its worker logged it under request id ")
+                rid = e.value.message.rsplit(" ", 1)[1]
+                logged = [rec for rec in caplog.records if rid in rec.getMessage()]
+                assert logged and logged[0].exc_info is not None and logged[0].exc_info[0].__name__ == kind
+        finally:
+            await c.close()
+            await r.close()
+
+    with caplog.at_level("ERROR", logger="fnmesh"):
+        run(main())
+
+
 def _typed_point(p: Point) -> int:
     return p["x"] + p["y"]
 
