@@ -53,6 +53,9 @@ type pendingCmd struct {
 	// by the reply's outcome (replyWritten) instead of done.
 	settles  *message.Message
 	delivery Delivery // of settles
+	// request marks a request's XADD NOMKSTREAM: a nil reply (no stream)
+	// becomes not_found.
+	request bool
 }
 
 var pendingPool = sync.Pool{New: func() any { return &pendingCmd{done: make(chan struct{}, 1)} }}
@@ -65,7 +68,7 @@ func (c *combiner) command() *pendingCmd {
 }
 
 func (p *pendingCmd) release() {
-	p.err, p.failed, p.settles, p.delivery = nil, nil, nil, Delivery{}
+	p.err, p.failed, p.settles, p.delivery, p.request = nil, nil, nil, Delivery{}, false
 	if cap(p.cmd.b) > 64<<10 {
 		p.cmd.b = nil // do not keep a large payload's buffer
 	}
@@ -308,6 +311,9 @@ func (c *combiner) flushOnce() {
 	}
 	for i, p := range batch {
 		batch[i] = nil
+		if p.request && errors.Is(p.err, redis.Nil) {
+			p.err = notServed(p.cmd.stream())
+		}
 		if p.settles != nil {
 			replyWritten(p.settles, p.delivery, p.err)
 			p.release()

@@ -46,6 +46,27 @@ func functionTopicParts(service, function string) [4]string {
 	return [4]string{"fnmesh:{", service, "}:req", ""}
 }
 
+// isRequestTopic reports whether topic is a service's request stream
+// (FunctionTopic), as opposed to its dead letters or other keys.
+func isRequestTopic(topic string) bool {
+	_, rest, ok := strings.Cut(topic, "}:req")
+	return ok && strings.HasPrefix(topic, "fnmesh:{") && (rest == "" || strings.HasPrefix(rest, ":"))
+}
+
+// serviceOfTopic returns the service of a topic fnmesh:{SERVICE}:...,
+// or "" for another topic.
+func serviceOfTopic(topic string) string {
+	rest, ok := strings.CutPrefix(topic, "fnmesh:{")
+	if !ok {
+		return ""
+	}
+	svc, _, ok := strings.Cut(rest, "}")
+	if !ok {
+		return ""
+	}
+	return svc
+}
+
 // IsReplyTopic reports whether topic names a caller's reply stream.
 func IsReplyTopic(topic string) bool { return strings.HasPrefix(topic, "fnmesh:reply:") }
 

@@ -14,6 +14,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/fnmesh/fnmesh"
 )
 
 // RedisConfig configures NewRedis. Zero values take the defaults written
@@ -538,12 +540,15 @@ func (p redisPublisher) Publish(topic string, msgs ...*message.Message) error {
 		args.MaxLen = p.r.cfg.DeadLetterMaxLen
 	default:
 		args.MaxLen = p.r.cfg.RequestMaxLen
+		if isRequestTopic(topic) {
+			args.NoMkStream = true // only a replica makes a service's stream
+		}
 	}
 	if len(msgs) == 1 {
 		args.Values = entryValues(msgs[0].Metadata, msgs[0].Payload)
 		err := p.r.xadd(msgs[0].Context(), args)
 		if errors.Is(err, redis.Nil) { // NOMKSTREAM on a missing key
-			return nil
+			return noStream(topic)
 		}
 		return err
 	}
@@ -555,9 +560,25 @@ func (p redisPublisher) Publish(topic string, msgs ...*message.Message) error {
 	}
 	_, err := pipe.Exec(msgs[0].Context())
 	if errors.Is(err, redis.Nil) {
-		return nil
+		return noStream(topic)
 	}
 	return err
+}
+
+// noStream is what an XADD NOMKSTREAM that found no stream means: for a
+// reply, its caller is gone (nothing to do); for a request, the service
+// is not served.
+func noStream(topic string) error {
+	if !isRequestTopic(topic) {
+		return nil
+	}
+	return notServed(topic)
+}
+
+// notServed is the error of a request whose stream does not exist: no
+// replica of its service ever made its group there.
+func notServed(topic string) error {
+	return fnmesh.Errorf(fnmesh.CodeNotFound, "service %s not found: no replica has ever served it", serviceOfTopic(topic))
 }
 
 func (p redisPublisher) Close() error { return nil }
@@ -665,13 +686,16 @@ func (c *respCmd) xadd(stream string, noMkStream bool, maxLen int64) {
 	c.xaddOptions(noMkStream, maxLen)
 }
 
-// xaddRequest starts c as an XADD of a request for function of service:
-// xadd to FunctionTopic(service, function), without making that string.
+// xaddRequest starts c as an XADD NOMKSTREAM of a request for function
+// of service: xadd to FunctionTopic(service, function), without making
+// that string.
 func (c *respCmd) xaddRequest(service, function string, maxLen int64) {
 	c.arg("xadd")
 	parts := functionTopicParts(service, function)
 	c.argConcat(parts[:]...)
-	c.xaddOptions(false, maxLen)
+	// NOMKSTREAM: only a replica makes a service's stream (with its
+	// group); a request for a service nobody serves creates no key.
+	c.xaddOptions(true, maxLen)
 }
 
 func (c *respCmd) xaddOptions(noMkStream bool, maxLen int64) {

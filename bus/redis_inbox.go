@@ -151,6 +151,7 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 	p := r.comb.command()
 	p.cmd.xaddRequest(service, req.Function, r.cfg.RequestMaxLen)
 	req.appendFields(&p.cmd)
+	p.request = true
 	switch {
 	case r.cfg.NoAutoPipeline:
 		if !req.Deadline.IsZero() {
@@ -158,7 +159,11 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
 			defer cancel()
 		}
-		return r.doDirect(ctx, p)
+		err := r.doDirect(ctx, p)
+		if errors.Is(err, redis.Nil) {
+			return notServed(FunctionTopic(service, req.Function))
+		}
+		return err
 	case req.Failed != nil:
 		return r.comb.doAsync(p, req.Failed)
 	}

@@ -311,6 +311,15 @@ func (c *respCmd) argAny(v any) {
 	}
 }
 
+// stream returns the command's second argument (an XADD's key), for
+// error messages.
+func (c *respCmd) stream() string {
+	r := respReader{b: c.b[headRoom:]}
+	r.bulk()
+	s, _, _ := r.bulk()
+	return string(s)
+}
+
 // bytes returns the encoded command, writing its array header into the
 // room left for it.
 func (c *respCmd) bytes() []byte {

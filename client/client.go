@@ -459,6 +459,10 @@ func (c *Client) publish(ctx context.Context, service string, req *bus.Request) 
 }
 
 func queueError(err error) *fnmesh.Error {
+	var fe *fnmesh.Error
+	if errors.As(err, &fe) { // the bus's own verdict, such as not_found
+		return fe
+	}
 	return &fnmesh.Error{Code: fnmesh.CodeUnavailable, Message: "cannot queue request: " + err.Error()}
 }
 

@@ -141,9 +141,11 @@ func testGracefulStop(t *testing.T, h *Harness) {
 
 func testClosedClient(t *testing.T, h *Harness) {
 	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}})
+	name := Name("nobody")
+	servedOnce(t, h, name)
 	result := make(chan error, 1)
 	go func() {
-		result <- c.Call(context.Background(), fn(Name("nobody"), "x"), struct{}{}, nil, client.WithTimeout(time.Minute))
+		result <- c.Call(context.Background(), fn(name, "x"), struct{}{}, nil, client.WithTimeout(time.Minute))
 	}()
 	time.Sleep(50 * time.Millisecond) // let the call start waiting
 	c.Close()

@@ -148,8 +148,9 @@ func (h *Harness) Start(svc *handlers.Service) {
 	}
 }
 
-// StartStoppable runs one replica and returns a function that stops it
-// and returns Run's error.
+// StartStoppable runs one replica, waits until it has joined its group
+// (or Run failed), and returns a function that stops it and returns
+// Run's error.
 func (h *Harness) StartStoppable(svc *handlers.Service) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -161,6 +162,12 @@ func (h *Harness) StartStoppable(svc *handlers.Service) (stop func() error) {
 		return err
 	}
 	h.T.Cleanup(func() { stop() })
+	select {
+	case <-svc.Started():
+	case err = <-errc:
+		once.Do(func() { cancel() })
+	case <-time.After(10 * time.Second):
+	}
 	return stop
 }
 

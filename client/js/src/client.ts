@@ -347,10 +347,10 @@ export class Client {
     });
     outcome.catch(() => {}); // settled before it is awaited when the XADD fails or close() runs
     try {
-      await this.cmd!.send(["XADD", functionKey(service, name), "*", ...fields]);
+      await this.addRequest(service, name, fields);
     } catch (err) {
       const w = this.waiting.get(id);
-      w?.reject(new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`));
+      w?.reject(err instanceof FnmeshError ? err : new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`));
     }
     const { result, replica } = await outcome;
     return { result: result as R, id, replica };
@@ -370,11 +370,23 @@ export class Client {
     const dl = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;
     const fields = this.request(id, name, { dl, token: opts.token ?? this.opts.token, traceparent: opts.traceparent, idempotencyKey: opts.idempotencyKey }, payload);
     try {
-      await this.cmd!.send(["XADD", functionKey(service, name), "*", ...fields]);
+      await this.addRequest(service, name, fields);
     } catch (err) {
+      if (err instanceof FnmeshError) throw err;
       throw new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`);
     }
     return id;
+  }
+
+  /**
+   * §1: adds a request with XADD NOMKSTREAM: only a replica makes a
+   * service's stream, so a nil reply means no replica ever served it.
+   */
+  private async addRequest(service: string, name: string, fields: string[]): Promise<void> {
+    const id = await this.cmd!.send(["XADD", functionKey(service, name), "NOMKSTREAM", "*", ...fields]);
+    if (id === null || id === undefined) {
+      throw new FnmeshError(Codes.NotFound, `service ${service} not found: no replica has ever served it`);
+    }
   }
 
   /** Fails the calls still waiting with unavailable and removes the inbox. */
