@@ -211,7 +211,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		r.ownsRDB = true
 		r.failover = u.Failover
 	}
-	r.comb = newCombiner(r.rdb, r.newWireDialer())
+	r.comb = newCombiner(r.rdb, r.newWireDialer(), cfg.DeadLetterMaxLen)
 	return r, nil
 }
 
