@@ -347,6 +347,29 @@ func (c *respCmd) args() []any {
 	return out
 }
 
+// Bounds on what a server may declare. A reply is read only as its bytes
+// arrive: no buffer is sized from a declared length beyond chunkSize, so
+// a faulty server, or anyone in the path of a plain redis:// connection,
+// cannot make the process allocate what it has not sent.
+const (
+	// maxBulkLen is Redis's own limit on a bulk string
+	// (proto-max-bulk-len, 512 MB).
+	maxBulkLen = 512 << 20
+	// maxAggregateLen bounds an array's (map's, set's) element count:
+	// Redis's limit on a multibulk request.
+	maxAggregateLen = 1 << 30
+	// maxDepth bounds how deeply replies nest (a stream read nests five
+	// deep): the readers recurse once per level.
+	maxDepth = 64
+	// chunkSize is the most a reader allocates ahead of bytes received.
+	chunkSize = 64 << 10
+	// maxErrorLen bounds what is kept of a blob error's text.
+	maxErrorLen = 4 << 10
+)
+
+// errTooDeep: a reply nests deeper than maxDepth.
+var errTooDeep = fmt.Errorf("%w: replies nested deeper than %d", errRESP, maxDepth)
+
 // respHeader reads a reply's first line, its CRLF included: its type t,
 // the text after the type, and n: a bulk string's length, an aggregate's
 // element count (a map's or an attribute's pairs counted twice), -1 for a
@@ -366,6 +389,12 @@ func respHeader(line []byte) (t byte, n int, body []byte, err error) {
 		if !ok {
 			return 0, 0, nil, fmt.Errorf("%w: bad length %q", errRESP, body)
 		}
+		if isBulk(t) && n > maxBulkLen {
+			return 0, 0, nil, fmt.Errorf("%w: bulk length %d above %d", errRESP, n, maxBulkLen)
+		}
+		if !isBulk(t) && n > maxAggregateLen {
+			return 0, 0, nil, fmt.Errorf("%w: aggregate length %d above %d", errRESP, n, maxAggregateLen)
+		}
 		if n > 0 && (t == '%' || t == '|') {
 			n *= 2
 		}
@@ -383,6 +412,13 @@ func isBulk(t byte) bool { return t == '$' || t == '!' || t == '=' }
 // redis.Nil for a null; err is a failure to read (the connection is
 // unusable). Arrays and maps are read to their end and dropped.
 func readReplyErr(br *bufio.Reader) (replyErr, err error) {
+	return readReplyErrAt(br, 0)
+}
+
+func readReplyErrAt(br *bufio.Reader, depth int) (replyErr, err error) {
+	if depth > maxDepth {
+		return nil, errTooDeep
+	}
 	line, err := br.ReadSlice('\n')
 	if err != nil {
 		return nil, err
@@ -396,17 +432,21 @@ func readReplyErr(br *bufio.Reader) (replyErr, err error) {
 	case n < 0:
 		return redis.Nil, nil
 	case t == '!':
-		msg := make([]byte, n+2)
+		keep := min(n, maxErrorLen)
+		msg := make([]byte, keep)
 		if _, err := io.ReadFull(br, msg); err != nil {
 			return nil, err
 		}
-		return serverError(msg[:n]), nil
+		if _, err := br.Discard(n - keep + 2); err != nil {
+			return nil, err
+		}
+		return serverError(msg), nil
 	case isBulk(t):
 		_, err := br.Discard(n + 2)
 		return nil, err
 	}
 	for i := 0; i < n; i++ {
-		if _, err := readReplyErr(br); err != nil {
+		if _, err := readReplyErrAt(br, depth+1); err != nil {
 			return nil, err
 		}
 	}
@@ -419,6 +459,13 @@ var errIncomplete = errors.New("bus: incomplete reply")
 // respEnd returns where the reply that starts at b[i] ends, or
 // errIncomplete if b stops before.
 func respEnd(b []byte, i int) (int, error) {
+	return respEndAt(b, i, 0)
+}
+
+func respEndAt(b []byte, i, depth int) (int, error) {
+	if depth > maxDepth {
+		return 0, errTooDeep
+	}
 	j := bytes.IndexByte(b[i:], '\n')
 	if j < 0 {
 		return 0, errIncomplete
@@ -441,7 +488,7 @@ func respEnd(b []byte, i int) (int, error) {
 		return end, nil
 	}
 	for k := 0; k < n; k++ {
-		if next, err = respEnd(b, next); err != nil {
+		if next, err = respEndAt(b, next, depth+1); err != nil {
 			return 0, err
 		}
 	}
@@ -477,10 +524,13 @@ func readRawReply(r *bufio.Reader) ([]byte, error) {
 // readLongReply reads a reply longer than r's buffer, line by line and
 // bulk string by bulk string.
 func readLongReply(r *bufio.Reader) ([]byte, error) {
-	return appendReply(r, make([]byte, 0, 2*r.Size()))
+	return appendReply(r, make([]byte, 0, 2*r.Size()), 0)
 }
 
-func appendReply(r *bufio.Reader, out []byte) ([]byte, error) {
+func appendReply(r *bufio.Reader, out []byte, depth int) ([]byte, error) {
+	if depth > maxDepth {
+		return nil, errTooDeep
+	}
 	line, err := r.ReadSlice('\n')
 	if err != nil {
 		return nil, err
@@ -493,20 +543,33 @@ func appendReply(r *bufio.Reader, out []byte) ([]byte, error) {
 	switch {
 	case n < 0:
 	case isBulk(t):
-		out = slices.Grow(out, n+2)
-		if _, err := io.ReadFull(r, out[len(out):len(out)+n+2]); err != nil {
+		if out, err = appendBytes(r, out, n+2); err != nil {
 			return nil, err
 		}
-		out = out[:len(out)+n+2]
 		if out[len(out)-2] != '\r' || out[len(out)-1] != '\n' {
 			return nil, fmt.Errorf("%w: bulk string not ended by CRLF", errRESP)
 		}
 	default:
 		for k := 0; k < n; k++ {
-			if out, err = appendReply(r, out); err != nil {
+			if out, err = appendReply(r, out, depth+1); err != nil {
 				return nil, err
 			}
 		}
+	}
+	return out, nil
+}
+
+// appendBytes appends the next n bytes of r to out, growing out at most
+// chunkSize ahead of the bytes read.
+func appendBytes(r *bufio.Reader, out []byte, n int) ([]byte, error) {
+	for n > 0 {
+		k := min(n, chunkSize)
+		out = slices.Grow(out, k)
+		if _, err := io.ReadFull(r, out[len(out):len(out)+k]); err != nil {
+			return nil, err
+		}
+		out = out[:len(out)+k]
+		n -= k
 	}
 	return out, nil
 }
