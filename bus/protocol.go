@@ -67,6 +67,33 @@ func serviceOfTopic(topic string) string {
 	return svc
 }
 
+// InboxTopic returns the reply topic of a caller on b with random id: on
+// a Redis bus logged in as an ACL user, fnmesh:reply:{USER:ID}, so that
+// an ACL can give each caller its own inbox and no other (the caller ACL
+// of docs/SECURITY.md); else ReplyTopic(id).
+func InboxTopic(b Bus, id string) string {
+	if u, ok := b.(interface{ aclUser() string }); ok && u.aclUser() != "" {
+		return ReplyTopic(u.aclUser() + ":" + id)
+	}
+	return ReplyTopic(id)
+}
+
+// validACLUser reports whether name can name inboxes: letters, digits,
+// '_', '-', '.', none of which is special in an ACL key pattern, a
+// Cluster hash tag or the USER:ID separator.
+func validACLUser(name string) bool {
+	if len(name) == 0 || len(name) > 64 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
 // IsReplyTopic reports whether topic names a caller's reply stream.
 func IsReplyTopic(topic string) bool { return strings.HasPrefix(topic, "fnmesh:reply:") }
 

@@ -168,6 +168,7 @@ type Redis struct {
 	// is a failover client of its own, so that it too drops its
 	// connection when the sentinels switch masters.
 	failover *redis.FailoverOptions
+	user     string // the ACL user it logs in as
 
 	mu     sync.Mutex
 	closed bool
@@ -212,7 +213,32 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		r.failover = u.Failover
 	}
 	r.comb = newCombiner(r.rdb, r.newWireDialer(), cfg.DeadLetterMaxLen)
+	r.user = usernameOf(r.rdb)
+	if r.user != "" && !validACLUser(r.user) {
+		r.Close()
+		return nil, fmt.Errorf("bus: Redis user name %q cannot name inboxes: use letters, digits, '_', '-' or '.' (at most 64)", r.user)
+	}
 	return r, nil
+}
+
+// usernameOf returns the ACL user rdb logs in as ("" for the default).
+func usernameOf(rdb redis.UniversalClient) string {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().Username
+	case *redis.ClusterClient:
+		return c.Options().Username
+	}
+	return ""
+}
+
+// aclUser is the ACL user the bus logs in as: its callers' inboxes carry
+// it (InboxTopic).
+func (r *Redis) aclUser() string {
+	if r.user == "default" {
+		return ""
+	}
+	return r.user
 }
 
 // Client returns the Redis client the bus uses, for tools that inspect

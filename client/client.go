@@ -128,11 +128,11 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	var rb [6]byte
+	var rb [12]byte // unguessable: a reply-to names an inbox (docs/SECURITY.md)
 	rand.Read(rb[:])
 	id := hex.EncodeToString(rb[:])
 	c := &Client{
-		cfg: cfg, bus: b, inbox: bus.ReplyTopic(id),
+		cfg: cfg, bus: b, inbox: bus.InboxTopic(b, id),
 		idPrefix: id + "-", waiting: map[string]*waiter{},
 	}
 	c.waiters.New = func() any {

@@ -3,7 +3,7 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 
-import { Conn, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
+import { Conn, aclUser, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
 import { Codes, FnmeshError, type FieldViolation } from "./errors.js";
 import { GROUP, PROTOCOL_VERSION, functionKey, limitsKey, nextId, parseStreams, replyKey, requestKey, splitName, type Details } from "./protocol.js";
 
@@ -105,7 +105,14 @@ export class Client {
   private readonly backlogs = new Map<string, BacklogView>();
 
   constructor(private readonly opts: ClientOptions) {
-    this.inbox = randomBytes(6).toString("hex");
+    // §6: logged in as an ACL user, the inbox is USER:RANDOM, so that an
+    // ACL can give each caller its own inbox and no other.
+    const user = aclUser(opts);
+    if (user !== "" && !/^[A-Za-z0-9_.-]{1,64}$/.test(user)) {
+      throw new Error(`fnmesh: Redis user name ${JSON.stringify(user)} cannot name inboxes: use letters, digits, '_', '-' or '.' (at most 64)`);
+    }
+    const random = randomBytes(12).toString("hex");
+    this.inbox = user === "" ? random : `${user}:${random}`;
     this.key = replyKey(this.inbox);
     this.name = opts.name ?? `${hostname()}-${process.pid}`;
     this.log = opts.logger ?? defaultLogger;
@@ -120,7 +127,7 @@ export class Client {
     if (this.ttlMs < 1000) throw new Error(`fnmesh: ClientOptions.inboxTtlMs is ${this.ttlMs}, want at least 1000`);
   }
 
-  /** The inbox's stream key, fnmesh:reply:{INBOX}. */
+  /** The inbox's stream key, fnmesh:reply:{INBOX} (INBOX is USER:RANDOM for an ACL user). */
   get replyKey(): string {
     return this.key;
   }
