@@ -117,12 +117,20 @@ const (
 	FieldReplica = "by"
 
 	FieldReplayOf = "replay_of" // on a replayed request: the dead letter it came from
+	// FieldTooLarge, set by a reader that refused a field too large to
+	// read (GroupConfig.MaxFieldBytes): "NAME SIZE", the field and its
+	// size in bytes. The field holds its first TooLargePrefix bytes.
+	FieldTooLarge = "too_large"
 
 	FieldReason   = "reason"
 	FieldAttempts = "attempts"
 	FieldEntry    = "entry"
 	FieldAt       = "at"
 )
+
+// TooLargePrefix is how much of a field too large to read a message
+// (and so its dead letter) keeps.
+const TooLargePrefix = 4 << 10
 
 // requestFieldOrder is the order in which a Redis publisher writes known
 // fields, so entries read well in redis-cli.
@@ -305,6 +313,13 @@ func DecodeRequestInto(m *message.Message, r *Request) error {
 		// malformed or hostile entry must not make replicas grow other keys.
 		r.ReplyTo = ""
 		return fmt.Errorf("%w: field %q is not a reply stream", ErrMalformed, FieldReplyTo)
+	}
+	if tl := md[FieldTooLarge]; tl != "" {
+		name, size, _ := strings.Cut(tl, " ")
+		if name == FieldReplyTo {
+			r.ReplyTo = "" // a prefix of a key name could name another inbox
+		}
+		return fmt.Errorf("%w: field %q of %s bytes exceeds the replica's limit", ErrMalformed, name, size)
 	}
 	if v, ok := md[FieldVersion]; ok && v != ProtocolVersion {
 		return fmt.Errorf("%w: protocol version %q, want %q", ErrMalformed, v, ProtocolVersion)

@@ -297,9 +297,10 @@ type blockingReader struct {
 	// On one server (or a Sentinel master) reads go on a wireConn: the
 	// read loop writes the command and reads the reply's RESP itself
 	// (readRaw). dialer is nil otherwise.
-	dialer *wireDialer
-	wire   *wireConn // set by the read loop, under mu
-	cmd    respCmd   // the read loop's command buffer
+	dialer   *wireDialer
+	wire     *wireConn // set by the read loop, under mu
+	cmd      respCmd   // the read loop's command buffer
+	maxField int       // above 0: the longest field read whole (GroupConfig.MaxFieldBytes)
 
 	mu     sync.Mutex
 	closed bool
@@ -442,7 +443,11 @@ func (br *blockingReader) readRaw(ctx context.Context) ([]entry, error) {
 		br.wire = w
 		br.mu.Unlock()
 	}
-	raw, err := br.wire.exchange(br.cmd.bytes())
+	maxField := maxBulkLen
+	if br.maxField > 0 {
+		maxField = br.maxField
+	}
+	raw, err := br.wire.exchange(br.cmd.bytes(), maxField)
 	if err != nil {
 		return nil, err
 	}
@@ -651,6 +656,9 @@ func isKnownField(k string) bool {
 // payload becomes metadata.
 func (e entry) message() *message.Message {
 	m := message.NewMessage(e.id, nil)
+	if e.tooLarge != "" {
+		m.Metadata[FieldTooLarge] = e.tooLarge
+	}
 	e.each(func(k, v string) bool {
 		if k == FieldPayload {
 			m.Payload = bytesOf(v)
