@@ -194,7 +194,22 @@ func Run(ctx context.Context, w io.Writer, redisURL string) error {
 	}
 	say("")
 
-	say("6. A deadline: billing.charge has no replica running.")
+	say("6. A deadline: billing.charge has no replica running (its last one stopped).")
+	// A service no replica ever served is not_found at once on Redis;
+	// one whose replicas stopped keeps its queue, and a call waits.
+	billing := handlers.NewService("billing", handlers.Config{AllowUnauthenticated: true, Logger: quiet})
+	handlers.Register(billing, "charge", func(context.Context, map[string]int) (struct{}, error) { return struct{}{}, nil })
+	if b, err := buses.get(); err == nil {
+		bctx, stopBilling := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- billing.Run(bctx, b) }()
+		select {
+		case <-billing.Started():
+		case <-time.After(10 * time.Second):
+		}
+		stopBilling()
+		<-done
+	}
 	t0 := time.Now()
 	err = cl.Call(ctx, "billing.charge", map[string]int{"cents": 100}, nil, client.WithTimeout(300*time.Millisecond))
 	say("   billing.charge -> %s after %v\n", examples.Describe(err), time.Since(t0).Round(time.Millisecond))
