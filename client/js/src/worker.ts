@@ -468,8 +468,19 @@ export class Replica {
       const outcome = await this.invoke(fn, req, args, count);
       if (outcome instanceof FnmeshError && this.hard.signal.aborted) return { state: "stopped" };
       let p: string | undefined;
-      if (!(await this.write(e.id, async () => void (p = await this.reply(req.rt, req.id, outcome))))) return { state: "stopped" };
-      return outcome instanceof FnmeshError ? { state: "failed" } : { state: "ok", result: p };
+      let lost = false;
+      const written = await this.write(e.id, async () => {
+        try {
+          p = await this.reply(req.rt, req.id, outcome, true);
+        } catch (err) {
+          if (!(err instanceof UnwritableReply)) throw err;
+          // §7.3: nothing else ends it: a dead letter with the reason.
+          lost = true;
+          await this.deadLetter(e, new FnmeshError(Codes.Internal, err.message), count);
+        }
+      });
+      if (!written) return { state: "stopped" };
+      return outcome instanceof FnmeshError || lost ? { state: "failed" } : { state: "ok", result: p };
     }
     for (let attempt = count; ; attempt++) {
       const outcome = await this.invoke(fn, req, args, attempt);
@@ -615,8 +626,12 @@ export class Replica {
     return new FnmeshError(Codes.Internal, errorMessage(err));
   }
 
-  /** §4: answers a call on its caller's inbox; returns the result's JSON (p) on success. */
-  private async reply(rt: string, id: string, outcome: unknown): Promise<string | undefined> {
+  /**
+   * §4: answers a call on its caller's inbox; returns the result's JSON (p)
+   * on success. A reply that can never be written (§7.3) throws
+   * UnwritableReply if `strict`, else is dropped.
+   */
+  private async reply(rt: string, id: string, outcome: unknown, strict = false): Promise<string | undefined> {
     const f = ["id", id, "by", this.id];
     let p: string | undefined;
     if (outcome instanceof FnmeshError) {
@@ -632,7 +647,13 @@ export class Replica {
       f.push("p", p);
     }
     // NOMKSTREAM: a caller whose inbox is gone is gone too.
-    await this.cmd!.send(["XADD", rt, "NOMKSTREAM", "MAXLEN", "~", String(this.replyMaxLen), "*", ...f]);
+    try {
+      await this.cmd!.send(["XADD", rt, "NOMKSTREAM", "MAXLEN", "~", String(this.replyMaxLen), "*", ...f]);
+    } catch (err) {
+      if (!unwritable(err)) throw err;
+      if (strict) throw new UnwritableReply(`the reply cannot be written to ${rt}: ${errorMessage(err)}`);
+      this.log.warn("reply cannot be written; dropped", { id, err: errorMessage(err) });
+    }
     return p;
   }
 
@@ -772,3 +793,18 @@ const IDEM_RELEASE = `
 if redis.call('GET', KEYS[1]) == 'r|' .. ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `;
+
+/** A reply that writing again cannot get through. */
+class UnwritableReply extends Error {}
+
+/**
+ * §7.3: a server's error reply to a reply's XADD that no retry cures
+ * (WRONGTYPE, ERR ...), as opposed to a lost connection or a server that
+ * is full, loading or failing over.
+ */
+function unwritable(err: unknown): boolean {
+  let p = err instanceof Error ? Object.getPrototypeOf(err) : null;
+  while (p && p !== Error.prototype && p.constructor?.name !== "ErrorReply") p = Object.getPrototypeOf(p);
+  if (!p || p === Error.prototype) return false;
+  return !/^(OOM|BUSY|TRYAGAIN|LOADING|READONLY|MASTERDOWN|CLUSTERDOWN|MOVED|ASK|NOREPLICAS)\b/.test((err as Error).message);
+}

@@ -349,6 +349,23 @@ describe("replicas", () => {
     assert.deepEqual(await call, { n: 7, attempt: 2 });
   });
 
+  it("dead-letter a request whose reply can never be written, and keep serving", async () => {
+    const svc = unique("poison");
+    await replica(svc, { f: () => "ok" });
+    const r = await redis();
+    const rt = `fnmesh:reply:{${unique("string")}}`;
+    await r.send(["SET", rt, "not a stream", "EX", "60"]);
+    await r.send(["XADD", `fnmesh:{${svc}}:req`, "*", "v", "1", "id", "poison-1", "fn", "f", "rt", rt, "p", "{}"]);
+    const c = await client();
+    assert.equal(await c.call(`${svc}.f`, undefined, { timeoutMs: 5000 }), "ok");
+    await eventually("dead letter written", async () => {
+      const dead = await r.send<any[]>(["XRANGE", `fnmesh:{${svc}}:dead`, "-", "+"]);
+      return dead.length === 1 && /cannot be written.*WRONGTYPE/.test(fieldsOf(dead[0][1]).reason ?? "");
+    });
+    await eventually("request acked", async () => Number((await r.send<any[]>(["XPENDING", `fnmesh:{${svc}}:req`, "fnmesh"]))[0]) === 0);
+    await r.send(["DEL", rt]);
+  });
+
   it("recreate their group when the stream is deleted", async () => {
     const svc = unique("nogroup");
     await replica(svc, { f: () => "ok" }, { blockMs: 100 });
