@@ -108,6 +108,12 @@ type GroupConfig struct {
 	// m.Nacked: a goroutine hand-off less per request. Consumers that
 	// only call m.Ack and m.Nack (a watermill Router) leave it false.
 	SettleDirect bool
+	// MaxFieldBytes, when above 0, bounds each field of an entry read:
+	// a larger one is not read into memory (on Redis its bytes are
+	// skipped as they arrive); the message keeps its first
+	// TooLargePrefix bytes, and FieldTooLarge names it (DecodeRequest
+	// then fails). A replica sets it to its largest payload.
+	MaxFieldBytes int
 }
 
 func (c *GroupConfig) setDefaults() {
@@ -124,6 +130,9 @@ func (c GroupConfig) Validate() error {
 	}
 	if c.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("bus: GroupConfig.Concurrency is %d, want at least 1", c.Concurrency))
+	}
+	if c.MaxFieldBytes < 0 {
+		errs = append(errs, fmt.Errorf("bus: GroupConfig.MaxFieldBytes is %d, want 0 or more", c.MaxFieldBytes))
 	}
 	return errors.Join(errs...)
 }

@@ -41,6 +41,8 @@ type combiner struct {
 	released []releasedEntry
 	flushing bool
 	closed   bool
+
+	deadMaxLen int64 // MAXLEN of the dead letters of replies that cannot be written
 }
 
 // pendingCmd is a command on its way: made by command, given to do,
@@ -54,6 +56,11 @@ type pendingCmd struct {
 	// by the reply's outcome (replyWritten) instead of done.
 	settles  *message.Message
 	delivery Delivery // of settles
+	// request marks a request's XADD NOMKSTREAM: a nil reply (no stream)
+	// becomes not_found.
+	request bool
+	replica string          // of a reply that settles its request: who wrote it
+	then    func(err error) // set by doThen: told the outcome instead of done
 }
 
 var pendingPool = sync.Pool{New: func() any { return &pendingCmd{done: make(chan struct{}, 1)} }}
@@ -66,7 +73,7 @@ func (c *combiner) command() *pendingCmd {
 }
 
 func (p *pendingCmd) release() {
-	p.err, p.failed, p.settles, p.delivery = nil, nil, nil, Delivery{}
+	p.err, p.failed, p.settles, p.delivery, p.request, p.replica, p.then = nil, nil, nil, Delivery{}, false, "", nil
 	if cap(p.cmd.b) > 64<<10 {
 		p.cmd.b = nil // do not keep a large payload's buffer
 	}
@@ -121,6 +128,20 @@ func (c *combiner) doAsync(p *pendingCmd, failed func(error)) error {
 	}
 	c.startLocked()
 	return nil
+}
+
+// doThen queues p for the next round trip and returns at once; then is
+// told p's outcome after the round trip (on the flushing goroutine, so it
+// must not wait for another round trip).
+func (c *combiner) doThen(p *pendingCmd, then func(error)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.queueLocked(p, nil) {
+		then(ErrClosed)
+		return
+	}
+	p.then = then
+	c.startLocked()
 }
 
 // startLocked wakes the flusher unless a flush is in progress; c.mu is
@@ -309,8 +330,16 @@ func (c *combiner) flushOnce() {
 	}
 	for i, p := range batch {
 		batch[i] = nil
+		if p.request && errors.Is(p.err, redis.Nil) {
+			p.err = notServed(p.cmd.stream())
+		}
 		if p.settles != nil {
-			replyWritten(p.settles, p.delivery, p.err)
+			c.replyWritten(p)
+			p.release()
+			continue
+		}
+		if p.then != nil {
+			p.then(p.err)
 			p.release()
 			continue
 		}
@@ -333,8 +362,8 @@ func (c *combiner) flushOnce() {
 // newCombiner starts the combiner's flusher: one goroutine for its life,
 // not one per flush, which would grow its stack again through go-redis's
 // pipeline code on every flush.
-func newCombiner(rdb redis.UniversalClient, dialer *wireDialer) *combiner {
-	c := &combiner{rdb: rdb, dialer: dialer, wake: make(chan struct{}, 1), finished: make(chan struct{})}
+func newCombiner(rdb redis.UniversalClient, dialer *wireDialer, deadMaxLen int64) *combiner {
+	c := &combiner{rdb: rdb, dialer: dialer, deadMaxLen: deadMaxLen, wake: make(chan struct{}, 1), finished: make(chan struct{})}
 	go func() {
 		defer close(c.finished)
 		for range c.wake {

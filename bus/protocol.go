@@ -46,6 +46,54 @@ func functionTopicParts(service, function string) [4]string {
 	return [4]string{"fnmesh:{", service, "}:req", ""}
 }
 
+// isRequestTopic reports whether topic is a service's request stream
+// (FunctionTopic), as opposed to its dead letters or other keys.
+func isRequestTopic(topic string) bool {
+	_, rest, ok := strings.Cut(topic, "}:req")
+	return ok && strings.HasPrefix(topic, "fnmesh:{") && (rest == "" || strings.HasPrefix(rest, ":"))
+}
+
+// serviceOfTopic returns the service of a topic fnmesh:{SERVICE}:...,
+// or "" for another topic.
+func serviceOfTopic(topic string) string {
+	rest, ok := strings.CutPrefix(topic, "fnmesh:{")
+	if !ok {
+		return ""
+	}
+	svc, _, ok := strings.Cut(rest, "}")
+	if !ok {
+		return ""
+	}
+	return svc
+}
+
+// InboxTopic returns the reply topic of a caller on b with random id: on
+// a Redis bus logged in as an ACL user, fnmesh:reply:{USER:ID}, so that
+// an ACL can give each caller its own inbox and no other (the caller ACL
+// of docs/SECURITY.md); else ReplyTopic(id).
+func InboxTopic(b Bus, id string) string {
+	if u, ok := b.(interface{ aclUser() string }); ok && u.aclUser() != "" {
+		return ReplyTopic(u.aclUser() + ":" + id)
+	}
+	return ReplyTopic(id)
+}
+
+// validACLUser reports whether name can name inboxes: letters, digits,
+// '_', '-', '.', none of which is special in an ACL key pattern, a
+// Cluster hash tag or the USER:ID separator.
+func validACLUser(name string) bool {
+	if len(name) == 0 || len(name) > 64 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
 // IsReplyTopic reports whether topic names a caller's reply stream.
 func IsReplyTopic(topic string) bool { return strings.HasPrefix(topic, "fnmesh:reply:") }
 
@@ -69,12 +117,20 @@ const (
 	FieldReplica = "by"
 
 	FieldReplayOf = "replay_of" // on a replayed request: the dead letter it came from
+	// FieldTooLarge, set by a reader that refused a field too large to
+	// read (GroupConfig.MaxFieldBytes): "NAME SIZE", the field and its
+	// size in bytes. The field holds its first TooLargePrefix bytes.
+	FieldTooLarge = "too_large"
 
 	FieldReason   = "reason"
 	FieldAttempts = "attempts"
 	FieldEntry    = "entry"
 	FieldAt       = "at"
 )
+
+// TooLargePrefix is how much of a field too large to read a message
+// (and so its dead letter) keeps.
+const TooLargePrefix = 4 << 10
 
 // requestFieldOrder is the order in which a Redis publisher writes known
 // fields, so entries read well in redis-cli.
@@ -262,6 +318,13 @@ func DecodeRequestInto(m *message.Message, r *Request) error {
 		// malformed or hostile entry must not make replicas grow other keys.
 		r.ReplyTo = ""
 		return fmt.Errorf("%w: field %q is not a reply stream", ErrMalformed, FieldReplyTo)
+	}
+	if tl := md[FieldTooLarge]; tl != "" {
+		name, size, _ := strings.Cut(tl, " ")
+		if name == FieldReplyTo {
+			r.ReplyTo = "" // a prefix of a key name could name another inbox
+		}
+		return fmt.Errorf("%w: field %q of %s bytes exceeds the replica's limit", ErrMalformed, name, size)
 	}
 	if v, ok := md[FieldVersion]; ok && v != ProtocolVersion {
 		return fmt.Errorf("%w: protocol version %q, want %q", ErrMalformed, v, ProtocolVersion)

@@ -14,6 +14,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/fnmesh/fnmesh"
 )
 
 // RedisConfig configures NewRedis. Zero values take the defaults written
@@ -166,6 +168,7 @@ type Redis struct {
 	// is a failover client of its own, so that it too drops its
 	// connection when the sentinels switch masters.
 	failover *redis.FailoverOptions
+	user     string // the ACL user it logs in as
 
 	mu     sync.Mutex
 	closed bool
@@ -209,8 +212,33 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		r.ownsRDB = true
 		r.failover = u.Failover
 	}
-	r.comb = newCombiner(r.rdb, r.newWireDialer())
+	r.comb = newCombiner(r.rdb, r.newWireDialer(), cfg.DeadLetterMaxLen)
+	r.user = usernameOf(r.rdb)
+	if r.user != "" && !validACLUser(r.user) {
+		r.Close()
+		return nil, fmt.Errorf("bus: Redis user name %q cannot name inboxes: use letters, digits, '_', '-' or '.' (at most 64)", r.user)
+	}
 	return r, nil
+}
+
+// usernameOf returns the ACL user rdb logs in as ("" for the default).
+func usernameOf(rdb redis.UniversalClient) string {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().Username
+	case *redis.ClusterClient:
+		return c.Options().Username
+	}
+	return ""
+}
+
+// aclUser is the ACL user the bus logs in as: its callers' inboxes carry
+// it (InboxTopic).
+func (r *Redis) aclUser() string {
+	if r.user == "default" {
+		return ""
+	}
+	return r.user
 }
 
 // Client returns the Redis client the bus uses, for tools that inspect
@@ -269,9 +297,10 @@ type blockingReader struct {
 	// On one server (or a Sentinel master) reads go on a wireConn: the
 	// read loop writes the command and reads the reply's RESP itself
 	// (readRaw). dialer is nil otherwise.
-	dialer *wireDialer
-	wire   *wireConn // set by the read loop, under mu
-	cmd    respCmd   // the read loop's command buffer
+	dialer   *wireDialer
+	wire     *wireConn // set by the read loop, under mu
+	cmd      respCmd   // the read loop's command buffer
+	maxField int       // above 0: the longest field read whole (GroupConfig.MaxFieldBytes)
 
 	mu     sync.Mutex
 	closed bool
@@ -414,7 +443,11 @@ func (br *blockingReader) readRaw(ctx context.Context) ([]entry, error) {
 		br.wire = w
 		br.mu.Unlock()
 	}
-	raw, err := br.wire.exchange(br.cmd.bytes())
+	maxField := maxBulkLen
+	if br.maxField > 0 {
+		maxField = br.maxField
+	}
+	raw, err := br.wire.exchange(br.cmd.bytes(), maxField)
 	if err != nil {
 		return nil, err
 	}
@@ -538,12 +571,15 @@ func (p redisPublisher) Publish(topic string, msgs ...*message.Message) error {
 		args.MaxLen = p.r.cfg.DeadLetterMaxLen
 	default:
 		args.MaxLen = p.r.cfg.RequestMaxLen
+		if isRequestTopic(topic) {
+			args.NoMkStream = true // only a replica makes a service's stream
+		}
 	}
 	if len(msgs) == 1 {
 		args.Values = entryValues(msgs[0].Metadata, msgs[0].Payload)
 		err := p.r.xadd(msgs[0].Context(), args)
 		if errors.Is(err, redis.Nil) { // NOMKSTREAM on a missing key
-			return nil
+			return noStream(topic)
 		}
 		return err
 	}
@@ -555,9 +591,25 @@ func (p redisPublisher) Publish(topic string, msgs ...*message.Message) error {
 	}
 	_, err := pipe.Exec(msgs[0].Context())
 	if errors.Is(err, redis.Nil) {
-		return nil
+		return noStream(topic)
 	}
 	return err
+}
+
+// noStream is what an XADD NOMKSTREAM that found no stream means: for a
+// reply, its caller is gone (nothing to do); for a request, the service
+// is not served.
+func noStream(topic string) error {
+	if !isRequestTopic(topic) {
+		return nil
+	}
+	return notServed(topic)
+}
+
+// notServed is the error of a request whose stream does not exist: no
+// replica of its service ever made its group there.
+func notServed(topic string) error {
+	return fnmesh.Errorf(fnmesh.CodeNotFound, "service %s not found: no replica has ever served it", serviceOfTopic(topic))
 }
 
 func (p redisPublisher) Close() error { return nil }
@@ -604,6 +656,9 @@ func isKnownField(k string) bool {
 // payload becomes metadata.
 func (e entry) message() *message.Message {
 	m := message.NewMessage(e.id, nil)
+	if e.tooLarge != "" {
+		m.Metadata[FieldTooLarge] = e.tooLarge
+	}
 	e.each(func(k, v string) bool {
 		if k == FieldPayload {
 			m.Payload = bytesOf(v)
@@ -665,13 +720,16 @@ func (c *respCmd) xadd(stream string, noMkStream bool, maxLen int64) {
 	c.xaddOptions(noMkStream, maxLen)
 }
 
-// xaddRequest starts c as an XADD of a request for function of service:
-// xadd to FunctionTopic(service, function), without making that string.
+// xaddRequest starts c as an XADD NOMKSTREAM of a request for function
+// of service: xadd to FunctionTopic(service, function), without making
+// that string.
 func (c *respCmd) xaddRequest(service, function string, maxLen int64) {
 	c.arg("xadd")
 	parts := functionTopicParts(service, function)
 	c.argConcat(parts[:]...)
-	c.xaddOptions(false, maxLen)
+	// NOMKSTREAM: only a replica makes a service's stream (with its
+	// group); a request for a service nobody serves creates no key.
+	c.xaddOptions(true, maxLen)
 }
 
 func (c *respCmd) xaddOptions(noMkStream bool, maxLen int64) {

@@ -61,6 +61,7 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 		return nil, err
 	}
 	reader := s.r.newBlockingReader()
+	reader.maxField = s.cfg.MaxFieldBytes
 	ctx, cancel := context.WithCancel(ctx)
 	sub := &groupSubscription{
 		s: s, topic: topic, reader: reader,

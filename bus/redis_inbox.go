@@ -3,13 +3,17 @@ package bus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/fnmesh/fnmesh"
 )
 
 // OpenInbox implements Bus.
@@ -151,6 +155,7 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 	p := r.comb.command()
 	p.cmd.xaddRequest(service, req.Function, r.cfg.RequestMaxLen)
 	req.appendFields(&p.cmd)
+	p.request = true
 	switch {
 	case r.cfg.NoAutoPipeline:
 		if !req.Deadline.IsZero() {
@@ -158,7 +163,11 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
 			defer cancel()
 		}
-		return r.doDirect(ctx, p)
+		err := r.doDirect(ctx, p)
+		if errors.Is(err, redis.Nil) {
+			return notServed(FunctionTopic(service, req.Function))
+		}
+		return err
 	case req.Failed != nil:
 		return r.comb.doAsync(p, req.Failed)
 	}
@@ -194,6 +203,7 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	// (see Bus.SendReply): the worker takes its next request meanwhile,
 	// instead of waiting for a flush in progress and being woken by it.
 	if dc, ok := contextOf(rep.Acks); ok && ackTopic != "" {
+		p.replica = rep.Replica
 		dc.replySettles.Store(true)
 		err := r.comb.doSettled(p, rep.Acks, d)
 		if err != nil {
@@ -211,6 +221,17 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 		// deadline.
 		err = r.comb.doInline(ctx, p, ackTopic, ackID)
 	}
+	if unwritable(err) {
+		// The request ends here, not in an endless retry: a dead letter
+		// with the reason, then its ack. A reply without its request
+		// (a rejection, whose request its sender dead-letters) is dropped.
+		if rep.Acks != nil {
+			if derr := r.deadLetterUnwritable(ctx, rep.Acks, d, inbox, rep.Replica, err); derr != nil {
+				return derr
+			}
+		}
+		err = nil
+	}
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return err
 	}
@@ -223,15 +244,72 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	return nil
 }
 
-// replyWritten settles request m once the round trip carrying its reply
-// is over: acked if the reply was written (or its caller's inbox is gone),
-// nacked, to be delivered again, if not.
-func replyWritten(m *message.Message, d Delivery, err error) {
-	if err != nil && !errors.Is(err, redis.Nil) {
-		settle(m, false) // delivered again: here, or elsewhere if this replica stops
-		return
+// unwritable reports an error of a reply's XADD that writing it again
+// cannot cure: the reply-to is a key of another type (WRONGTYPE), a
+// stream that takes no more entries (ERR ... last possible ID), or one
+// this user may not write (NOPERM). Lost connections, failovers and a
+// full or loading server are worth another try.
+func unwritable(err error) bool {
+	if err == nil || errors.Is(err, redis.Nil) || !isRedisError(err) || lostMaster(err) {
+		return false
 	}
-	ackSent(m, d)
+	msg := err.Error()
+	for _, transient := range []string{"TRYAGAIN", "BUSY", "CLUSTERDOWN", "OOM", "MOVED", "ASK", "NOREPLICAS"} {
+		if strings.HasPrefix(msg, transient) {
+			return false
+		}
+	}
+	return true
+}
+
+// deadLetterMessage is the dead letter of request m whose reply to inbox
+// failed with err for good.
+func deadLetterMessage(m *message.Message, d Delivery, inbox, replica string, err error) *message.Message {
+	return NewDeadLetterMessage(m, d.EntryID, replica, fnmesh.CodeInternal,
+		fmt.Sprintf("the reply cannot be written to %s: %v", inbox, err), max(d.Count, 1))
+}
+
+// deadLetterUnwritable records request m, whose reply cannot be written,
+// on its service's dead letters, and waits for that.
+func (r *Redis) deadLetterUnwritable(ctx context.Context, m *message.Message, d Delivery, inbox, replica string, err error) error {
+	svc := serviceOfTopic(d.topic)
+	if svc == "" {
+		return err
+	}
+	dl := deadLetterMessage(m, d, inbox, replica, err)
+	return r.xadd(ctx, &redis.XAddArgs{Stream: DeadLetterTopic(svc), MaxLen: r.cfg.DeadLetterMaxLen, Approx: true, Values: entryValues(dl.Metadata, dl.Payload)})
+}
+
+// replyWritten settles the request a reply p answers, once the round
+// trip carrying the reply (and the request's XACK) is over: acked if the
+// reply was written (or its caller's inbox is gone); if it cannot ever
+// be written, acked once its dead letter is stored; else nacked, to be
+// delivered again (here, or elsewhere if this replica stops), which
+// counts as a delivery.
+func (c *combiner) replyWritten(p *pendingCmd) {
+	m, d, err := p.settles, p.delivery, p.err
+	switch {
+	case err == nil || errors.Is(err, redis.Nil):
+		ackSent(m, d)
+	case unwritable(err) && serviceOfTopic(d.topic) != "":
+		dl := deadLetterMessage(m, d, p.cmd.stream(), p.replica, err)
+		q := c.command()
+		q.cmd.xadd(DeadLetterTopic(serviceOfTopic(d.topic)), false, c.deadMaxLen)
+		for _, v := range entryValues(dl.Metadata, dl.Payload) {
+			q.cmd.argAny(v)
+		}
+		// Runs on the flushing goroutine: the dead letter goes out with
+		// the next round trip, and settles m after it.
+		c.doThen(q, func(err error) {
+			if err != nil {
+				settle(m, false)
+				return
+			}
+			ackSent(m, d)
+		})
+	default:
+		settle(m, false)
+	}
 }
 
 // xadd adds one entry (MAXLEN is approximate), sharing a round trip with

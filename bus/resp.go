@@ -28,6 +28,9 @@ type entry struct {
 	fields []byte // name, value, name, value... as RESP bulk strings
 	n      int    // fields and values in fields
 	gone   bool   // a pending entry whose data was trimmed away
+	// tooLarge, "NAME SIZE", names a field cut short by the reader
+	// (GroupConfig.MaxFieldBytes).
+	tooLarge string
 }
 
 // each calls f with each field and value, strings that share the reply's
@@ -115,9 +118,16 @@ func parseStreamReply(raw []byte) ([]entry, error) {
 				e.gone = true
 			} else {
 				start := r.i
+				name := ""
 				for j := 0; j < f; j++ {
-					if _, _, err := r.bulk(); err != nil {
+					s, _, size, err := r.bulkSized()
+					if err != nil {
 						return nil, err
+					}
+					if j%2 == 0 {
+						name = s
+					} else if size >= 0 && e.tooLarge == "" {
+						e.tooLarge = name + " " + strconv.Itoa(size)
 					}
 				}
 				e.fields, e.n = r.b[start:r.i:r.i], f
@@ -189,10 +199,30 @@ func (r *respReader) arrayLen() (int, error) {
 
 // bulk reads a bulk string as a string that shares the reply's memory.
 func (r *respReader) bulk() (string, bool, error) {
+	s, isNil, _, err := r.bulkSized()
+	return s, isNil, err
+}
+
+// bulkSized is bulk that also returns the size of a bulk string
+// readRawReplyMax cut short ("$KEPT;SIZE"), or -1.
+func (r *respReader) bulkSized() (string, bool, int, error) {
 	t, l, err := r.line()
 	if err != nil {
-		return "", false, err
+		return "", false, -1, err
 	}
+	size := -1
+	if head, total, cut := bytes.Cut(l, []byte(";")); cut && t == '$' {
+		n, ok := atoi(total)
+		if !ok || n < 0 {
+			return "", false, -1, r.fail("bulk size", nil)
+		}
+		l, size = head, n
+	}
+	s, isNil, err := r.bulkBody(t, l)
+	return s, isNil, size, err
+}
+
+func (r *respReader) bulkBody(t byte, l []byte) (string, bool, error) {
 	if t != '$' {
 		if t == '-' {
 			return "", false, serverError(string(l))
@@ -311,6 +341,15 @@ func (c *respCmd) argAny(v any) {
 	}
 }
 
+// stream returns the command's second argument (an XADD's key), for
+// error messages.
+func (c *respCmd) stream() string {
+	r := respReader{b: c.b[headRoom:]}
+	r.bulk()
+	s, _, _ := r.bulk()
+	return string(s)
+}
+
 // bytes returns the encoded command, writing its array header into the
 // room left for it.
 func (c *respCmd) bytes() []byte {
@@ -338,6 +377,29 @@ func (c *respCmd) args() []any {
 	return out
 }
 
+// Bounds on what a server may declare. A reply is read only as its bytes
+// arrive: no buffer is sized from a declared length beyond chunkSize, so
+// a faulty server, or anyone in the path of a plain redis:// connection,
+// cannot make the process allocate what it has not sent.
+const (
+	// maxBulkLen is Redis's own limit on a bulk string
+	// (proto-max-bulk-len, 512 MB).
+	maxBulkLen = 512 << 20
+	// maxAggregateLen bounds an array's (map's, set's) element count:
+	// Redis's limit on a multibulk request.
+	maxAggregateLen = 1 << 30
+	// maxDepth bounds how deeply replies nest (a stream read nests five
+	// deep): the readers recurse once per level.
+	maxDepth = 64
+	// chunkSize is the most a reader allocates ahead of bytes received.
+	chunkSize = 64 << 10
+	// maxErrorLen bounds what is kept of a blob error's text.
+	maxErrorLen = 4 << 10
+)
+
+// errTooDeep: a reply nests deeper than maxDepth.
+var errTooDeep = fmt.Errorf("%w: replies nested deeper than %d", errRESP, maxDepth)
+
 // respHeader reads a reply's first line, its CRLF included: its type t,
 // the text after the type, and n: a bulk string's length, an aggregate's
 // element count (a map's or an attribute's pairs counted twice), -1 for a
@@ -357,6 +419,12 @@ func respHeader(line []byte) (t byte, n int, body []byte, err error) {
 		if !ok {
 			return 0, 0, nil, fmt.Errorf("%w: bad length %q", errRESP, body)
 		}
+		if isBulk(t) && n > maxBulkLen {
+			return 0, 0, nil, fmt.Errorf("%w: bulk length %d above %d", errRESP, n, maxBulkLen)
+		}
+		if !isBulk(t) && n > maxAggregateLen {
+			return 0, 0, nil, fmt.Errorf("%w: aggregate length %d above %d", errRESP, n, maxAggregateLen)
+		}
 		if n > 0 && (t == '%' || t == '|') {
 			n *= 2
 		}
@@ -374,6 +442,13 @@ func isBulk(t byte) bool { return t == '$' || t == '!' || t == '=' }
 // redis.Nil for a null; err is a failure to read (the connection is
 // unusable). Arrays and maps are read to their end and dropped.
 func readReplyErr(br *bufio.Reader) (replyErr, err error) {
+	return readReplyErrAt(br, 0)
+}
+
+func readReplyErrAt(br *bufio.Reader, depth int) (replyErr, err error) {
+	if depth > maxDepth {
+		return nil, errTooDeep
+	}
 	line, err := br.ReadSlice('\n')
 	if err != nil {
 		return nil, err
@@ -387,21 +462,43 @@ func readReplyErr(br *bufio.Reader) (replyErr, err error) {
 	case n < 0:
 		return redis.Nil, nil
 	case t == '!':
-		msg := make([]byte, n+2)
+		keep := min(n, maxErrorLen)
+		msg := make([]byte, keep)
 		if _, err := io.ReadFull(br, msg); err != nil {
 			return nil, err
 		}
-		return serverError(msg[:n]), nil
+		if _, err := br.Discard(n - keep); err != nil {
+			return nil, err
+		}
+		return serverError(msg), readCRLF(br)
 	case isBulk(t):
-		_, err := br.Discard(n + 2)
-		return nil, err
+		if _, err := br.Discard(n); err != nil {
+			return nil, err
+		}
+		return nil, readCRLF(br)
 	}
 	for i := 0; i < n; i++ {
-		if _, err := readReplyErr(br); err != nil {
+		if _, err := readReplyErrAt(br, depth+1); err != nil {
 			return nil, err
 		}
 	}
 	return nil, nil
+}
+
+// errTooLarge: respEnd met a bulk string above its limit; the reply is
+// read with appendReply, which skips its bytes.
+var errTooLarge = errors.New("bus: bulk string above the limit")
+
+// readCRLF reads the CRLF that ends a bulk string.
+func readCRLF(br *bufio.Reader) error {
+	var crlf [2]byte
+	if _, err := io.ReadFull(br, crlf[:]); err != nil {
+		return err
+	}
+	if crlf != [2]byte{'\r', '\n'} {
+		return fmt.Errorf("%w: bulk string not ended by CRLF", errRESP)
+	}
+	return nil
 }
 
 // errIncomplete: respEnd needs more bytes.
@@ -410,6 +507,15 @@ var errIncomplete = errors.New("bus: incomplete reply")
 // respEnd returns where the reply that starts at b[i] ends, or
 // errIncomplete if b stops before.
 func respEnd(b []byte, i int) (int, error) {
+	return respEndAt(b, i, 0, maxBulkLen)
+}
+
+// respEndAt is respEnd at nesting depth; a bulk string longer than
+// maxField is errTooLarge.
+func respEndAt(b []byte, i, depth, maxField int) (int, error) {
+	if depth > maxDepth {
+		return 0, errTooDeep
+	}
 	j := bytes.IndexByte(b[i:], '\n')
 	if j < 0 {
 		return 0, errIncomplete
@@ -421,6 +527,8 @@ func respEnd(b []byte, i int) (int, error) {
 		return 0, err
 	case n < 0:
 		return next, nil
+	case isBulk(t) && n > maxField:
+		return 0, errTooLarge
 	case isBulk(t):
 		end := next + n + 2
 		if end > len(b) {
@@ -432,7 +540,7 @@ func respEnd(b []byte, i int) (int, error) {
 		return end, nil
 	}
 	for k := 0; k < n; k++ {
-		if next, err = respEnd(b, next); err != nil {
+		if next, err = respEndAt(b, next, depth+1, maxField); err != nil {
 			return 0, err
 		}
 	}
@@ -444,20 +552,31 @@ func respEnd(b []byte, i int) (int, error) {
 // quarter of the bytes a call allocated). It reads nothing past the
 // reply.
 func readRawReply(r *bufio.Reader) ([]byte, error) {
+	return readRawReplyMax(r, maxBulkLen)
+}
+
+// readRawReplyMax is readRawReply that reads no bulk string longer than
+// maxField: it keeps the first TooLargePrefix bytes of one, skips the
+// rest as it arrives, and writes its header as "$KEPT;SIZE" (which only
+// respReader.bulk reads).
+func readRawReplyMax(r *bufio.Reader, maxField int) ([]byte, error) {
 	for {
 		buf, _ := r.Peek(r.Buffered())
-		end, err := respEnd(buf, 0)
+		end, err := respEndAt(buf, 0, 0, maxField)
 		if err == nil {
 			out := make([]byte, end)
 			copy(out, buf)
 			r.Discard(end)
 			return out, nil
 		}
+		if err == errTooLarge {
+			return appendReply(r, make([]byte, 0, r.Size()), 0, maxField)
+		}
 		if err != errIncomplete {
 			return nil, err
 		}
 		if r.Buffered() == r.Size() {
-			return readLongReply(r)
+			return appendReply(r, make([]byte, 0, 2*r.Size()), 0, maxField)
 		}
 		if _, err := r.Peek(r.Buffered() + 1); err != nil {
 			return nil, err
@@ -465,13 +584,13 @@ func readRawReply(r *bufio.Reader) ([]byte, error) {
 	}
 }
 
-// readLongReply reads a reply longer than r's buffer, line by line and
-// bulk string by bulk string.
-func readLongReply(r *bufio.Reader) ([]byte, error) {
-	return appendReply(r, make([]byte, 0, 2*r.Size()))
-}
-
-func appendReply(r *bufio.Reader, out []byte) ([]byte, error) {
+// appendReply reads a reply longer than r's buffer, line by line and
+// bulk string by bulk string, skipping what a bulk string holds past
+// maxField (readRawReplyMax).
+func appendReply(r *bufio.Reader, out []byte, depth, maxField int) ([]byte, error) {
+	if depth > maxDepth {
+		return nil, errTooDeep
+	}
 	line, err := r.ReadSlice('\n')
 	if err != nil {
 		return nil, err
@@ -480,24 +599,56 @@ func appendReply(r *bufio.Reader, out []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	switch {
+	case isBulk(t) && n > maxField:
+		keep := min(n, TooLargePrefix)
+		out = append(out, '$')
+		out = strconv.AppendInt(out, int64(keep), 10)
+		out = append(out, ';')
+		out = strconv.AppendInt(out, int64(n), 10)
+		out = append(out, '\r', '\n')
+		if out, err = appendBytes(r, out, keep); err != nil {
+			return nil, err
+		}
+		if _, err := r.Discard(n - keep); err != nil {
+			return nil, err
+		}
+		if err := readCRLF(r); err != nil {
+			return nil, err
+		}
+		return append(out, '\r', '\n'), nil
+	}
 	out = append(out, line...)
 	switch {
 	case n < 0:
 	case isBulk(t):
-		out = slices.Grow(out, n+2)
-		if _, err := io.ReadFull(r, out[len(out):len(out)+n+2]); err != nil {
+		if out, err = appendBytes(r, out, n+2); err != nil {
 			return nil, err
 		}
-		out = out[:len(out)+n+2]
 		if out[len(out)-2] != '\r' || out[len(out)-1] != '\n' {
 			return nil, fmt.Errorf("%w: bulk string not ended by CRLF", errRESP)
 		}
 	default:
 		for k := 0; k < n; k++ {
-			if out, err = appendReply(r, out); err != nil {
+			if out, err = appendReply(r, out, depth+1, maxField); err != nil {
 				return nil, err
 			}
 		}
+	}
+	return out, nil
+}
+
+// appendBytes appends the next n bytes of r to out, growing out at most
+// chunkSize ahead of the bytes read.
+func appendBytes(r *bufio.Reader, out []byte, n int) ([]byte, error) {
+	for n > 0 {
+		k := min(n, chunkSize)
+		out = slices.Grow(out, k)
+		if _, err := io.ReadFull(r, out[len(out):len(out)+k]); err != nil {
+			return nil, err
+		}
+		out = out[:len(out)+k]
+		n -= k
 	}
 	return out, nil
 }

@@ -217,8 +217,9 @@ func (w *wireConn) roundTrip(batch []*pendingCmd, acks []respCmd) error {
 }
 
 // exchange writes one command and reads its whole reply, for a reader
-// connection, which has one command in flight at a time.
-func (w *wireConn) exchange(cmd []byte) ([]byte, error) {
+// connection, which has one command in flight at a time. A bulk string
+// longer than maxField is cut short (readRawReplyMax).
+func (w *wireConn) exchange(cmd []byte, maxField int) ([]byte, error) {
 	if err := deadline(w.nc.SetWriteDeadline, &w.writeBy, w.writeTimeout); err != nil {
 		return nil, err
 	}
@@ -229,5 +230,5 @@ func (w *wireConn) exchange(cmd []byte) ([]byte, error) {
 	if err := deadline(w.nc.SetReadDeadline, &w.readBy, w.readTimeout); err != nil {
 		return nil, err
 	}
-	return readRawReply(w.r)
+	return readRawReplyMax(w.r, maxField)
 }

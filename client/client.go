@@ -156,11 +156,11 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	var rb [6]byte
+	var rb [12]byte // unguessable: a reply-to names an inbox (docs/SECURITY.md)
 	rand.Read(rb[:])
 	id := hex.EncodeToString(rb[:])
 	c := &Client{
-		cfg: cfg, bus: b, inbox: bus.ReplyTopic(id),
+		cfg: cfg, bus: b, inbox: bus.InboxTopic(b, id),
 		idPrefix: id + "-", waiting: map[string]*waiter{},
 	}
 	c.waiters.New = func() any {
@@ -514,6 +514,10 @@ func (c *Client) publish(ctx context.Context, service string, req *bus.Request) 
 }
 
 func queueError(err error) *fnmesh.Error {
+	var fe *fnmesh.Error
+	if errors.As(err, &fe) { // the bus's own verdict, such as not_found
+		return fe
+	}
 	return &fnmesh.Error{Code: fnmesh.CodeUnavailable, Message: "cannot queue request: " + err.Error()}
 }
 

@@ -372,7 +372,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	if id == "" {
 		id = newReplicaID()
 	}
-	sub, err := b.GroupSubscriber(bus.GroupConfig{Consumer: id, Concurrency: s.cfg.Concurrency, SettleDirect: true})
+	sub, err := b.GroupSubscriber(bus.GroupConfig{Consumer: id, Concurrency: s.cfg.Concurrency, SettleDirect: true, MaxFieldBytes: s.cfg.MaxPayloadBytes})
 	if err != nil {
 		return err
 	}

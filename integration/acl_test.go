@@ -40,12 +40,18 @@ func userURL(base, user, pass string) string {
 	return u.String()
 }
 
-// A service and a caller run with nothing but the ACLs docs/SECURITY.md
-// documents, on a redis-server that enforces them: calls, sends, the
-// registry, the discovery check and the queue metrics work, and each user
-// is refused what it was not given.
+// A replica, two callers, a gateway and an operator run with nothing but
+// the ACLs docs/SECURITY.md documents, on a redis-server that enforces
+// them: calls, sends, the registry, the discovery check, the queue
+// metrics and the dead-letter tools work; a caller can read neither the
+// request stream (other callers' tokens) nor another caller's inbox, nor
+// write into it; each user is refused what it was not given.
 func TestDocumentedACLsAreEnough(t *testing.T) {
-	srv, err := redistest.Start(redistest.Options{Users: []string{docACL(t, "service math"), docACL(t, "caller of math")}})
+	web := docACL(t, "caller web of math")
+	web2 := strings.ReplaceAll(web, "web", "web2") // a second caller, by the same template
+	srv, err := redistest.Start(redistest.Options{Users: []string{
+		docACL(t, "replica of math"), web, web2, docACL(t, "gateway"), docACL(t, "operator"),
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,24 +85,32 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	h := bustest.NewHarness(t, sb)
 	h.Start(svc)
 
-	// The caller, as user web (credentials in the URL).
-	ccfg := fast
-	ccfg.URL = userURL(srv.URL, "web", "web-secret")
-	cb, err := bus.NewRedis(ccfg)
-	if err != nil {
-		t.Fatal(err)
+	// A caller: a bus, a registry watcher and a client, as user (the
+	// credentials in the URL).
+	caller := func(user, pass string) (*bus.Redis, *client.Client) {
+		ccfg := fast
+		ccfg.URL = userURL(srv.URL, user, pass)
+		cb, err := bus.NewRedis(ccfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cb.Close() })
+		w, err := registry.NewWatcher(cb, registry.WatcherConfig{Logger: bustest.Quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { w.Close() })
+		c, err := client.New(cb, client.Config{Logger: bustest.Quiet, Registry: w})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if want := "fnmesh:reply:{" + user + ":"; !strings.HasPrefix(c.Inbox(), want) {
+			t.Fatalf("inbox %s of user %s, want %s...}", c.Inbox(), user, want)
+		}
+		return cb, c
 	}
-	t.Cleanup(func() { cb.Close() })
-	w, err := registry.NewWatcher(cb, registry.WatcherConfig{Logger: bustest.Quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Close() })
-	c, err := client.New(cb, client.Config{Logger: bustest.Quiet, Registry: w})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	cb, c := caller("web", "web-secret")
 	var out bustest.AddOut
 	if err := c.Call(ctx, "math.add", bustest.AddIn{A: 1, B: 2}, &out); err != nil || out.Sum != 3 {
 		t.Fatalf("call as web: %v %+v", err, out)
@@ -121,13 +135,29 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	// it records the key as done.)
 	bustest.Eventually(t, 3*time.Second, "second call with the key not answered from it", func() bool {
 		out = bustest.AddOut{}
-		err := c.Call(ctx, "math.add", bustest.AddIn{A: 40, B: 2}, &out, client.WithIdempotencyKey("k1"))
+		err := c.Call(ctx, "math.add", bustest.AddIn{A: 1, B: 1}, &out, client.WithIdempotencyKey("k1"))
 		return err == nil && out.Sum == 42
 	})
 	// The caller reads the bound the service published.
 	if bl, err := cb.Backlog(ctx, "math"); err != nil || bl.MaxBacklog != 1000 {
 		t.Fatalf("backlog as web: %+v %v", bl, err)
 	}
+	// A Send that the replica dead-letters (its deadline passes before it
+	// runs), for the operator below.
+	if err := c.Send(ctx, "math.add", bustest.AddIn{A: -1}, client.WithTimeout(time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+
+	// A second caller and the gateway call too.
+	cb2, c2 := caller("web2", "web2-secret")
+	if err := c2.Call(ctx, "math.add", bustest.AddIn{A: 2, B: 2}, &out); err != nil || out.Sum != 4 {
+		t.Fatalf("call as web2: %v %+v", err, out)
+	}
+	gb, gc := caller("gateway", "gateway-secret")
+	if err := gc.Call(ctx, "math.add", bustest.AddIn{A: 3, B: 2}, &out); err != nil || out.Sum != 5 {
+		t.Fatalf("call as gateway: %v %+v", err, out)
+	}
+
 	// The registry heartbeat (a script) runs under the service's user.
 	store := registry.NewRedisStore(sb.Client())
 	bustest.Eventually(t, 3*time.Second, "stats not written by the heartbeat", func() bool {
@@ -138,6 +168,41 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 		t.Fatalf("queue as math: %v", err)
 	} else if q.Backlog != 0 {
 		t.Fatalf("queue %+v", q)
+	}
+
+	// The operator: what fnmesh ls, describe, top and dlq do.
+	ob, err := bus.NewRedis(bus.RedisConfig{URL: srv.URL, Username: "ops", Password: "ops-secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ob.Close() })
+	ostore := registry.NewRedisStore(ob.Client())
+	if svcs, err := ostore.Services(ctx); err != nil || len(svcs) != 1 || svcs[0] != "math" {
+		t.Fatalf("services as ops: %v %v", svcs, err)
+	}
+	if v, err := ostore.Service(ctx, "math"); err != nil || len(v.Replicas) != 1 {
+		t.Fatalf("service as ops: %+v %v", v, err)
+	}
+	if _, err := ostore.Queue(ctx, "math"); err != nil {
+		t.Fatalf("queue as ops: %v", err)
+	}
+	var dls []bus.DeadLetter
+	bustest.Eventually(t, 5*time.Second, "dead letter not listed to ops", func() bool {
+		dls, err = ob.DeadLetters(ctx, "math", 10)
+		return err == nil && len(dls) == 1
+	})
+	if svcs, err := ob.DeadLetterServices(ctx); err != nil || len(svcs) != 1 {
+		t.Fatalf("dead-letter services as ops: %v %v", svcs, err)
+	}
+	if n, err := ob.ReplayDeadLetters(ctx, "math", dls[0].EntryID); err != nil || n != 1 {
+		t.Fatalf("replay as ops: %d %v", n, err)
+	}
+	bustest.Eventually(t, 5*time.Second, "replayed request not dead-lettered again", func() bool {
+		dls, err = ob.DeadLetters(ctx, "math", 10)
+		return err == nil && len(dls) == 1 && dls[0].Origin != "" && dls[0].Fields[bus.FieldReplayOf] != ""
+	})
+	if n, err := ob.PurgeDeadLetters(ctx, "math"); err != nil || n != 1 {
+		t.Fatalf("purge as ops: %d %v", n, err)
 	}
 
 	// Redis denied nothing while the loops ran (claims, trims, inbox
@@ -159,11 +224,40 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 			t.Errorf("%s: got %v, want NOPERM", who, err)
 		}
 	}
+	req, dead, inbox := bus.RequestTopic("math"), bus.DeadLetterTopic("math"), c.Inbox()
+	other := cb2.Client()
+	// The second caller against the first's inbox and the requests.
+	noperm("web2 XRANGEs web's inbox", other.XRange(ctx, inbox, "-", "+").Err())
+	noperm("web2 XREADs web's inbox", other.XRead(ctx, &redis.XReadArgs{Streams: []string{inbox, "0"}, Count: 1, Block: -1}).Err())
+	noperm("web2 XADDs a forged reply to web's inbox", other.XAdd(ctx, &redis.XAddArgs{Stream: inbox, NoMkStream: true, Values: []any{"id", "x", "p", "1"}}).Err())
+	noperm("web2 deletes web's inbox", other.Del(ctx, inbox).Err())
+	noperm("web2 makes an inbox not under its name", other.XAdd(ctx, &redis.XAddArgs{Stream: bus.ReplyTopic("web:fake"), Values: []any{"hello", "inbox"}}).Err())
+	noperm("web2 XRANGEs the requests", other.XRange(ctx, req, "-", "+").Err())
+	noperm("web2 XREADs the requests", other.XRead(ctx, &redis.XReadArgs{Streams: []string{req, "0"}, Count: 1, Block: -1}).Err())
+	noperm("web2 reads the requests with XINFO STREAM", other.Do(ctx, "XINFO", "STREAM", req, "FULL").Err())
+	noperm("web2 XREADGROUPs the requests", other.XReadGroup(ctx, &redis.XReadGroupArgs{Group: bus.Group, Consumer: "thief", Streams: []string{req, ">"}, Count: 1, Block: -1}).Err())
+	noperm("web2 deletes the requests", other.Del(ctx, req).Err())
+	noperm("web2 trims the requests", other.XTrimMaxLen(ctx, req, 0).Err())
+	noperm("web2 expires the requests", other.PExpire(ctx, req, time.Millisecond).Err())
+	noperm("web2 reads the dead letters", other.XRange(ctx, dead, "-", "+").Err())
+	noperm("web2 reads an idempotency key", other.Get(ctx, bus.IdempotencyTopic("math", "k1")).Err())
+	noperm("web writes math's registry", cb.Client().HSet(ctx, registry.ReplicasKey("math"), "fake", "{}").Err())
+	noperm("web writes a dead letter", cb.Client().XAdd(ctx, &redis.XAddArgs{Stream: dead, Values: []any{"id", "1"}}).Err())
+	noperm("the gateway reads the requests", gb.Client().XRange(ctx, req, "-", "+").Err())
+	noperm("the gateway reads web's inbox", gb.Client().XRange(ctx, inbox, "-", "+").Err())
+	// The replica answers any inbox, and can do nothing else to it.
+	noperm("math reads web's inbox", sb.Client().XRange(ctx, inbox, "-", "+").Err())
+	noperm("math deletes web's inbox", sb.Client().Del(ctx, inbox).Err())
+	noperm("math retypes web's inbox", sb.Client().Set(ctx, inbox, "x", 0).Err())
 	noperm("math writes another service's requests", sb.Client().XAdd(ctx, &redis.XAddArgs{Stream: bus.RequestTopic("mail"), Values: []any{"id", "1"}}).Err())
 	noperm("math runs FLUSHALL", sb.Client().FlushAll(ctx).Err())
-	noperm("web reads math's requests", cb.Client().XRange(ctx, bus.RequestTopic("math"), "-", "+").Err())
-	noperm("web writes math's registry", cb.Client().HSet(ctx, registry.ReplicasKey("math"), "fake", "{}").Err())
-	noperm("web writes a dead letter", cb.Client().XAdd(ctx, &redis.XAddArgs{Stream: bus.DeadLetterTopic("math"), Values: []any{"id", "1"}}).Err())
+	noperm("ops writes a reply", ob.Client().XAdd(ctx, &redis.XAddArgs{Stream: inbox, Values: []any{"id", "1"}}).Err())
+	noperm("ops runs FLUSHALL", ob.Client().FlushAll(ctx).Err())
+	noperm("ops runs KEYS", ob.Client().Keys(ctx, "*").Err())
+	// And what web still has works: its inbox took every reply.
+	if err := c.Call(ctx, "math.add", bustest.AddIn{A: 5, B: 5}, &out); err != nil || out.Sum != 10 {
+		t.Fatalf("call as web at the end: %v %+v", err, out)
+	}
 
 	// A wrong password gets no further than the connection.
 	bad, _ := bus.NewRedis(bus.RedisConfig{URL: srv.URL, Username: "math", Password: "wrong"})

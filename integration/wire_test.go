@@ -11,6 +11,7 @@ import (
 
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/internal/redistest"
 )
 
 // The bus writes requests and replies on a connection of its own. When
@@ -79,19 +80,27 @@ func clientIDs(t *testing.T, list, cmd string) map[string]bool {
 }
 
 // A replica's reply settles its request after the worker has moved on
-// (Bus.SendReply with SettleDirect). When Redis refuses the reply, the
-// request is not acked: it is delivered again, and answered then.
+// (Bus.SendReply with SettleDirect). When Redis refuses the reply for a
+// while (here: out of memory), the request is not acked: it is delivered
+// again, and answered then. (A reply that can never be written is
+// dead-lettered instead: TestUnwritableRepliesAreDeadLettered.)
 func TestFailedReplyDeliversRequestAgain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	b := newRedisBus(t, busConfig())
+	srv, err := redistest.Start(redistest.Options{}) // its memory limit changes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	b, err := bus.NewRedis(bus.RedisConfig{URL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer b.Close()
 	rdb := b.Client()
 	service := bustest.Name("badreply")
 	inbox := bus.ReplyTopic(bustest.Name("badreply-inbox"))
-	defer rdb.Del(ctx, bus.RequestTopic(service), inbox)
-	// The reply stream's key holds a string: the reply's XADD fails.
-	if err := rdb.Set(ctx, inbox, "not a stream", time.Minute).Err(); err != nil {
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: inbox, Values: []any{"hello", "inbox"}}).Err(); err != nil {
 		t.Fatal(err)
 	}
 	msgs := bustest.SubscribeOneSlot(ctx, t, b, service, true)
@@ -100,6 +109,10 @@ func TestFailedReplyDeliversRequestAgain(t *testing.T) {
 	}
 	next := func() (*message.Message, bus.Delivery) { t.Helper(); return bustest.NextDelivery(ctx, t, msgs) }
 	m, d := next()
+	// Redis is out of memory: the reply's XADD is refused (OOM).
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.SendReply(ctx, inbox, &bus.Reply{ID: "r1", Payload: []byte(`1`), Acks: m}); err != nil {
 		t.Fatalf("SendReply: %v (the failure should come back as a redelivery)", err)
 	}
@@ -108,9 +121,8 @@ func TestFailedReplyDeliversRequestAgain(t *testing.T) {
 	if d2.EntryID != d.EntryID || d2.Count != 2 {
 		t.Fatalf("got entry %s delivery %d, want %s delivery 2", d2.EntryID, d2.Count, d.EntryID)
 	}
-	// The reply stream is back: the second reply goes through and acks.
-	rdb.Del(ctx, inbox)
-	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: inbox, Values: []any{"hello", "inbox"}}).Err(); err != nil {
+	// Memory is back: the second reply goes through and acks.
+	if err := rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.SendReply(ctx, inbox, &bus.Reply{ID: "r1", Payload: []byte(`1`), Acks: m2}); err != nil {

@@ -160,8 +160,13 @@ func testDeadlineTravels(t *testing.T, h *Harness) {
 
 func testTimeoutWithNoReplica(t *testing.T, h *Harness) {
 	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}})
+	// A service whose replicas are all gone: the call waits for one, to
+	// its deadline. (On Redis, a service no replica ever served is
+	// not_found at once: TestRequestsNeverCreateStreams.)
+	name := Name("gone")
+	servedOnce(t, h, name)
 	start := time.Now()
-	err := c.Call(context.Background(), fn(Name("nobody"), "add"), AddIn{}, nil, client.WithTimeout(300*time.Millisecond))
+	err := c.Call(context.Background(), fn(name, "add"), AddIn{}, nil, client.WithTimeout(300*time.Millisecond))
 	WantCode(t, err, fnmesh.CodeDeadlineExceeded)
 	if !errors.Is(err, fnmesh.ErrDeadlineExceeded) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("errors.Is does not match deadline errors: %v", err)
@@ -171,8 +176,20 @@ func testTimeoutWithNoReplica(t *testing.T, h *Harness) {
 	}
 }
 
+// servedOnce runs a replica of service name and stops it: the service's
+// request stream and group exist, with no replica reading them.
+func servedOnce(t *testing.T, h *Harness, name string) {
+	t.Helper()
+	svc := openService(name)
+	handlers.Register(svc, "noop", func(context.Context, struct{}) (struct{}, error) { return struct{}{}, nil })
+	if err := h.StartStoppable(svc)(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func testExpiredRequestIsNotRun(t *testing.T, h *Harness) {
 	name := Name("late")
+	servedOnce(t, h, name)
 	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}})
 	// Requests queued while no replica runs, expiring before one starts.
 	err := c.Call(context.Background(), fn(name, "count"), struct{}{}, nil, client.WithTimeout(100*time.Millisecond))

@@ -208,8 +208,9 @@ func (h *Harness) Start(svc *handlers.Service) {
 	}
 }
 
-// StartStoppable runs one replica and returns a function that stops it
-// and returns Run's error.
+// StartStoppable runs one replica, waits until it has joined its group
+// (or Run failed), and returns a function that stops it and returns
+// Run's error.
 func (h *Harness) StartStoppable(svc *handlers.Service) (stop func() error) {
 	if h.Local != nil {
 		h.Local.add(svc)
@@ -224,6 +225,12 @@ func (h *Harness) StartStoppable(svc *handlers.Service) (stop func() error) {
 		return err
 	}
 	h.T.Cleanup(func() { stop() })
+	select {
+	case <-svc.Started():
+	case err = <-errc:
+		once.Do(func() { cancel() })
+	case <-time.After(10 * time.Second):
+	}
 	return stop
 }
 

@@ -3,7 +3,7 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 
-import { Conn, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
+import { Conn, aclUser, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
 import { Breaker, outcomeOf, type BreakerOptions, type BreakerState } from "./breaker.js";
 import { Codes, FnmeshError, type FieldViolation } from "./errors.js";
 import { GROUP, PROTOCOL_VERSION, functionKey, limitsKey, nextId, parseStreams, replyKey, requestKey, splitName, type Details } from "./protocol.js";
@@ -109,7 +109,14 @@ export class Client {
   private readonly breakers = new Map<string, Breaker>();
 
   constructor(private readonly opts: ClientOptions) {
-    this.inbox = randomBytes(6).toString("hex");
+    // §6: logged in as an ACL user, the inbox is USER:RANDOM, so that an
+    // ACL can give each caller its own inbox and no other.
+    const user = aclUser(opts);
+    if (user !== "" && !/^[A-Za-z0-9_.-]{1,64}$/.test(user)) {
+      throw new Error(`fnmesh: Redis user name ${JSON.stringify(user)} cannot name inboxes: use letters, digits, '_', '-' or '.' (at most 64)`);
+    }
+    const random = randomBytes(12).toString("hex");
+    this.inbox = user === "" ? random : `${user}:${random}`;
     this.key = replyKey(this.inbox);
     this.name = opts.name ?? `${hostname()}-${process.pid}`;
     this.log = opts.logger ?? defaultLogger;
@@ -144,7 +151,7 @@ export class Client {
     };
   }
 
-  /** The inbox's stream key, fnmesh:reply:{INBOX}. */
+  /** The inbox's stream key, fnmesh:reply:{INBOX} (INBOX is USER:RANDOM for an ACL user). */
   get replyKey(): string {
     return this.key;
   }
@@ -378,10 +385,10 @@ export class Client {
     });
     outcome.catch(() => {}); // settled before it is awaited when the XADD fails or close() runs
     try {
-      await this.cmd!.send(["XADD", functionKey(service, name), "*", ...fields]);
+      await this.addRequest(service, name, fields);
     } catch (err) {
       const w = this.waiting.get(id);
-      w?.reject(new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`));
+      w?.reject(err instanceof FnmeshError ? err : new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`));
     }
     let out: { result: unknown; replica: string };
     try {
@@ -409,14 +416,25 @@ export class Client {
     const fields = this.request(id, name, { dl, token: opts.token ?? this.opts.token, traceparent: opts.traceparent, idempotencyKey: opts.idempotencyKey }, payload);
     const settle = this.guard(fn);
     try {
-      await this.cmd!.send(["XADD", functionKey(service, name), "*", ...fields]);
+      await this.addRequest(service, name, fields);
     } catch (err) {
-      const e = new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`);
+      const e = err instanceof FnmeshError ? err : new FnmeshError(Codes.Unavailable, `cannot queue request: ${errorMessage(err)}`);
       settle(e);
       throw e;
     }
     settle();
     return id;
+  }
+
+  /**
+   * §1: adds a request with XADD NOMKSTREAM: only a replica makes a
+   * service's stream, so a nil reply means no replica ever served it.
+   */
+  private async addRequest(service: string, name: string, fields: string[]): Promise<void> {
+    const id = await this.cmd!.send(["XADD", functionKey(service, name), "NOMKSTREAM", "*", ...fields]);
+    if (id === null || id === undefined) {
+      throw new FnmeshError(Codes.NotFound, `service ${service} not found: no replica has ever served it`);
+    }
   }
 
   /** Fails the calls still waiting with unavailable and removes the inbox. */

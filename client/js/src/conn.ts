@@ -17,6 +17,17 @@ export interface Logger {
   error(msg: string, attrs?: Record<string, unknown>): void;
 }
 
+/** The ACL user a connection logs in as ("" for the default user). */
+export function aclUser(opts: RedisOptions): string {
+  const url = opts.url ?? process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+  try {
+    const user = decodeURIComponent(new URL(url).username);
+    return user === "default" ? "" : user;
+  } catch {
+    return "";
+  }
+}
+
 export const defaultLogger: Logger = {
   debug() {},
   info() {},

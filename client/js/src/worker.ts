@@ -492,8 +492,20 @@ export class Replica {
       let p: string | undefined;
       // §7.3: the reply and the ack in one round trip, the reply first.
       const ack = ackWithReply ? e.id : undefined;
-      if (!(await this.write(e.id, async () => void (p = await this.reply(req.rt, req.id, outcome, ack))))) return { state: "stopped" };
-      return outcome instanceof FnmeshError ? { state: "failed", acked: ackWithReply } : { state: "ok", result: p, acked: ackWithReply };
+      let lost = false;
+      const written = await this.write(e.id, async () => {
+        try {
+          p = await this.reply(req.rt, req.id, outcome, true, ack);
+        } catch (err) {
+          if (!(err instanceof UnwritableReply)) throw err;
+          // §7.3: nothing else ends it: a dead letter with the reason. With
+          // ack set the entry was acked in the reply's round trip already.
+          lost = true;
+          await this.deadLetter(e, new FnmeshError(Codes.Internal, err.message), count);
+        }
+      });
+      if (!written) return { state: "stopped" };
+      return outcome instanceof FnmeshError || lost ? { state: "failed", acked: ackWithReply } : { state: "ok", result: p, acked: ackWithReply };
     }
     for (let attempt = count; ; attempt++) {
       const outcome = await this.invoke(fn, req, args, attempt);
@@ -676,9 +688,11 @@ export class Replica {
 
   /**
    * §4: answers a call on its caller's inbox; returns the result's JSON (p)
-   * on success. With ackEntry, acks that entry in the same pipeline (§7.3).
+   * on success. With ackEntry, acks that entry in the same pipeline
+   * (§7.3). A reply that can never be written (§7.3) throws
+   * UnwritableReply if `strict`, else is dropped.
    */
-  private async reply(rt: string, id: string, outcome: unknown, ackEntry?: string): Promise<string | undefined> {
+  private async reply(rt: string, id: string, outcome: unknown, strict = false, ackEntry?: string): Promise<string | undefined> {
     const f = ["id", id, "by", this.id];
     let p: string | undefined;
     if (outcome instanceof FnmeshError) {
@@ -688,17 +702,23 @@ export class Replica {
       try {
         p = outcome instanceof RawJSON ? outcome.json : JSON.stringify(outcome);
       } catch (err) {
-        return this.reply(rt, id, new FnmeshError(Codes.Internal, `result is not JSON-encodable: ${errorMessage(err)}`), ackEntry);
+        return this.reply(rt, id, new FnmeshError(Codes.Internal, `result is not JSON-encodable: ${errorMessage(err)}`), strict, ackEntry);
       }
-      if (p === undefined) return this.reply(rt, id, new FnmeshError(Codes.Internal, `result is not JSON-encodable: ${typeof outcome}`), ackEntry);
+      if (p === undefined) return this.reply(rt, id, new FnmeshError(Codes.Internal, `result is not JSON-encodable: ${typeof outcome}`), strict, ackEntry);
       f.push("p", p);
     }
     // NOMKSTREAM: a caller whose inbox is gone is gone too.
     const xadd = ["XADD", rt, "NOMKSTREAM", "MAXLEN", "~", String(this.replyMaxLen), "*", ...f];
-    // If the reply fails, the XACK still runs: this replica holds the
-    // outcome and writes it again (write) until it can, or stops.
-    if (ackEntry !== undefined) await this.cmd!.pipeline([xadd, ["XACK", this.key, GROUP, ackEntry]]);
-    else await this.cmd!.send(xadd);
+    try {
+      // If the reply fails, the XACK still runs: this replica holds the
+      // outcome and writes it again (write) until it can, or stops.
+      if (ackEntry !== undefined) await this.cmd!.pipeline([xadd, ["XACK", this.key, GROUP, ackEntry]]);
+      else await this.cmd!.send(xadd);
+    } catch (err) {
+      if (!unwritable(err)) throw err;
+      if (strict) throw new UnwritableReply(`the reply cannot be written to ${rt}: ${errorMessage(err)}`);
+      this.log.warn("reply cannot be written; dropped", { id, err: errorMessage(err) });
+    }
     return p;
   }
 
@@ -840,3 +860,18 @@ const IDEM_RELEASE = `
 if redis.call('GET', KEYS[1]) == 'r|' .. ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `;
+
+/** A reply that writing again cannot get through. */
+class UnwritableReply extends Error {}
+
+/**
+ * §7.3: a server's error reply to a reply's XADD that no retry cures
+ * (WRONGTYPE, ERR ...), as opposed to a lost connection or a server that
+ * is full, loading or failing over.
+ */
+function unwritable(err: unknown): boolean {
+  let p = err instanceof Error ? Object.getPrototypeOf(err) : null;
+  while (p && p !== Error.prototype && p.constructor?.name !== "ErrorReply") p = Object.getPrototypeOf(p);
+  if (!p || p === Error.prototype) return false;
+  return !/^(OOM|BUSY|TRYAGAIN|LOADING|READONLY|MASTERDOWN|CLUSTERDOWN|MOVED|ASK|NOREPLICAS)\b/.test((err as Error).message);
+}

@@ -94,9 +94,19 @@ describe("calls", () => {
     assert.equal(peak, 4);
   });
 
+  it("fails with not_found for a service never served, and creates no key", async () => {
+    const c = await client();
+    const svc = unique("never");
+    await assert.rejects(c.call(`${svc}.x`, {}, { timeoutMs: 5000 }), (e: FnmeshError) => e.code === Codes.NotFound);
+    await assert.rejects(c.send(`${svc}.x`, {}), (e: FnmeshError) => e.code === Codes.NotFound);
+    assert.equal(await (await redis()).send(["EXISTS", `fnmesh:{${svc}}:req`]), 0);
+  });
+
   it("fails with deadline_exceeded when no replica answers", async () => {
     const c = await client();
     const svc = unique("nobody");
+    // Served once: the stream and its group stay when replicas stop.
+    await (await redis()).send(["XGROUP", "CREATE", `fnmesh:{${svc}}:req`, "fnmesh", "0", "MKSTREAM"]);
     await assert.rejects(c.call(`${svc}.x`, {}, { timeoutMs: 100 }), (e: FnmeshError) => e.code === Codes.DeadlineExceeded);
     const [entry] = await (await redis()).send<any[]>(["XRANGE", `fnmesh:{${svc}}:req`, "-", "+"]);
     const f = fieldsOf(entry[1]);
@@ -125,9 +135,10 @@ describe("calls", () => {
   it("sends a versioned function's requests to its own stream", async () => {
     const svc = unique("ver");
     const c = await client();
+    const r = await redis();
+    for (const key of [`fnmesh:{${svc}}:req:add@v2`, `fnmesh:{${svc}}:req`]) await r.send(["XGROUP", "CREATE", key, "fnmesh", "0", "MKSTREAM"]);
     await c.send(`${svc}.add@v2`, { a: 1 });
     await c.send(`${svc}.add`, { a: 1 });
-    const r = await redis();
     assert.equal(await r.send(["XLEN", `fnmesh:{${svc}}:req:add@v2`]), 1);
     assert.equal(await r.send(["XLEN", `fnmesh:{${svc}}:req`]), 1);
     // A replica serving add@v2 reads that stream (the request queued before it started too).
@@ -344,13 +355,39 @@ describe("replicas", () => {
     assert.deepEqual(await call, { n: 7, attempt: 2 });
   });
 
+  it("dead-letter a request whose reply can never be written, and keep serving", async () => {
+    const svc = unique("poison");
+    await replica(svc, { f: () => "ok" });
+    const r = await redis();
+    const rt = `fnmesh:reply:{${unique("string")}}`;
+    await r.send(["SET", rt, "not a stream", "EX", "60"]);
+    await r.send(["XADD", `fnmesh:{${svc}}:req`, "*", "v", "1", "id", "poison-1", "fn", "f", "rt", rt, "p", "{}"]);
+    const c = await client();
+    assert.equal(await c.call(`${svc}.f`, undefined, { timeoutMs: 5000 }), "ok");
+    await eventually("dead letter written", async () => {
+      const dead = await r.send<any[]>(["XRANGE", `fnmesh:{${svc}}:dead`, "-", "+"]);
+      return dead.length === 1 && /cannot be written.*WRONGTYPE/.test(fieldsOf(dead[0][1]).reason ?? "");
+    });
+    await eventually("request acked", async () => Number((await r.send<any[]>(["XPENDING", `fnmesh:{${svc}}:req`, "fnmesh"]))[0]) === 0);
+    await r.send(["DEL", rt]);
+  });
+
   it("recreate their group when the stream is deleted", async () => {
     const svc = unique("nogroup");
     await replica(svc, { f: () => "ok" }, { blockMs: 100 });
     const c = await client();
     assert.equal(await c.call(`${svc}.f`), "ok");
     await (await redis()).send(["DEL", `fnmesh:{${svc}}:req`]);
-    assert.equal(await c.call(`${svc}.f`, undefined, { timeoutMs: 8000 }), "ok");
+    // Until the replica has made the stream again, calls are not_found.
+    await eventually("calls answered again", async () => {
+      try {
+        return (await c.call(`${svc}.f`, undefined, { timeoutMs: 8000 })) === "ok";
+      } catch (e) {
+        if ((e as FnmeshError).code !== Codes.NotFound) throw e;
+        await sleep(50);
+        return false;
+      }
+    });
   });
 
   it("trim acknowledged requests and read replies; keep the inbox alive with a TTL", async () => {

@@ -1,0 +1,71 @@
+package integration
+
+import (
+	"context"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/handlers"
+)
+
+// tooLargePrefix is bus.TooLargePrefix: what a dead letter keeps.
+const tooLargePrefix = 4 << 10
+
+// An entry far above the replica's payload limit is refused from its
+// length header: the replica allocates a small fraction of it while the
+// entry streams by, dead-letters it as invalid_argument with a bounded
+// prefix of the payload, and keeps serving.
+func TestOversizedEntryIsNotBuffered(t *testing.T) {
+	ctx := context.Background()
+	const size = 64 << 20
+	name := bustest.Name("big")
+	h := bustest.NewHarness(t, newRedisBus(t, busConfig()))
+	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
+		return bustest.AddOut{Sum: in.A + in.B}, nil
+	})
+	h.Start(svc)
+	c := h.Client(client.Config{Logger: bustest.Quiet})
+	var out bustest.AddOut
+	if err := c.Call(ctx, name+".add", bustest.AddIn{A: 1, B: 1}, &out); err != nil {
+		t.Fatal(err)
+	}
+
+	// Redis makes the entry itself (a Lua string.rep): this process never
+	// holds it, so what it allocates is the replica's.
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if err := inspector(t).Eval(ctx, `return redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', 'big-1', 'fn', 'add', 'p', string.rep('x', tonumber(ARGV[1])))`,
+		[]string{bus.RequestTopic(name)}, size).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var dls []bus.DeadLetter
+	bustest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
+		var err error
+		dls, err = h.Bus.DeadLetters(ctx, name, 10)
+		return err == nil && len(dls) == 1
+	})
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > size/4 {
+		t.Fatalf("the replica allocated %d MB for a %d MB entry", n>>20, size>>20)
+	} else {
+		t.Logf("allocated %d KB while a %d MB entry was refused", n>>10, size>>20)
+	}
+	d := dls[0]
+	if d.Code != fnmesh.CodeInvalidArgument || !strings.Contains(d.Reason, `"p"`) || !strings.Contains(d.Reason, "67108864") {
+		t.Fatalf("dead letter %s: %q", d.Code, d.Reason)
+	}
+	if len(d.Payload) > tooLargePrefix || !strings.HasPrefix("xxxxxxxx", string(d.Payload[:8])) {
+		t.Fatalf("dead letter keeps %d bytes of the payload, want at most %d", len(d.Payload), tooLargePrefix)
+	}
+	if err := c.Call(ctx, name+".add", bustest.AddIn{A: 2, B: 2}, &out); err != nil || out.Sum != 4 {
+		t.Fatalf("call after the oversized entry: %v %+v", err, out)
+	}
+}
