@@ -57,6 +57,11 @@ type Config struct {
 	// Registry is the cached view of the registry the check reads,
 	// shared by clients that pass the same one. Default: one per client.
 	Registry *registry.Watcher
+	// StatusTTL is how long the status record of a Send (see fnmesh
+	// status) outlives its last change; the client writes "queued" once
+	// the request is stored. Default registry.DefaultStatusTTL; negative
+	// writes none (and saves a round trip per Send).
+	StatusTTL time.Duration
 }
 
 func (c *Config) setDefaults() {
