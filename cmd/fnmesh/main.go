@@ -37,6 +37,7 @@ func newApp() *cli.App {
 			lsCommand(),
 			describeCommand(),
 			topCommand(),
+			statusCommand(),
 		},
 	}
 }
