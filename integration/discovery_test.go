@@ -206,3 +206,44 @@ func getJSON(t *testing.T, url string, v any) {
 		t.Fatal(errors.Join(err, errors.New(string(body))))
 	}
 }
+
+// The CLI as a new user meets it: a typo fails at once with not_found,
+// send to an unknown service exits non-zero and creates nothing, describe
+// says not_found, and fnmesh status follows a send to done.
+func TestCLIFailsFastAndTellsStatus(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := newRedisBus(t, busConfig())
+	h := &bustest.Harness{T: t, Bus: b}
+	name := bustest.Name("clidisco")
+	svc := discoService(name)
+	h.StartStoppable(svc)
+	<-svc.Started()
+	nosuch := bustest.Name("nosuch")
+	start := time.Now()
+	out, err := runCLI(t, "call", nosuch+".fn", "{}")
+	if err == nil || !strings.Contains(out, "not_found") || time.Since(start) > 8*time.Second {
+		t.Fatalf("call of an unknown service: %v after %v\n%s", err, time.Since(start), out)
+	}
+	if out, err := runCLI(t, "send", nosuch+".fn", "{}"); err == nil || !strings.Contains(out, "not_found") {
+		t.Fatalf("send to an unknown service: %v\n%s", err, out)
+	}
+	if n, _ := b.Client().Exists(ctx, bus.RequestTopic(nosuch)).Result(); n != 0 {
+		t.Fatal("fnmesh send created the request stream of an unknown service")
+	}
+	if out, err := runCLI(t, "describe", nosuch); err == nil || !strings.Contains(out, "not_found") {
+		t.Fatalf("describe of an unknown service: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "send", name+".double", `{"n":2}`)
+	if err != nil {
+		t.Fatalf("send: %v\n%s", err, out)
+	}
+	id := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(out), "queued "))
+	bustest.Eventually(t, 10*time.Second, "fnmesh status never said done", func() bool {
+		out, err := runCLI(t, "status", id)
+		return err == nil && strings.HasPrefix(out, "done "+name+".double on replica ")
+	})
+	if out, err := runCLI(t, "status", "no-such-id"); err == nil || !strings.HasPrefix(out, "unknown") {
+		t.Fatalf("status of an unknown id: %v\n%s", err, out)
+	}
+}
