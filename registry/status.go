@@ -107,9 +107,17 @@ func (s *RedisStatusStore) write(ctx context.Context, id, mode string, ttl time.
 
 func now() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
 
-// Queued implements StatusStore.
+// Queued implements StatusStore: plain commands in MULTI, no script, so
+// that a caller's ACL needs only HSETNX, HSET and PEXPIRE on these keys.
 func (s *RedisStatusStore) Queued(ctx context.Context, id, service, function string, ttl time.Duration) error {
-	return s.write(ctx, id, StateQueued, ttl, "service", service, "function", function, "updated", now())
+	key := StatusKey(id)
+	pipe := s.rdb.TxPipeline()
+	pipe.HSetNX(ctx, key, "state", StateQueued) // a replica's state, if first, stays
+	pipe.HSetNX(ctx, key, "updated", now())
+	pipe.HSet(ctx, key, "service", service, "function", function)
+	pipe.PExpire(ctx, key, ttl)
+	_, err := pipe.Exec(ctx)
+	return err
 }
 
 // Update implements StatusStore.

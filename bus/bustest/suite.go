@@ -161,6 +161,13 @@ func (h *Harness) StartStoppable(svc *handlers.Service) (stop func() error) {
 		return err
 	}
 	h.T.Cleanup(func() { stop() })
+	// Started: the replica reads requests and is in the registry, so a
+	// client's registry check finds it.
+	select {
+	case <-svc.Started():
+	case err := <-errc:
+		errc <- err // for stop
+	}
 	return stop
 }
 
