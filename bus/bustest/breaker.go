@@ -140,7 +140,9 @@ func testGracefulStop(t *testing.T, h *Harness) {
 }
 
 func testClosedClient(t *testing.T, h *Harness) {
-	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}})
+	// No replica ever ran: past the registry check (which would say
+	// not_found), the call waits.
+	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}, SkipRegistryCheck: true})
 	result := make(chan error, 1)
 	go func() {
 		result <- c.Call(context.Background(), fn(Name("nobody"), "x"), struct{}{}, nil, client.WithTimeout(time.Minute))

@@ -159,7 +159,7 @@ func testDeadlineTravels(t *testing.T, h *Harness) {
 }
 
 func testTimeoutWithNoReplica(t *testing.T, h *Harness) {
-	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}})
+	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}, SkipRegistryCheck: true}) // no replica yet: past the registry check
 	start := time.Now()
 	err := c.Call(context.Background(), fn(Name("nobody"), "add"), AddIn{}, nil, client.WithTimeout(300*time.Millisecond))
 	WantCode(t, err, fnmesh.CodeDeadlineExceeded)
@@ -173,7 +173,7 @@ func testTimeoutWithNoReplica(t *testing.T, h *Harness) {
 
 func testExpiredRequestIsNotRun(t *testing.T, h *Harness) {
 	name := Name("late")
-	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}})
+	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}, SkipRegistryCheck: true}) // no replica yet: past the registry check
 	// Requests queued while no replica runs, expiring before one starts.
 	err := c.Call(context.Background(), fn(name, "count"), struct{}{}, nil, client.WithTimeout(100*time.Millisecond))
 	WantCode(t, err, fnmesh.CodeDeadlineExceeded)
