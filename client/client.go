@@ -69,6 +69,11 @@ type Config struct {
 	// replicas never see it. By default a Send always goes over the bus,
 	// durable once Send returns.
 	LocalSends bool
+	// StatusTTL is how long the status record of a Send (see fnmesh
+	// status) outlives its last change; the client writes "queued" once
+	// the request is stored. Default registry.DefaultStatusTTL; negative
+	// writes none (and saves a round trip per Send).
+	StatusTTL time.Duration
 }
 
 func (c *Config) setDefaults() {

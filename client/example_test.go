@@ -34,6 +34,7 @@ func Example() {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go svc.Run(ctx, b)
+	<-svc.Started() // in the registry: callers find it
 
 	c, _ := client.New(b, client.Config{})
 	defer c.Close()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/registry"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -40,6 +41,10 @@ type Config struct {
 	// UI, and marks the ones callable without a token (Public). Default:
 	// an empty catalog.
 	Catalog Catalog
+	// Status answers GET /v1/requests/{id}: where a request sent with
+	// ?async=1 stands (registry.StatusStoreFor of the gateway's bus).
+	// Default none: that route answers unavailable.
+	Status registry.StatusStore
 	// CatalogOnly refuses, with not_found, calls of functions the catalog
 	// does not list. Default false: any function can be called by name.
 	CatalogOnly bool

@@ -23,6 +23,7 @@ import (
 //
 //	POST /v1/functions/{service}/{function}   call (or send, with ?async=1)
 //	GET  /v1/functions                        the catalog, with schemas
+//	GET  /v1/requests/{id}                    where a sent request stands
 //	GET  /openapi.json                        OpenAPI 3.1 of the catalog
 //	GET  /healthz, /metrics                   health, Prometheus metrics
 //	GET  /ui/                                 the function browser (Config.UI)
@@ -49,6 +50,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.mux.Handle("OPTIONS /v1/functions/{service}/{function}", g.cors.wrap(http.HandlerFunc(allowOptions)))
 	g.mux.Handle("GET /v1/functions", g.cors.wrap(http.HandlerFunc(g.serveList)))
 	g.mux.Handle("OPTIONS /v1/functions", g.cors.wrap(http.HandlerFunc(allowOptions)))
+	g.mux.Handle("GET /v1/requests/{id}", g.cors.wrap(http.HandlerFunc(g.serveRequest)))
 	g.mux.Handle("GET /openapi.json", g.cors.wrap(http.HandlerFunc(g.serveOpenAPI)))
 	g.mux.HandleFunc("GET /healthz", g.serveHealth)
 	g.mux.Handle("GET /metrics", g.metrics.handler())

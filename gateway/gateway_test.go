@@ -485,7 +485,8 @@ func TestHealthMetricsAndUI(t *testing.T) {
 	for _, want := range []string{
 		`fnmesh_gateway_requests_total{code="ok",function="math.add"} 1`,
 		`fnmesh_gateway_requests_total{code="negative_input",function="math.sqrt"} 1`,
-		`fnmesh_gateway_requests_total{code="deadline_exceeded",function="other"} 1`,
+		// An unknown service fails at once (the client's registry check).
+		`fnmesh_gateway_requests_total{code="not_found",function="other"} 1`,
 		`fnmesh_gateway_request_duration_seconds_count{function="math.add"} 1`,
 		`fnmesh_gateway_requests_in_flight 0`,
 	} {

@@ -27,6 +27,7 @@ type replica struct {
 	idem    bus.IdempotencyStore
 	log     *slog.Logger
 	hardCtx context.Context // cancelled when the drain timeout ends
+	status  *statusRecorder // nil: no status records
 	wg      sync.WaitGroup  // requests being handled
 	running atomic.Int64
 }
@@ -86,10 +87,11 @@ func (r *replica) handle(msg *message.Message) error {
 	req.Token, req.Caller, req.Deadline = breq.Token, breq.Caller, breq.Deadline
 	req.Async, req.Attempt, req.Replica, req.fn = breq.ReplyTo == "", max(d.Count, 1), r.id, f
 	req.TraceParent, req.IdempotencyKey = breq.TraceParent, breq.IdempotencyKey
+	r.status.running(req)
 	if breq.IdempotencyKey != "" {
-		return r.runOnce(msg, d, f, req, breq)
+		return r.status.settled(req, r.runOnce(msg, d, f, req, breq))
 	}
-	return r.run(msg, d, f, req, breq)
+	return r.status.settled(req, r.run(msg, d, f, req, breq))
 }
 
 // errStopping nacks a request whose run the drain timeout cut short: the
@@ -312,7 +314,11 @@ func (r *replica) deadLetter(msg *message.Message, d bus.Delivery, e *fnmesh.Err
 		r.log.Warn("request failed for good", "function", msg.Metadata[bus.FieldFunction], "id", msg.Metadata[bus.FieldID], "attempts", attempts, "code", e.Code, "reason", e.Message)
 	}
 	dl := bus.NewDeadLetterMessage(msg, d.EntryID, r.id, e.Code, e.Message, attempts)
-	return r.publish(bus.DeadLetterTopic(r.svc.name), dl)
+	if err := r.publish(bus.DeadLetterTopic(r.svc.name), dl); err != nil {
+		return err
+	}
+	r.status.deadLettered(msg, e, attempts)
+	return nil
 }
 
 func (r *replica) publish(topic string, m *message.Message) error {

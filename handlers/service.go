@@ -92,6 +92,12 @@ type Config struct {
 	// the registry (the default) then refuse calls of the service with
 	// not_found: give them client.Config.SkipRegistryCheck.
 	NoDiscovery bool
+	// StatusTTL is how long a send's status record (queued, running, done,
+	// dead_lettered: fnmesh status, the gateway's /v1/requests/{id})
+	// outlives its last change. Redis holds at most send rate × StatusTTL
+	// records. Default registry.DefaultStatusTTL (10m); negative records
+	// nothing.
+	StatusTTL time.Duration
 }
 
 // RetryPolicy says how often and how fast a failed Send request is run
@@ -173,6 +179,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.IdempotencyWindow == 0 {
 		c.IdempotencyWindow = 24 * time.Hour
+	}
+	if c.StatusTTL == 0 {
+		c.StatusTTL = registry.DefaultStatusTTL
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -377,6 +386,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 		return err
 	}
 	rep := &replica{svc: s, id: id, bus: b, pub: b.Publisher(), idem: b.Idempotency(), log: s.cfg.Logger.With("service", s.name, "replica", id)}
+	rep.status = newStatusRecorder(s, b, id, rep.log)
 	if err := b.SetLimits(ctx, s.name, bus.Limits{MaxBacklog: s.cfg.MaxBacklog}); err != nil {
 		return fmt.Errorf("handlers: service %s: publish limits: %w", s.name, err)
 	}

@@ -150,6 +150,7 @@ func TestNodeCallerGoReplica(t *testing.T) {
 	if o := nodeCall(t, "call", service+".stats", `{}`, "--token", demoToken(t, "root", "admin")); !o.OK {
 		t.Errorf("stats with the role from Node: %+v", o)
 	}
+	// No replica ever: not_found at once, from the registry check.
 	if o := nodeCall(t, "call", bustest.Name("nobody")+".f", `{}`, "--timeout", "200"); o.OK || o.Code != fnmesh.CodeNotFound {
 		t.Errorf("no replica: %+v", o)
 	}

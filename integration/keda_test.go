@@ -38,7 +38,9 @@ func TestKEDAReadsLagAfterTrimming(t *testing.T) {
 				})
 				return svc
 			}
-			stop := h.StartStoppable(newSvc())
+			svc := newSvc()
+			stop := h.StartStoppable(svc)
+			<-svc.Started() // announced: the client's registry check knows it
 			c := h.Client(client.Config{})
 			for i := 0; i < 300; i++ {
 				if err := c.Call(ctx, service+".job", struct{}{}, nil); err != nil {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/go-playground/validator/v10"
 )
 
 // Schema returns the JSON Schema (draft 2020-12) of t as encoding/json
@@ -126,7 +128,10 @@ func structFields(t reflect.Type, seen map[reflect.Type]bool, props obj, require
 			s = schemaOf(ft, seen)
 		}
 		if rules := f.Tag.Get("validate"); rules != "" && rules != "-" {
-			if applyRules(s, ft, rules) {
+			// A field whose zero value fails its rules must be sent: an
+			// absent field decodes to the zero value, which the replica
+			// refuses (e.g. validate:"ne=0").
+			if applyRules(s, ft, rules) || zeroFails(ft, rules) {
 				*required = append(*required, name)
 			}
 		}
@@ -174,6 +179,7 @@ func applyRules(s obj, t reflect.Type, tag string) (required bool) {
 	for _, r := range rules {
 		if r == "required" {
 			required = true
+			notZero(s, t)
 		}
 		applyRule(s, t, r)
 	}
@@ -189,6 +195,36 @@ func applyRules(s obj, t reflect.Type, tag string) (required bool) {
 		}
 	}
 	return required
+}
+
+// notZero makes s refuse the zero value of t, which validate:"required"
+// refuses: "", 0, false.
+func notZero(s obj, t reflect.Type) {
+	switch t.Kind() {
+	case reflect.String:
+		if _, ok := s["minLength"]; !ok {
+			s["minLength"] = 1
+		}
+	case reflect.Bool:
+		s["const"] = true
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		s["not"] = obj{"const": 0}
+	}
+}
+
+var zeroValidator = validator.New(validator.WithRequiredStructEnabled())
+
+// zeroFails reports whether the zero value of t fails the validate rules
+// (false when the rules cannot be checked here: custom validations).
+func zeroFails(t reflect.Type, rules string) (fails bool) {
+	defer func() {
+		if recover() != nil {
+			fails = false
+		}
+	}()
+	return zeroValidator.Var(reflect.Zero(t).Interface(), rules) != nil
 }
 
 func applyRule(s obj, t reflect.Type, rule string) {
@@ -246,6 +282,14 @@ func applyRule(s obj, t reflect.Type, rule string) {
 			}
 		} else if t.Kind() == reflect.String {
 			s["const"] = param
+		}
+	case "ne":
+		if numeric {
+			if v, ok := num(); ok {
+				s["not"] = obj{"const": v}
+			}
+		} else if t.Kind() == reflect.String {
+			s["not"] = obj{"const": param}
 		}
 	case "oneof":
 		var enum []any

@@ -199,7 +199,10 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		}
 	}
 	c.Call(ctx, "calc.sqrt", -1.0, nil)
-	c.Call(ctx, "calc.nope", 1.0, nil) // rejected by the replica: never reaches the chain
+	c.Call(ctx, "calc.nope", 1.0, nil) // refused by the client's registry check
+	// Past the check, the replica rejects it (never reaching the chain)
+	// and dead-letters it.
+	h.Client(client.Config{SkipRegistryCheck: true}).Call(ctx, "calc.nope", 1.0, nil)
 
 	want := map[string]float64{
 		`fnmesh_client_calls_total{caller="billing",code="ok",function="calc.sqrt",service="calc"}`:                 3,

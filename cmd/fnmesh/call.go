@@ -22,6 +22,7 @@ func callFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "give up after this long (call); drop if not run by then (send, 0 = never)"},
 		&cli.StringFlag{Name: "token", EnvVars: []string{"FNMESH_TOKEN"}, Usage: "bearer token (JWT) sent with the request"},
 		&cli.BoolFlag{Name: "json", Usage: "print JSON: the result (call), {\"request_id\"} (send), or the error as {code, message, fields, request_id}"},
+		&cli.BoolFlag{Name: "skip-registry-check", Usage: "send even if no replica announced the function (for callers that cannot read the registry)"},
 	}, redisflags.Flags("Redis URL (default "+redisflags.Default+")")...)
 }
 
@@ -99,7 +100,7 @@ func withClient(c *cli.Context, run func(ctx context.Context, cl *client.Client,
 	defer b.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	cl, err := client.New(b, client.Config{Logger: examples.Logger(8), Breaker: client.BreakerConfig{Disabled: true}})
+	cl, err := client.New(b, client.Config{Logger: examples.Logger(8), Breaker: client.BreakerConfig{Disabled: true}, SkipRegistryCheck: c.Bool("skip-registry-check")})
 	if err != nil {
 		return err
 	}

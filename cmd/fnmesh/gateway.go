@@ -109,6 +109,7 @@ func runGateway(c *cli.Context) error {
 	}
 	defer cl.Close()
 	cfg.Client = cl
+	cfg.Status = registry.NewRedisStatusStore(b.Client())
 	if c.String("catalog") == "" {
 		cfg.Catalog = gateway.NewRegistryCatalog(registry.NewRedisStore(b.Client()), 0, 0)
 	}

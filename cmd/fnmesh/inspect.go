@@ -64,6 +64,9 @@ func describeCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
+				if err := describeCheck(services[0].View, function); err != nil {
+					return err
+				}
 				err = meshview.WriteDescribe(c.App.Writer, services[0], function, c.Bool("json"), c.Bool("diff"))
 				var nf meshview.ErrNoSuchFunction
 				if errors.As(err, &nf) {

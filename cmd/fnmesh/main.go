@@ -74,6 +74,7 @@ func newApp() *cli.App {
 			describeCommand(),
 			topCommand(),
 			completionCommand(),
+			statusCommand(),
 		},
 	}
 	forEachCommand(app.Commands, func(c *cli.Command) {

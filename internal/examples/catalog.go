@@ -4,9 +4,8 @@ import (
 	"encoding/json"
 	"reflect"
 
-	"github.com/invopop/jsonschema"
-
 	"github.com/fnmesh/fnmesh/gateway"
+	"github.com/fnmesh/fnmesh/registry"
 )
 
 // CatalogFile is where the example services' catalog is committed, for
@@ -32,15 +31,6 @@ func function[In, Out any](name, description string, public, async bool) gateway
 	}
 }
 
-// SchemaOf returns the JSON Schema of T as the fnmesh wire encodes it
-// (encoding/json), inlined: no $defs, no $ref, no $id.
-func SchemaOf[T any]() json.RawMessage {
-	r := &jsonschema.Reflector{DoNotReference: true, ExpandedStruct: true, Anonymous: true}
-	s := r.ReflectFromType(reflect.TypeFor[T]())
-	s.Version = ""
-	b, err := json.Marshal(s)
-	if err != nil {
-		panic(err) // the schema of a Go type always encodes
-	}
-	return b
-}
+// SchemaOf returns the JSON Schema of T: registry.Schema, the one
+// generator replicas announce with.
+func SchemaOf[T any]() json.RawMessage { return registry.Schema(reflect.TypeFor[T]()) }

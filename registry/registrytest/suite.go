@@ -198,7 +198,26 @@ func testFailFast(t *testing.T, h *bustest.Harness) {
 	if fnmesh.CodeOf(err) != fnmesh.CodeUnavailable || took > failFastBound {
 		t.Fatalf("call with no live replica: %v after %v, want unavailable at once", err, took)
 	}
-	bustest.WantCode(t, c.Send(ctx, name+".add", AddIn{B: 1}), fnmesh.CodeUnavailable)
+	// A send to a function served lately is queued for the next replica
+	// (scale from zero), and runs once one starts.
+	var info client.ReplyInfo
+	if err := c.Send(ctx, name+".add", AddIn{A: 2, B: 3}, client.WithReplyInfo(&info)); err != nil {
+		t.Fatalf("send to a known function with no live replica: %v, want queued", err)
+	}
+	status, err := registry.StatusStoreFor(h.Bus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := status.Get(ctx, info.RequestID); st.State != registry.StateQueued {
+		t.Fatalf("status of the queued send: %+v, want queued", st)
+	}
+	again := service(name, fast())
+	handlers.Register(again, "add", add)
+	h.StartStoppable(again)
+	bustest.Eventually(t, 10*time.Second, "queued send not run once a replica started", func() bool {
+		st, _ := status.Get(ctx, info.RequestID)
+		return st.State == registry.StateDone && st.Replica != ""
+	})
 }
 
 func testVersioned(t *testing.T, h *bustest.Harness) {

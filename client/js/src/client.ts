@@ -5,6 +5,7 @@ import { hostname } from "node:os";
 
 import { Conn, aclUser, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
 import { Breaker, outcomeOf, type BreakerOptions, type BreakerState } from "./breaker.js";
+import { Directory } from "./directory.js";
 import { Codes, FnmeshError, type FieldViolation } from "./errors.js";
 import { GROUP, PROTOCOL_VERSION, functionKey, limitsKey, nextId, parseStreams, replyKey, requestKey, splitName, type Details } from "./protocol.js";
 
@@ -30,6 +31,14 @@ export interface ClientOptions extends RedisOptions {
   admissionIntervalMs?: number;
   /** The circuit breaker in front of each target function (as the Go client's). */
   breaker?: BreakerOptions;
+  /**
+   * Sends without checking the registry first (PROTOCOL.md §14). By
+   * default a call to a function no replica ever served fails at once with
+   * not_found, one served lately with no live replica with unavailable (a
+   * send to it is queued). Set it for callers that may not read the
+   * registry or whose targets do not announce themselves.
+   */
+  skipRegistryCheck?: boolean;
   logger?: Logger;
 }
 
@@ -107,6 +116,7 @@ export class Client {
   private readonly admissionMs: number;
   private readonly backlogs = new Map<string, BacklogView>();
   private readonly breakers = new Map<string, Breaker>();
+  private directory?: Directory;
 
   constructor(private readonly opts: ClientOptions) {
     // §6: logged in as an ACL user, the inbox is USER:RANDOM, so that an
@@ -167,6 +177,7 @@ export class Client {
       await this.reader?.close();
       throw new FnmeshError(Codes.Unavailable, `cannot open the reply inbox: ${errorMessage(err)}`);
     }
+    if (!this.opts.skipRegistryCheck) this.directory = new Directory(this.cmd, this.log);
     this.readLoop = this.read();
     this.refresh = setInterval(() => void this.keepAlive(), Math.min(this.refreshMs, this.ttlMs / 3));
   }
@@ -349,6 +360,7 @@ export class Client {
     const { service, name, payload } = this.encode(fn, args);
     const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
     if (!(timeoutMs > 0)) throw new FnmeshError(Codes.InvalidArgument, `timeoutMs is ${timeoutMs}, want more than 0`);
+    await this.directory?.check(service, name, false);
     await this.admit(service);
     if (this.closed) throw new FnmeshError(Codes.Unavailable, "client closed");
     if (opts.signal?.aborted) throw new FnmeshError(Codes.Canceled, `call of ${fn} canceled`);
@@ -409,6 +421,7 @@ export class Client {
   async send(fn: string, args?: unknown, opts: SendOptions = {}): Promise<string> {
     if (this.closed) throw new FnmeshError(Codes.Unavailable, "client closed");
     const { service, name, payload } = this.encode(fn, args);
+    await this.directory?.check(service, name, true);
     await this.admit(service);
     if (this.closed) throw new FnmeshError(Codes.Unavailable, "client closed");
     const id = `${this.inbox}-${(++this.seq).toString(36)}`;

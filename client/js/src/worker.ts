@@ -6,6 +6,7 @@ import { setMaxListeners } from "node:events";
 import { hostname } from "node:os";
 
 import { Conn, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
+import { Announcer } from "./announce.js";
 import { Codes, FnmeshError, validCode, type FieldViolation } from "./errors.js";
 import { jwtVerifier, rolesOf, type Claims, type JwtOptions, type Verifier } from "./jwt.js";
 import {
@@ -75,6 +76,8 @@ export interface RetryPolicy {
 
 /** Options of serve. Choose auth, or allowUnauthenticated: true. */
 export interface ServeOptions extends RedisOptions {
+  /** Keeps the replica out of the registry (PROTOCOL.md, "Registry"); callers that check it then get not_found. Default false: it announces itself, heartbeating every second. */
+  noDiscovery?: boolean;
   /** Verifies every caller's token: JWT options, or a function of your own. */
   auth?: JwtOptions | Verifier;
   /** Runs every function without a token check; must be said explicitly. */
@@ -171,6 +174,7 @@ export class Replica {
   private readonly replyMaxLen: number;
   private readonly deadMaxLen: number;
   private readonly claimIdleMs: number;
+  private announcer?: Announcer;
   private historyRead = false; // run() has read this consumer's own pending entries
   private readonly claimIntervalMs: number;
   private readonly consumerExpiryMs: number;
@@ -273,6 +277,13 @@ export class Replica {
     if (!this.isVersion) {
       if (this.maxBacklog > 0) await this.cmd.send(["HSET", limitsKey(this.service), "max_backlog", String(this.maxBacklog)]);
       else await this.cmd.send(["HDEL", limitsKey(this.service), "max_backlog"]);
+    }
+    if (!this.opts.noDiscovery && !this.isVersion) {
+      // The replica of the unversioned functions announces them all, its
+      // versions' included (functions).
+      const access = this.verify ? "token" : "open";
+      this.announcer = new Announcer(this.cmd, this.service, this.id, this.functions.map((name) => ({ name, access })), { heartbeatMs: 1000, ttlMs: 5000, keepMs: 24 * 3600 * 1000 });
+      await this.announcer.start();
     }
     this.loop = this.run(); // claims what a dead replica left once it has read its own pending entries
     this.timers.push(
@@ -820,6 +831,7 @@ export class Replica {
     const versions = Promise.all(this.versions.map((v) => v.close()));
     this.stopping = true;
     for (const t of this.timers) clearInterval(t);
+    await this.announcer?.stop();
     await this.cmd!.unblock(this.reader!);
     this.slotFreed?.();
     await this.loop;

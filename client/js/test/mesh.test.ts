@@ -103,7 +103,7 @@ describe("calls", () => {
   });
 
   it("fails with deadline_exceeded when no replica answers", async () => {
-    const c = await client();
+    const c = await client({ skipRegistryCheck: true }); // the check would refuse it first: not_found
     const svc = unique("nobody");
     // Served once: the stream and its group stay when replicas stop.
     await (await redis()).send(["XGROUP", "CREATE", `fnmesh:{${svc}}:req`, "fnmesh", "0", "MKSTREAM"]);
@@ -115,6 +115,41 @@ describe("calls", () => {
     assert.equal(f.rt, c.replyKey);
     assert.match(f.dl, /^\d{13}$/);
     assert.equal(f.p, "{}");
+  });
+
+  it("fails at once on a function no replica serves, and writes nothing", async () => {
+    const c = await client();
+    const svc = unique("fast");
+    const nosuch = unique("nosuch");
+    const started = Date.now();
+    await assert.rejects(c.call(`${nosuch}.x`, {}, { timeoutMs: 10_000 }), (e: FnmeshError) => e.code === Codes.NotFound);
+    await assert.rejects(c.send(`${nosuch}.x`, {}), (e: FnmeshError) => e.code === Codes.NotFound);
+    assert.ok(Date.now() - started < 2000, "not at once");
+    assert.equal(await (await redis()).send<number>(["EXISTS", `fnmesh:{${nosuch}}:req`]), 0);
+    const rep = await serve(svc, { f: () => "ok" }, { url, allowUnauthenticated: true, logger: quiet, blockMs: 100 });
+    assert.equal(await c.call(`${svc}.f`, {}), "ok");
+    await assert.rejects(c.call(`${svc}.g`, {}), (e: FnmeshError) => e.code === Codes.NotFound && /serves f/.test(e.message));
+    await rep.close(); // leaves the registry at once
+    await eventually("a call with no live replica is not unavailable", async () => {
+      try {
+        await c.call(`${svc}.f`, {}, { timeoutMs: 200 });
+        return false;
+      } catch (e) {
+        return (e as FnmeshError).code === Codes.Unavailable;
+      }
+    });
+    // Scale from zero: a send to a function served lately is queued.
+    const id = await c.send(`${svc}.f`, {});
+    assert.match(id, /-/);
+    await replica(svc, { f: () => "ok" });
+    // Found once the view is read again (at most every 100 ms on a miss).
+    await eventually("a call to a restarted service still fails", async () => {
+      try {
+        return (await c.call(`${svc}.f`, {})) === "ok";
+      } catch {
+        return false;
+      }
+    });
   });
 
   it("fails with canceled when the signal aborts, and unavailable on a closed client", async () => {
@@ -134,7 +169,7 @@ describe("calls", () => {
 
   it("sends a versioned function's requests to its own stream", async () => {
     const svc = unique("ver");
-    const c = await client();
+    const c = await client({ skipRegistryCheck: true }); // queued before any replica announced
     const r = await redis();
     for (const key of [`fnmesh:{${svc}}:req:add@v2`, `fnmesh:{${svc}}:req`]) await r.send(["XGROUP", "CREATE", key, "fnmesh", "0", "MKSTREAM"]);
     await c.send(`${svc}.add@v2`, { a: 1 });
@@ -345,7 +380,7 @@ describe("replicas", () => {
     const svc = unique("restart");
     const r = await redis();
     const key = `fnmesh:{${svc}}:req`;
-    const c = await client();
+    const c = await client({ skipRegistryCheck: true }); // queued before any replica announced
     await r.send(["XGROUP", "CREATE", key, "fnmesh", "0", "MKSTREAM"]);
     const call = c.call(`${svc}.f`, { n: 7 }, { timeoutMs: 10_000 });
     await eventually("request queued", async () => (await r.send<number>(["XLEN", key])) === 1);
