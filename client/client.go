@@ -184,7 +184,7 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c.admit = newAdmission(b, cfg.BacklogCheck)
-	c.invoker = c.dir.wrap(c.send, cfg.Local)
+	c.invoker = c.dir.wrap(c.send, cfg.Local, c.isClosed)
 	for i := len(cfg.Interceptors) - 1; i >= 0; i-- {
 		c.invoker = cfg.Interceptors[i](c.invoker)
 	}
@@ -210,6 +210,14 @@ func (c *Client) handToLocked(w *waiter, rep *bus.Reply) {
 	case w.ch <- rep:
 	default: // it has one already: a duplicate reply (a request run twice)
 	}
+}
+
+// isClosed reports whether Close ran: a closed client answers unavailable
+// before it asks the registry anything.
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
 }
 
 // Close fails the calls still waiting with unavailable and removes the

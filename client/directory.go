@@ -62,11 +62,14 @@ func newDirectory(b bus.Bus, cfg Config) (*directory, error) {
 // wrap checks every invocation before next sends it.
 // A service hosted in this process (local) is not checked: its replica
 // here answers, and the registry may not have seen it announce yet.
-func (d *directory) wrap(next Invoker, local LocalServices) Invoker {
+func (d *directory) wrap(next Invoker, local LocalServices, closed func() bool) Invoker {
 	if d == nil {
 		return next
 	}
 	return func(ctx context.Context, inv *Invocation) (json.RawMessage, error) {
+		if closed() {
+			return nil, errClosed()
+		}
 		if local == nil || !local.Hosts(inv.Service) {
 			if d.w != nil {
 				if err := d.w.Check(ctx, inv.Service, inv.Name, inv.Async); err != nil {

@@ -68,6 +68,7 @@ func ExampleClient_Call() {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go svc.Run(ctx, b)
+	<-svc.Started() // serving, and in the registry: callers find it
 
 	c, _ := client.New(b, client.Config{Timeout: 5 * time.Second})
 	defer c.Close()
@@ -94,6 +95,7 @@ func ExampleClient_Send() {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go svc.Run(ctx, b)
+	<-svc.Started() // serving, and in the registry: callers find it
 
 	c, _ := client.New(b, client.Config{})
 	defer c.Close()

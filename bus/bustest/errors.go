@@ -58,6 +58,10 @@ func testUnknownFunction(t *testing.T, h *Harness) {
 	if !errors.Is(err, fnmesh.ErrNotFound) {
 		t.Fatal("errors.Is(err, ErrNotFound) false")
 	}
+	// Past the client's registry check, the replica refuses it too, and
+	// records it.
+	raw := h.Client(client.Config{SkipRegistryCheck: true})
+	WantCode(t, raw.Call(context.Background(), fn(name, "mul"), AddIn{}, nil), fnmesh.CodeNotFound)
 	Eventually(t, 10*time.Second, "request for an unknown function not dead-lettered", func() bool {
 		d := deadLetters(h, name)
 		return len(d) == 1 && d[0].Code == fnmesh.CodeNotFound

@@ -19,12 +19,13 @@ from .errors import (
     DEADLINE_EXCEEDED,
     INTERNAL,
     INVALID_ARGUMENT,
+    NOT_FOUND,
     RESOURCE_EXHAUSTED,
     UNAVAILABLE,
     FieldViolation,
     FnmeshError,
 )
-from .protocol import GROUP, PROTOCOL_VERSION, function_key, limits_key, next_id, reply_key, request_key, split_name
+from .protocol import GROUP, PROTOCOL_VERSION, function_key, inbox_id, limits_key, next_id, reply_key, request_key, split_name
 from .redisconn import Batcher, connect_redis
 from .schema import encode
 
@@ -73,7 +74,7 @@ class Client:
             raise ValueError("fnmesh: connect: timeout, max_payload_bytes and inbox_refresh must be more than 0")
         if inbox_ttl < 1:
             raise ValueError(f"fnmesh: connect: inbox_ttl is {inbox_ttl}, want at least 1 s")
-        self.inbox = secrets.token_hex(6)
+        self.inbox = inbox_id(url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379", secrets.token_hex(12))
         self.reply_key = reply_key(self.inbox)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._url = url
@@ -329,11 +330,14 @@ class Client:
         """XADDs a request; requests made together share a pipeline."""
         assert self._out
         try:
-            res = await self._out.submit([("XADD", key, "*", *fields)])
+            # §3: NOMKSTREAM: a request never creates a service's stream.
+            res = await self._out.submit([("XADD", key, "NOMKSTREAM", "*", *fields)])
         except Exception as e:
             raise FnmeshError(UNAVAILABLE, f"cannot queue request: {e}") from None
         if isinstance(res[0], Exception):
             raise FnmeshError(UNAVAILABLE, f"cannot queue request: {res[0]}")
+        if res[0] is None:
+            raise FnmeshError(NOT_FOUND, f"no replica ever served {key}: nothing reads it")
 
     async def close(self) -> None:
         """Fails waiting calls with unavailable, deletes the inbox, disconnects."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from .errors import INVALID_ARGUMENT, FnmeshError
 
@@ -32,6 +33,24 @@ def dead_letter_key(service: str) -> str:
 
 def reply_key(inbox: str) -> str:
     return REPLY_PREFIX + "{" + inbox + "}"
+
+
+INBOX_USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def inbox_id(url: str, random: str) -> str:
+    """§6: a new inbox id: USER:RANDOM when the connection URL names a
+    Redis ACL user other than "default" (an ACL then gives each user its
+    own inboxes only, ~fnmesh:reply:{USER:*}), else RANDOM."""
+    try:
+        user = unquote(urlsplit(url).username or "")
+    except ValueError:
+        user = ""
+    if user in ("", "default"):
+        return random
+    if not INBOX_USER_RE.match(user):
+        raise FnmeshError(INVALID_ARGUMENT, f"Redis user {user!r} cannot name inboxes: use letters, digits, '_', '-' or '.' (at most 64)")
+    return user + ":" + random
 
 
 def limits_key(service: str) -> str:

@@ -3,6 +3,7 @@ roles, public functions, and what is refused."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -85,8 +86,11 @@ def test_rs256_and_es256_by_kid_and_jwks() -> None:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ec_key = ec.generate_private_key(ec.SECP256R1())
     other = ec.generate_private_key(ec.SECP256R1())
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(other.public_key()))
-    jwk.update(kid="k3", alg="ES256", use="sig")
+    # RFC 7518 §6.2.1.2: coordinates are the full 32 bytes. (PyJWT 2.6's
+    # to_jwk drops leading zero bytes, and its from_jwk then refuses them.)
+    nums = other.public_key().public_numbers()
+    b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()  # noqa: E731
+    jwk = {"kty": "EC", "crv": "P-256", "x": b64(nums.x), "y": b64(nums.y), "kid": "k3", "alg": "ES256", "use": "sig"}
 
     async def main() -> None:
         svc = unique("asym")

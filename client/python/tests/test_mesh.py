@@ -60,6 +60,18 @@ def test_call_returns_result_and_who_answered() -> None:
     run(main())
 
 
+def test_inbox_named_after_the_redis_user() -> None:
+    """§6: fnmesh:reply:{USER:RANDOM} for an ACL user of the URL, else RANDOM."""
+    from fnmesh.protocol import inbox_id
+
+    assert inbox_id("redis://web:pw@127.0.0.1:6379", "abc") == "web:abc"
+    assert inbox_id("redis://default:pw@127.0.0.1:6379", "abc") == "abc"
+    assert inbox_id("redis://127.0.0.1:6379", "abc") == "abc"
+    with pytest.raises(FnmeshError) as e:
+        inbox_id("redis://we%7Bb:pw@127.0.0.1:6379", "abc")
+    assert e.value.code == "invalid_argument"
+
+
 def test_errors_carry_code_message_and_fields() -> None:
     def fail(a: dict[str, str]) -> None:
         raise FnmeshError(a["code"], a["message"])
@@ -105,7 +117,7 @@ def test_errors_carry_code_message_and_fields() -> None:
             assert e.value.fields == [FieldViolation("y", "required")]
             with pytest.raises(FnmeshError) as e:
                 await c.call("nosvc" + unique("x") + ".f", timeout=0.2)
-            assert e.value.code == fnmesh.DEADLINE_EXCEEDED
+            assert e.value.code == fnmesh.NOT_FOUND  # no replica ever: NOMKSTREAM refuses it
             with pytest.raises(FnmeshError) as e:
                 await c.call("no-dot")
             assert e.value.code == fnmesh.INVALID_ARGUMENT
