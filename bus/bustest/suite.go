@@ -86,6 +86,7 @@ func run(t *testing.T, newBus NewBus, colocated *Colocated) {
 		{"IdempotencyKeyNeedsAuthorization", testIdemKeyNeedsAuthorization},
 		{"IdempotencyKeyScopedToFunction", testIdemKeyScopedToFunction},
 		{"IdempotencyKeyWithOtherArguments", testIdemKeyWithOtherArguments},
+		{"IdempotencyKeySharedAcrossPaths", testIdemKeySharedAcrossPaths},
 		{"BacklogBoundRefusesAndLosesNothing", testBacklogBound},
 		{"DeadLetterReplayAndPurge", testDeadLetterReplayAndPurge},
 		{"StopHandsBackUnfinished", testStopHandsBackUnfinished},
