@@ -159,7 +159,9 @@ func testDeadlineTravels(t *testing.T, h *Harness) {
 }
 
 func testTimeoutWithNoReplica(t *testing.T, h *Harness) {
-	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}})
+	// Past the registry check (which refuses at once): the request waits
+	// in the bus until its deadline.
+	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}, SkipRegistryCheck: true})
 	start := time.Now()
 	err := c.Call(context.Background(), fn(Name("nobody"), "add"), AddIn{}, nil, client.WithTimeout(300*time.Millisecond))
 	WantCode(t, err, fnmesh.CodeDeadlineExceeded)
@@ -173,7 +175,8 @@ func testTimeoutWithNoReplica(t *testing.T, h *Harness) {
 
 func testExpiredRequestIsNotRun(t *testing.T, h *Harness) {
 	name := Name("late")
-	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}})
+	// Past the registry check: requests queue before any replica runs.
+	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}, SkipRegistryCheck: true})
 	// Requests queued while no replica runs, expiring before one starts.
 	err := c.Call(context.Background(), fn(name, "count"), struct{}{}, nil, client.WithTimeout(100*time.Millisecond))
 	WantCode(t, err, fnmesh.CodeDeadlineExceeded)

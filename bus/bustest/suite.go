@@ -209,8 +209,8 @@ func (h *Harness) Start(svc *handlers.Service) {
 	}
 }
 
-// StartStoppable runs one replica and returns a function that stops it
-// and returns Run's error.
+// StartStoppable runs one replica, waits until it has joined its group,
+// and returns a function that stops it and returns Run's error.
 func (h *Harness) StartStoppable(svc *handlers.Service) (stop func() error) {
 	if h.Local != nil {
 		h.Local.add(svc)
@@ -225,6 +225,11 @@ func (h *Harness) StartStoppable(svc *handlers.Service) (stop func() error) {
 		return err
 	}
 	h.T.Cleanup(func() { stop() })
+	select {
+	case <-svc.Started():
+	case <-time.After(10 * time.Second):
+		h.T.Fatalf("service %s did not start in 10s", svc.Name())
+	}
 	return stop
 }
 
