@@ -76,7 +76,7 @@ func start(t *testing.T, p *placement.Process, b bus.Bus) {
 
 func TestHostedCallsStayInProcess(t *testing.T) {
 	b := &countingBus{Bus: bus.NewMemory()}
-	defer b.Close()
+	t.Cleanup(func() { b.Close() }) // after start's cleanup has stopped the replicas
 	sent := make(chan string, 10)
 	p, err := placement.New(placement.Config{Local: []string{"math"}}, mathService(), mailService(sent))
 	if err != nil {
@@ -156,7 +156,7 @@ func testSend(t *testing.T, local bool) {
 // as over the bus: internal, deadline_exceeded, and the process serves on.
 func TestPanicAndStuckFunctionInProcess(t *testing.T) {
 	b := &countingBus{Bus: bus.NewMemory()}
-	defer b.Close()
+	t.Cleanup(func() { b.Close() })
 	p, err := placement.New(placement.Config{}, mathService())
 	if err != nil {
 		t.Fatal(err)
@@ -297,7 +297,7 @@ func TestFullLocalReplicaFallsBackToTheBus(t *testing.T) {
 // a client that does not host it is refused with not_found.
 func TestHostedServiceSkipsTheRegistryCheck(t *testing.T) {
 	b := bus.NewMemory() // a bus with a registry: clients check it
-	defer b.Close()
+	t.Cleanup(func() { b.Close() })
 	svc := handlers.NewService("math", handlers.Config{AllowUnauthenticated: true, NoDiscovery: true, Logger: bustest.Quiet})
 	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
 		return bustest.AddOut{Sum: in.A + in.B}, nil
