@@ -34,7 +34,7 @@ func Example() {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go svc.Run(ctx, b)
-	<-svc.Started() // in the registry: callers find it
+	<-svc.Started() // announced: callers find it in the registry
 
 	c, _ := client.New(b, client.Config{})
 	defer c.Close()
@@ -68,7 +68,7 @@ func ExampleClient_Call() {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go svc.Run(ctx, b)
-	<-svc.Started() // serving, and in the registry: callers find it
+	<-svc.Started() // announced: callers find it in the registry
 
 	c, _ := client.New(b, client.Config{Timeout: 5 * time.Second})
 	defer c.Close()
@@ -95,7 +95,7 @@ func ExampleClient_Send() {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go svc.Run(ctx, b)
-	<-svc.Started() // serving, and in the registry: callers find it
+	<-svc.Started() // announced: callers find it in the registry
 
 	c, _ := client.New(b, client.Config{})
 	defer c.Close()

@@ -36,7 +36,7 @@ func ExampleRegister() {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go svc.Run(ctx, b)
-	<-svc.Started() // serving, and in the registry: callers find it
+	<-svc.Started() // announced: callers find it in the registry
 
 	c, _ := client.New(b, client.Config{Timeout: 5 * time.Second})
 	defer c.Close()

@@ -287,37 +287,35 @@ func encodeLocal(out any) ([]byte, error) {
 	return result, nil
 }
 
-// callOnceLocal is runOnce for an in-process call: the same store, so a
-// key is shared with requests that came over the bus.
+// callOnceLocal runs an in-process call that carries an idempotency key
+// as runOnce does one read from the bus: the function's chain checks the
+// key (after the token check, the access rule and the function's
+// requirements; scoped to the function and the caller's subject; refused
+// with other arguments), in the same store, so a key is shared with
+// requests that came over the bus. The key is settled before the caller
+// learns the outcome.
 func (r *replica) callOnceLocal(f *function, req *Request, breq *bus.Request) ([]byte, error) {
-	ctx, window, key := r.hardCtx, r.svc.cfg.IdempotencyWindow, breq.IdempotencyKey
-	owner := localOwner(breq)
-	state, prior, err := r.idem.Begin(ctx, r.svc.name, key, owner, window)
-	if err != nil {
-		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "idempotency store unavailable: %v", err)
-	}
-	switch state {
-	case bus.IdemDone:
-		return prior, nil
-	case bus.IdemRunning:
-		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "a request with idempotency key %q is running; try again for its result", key)
-	}
+	req.idem = idemRun{ctx: r.hardCtx, store: r.idem, owner: localOwner(breq), window: r.svc.cfg.IdempotencyWindow}
 	out, err := r.callLocal(f, req)
 	if errors.Is(err, errStopping) {
-		r.idem.Release(ctx, r.svc.name, key, owner)
+		req.idem.settle(r.svc.name, r.log, false, nil) // the bus replica takes the key
 		return nil, r.handBack(breq)
+	}
+	if errors.Is(err, errIdemStore) {
+		// Over the bus the entry would be delivered again; here the
+		// caller is told, and may repeat the call.
+		r.log.Error("in-process request not run", "err", err)
+		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "%s.%s: %v", r.svc.name, breq.Function, err)
 	}
 	var result []byte
 	if err == nil {
 		result, err = encodeLocal(out)
 	}
 	if err != nil {
-		r.idem.Release(ctx, r.svc.name, key, owner)
+		req.idem.settle(r.svc.name, r.log, false, nil)
 		return nil, err
 	}
-	if cerr := r.idem.Complete(ctx, r.svc.name, key, owner, result, window); cerr != nil {
-		r.log.Error("could not record an idempotency key as done", "key", key, "err", cerr)
-	}
+	req.idem.settle(r.svc.name, r.log, true, result)
 	return result, nil
 }
 

@@ -76,7 +76,7 @@ func start(t *testing.T, p *placement.Process, b bus.Bus) {
 
 func TestHostedCallsStayInProcess(t *testing.T) {
 	b := &countingBus{Bus: bus.NewMemory()}
-	defer b.Close()
+	t.Cleanup(func() { b.Close() }) // after start's cleanup has stopped the replicas
 	sent := make(chan string, 10)
 	p, err := placement.New(placement.Config{Local: []string{"math"}}, mathService(), mailService(sent))
 	if err != nil {
@@ -156,7 +156,7 @@ func testSend(t *testing.T, local bool) {
 // as over the bus: internal, deadline_exceeded, and the process serves on.
 func TestPanicAndStuckFunctionInProcess(t *testing.T) {
 	b := &countingBus{Bus: bus.NewMemory()}
-	defer b.Close()
+	t.Cleanup(func() { b.Close() })
 	p, err := placement.New(placement.Config{}, mathService())
 	if err != nil {
 		t.Fatal(err)
@@ -288,5 +288,41 @@ func TestFullLocalReplicaFallsBackToTheBus(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A call to a hosted service does not wait for the registry: the
+// client's registry check, on by default, lets it through even when the
+// registry has never seen the service (here it never announces), while
+// a client that does not host it is refused with not_found.
+func TestHostedServiceSkipsTheRegistryCheck(t *testing.T) {
+	b := bus.NewMemory() // a bus with a registry: clients check it
+	t.Cleanup(func() { b.Close() })
+	svc := handlers.NewService("math", handlers.Config{AllowUnauthenticated: true, NoDiscovery: true, Logger: bustest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
+		return bustest.AddOut{Sum: in.A + in.B}, nil
+	})
+	p, err := placement.New(placement.Config{Local: []string{"math"}}, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p, b)
+	local, err := client.New(b, client.Config{Local: p, Logger: bustest.Quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	var out bustest.AddOut
+	if err := local.Call(context.Background(), "math.add", bustest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
+		t.Fatalf("hosted call right after start: %v %+v, want 5", err, out)
+	}
+	remote, err := client.New(b, client.Config{Logger: bustest.Quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remote.Close()
+	err = remote.Call(context.Background(), "math.add", bustest.AddIn{A: 2, B: 3}, &out)
+	if fnmesh.CodeOf(err) != fnmesh.CodeNotFound {
+		t.Fatalf("call from a client that does not host math: %v, want not_found from the registry check", err)
 	}
 }

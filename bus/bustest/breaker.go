@@ -168,7 +168,7 @@ func testClosedClient(t *testing.T, h *Harness) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("waiting call not failed by Close")
 	}
-	WantCode(t, c.Call(context.Background(), fn("x", "y"), struct{}{}, nil), fnmesh.CodeUnavailable)
+	WantCode(t, c.Call(context.Background(), fn(name, "x"), struct{}{}, nil), fnmesh.CodeUnavailable)
 }
 
 func testBreakerIgnoresShortTimeouts(t *testing.T, h *Harness) {

@@ -2,6 +2,7 @@ package bustest
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -164,5 +165,38 @@ func testIdemKeyWithOtherArguments(t *testing.T, h *Harness) {
 	}
 	if runs.Load() != 1 {
 		t.Fatalf("runs %d, want 1", runs.Load())
+	}
+}
+
+// testIdemKeySharedAcrossPaths: a key stored by a call over the bus
+// answers the same caller's call on the co-located path, and the other
+// way round. Without co-location both clients call over the bus.
+func testIdemKeySharedAcrossPaths(t *testing.T, h *Harness) {
+	name := Name("idpath")
+	svc := openService(name)
+	var runs atomic.Int64
+	handlers.Register(svc, "next", func(context.Context, struct{}) (int64, error) { return runs.Add(1), nil })
+	h.Start(svc)
+	local := h.Client(client.Config{Name: "shop"})
+	overBus, err := client.New(h.Bus, client.Config{Name: "shop", Logger: Quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { overBus.Close() })
+	for i, pair := range [][2]*client.Client{{overBus, local}, {local, overBus}} {
+		key := client.WithIdempotencyKey(fmt.Sprintf("shared-%d", i))
+		var first, second int64
+		if err := pair[0].Call(context.Background(), fn(name, "next"), struct{}{}, &first, key); err != nil {
+			t.Fatal(err)
+		}
+		if err := pair[1].Call(context.Background(), fn(name, "next"), struct{}{}, &second, key); err != nil {
+			t.Fatal(err)
+		}
+		if first != int64(i+1) || second != first {
+			t.Fatalf("round %d: first %d, second %d: want the second call to get the first's result", i, first, second)
+		}
+	}
+	if runs.Load() != 2 {
+		t.Fatalf("runs %d, want 2 (one per key)", runs.Load())
 	}
 }

@@ -86,6 +86,7 @@ func run(t *testing.T, newBus NewBus, colocated *Colocated) {
 		{"IdempotencyKeyNeedsAuthorization", testIdemKeyNeedsAuthorization},
 		{"IdempotencyKeyScopedToFunction", testIdemKeyScopedToFunction},
 		{"IdempotencyKeyWithOtherArguments", testIdemKeyWithOtherArguments},
+		{"IdempotencyKeySharedAcrossPaths", testIdemKeySharedAcrossPaths},
 		{"BacklogBoundRefusesAndLosesNothing", testBacklogBound},
 		{"DeadLetterReplayAndPurge", testDeadLetterReplayAndPurge},
 		{"StopHandsBackUnfinished", testStopHandsBackUnfinished},
@@ -230,6 +231,7 @@ func (h *Harness) StartStoppable(svc *handlers.Service) (stop func() error) {
 	case err = <-errc:
 		once.Do(func() { cancel() })
 	case <-time.After(10 * time.Second):
+		h.T.Fatalf("service %s did not start in 10s", svc.Name())
 	}
 	return stop
 }
