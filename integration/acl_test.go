@@ -135,7 +135,7 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	// it records the key as done.)
 	bustest.Eventually(t, 3*time.Second, "second call with the key not answered from it", func() bool {
 		out = bustest.AddOut{}
-		err := c.Call(ctx, "math.add", bustest.AddIn{A: 1, B: 1}, &out, client.WithIdempotencyKey("k1"))
+		err := c.Call(ctx, "math.add", bustest.AddIn{A: 40, B: 2}, &out, client.WithIdempotencyKey("k1"))
 		return err == nil && out.Sum == 42
 	})
 	// The caller reads the bound the service published.

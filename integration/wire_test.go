@@ -29,6 +29,10 @@ func TestSendAfterConnectionKilled(t *testing.T) {
 	b := newRedisBus(t, busConfig())
 	defer b.Close()
 	service := bustest.Name("killed")
+	// As a replica would: requests never create a service's stream.
+	if err := rdb.XGroupCreateMkStream(ctx, bus.RequestTopic(service), bus.Group, "0").Err(); err != nil {
+		t.Fatal(err)
+	}
 	defer rdb.Del(ctx, bus.RequestTopic(service))
 	send := func(id string) {
 		t.Helper()
