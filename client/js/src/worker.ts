@@ -335,6 +335,12 @@ export class Replica {
       }
       pause = 50;
       const counts = history !== undefined && entries.length ? await this.deliveryCounts(entries.map((e) => e.id)) : undefined;
+      if (this.stopping) {
+        // Read after close() began (the read was already blocked): not run
+        // here, handed back so another replica takes it at once.
+        for (const e of entries) if (e.present) await this.handBack(e.id, counts?.get(e.id) ?? 1);
+        break;
+      }
       this.dispatch(entries, counts);
       if (history !== undefined) {
         history = entries.length < count ? undefined : entries[entries.length - 1].id;
@@ -831,8 +837,8 @@ export class Replica {
     const versions = Promise.all(this.versions.map((v) => v.close()));
     this.stopping = true;
     for (const t of this.timers) clearInterval(t);
-    await this.announcer?.stop();
     await this.cmd!.unblock(this.reader!);
+    await this.announcer?.stop();
     this.slotFreed?.();
     await this.loop;
     const drained = () => (this.inflight.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => (this.drained = resolve)));
