@@ -25,6 +25,7 @@ import (
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/demo"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/registry"
 )
 
 // The tests here run against a real Redis Cluster: 3 masters and 3
@@ -463,6 +464,11 @@ func TestClusterCallsLeaveNothingBehind(t *testing.T) {
 	}
 	calls := func(n int) { addCalls(t, c, service+".add", n) }
 	calls(500)
+	// The replica's statistics reach the registry with its first heartbeat
+	// after calls ran: a key made once, not per call.
+	bustest.Eventually(t, 10*time.Second, "no heartbeat with statistics", func() bool {
+		return cb.Client().Exists(context.Background(), registry.StatsKey(service)).Val() == 1
+	})
 	// Two equal batches after the warm-up: what leaks grows with each
 	// batch; connections the clients open to more nodes on first use, or
 	// that earlier tests are still closing, do not come back.

@@ -15,6 +15,7 @@ import (
 	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/registry"
 )
 
 func inspector(t testing.TB) *redis.Client {
@@ -68,20 +69,27 @@ func TestTenThousandCallsLeaveNothingBehind(t *testing.T) {
 
 	calls := func(n int) { addCalls(t, c, service+".add", n) }
 	calls(500) // warm-up: pools and goroutines at their working size
+	// and the replica's statistics in the registry, from its first
+	// heartbeat after calls ran: a key made once, not per call.
+	bustest.Eventually(t, 10*time.Second, "no heartbeat with statistics", func() bool {
+		return rdb.Exists(ctx, registry.StatsKey(service)).Val() == 1
+	})
 	// 10,000 calls in two equal batches: what leaks grows with each batch;
 	// a pool reaching its working size does not come back.
 	keysA, goroutinesA, connsA := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb, name)
+	setA := keySet(t, rdb)
 	calls(5000)
 	keys0, goroutines0, conns0 := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb, name)
+	set0 := keySet(t, rdb)
 	calls(5000)
 	keys, goroutines, conns := rdb.DBSize(ctx).Val(), runtime.NumGoroutine(), clientCount(t, rdb, name)
 	t.Logf("after 500, 5,500 and 10,500 calls: keys %d, %d, %d; goroutines %d, %d, %d; connections %d, %d, %d",
 		keysA, keys0, keys, goroutinesA, goroutines0, goroutines, connsA, conns0, conns)
 	if keys0 != keysA {
-		t.Errorf("Redis keys grew from %d to %d", keysA, keys0)
+		t.Errorf("Redis keys grew from %d to %d: %v", keysA, keys0, newKeys(t, rdb, setA))
 	}
 	if keys != keys0 {
-		t.Errorf("Redis keys grew from %d to %d", keys0, keys)
+		t.Errorf("Redis keys grew from %d to %d: %v", keys0, keys, newKeys(t, rdb, set0))
 	}
 	if goroutines > goroutines0+5 {
 		t.Errorf("goroutines grew from %d to %d", goroutines0, goroutines)
@@ -134,4 +142,30 @@ func addCalls(t testing.TB, c *client.Client, fn string, n int) {
 	if err := <-errs; err != nil {
 		t.Fatalf("call failed: %v", err)
 	}
+}
+
+// keySet lists every key on the server.
+func keySet(t *testing.T, rdb *redis.Client) map[string]bool {
+	t.Helper()
+	keys, err := rdb.Keys(context.Background(), "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		m[k] = true
+	}
+	return m
+}
+
+// newKeys lists the keys on the server that before lacks.
+func newKeys(t *testing.T, rdb *redis.Client, before map[string]bool) []string {
+	t.Helper()
+	var out []string
+	for k := range keySet(t, rdb) {
+		if !before[k] {
+			out = append(out, k)
+		}
+	}
+	return out
 }

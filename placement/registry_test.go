@@ -20,7 +20,7 @@ import (
 // describe say which process serves them and how.
 func TestColocatedServicesAnnounceTheirPlacement(t *testing.T) {
 	b := bus.NewMemory()
-	t.Cleanup(func() { b.Close() })
+	h := bustest.NewHarness(t, b) // closes b last, after the process stopped
 	announced := func(name string) *handlers.Service {
 		svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet,
 			Plugins: []handlers.Plugin{registry.NewAnnouncer(registry.Config{})}})
@@ -34,7 +34,6 @@ func TestColocatedServicesAnnounceTheirPlacement(t *testing.T) {
 	start(t, p, b)
 	// gamma runs on its own, as a remote replica would.
 	gamma := announced("gamma")
-	h := bustest.NewHarness(t, b)
 	h.Start(gamma)
 
 	store, err := registry.StoreFor(b)
