@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/registry"
 )
 
 // OpenAPI returns the OpenAPI 3.1 document of the functions in the
@@ -102,7 +103,35 @@ func buildOpenAPI(fns []Function, checksTokens bool) obj {
 		"timeout_header":  obj{"name": HeaderTimeoutMs, "in": "header", "description": "timeout in milliseconds (when timeout_ms is absent)", "schema": obj{"type": "integer", "minimum": 1}},
 		"idempotency_key": obj{"name": HeaderIdempotencyKey, "in": "header", "description": "run once per key within the service's window; a repeat gets the first result", "schema": obj{"type": "string"}},
 	}
-	paths := obj{}
+	schemas["Status"] = obj{
+		"type":     "object",
+		"required": []string{"id", "state"},
+		"properties": obj{
+			"id":       obj{"type": "string"},
+			"state":    obj{"type": "string", "enum": []string{registry.StateUnknown, registry.StateQueued, registry.StateRunning, registry.StateDone, registry.StateDeadLettered}},
+			"service":  obj{"type": "string"},
+			"function": obj{"type": "string"},
+			"replica":  obj{"type": "string", "description": "the replica that runs it, or last ran it"},
+			"attempt":  obj{"type": "integer"},
+			"code":     obj{"type": "string", "description": "dead_lettered: the error's code"},
+			"reason":   obj{"type": "string", "description": "dead_lettered: why (generic for internal)"},
+			"updated":  obj{"type": "string", "format": "date-time"},
+		},
+	}
+	paths := obj{
+		"/v1/requests/{id}": obj{"get": obj{
+			"operationId": "requestStatus",
+			"summary":     "where a request sent with async=1 stands",
+			"description": "queued, running (on which replica), done, dead_lettered (and why), or unknown: never sent, sent as a call, or its record expired.",
+			"parameters":  []any{obj{"name": "id", "in": "path", "required": true, "schema": obj{"type": "string", "minLength": 1, "maxLength": 256}}},
+			"responses": obj{
+				"200": obj{"description": "the request's status", "content": obj{"application/json": obj{"schema": ref("schemas", "Status")}}},
+				"400": ref("responses", errorResponseName(fnmesh.CodeInvalidArgument)),
+				"401": ref("responses", errorResponseName(fnmesh.CodeUnauthenticated)),
+				"503": ref("responses", errorResponseName(fnmesh.CodeUnavailable)),
+			},
+		}},
+	}
 	tags := map[string]bool{}
 	for _, f := range fns {
 		service, function, _ := strings.Cut(f.Name, ".")

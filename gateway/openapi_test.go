@@ -26,6 +26,10 @@ func TestOpenAPIFromCatalog(t *testing.T) {
 	if !ok {
 		t.Fatalf("no POST /v1/functions/math/add in %v", keys(paths))
 	}
+	status, ok := paths["/v1/requests/{id}"].(map[string]any)["get"].(map[string]any)
+	if !ok || status["responses"].(map[string]any)["200"] == nil {
+		t.Errorf("no GET /v1/requests/{id} with a 200 response in %v", keys(paths))
+	}
 	if add["operationId"] != "math.add" {
 		t.Errorf("operationId %v", add["operationId"])
 	}
