@@ -117,23 +117,32 @@ func goMath(t *testing.T, service string) {
 // application errors and token checks reach Node with their codes.
 func TestNodeCallerGoReplica(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("gosvc")
+	foreignCallerGoReplica(t, "Node", bustest.Name("gosvc"), nodeCall)
+}
+
+// foreignCallerGoReplica calls the example math service, served by a Go
+// replica, through call (a caller in lang) and checks what it sees:
+// results, validation fields, application errors, token and role
+// refusals, and not_found for a service no replica ever served (XADD
+// NOMKSTREAM stores nothing, so the call fails at once).
+func foreignCallerGoReplica(t *testing.T, lang, service string, call func(t testing.TB, mode, function, args string, flags ...string) nodeOutcome) {
+	t.Helper()
 	goMath(t, service)
 	tok := demoToken(t, "ada")
 
-	o := nodeCall(t, "call", service+".add", `{"a":1,"b":2}`, "--token", tok)
+	o := call(t, "call", service+".add", `{"a":1,"b":2}`, "--token", tok)
 	var sum examples.Result
 	json.Unmarshal(o.Result, &sum)
 	if !o.OK || sum.Value != 3 || o.Replica != "go-1" {
-		t.Fatalf("add from Node: %+v", o)
+		t.Fatalf("add from %s: %+v", lang, o)
 	}
-	o = nodeCall(t, "call", service+".div", `{"a":1,"b":0}`, "--token", tok)
+	o = call(t, "call", service+".div", `{"a":1,"b":0}`, "--token", tok)
 	if o.OK || o.Code != fnmesh.CodeInvalidArgument || len(o.Fields) != 1 || o.Fields[0] != (fnmesh.FieldViolation{Field: "b", Rule: "ne", Param: "0"}) {
-		t.Fatalf("Go validation seen from Node: %+v", o)
+		t.Fatalf("Go validation seen from %s: %+v", lang, o)
 	}
-	o = nodeCall(t, "call", service+".sqrt", `{"x":-1}`, "--token", tok)
+	o = call(t, "call", service+".sqrt", `{"x":-1}`, "--token", tok)
 	if o.OK || o.Code != "negative_input" || o.Message != examples.ErrNegative.Message {
-		t.Fatalf("Go application error seen from Node: %+v", o)
+		t.Fatalf("Go application error seen from %s: %+v", lang, o)
 	}
 	for _, c := range []struct {
 		fn, token string
@@ -143,16 +152,15 @@ func TestNodeCallerGoReplica(t *testing.T) {
 		{"stats", tok, fnmesh.CodePermissionDenied},
 		{"nosuch", tok, fnmesh.CodeNotFound},
 	} {
-		if o := nodeCall(t, "call", service+"."+c.fn, `{}`, "--token", c.token); o.OK || o.Code != c.code {
-			t.Errorf("%s from Node: %+v, want %s", c.fn, o, c.code)
+		if o := call(t, "call", service+"."+c.fn, `{}`, "--token", c.token); o.OK || o.Code != c.code {
+			t.Errorf("%s from %s: %+v, want %s", c.fn, lang, o, c.code)
 		}
 	}
-	if o := nodeCall(t, "call", service+".stats", `{}`, "--token", demoToken(t, "root", "admin")); !o.OK {
-		t.Errorf("stats with the role from Node: %+v", o)
+	if o := call(t, "call", service+".stats", `{}`, "--token", demoToken(t, "root", "admin")); !o.OK {
+		t.Errorf("stats with the role from %s: %+v", lang, o)
 	}
-	// No replica ever: not_found at once, from the registry check.
-	if o := nodeCall(t, "call", bustest.Name("nobody")+".f", `{}`, "--timeout", "200"); o.OK || o.Code != fnmesh.CodeNotFound {
-		t.Errorf("no replica: %+v", o)
+	if o := call(t, "call", bustest.Name("nobody")+".f", `{}`, "--timeout", "5000"); o.OK || o.Code != fnmesh.CodeNotFound {
+		t.Errorf("never-served service from %s: %+v, want not_found", lang, o)
 	}
 }
 

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -55,74 +53,13 @@ func nodeJS(t testing.TB) string {
 	return jsDir
 }
 
-// nodeReplica is a Node replica process (client/js/tools/interop.ts).
-type nodeReplica struct {
-	id    string
-	cmd   *exec.Cmd
-	lines chan string
-	exit  chan error
-}
-
-// startNodeReplica starts a Node replica of service and waits until it
-// has joined the group. args: --secret S, --concurrency N.
-func startNodeReplica(t testing.TB, service, replica string, args ...string) *nodeReplica {
+// startNodeReplica starts a Node replica (client/js/tools/interop.ts) of
+// service and waits until it has joined the group. args: --secret S,
+// --concurrency N.
+func startNodeReplica(t testing.TB, service, replica string, args ...string) *foreignReplica {
 	t.Helper()
-	dir := nodeJS(t)
-	cmd := exec.Command("node", append([]string{filepath.Join(dir, "dist", "tools", "interop.js"), "serve", service, replica}, args...)...)
-	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL)
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	n := &nodeReplica{id: replica, cmd: cmd, lines: make(chan string, 16), exit: make(chan error, 1)}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case n.lines <- sc.Text():
-			default:
-			}
-		}
-		n.exit <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		if err := n.stop(10 * time.Second); err != nil {
-			t.Errorf("node replica %s: %v", replica, err)
-		}
-	})
-	select {
-	case l := <-n.lines:
-		if l != "ready "+replica {
-			t.Fatalf("node replica %s said %q, want ready", replica, l)
-		}
-	case err := <-n.exit:
-		n.exit <- err
-		t.Fatalf("node replica %s exited: %v", replica, err)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("node replica %s not ready in 20s", replica)
-	}
-	return n
-}
-
-// stop sends SIGTERM and waits for a clean exit (the replica drains).
-func (n *nodeReplica) stop(d time.Duration) error {
-	if n.cmd.ProcessState != nil {
-		return nil
-	}
-	n.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-n.exit:
-		n.exit <- err
-		return err
-	case <-time.After(d):
-		n.cmd.Process.Kill()
-		return fmt.Errorf("still running %v after SIGTERM", d)
-	}
+	argv := append([]string{"node", filepath.Join(nodeJS(t), "dist", "tools", "interop.js"), "serve", service, replica}, args...)
+	return startForeignReplica(t, "node", replica, argv, 20*time.Second, 10*time.Second)
 }
 
 // nodeOutcome is what the Node caller printed.

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -38,90 +36,12 @@ func pythonInterop(t testing.TB) string {
 	return script
 }
 
-// pyReplica is a Python replica process.
-type pyReplica struct {
-	id    string
-	cmd   *exec.Cmd
-	lines chan string
-	exit  chan error
-}
-
 // startPythonReplica starts a Python replica of service and waits until it
 // has joined the group. args: --secret S, --concurrency N, --claim-idle SECONDS.
-func startPythonReplica(t testing.TB, service, replica string, args ...string) *pyReplica {
+func startPythonReplica(t testing.TB, service, replica string, args ...string) *foreignReplica {
 	t.Helper()
-	cmd := exec.Command(pythonBin, append([]string{pythonInterop(t), "serve", service, replica}, args...)...)
-	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL)
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &pyReplica{id: replica, cmd: cmd, lines: make(chan string, 16), exit: make(chan error, 1)}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case p.lines <- sc.Text():
-			default:
-			}
-		}
-		p.exit <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		if err := p.stop(15 * time.Second); err != nil {
-			t.Errorf("python replica %s: %v", replica, err)
-		}
-	})
-	select {
-	case l := <-p.lines:
-		if l != "ready "+replica {
-			t.Fatalf("python replica %s said %q, want ready", replica, l)
-		}
-	case err := <-p.exit:
-		p.exit <- err
-		t.Fatalf("python replica %s exited: %v", replica, err)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("python replica %s not ready in 30s", replica)
-	}
-	return p
-}
-
-// stop sends SIGTERM and waits for a clean exit (the replica drains).
-func (p *pyReplica) stop(d time.Duration) error {
-	select {
-	case err := <-p.exit:
-		p.exit <- err
-		return nil // already gone (killed by the test)
-	default:
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.exit:
-		p.exit <- err
-		return err
-	case <-time.After(d):
-		p.cmd.Process.Kill()
-		return fmt.Errorf("still running %v after SIGTERM", d)
-	}
-}
-
-// kill9 kills the process at once (SIGKILL): nothing is handed back.
-func (p *pyReplica) kill9(t testing.TB) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	err := <-p.exit
-	p.exit <- err
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Fatalf("python replica %s: %v, want killed by SIGKILL", p.id, err)
-	}
+	argv := append([]string{pythonBin, pythonInterop(t), "serve", service, replica}, args...)
+	return startForeignReplica(t, "python", replica, argv, 30*time.Second, 15*time.Second)
 }
 
 // pythonCall runs the Python caller once: mode "call" or "send",
@@ -235,44 +155,7 @@ func TestGoCallerPythonReplica(t *testing.T) {
 // application errors and token checks reach Python with their codes.
 func TestPythonCallerGoReplica(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("gopy")
-	goMath(t, service)
-	tok := demoToken(t, "ada")
-
-	o := pythonCall(t, "call", service+".add", `{"a":1,"b":2}`, "--token", tok)
-	var sum examples.Result
-	json.Unmarshal(o.Result, &sum)
-	if !o.OK || sum.Value != 3 || o.Replica != "go-1" {
-		t.Fatalf("add from Python: %+v", o)
-	}
-	o = pythonCall(t, "call", service+".div", `{"a":1,"b":0}`, "--token", tok)
-	if o.OK || o.Code != fnmesh.CodeInvalidArgument || len(o.Fields) != 1 || o.Fields[0] != (fnmesh.FieldViolation{Field: "b", Rule: "ne", Param: "0"}) {
-		t.Fatalf("Go validation seen from Python: %+v", o)
-	}
-	o = pythonCall(t, "call", service+".sqrt", `{"x":-1}`, "--token", tok)
-	if o.OK || o.Code != "negative_input" || o.Message != examples.ErrNegative.Message {
-		t.Fatalf("Go application error seen from Python: %+v", o)
-	}
-	for _, c := range []struct {
-		fn, token string
-		code      fnmesh.Code
-	}{
-		{"add", "", fnmesh.CodeUnauthenticated},
-		{"stats", tok, fnmesh.CodePermissionDenied},
-		{"nosuch", tok, fnmesh.CodeNotFound},
-	} {
-		if o := pythonCall(t, "call", service+"."+c.fn, `{}`, "--token", c.token); o.OK || o.Code != c.code {
-			t.Errorf("%s from Python: %+v, want %s", c.fn, o, c.code)
-		}
-	}
-	if o := pythonCall(t, "call", service+".stats", `{}`, "--token", demoToken(t, "root", "admin")); !o.OK {
-		t.Errorf("stats with the role from Python: %+v", o)
-	}
-	// A service no replica ever served has no stream: XADD NOMKSTREAM
-	// stores nothing and the call fails at once.
-	if o := pythonCall(t, "call", bustest.Name("nobody")+".f", `{}`, "--timeout", "5000"); o.OK || o.Code != fnmesh.CodeNotFound {
-		t.Errorf("never-served service: %+v, want not_found", o)
-	}
+	foreignCallerGoReplica(t, "Python", bustest.Name("gopy"), pythonCall)
 
 	// A versioned Go function, and a send that a Go replica runs.
 	goSvc := bustest.Name("gopysend")
@@ -287,7 +170,7 @@ func TestPythonCallerGoReplica(t *testing.T) {
 		return struct{}{}, nil
 	})
 	h.Start(svc)
-	o = pythonCall(t, "call", goSvc+".add@v2", `{"a":1,"b":2}`)
+	o := pythonCall(t, "call", goSvc+".add@v2", `{"a":1,"b":2}`)
 	var out bustest.AddOut
 	json.Unmarshal(o.Result, &out)
 	if !o.OK || out.Sum != 30 {
