@@ -1,0 +1,101 @@
+package netdelay_test
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/fnmesh/fnmesh/internal/bench/netdelay"
+)
+
+// echo serves a line-echo server and returns its address.
+func echo(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func TestRoundTripTakesTwiceTheDelay(t *testing.T) {
+	const oneWay = 20 * time.Millisecond
+	before := runtime.NumGoroutine()
+	p, err := netdelay.Start(echo(t), oneWay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		if _, err := c.Write([]byte("ping\n")); err != nil {
+			t.Fatal(err)
+		}
+		line, err := r.ReadString('\n')
+		if err != nil || line != "ping\n" {
+			t.Fatalf("echo: %q %v", line, err)
+		}
+		if took := time.Since(start); took < 2*oneWay {
+			t.Fatalf("round trip took %v, less than twice the one-way delay %v", took, oneWay)
+		}
+	}
+	c.Close()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close waited for the proxy's goroutines; the echo server's may still
+	// be ending.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before+1 && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	if n := runtime.NumGoroutine(); n > before+1 {
+		t.Fatalf("%d goroutines after Close, %d before Start", n, before)
+	}
+}
+
+// Many writes in flight at once, as a pipelining client makes them,
+// arrive whole and in order.
+func TestPipelinedWritesArriveInOrder(t *testing.T) {
+	const oneWay = 10 * time.Millisecond
+	p, err := netdelay.Start(echo(t), oneWay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	want := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+	go func() {
+		for off := 0; off < len(want); off += 4096 {
+			c.Write(want[off : off+4096])
+		}
+	}()
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("bytes changed or reordered through the proxy")
+	}
+}
