@@ -120,9 +120,11 @@ type Client struct {
 	idPrefix string
 	seq      atomic.Uint64
 
-	mu      sync.Mutex
-	waiting map[string]*waiter // calls waiting for their reply, by request id
-	closed  bool
+	// waiting holds the calls waiting for their reply, by request id, in
+	// shards: every call and every reply takes a shard's lock, and callers
+	// on all cores would otherwise queue on one.
+	waiting [waitShards]waitShard
+	closed  atomic.Bool
 	waiters sync.Pool // of *waiter of this client
 
 	breakers sync.Map // function name -> *breaker
@@ -134,25 +136,45 @@ type Client struct {
 	deliverFn func(*bus.Reply)
 }
 
+const waitShards = 32
+
+type waitShard struct {
+	mu sync.Mutex
+	m  map[string]*waiter
+	_  [40]byte // a cache line each
+}
+
+func (c *Client) shard(id string) *waitShard {
+	h := uint32(2166136261) // FNV-1a over the id's tail: its sequence number
+	for i := max(0, len(id)-8); i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	return &c.waiting[h%waitShards]
+}
+
 // waiter is a call waiting for its reply. Waiters are pooled, per client:
-// a reply is handed to one (deliver, fail) only under c.mu while it is in
-// c.waiting, so once a call has taken it out no late reply or failure
-// reaches the next call that uses it.
+// a reply is handed to one (deliver, fail) only under its shard's lock
+// while it is in the shard, so once a call has taken it out no late reply
+// or failure reaches the next call that uses it.
 type waiter struct {
 	c      *Client
-	id     string          // the request id, while waiting; under c.mu
-	ch     chan *bus.Reply // the reply, or the failure to queue the request
-	failed func(error)     // w.fail, made once
+	id     string                    // the request id, while waiting; under in's lock
+	in     atomic.Pointer[waitShard] // the shard holding it, while waiting
+	ch     chan *bus.Reply           // the reply, or the failure to queue the request
+	failed func(error)               // w.fail, made once
 }
 
 // fail hands the call a failure to store its request (Request.Failed).
 func (w *waiter) fail(err error) {
-	c := w.c
-	c.mu.Lock()
-	if w.id != "" && c.waiting[w.id] == w {
-		c.handToLocked(w, &bus.Reply{ID: w.id, Err: queueError(err)})
+	sh := w.in.Load()
+	if sh == nil {
+		return
 	}
-	c.mu.Unlock()
+	sh.mu.Lock()
+	if w.in.Load() == sh && sh.m[w.id] == w {
+		handTo(w, &bus.Reply{ID: w.id, Err: queueError(err)})
+	}
+	sh.mu.Unlock()
 }
 
 // New returns a client on b with its own reply inbox.
@@ -166,7 +188,10 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 	id := hex.EncodeToString(rb[:])
 	c := &Client{
 		cfg: cfg, bus: b, inbox: bus.InboxTopic(b, id),
-		idPrefix: id + "-", waiting: map[string]*waiter{},
+		idPrefix: id + "-",
+	}
+	for i := range c.waiting {
+		c.waiting[i].m = map[string]*waiter{}
 	}
 	c.waiters.New = func() any {
 		w := &waiter{c: c, ch: make(chan *bus.Reply, 1)}
@@ -198,14 +223,16 @@ func (c *Client) Inbox() string { return c.inbox }
 // for each reply. Replies nobody waits for (the call timed out) are
 // dropped.
 func (c *Client) deliver(rep *bus.Reply) {
-	c.mu.Lock()
-	if w := c.waiting[rep.ID]; w != nil {
-		c.handToLocked(w, rep)
+	sh := c.shard(rep.ID)
+	sh.mu.Lock()
+	if w := sh.m[rep.ID]; w != nil {
+		handTo(w, rep)
 	}
-	c.mu.Unlock()
+	sh.mu.Unlock()
 }
 
-func (c *Client) handToLocked(w *waiter, rep *bus.Reply) {
+// handTo gives w its reply; the caller holds the lock of w's shard.
+func handTo(w *waiter, rep *bus.Reply) {
 	select {
 	case w.ch <- rep:
 	default: // it has one already: a duplicate reply (a request run twice)
@@ -214,25 +241,24 @@ func (c *Client) handToLocked(w *waiter, rep *bus.Reply) {
 
 // isClosed reports whether Close ran: a closed client answers unavailable
 // before it asks the registry anything.
-func (c *Client) isClosed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closed
-}
+func (c *Client) isClosed() bool { return c.closed.Load() }
 
 // Close fails the calls still waiting with unavailable and removes the
 // client's inbox.
 func (c *Client) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	if c.closed.Swap(true) {
 		return nil
 	}
-	c.closed = true
-	for _, w := range c.waiting {
-		c.handToLocked(w, &bus.Reply{ID: w.id, Err: errClosed()})
+	// A call registering now either saw closed, or is in its shard
+	// before Close locks that shard.
+	for i := range c.waiting {
+		sh := &c.waiting[i]
+		sh.mu.Lock()
+		for _, w := range sh.m {
+			handTo(w, &bus.Reply{ID: w.id, Err: errClosed()})
+		}
+		sh.mu.Unlock()
 	}
-	c.mu.Unlock()
 	c.dir.close()
 	return c.open.Close()
 }
@@ -437,20 +463,23 @@ func (c *Client) transport(ctx context.Context, inv *Invocation) (json.RawMessag
 // returned as that error.
 func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Request, function string, local LocalServices) (*bus.Reply, error) {
 	w := c.waiters.Get().(*waiter)
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	sh := c.shard(req.ID)
+	sh.mu.Lock()
+	if c.closed.Load() {
+		sh.mu.Unlock()
 		c.waiters.Put(w)
 		return nil, errClosed()
 	}
+	w.in.Store(sh) // before w.id: fail reads w.id only under w.in's lock
 	w.id = req.ID
-	c.waiting[req.ID] = w
-	c.mu.Unlock()
+	sh.m[req.ID] = w
+	sh.mu.Unlock()
 	defer func() {
-		c.mu.Lock()
-		delete(c.waiting, req.ID)
+		sh.mu.Lock()
+		delete(sh.m, req.ID)
 		w.id = ""
-		c.mu.Unlock()
+		w.in.Store(nil)
+		sh.mu.Unlock()
 		select {
 		case <-w.ch: // a reply that came with the deadline
 		default:

@@ -127,14 +127,11 @@ func (r *replica) startLocal() *localEntry {
 		e.workers.Add(1)
 		go func() {
 			defer e.workers.Done()
-			for {
-				select {
-				case j := <-e.jobs:
-					r.serveLocal(j)
-					e.done()
-				case <-e.quit:
-					return
-				}
+			// One channel, not a select with quit: wait closes jobs once
+			// no take can send on it.
+			for j := range e.jobs {
+				r.serveLocal(j)
+				e.done()
 			}
 		}()
 	}
@@ -176,7 +173,11 @@ func (e *localEntry) wait(d time.Duration) bool {
 		}
 	}
 	if finished {
+		// No take sends any more: each that passed its first closed check
+		// counted itself in inflight, which is 0, or sees closed on its
+		// second check.
 		close(e.quit)
+		close(e.jobs)
 		e.workers.Wait()
 	}
 	return finished
