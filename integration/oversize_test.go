@@ -2,7 +2,10 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -67,5 +70,61 @@ func TestOversizedEntryIsNotBuffered(t *testing.T) {
 	}
 	if err := c.Call(ctx, name+".add", bustest.AddIn{A: 2, B: 2}, &out); err != nil || out.Sum != 4 {
 		t.Fatalf("call after the oversized entry: %v %+v", err, out)
+	}
+}
+
+// peakRSSKB reads a process's peak resident set size (VmHWM).
+func peakRSSKB(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
+			n, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
+}
+
+// The same, seen from outside a replica process: its peak RSS, which
+// counts every buffer of the process and not only Go's heap, grows by a
+// small fraction of an oversized entry it refuses.
+func TestOversizedEntryKeepsReplicaRSSBounded(t *testing.T) {
+	ctx := context.Background()
+	const size = 128 << 20
+	name := bustest.Name("bigproc")
+	w := startWorker(t, workerSpec{Service: name, Replica: name + "-1"})
+	c := newClient(t, client.Config{Logger: bustest.Quiet, SkipRegistryCheck: true})
+	var who string
+	if err := c.Call(ctx, name+".who", struct{}{}, &who); err != nil {
+		t.Fatal(err)
+	}
+	before := peakRSSKB(t, w.cmd.Process.Pid)
+	maker := inspector(t)
+	maker.Options().ReadTimeout = 30 * time.Second // Redis may be busy sending the entry to the replica
+	if err := maker.Eval(ctx, `return redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', 'bigproc-1', 'fn', 'who', 'p', string.rep('x', tonumber(ARGV[1])))`,
+		[]string{bus.RequestTopic(name)}, size).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b := newRedisBus(t, busConfig())
+	bustest.Eventually(t, 60*time.Second, "oversized entry not dead-lettered", func() bool {
+		dls, err := b.DeadLetters(ctx, name, 10)
+		return err == nil && len(dls) == 1 && dls[0].Code == fnmesh.CodeInvalidArgument
+	})
+	if err := c.Call(ctx, name+".who", struct{}{}, &who); err != nil {
+		t.Fatalf("call after the oversized entry: %v", err)
+	}
+	after := peakRSSKB(t, w.cmd.Process.Pid)
+	if grew := (after - before) << 10; grew > size/8 {
+		t.Fatalf("replica's peak RSS grew by %d MB (%d -> %d MB) for a %d MB entry", grew>>20, before>>10, after>>10, size>>20)
+	} else {
+		t.Logf("replica's peak RSS %d -> %d MB while a %d MB entry was refused", before>>10, after>>10, size>>20)
 	}
 }
