@@ -90,7 +90,21 @@ func (d *directory) wrap(next Invoker, local LocalServices, closed func() bool) 
 }
 
 func (d *directory) close() {
-	if d != nil && d.owned {
+	if d == nil {
+		return
+	}
+	if f, ok := d.status.(statusFlusher); ok {
+		// The last sends' queued records, written in the background,
+		// land before a process that exits after Close (the CLI) is gone.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		f.Flush(ctx)
+		cancel()
+	}
+	if d.owned {
 		d.w.Close()
 	}
 }
+
+// statusFlusher is a status store that writes in the background
+// (registry.RedisStatusStore).
+type statusFlusher interface{ Flush(context.Context) error }

@@ -387,6 +387,7 @@ func (s *Service) Run(ctx context.Context, b bus.Bus) error {
 	}
 	rep := &replica{svc: s, id: id, bus: b, pub: b.Publisher(), idem: b.Idempotency(), log: s.cfg.Logger.With("service", s.name, "replica", id)}
 	rep.status = newStatusRecorder(s, b, id, rep.log)
+	defer rep.status.flush() // last: after the drain's records
 	if err := b.SetLimits(ctx, s.name, bus.Limits{MaxBacklog: s.cfg.MaxBacklog}); err != nil {
 		return fmt.Errorf("handlers: service %s: publish limits: %w", s.name, err)
 	}

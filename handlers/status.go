@@ -37,12 +37,31 @@ func newStatusRecorder(s *Service, b bus.Bus, replica string, log *slog.Logger) 
 }
 
 func (r *statusRecorder) update(st registry.Status) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	st.Service, st.Replica = r.service, r.replica
-	if err := r.store.Update(ctx, st, r.ttl); err != nil {
+	// The Redis store writes in the background and returns at once.
+	if err := r.store.Update(context.Background(), st, r.ttl); err != nil {
 		r.log.Debug("status record not written", "id", st.ID, "err", err)
 	}
+}
+
+// flush waits, a little, for records written in the background
+// (registry.RedisStatusStore) before the replica is gone.
+func (r *statusRecorder) flush() {
+	f, ok := r.storeFlusher()
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	f.Flush(ctx)
+}
+
+func (r *statusRecorder) storeFlusher() (interface{ Flush(context.Context) error }, bool) {
+	if r == nil {
+		return nil, false
+	}
+	f, ok := r.store.(interface{ Flush(context.Context) error })
+	return f, ok
 }
 
 // running records that this replica runs the send req.

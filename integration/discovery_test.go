@@ -7,9 +7,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
@@ -144,9 +148,7 @@ func TestSendStatusOnRedis(t *testing.T) {
 		return fnmesh.CodeOf(c.Call(ctx, name+".double", discoIn{}, nil, client.WithTimeout(200*time.Millisecond))) == fnmesh.CodeUnavailable
 	})
 	queued := send("double")
-	if st := state(queued); st.State != registry.StateQueued {
-		t.Fatalf("send with no replica: %+v, want queued", st)
-	}
+	bustest.Eventually(t, 5*time.Second, "send with no replica not recorded as queued", func() bool { return state(queued).State == registry.StateQueued })
 
 	g, err := gateway.New(gateway.Config{Client: c, AllowUnauthenticated: true, Status: status, Logger: bustest.Quiet,
 		Catalog: gateway.NewRegistryCatalog(registry.NewRedisStore(b.Client()), 50*time.Millisecond, 20*time.Millisecond)})
@@ -245,5 +247,72 @@ func TestCLIFailsFastAndTellsStatus(t *testing.T) {
 	})
 	if out, err := runCLI(t, "status", "no-such-id"); err == nil || !strings.HasPrefix(out, "unknown") {
 		t.Fatalf("status of an unknown id: %v\n%s", err, out)
+	}
+}
+
+// commandCalls reads how many times Redis ran a command (INFO
+// commandstats), e.g. "exec".
+func commandCalls(t *testing.T, rdb *redis.Client, cmd string) int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(info, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(l), "cmdstat_"+cmd+":calls="); ok {
+			n, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+			return n
+		}
+	}
+	return 0
+}
+
+// Status records cost sends no round trip of their own: the caller's
+// queued records and the replica's running and done records are written
+// in batches, so Redis runs far fewer transactions than there are sends,
+// and every send still ends up done. A Redis that lost the replica's
+// script (SCRIPT FLUSH) gets it again.
+func TestStatusRecordsAreBatched(t *testing.T) {
+	ctx := context.Background()
+	const sends = 400
+	b := newRedisBus(t, busConfig())
+	h := &bustest.Harness{T: t, Bus: b}
+	name := bustest.Name("statusbatch")
+	svc := discoService(name)
+	h.Start(svc)
+	<-svc.Started()
+	c := h.Client(client.Config{})
+	rdb := inspector(t)
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := commandCalls(t, rdb, "exec")
+	ids := make([]string, sends)
+	var wg sync.WaitGroup
+	for i := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var info client.ReplyInfo
+			if err := c.Send(ctx, name+".double", discoIn{N: i}, client.WithReplyInfo(&info)); err != nil {
+				t.Error(err)
+			}
+			ids[i] = info.RequestID
+		}()
+	}
+	wg.Wait()
+	status := registry.NewRedisStatusStore(b.Client())
+	bustest.Eventually(t, 20*time.Second, "not every send recorded as done", func() bool {
+		for _, id := range ids {
+			if st, err := status.Get(ctx, id); err != nil || st.State != registry.StateDone {
+				return false
+			}
+		}
+		return true
+	})
+	if n := commandCalls(t, rdb, "exec") - before; n > sends/4 {
+		t.Fatalf("%d transactions for %d sends' status records, want them batched (at most %d)", n, sends, sends/4)
+	} else {
+		t.Logf("%d transactions for %d sends' status records", n, sends)
 	}
 }

@@ -2,10 +2,13 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"weak"
 
@@ -45,7 +48,8 @@ type Status struct {
 // them, whatever the number of sends.
 type StatusStore interface {
 	// Queued records a request just stored; it does not overwrite a
-	// record a replica already wrote.
+	// record a replica already wrote. The Redis store writes it in the
+	// background, a round trip or so later.
 	Queued(ctx context.Context, id, service, function string, ttl time.Duration) error
 	// Update records a replica's news of a request: running, done,
 	// dead_lettered, or queued again (handed back). A dead_lettered
@@ -71,7 +75,39 @@ func StatusStoreFor(b bus.Bus) (StatusStore, error) {
 }
 
 // RedisStatusStore keeps status records on Redis (see StatusKey).
-type RedisStatusStore struct{ rdb redis.UniversalClient }
+//
+// Queued and Update return at once: their records are written in the
+// background, in batches of one round trip each (MULTI/EXEC per slot), in
+// the order they were made. A send then costs no round trip of its own
+// for its record, and a replica none for each state it reports; a record
+// lands a round trip or so after the news it carries. At most
+// maxStatusBacklog records wait; beyond that, and when a batch fails, they
+// are dropped (a status record never fails or slows a request) and
+// counted in Dropped.
+type RedisStatusStore struct {
+	rdb redis.UniversalClient
+
+	mu      sync.Mutex
+	backlog []statusWrite
+	writing bool // a writer goroutine runs; it ends when backlog is empty
+	dropped atomic.Uint64
+	ended   chan struct{} // closed when the running writer ends (Flush)
+}
+
+// statusWrite is one record to write: Queued's (queued) or Update's.
+type statusWrite struct {
+	id, service, function string
+	queued                bool
+	st                    Status
+	ttl                   time.Duration
+	at                    time.Time
+}
+
+// maxStatusBacklog bounds the records waiting to be written.
+const maxStatusBacklog = 16384
+
+// maxStatusBatch bounds the records written in one round trip.
+const maxStatusBatch = 512
 
 // NewRedisStatusStore returns the status store on rdb.
 func NewRedisStatusStore(rdb redis.UniversalClient) *RedisStatusStore {
@@ -96,43 +132,141 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 `)
 
-func (s *RedisStatusStore) write(ctx context.Context, id, mode string, ttl time.Duration, fields ...string) error {
-	args := make([]any, 0, 2+len(fields))
-	args = append(args, mode, ttl.Milliseconds())
-	for _, f := range fields {
-		args = append(args, f)
+// enqueue adds w to the backlog and starts the writer if none runs.
+func (s *RedisStatusStore) enqueue(w statusWrite) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.backlog) >= maxStatusBacklog {
+		s.dropped.Add(1)
+		return ErrStatusBacklogFull
 	}
-	return statusScript.Run(ctx, s.rdb, []string{StatusKey(id)}, args...).Err()
+	s.backlog = append(s.backlog, w)
+	if !s.writing {
+		s.writing = true
+		s.ended = make(chan struct{})
+		go s.writeLoop(s.ended)
+	}
+	return nil
+}
+
+// ErrStatusBacklogFull: a status record was dropped, too many waited to
+// be written.
+var ErrStatusBacklogFull = errors.New("registry: status records back up; record dropped")
+
+// Dropped is how many records were dropped: backlog full, or their batch
+// failed.
+func (s *RedisStatusStore) Dropped() uint64 { return s.dropped.Load() }
+
+// Flush waits until every record made before it was written or dropped,
+// or ctx ends. A process that exits after its last send (the CLI) calls
+// it first.
+func (s *RedisStatusStore) Flush(ctx context.Context) error {
+	s.mu.Lock()
+	writing, ended := s.writing, s.ended
+	s.mu.Unlock()
+	if !writing {
+		return nil
+	}
+	select {
+	case <-ended:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// writeLoop writes batches until the backlog is empty, then ends: no
+// goroutine waits while nothing is sent.
+func (s *RedisStatusStore) writeLoop(ended chan struct{}) {
+	var batch []statusWrite
+	for {
+		s.mu.Lock()
+		n := min(len(s.backlog), maxStatusBatch)
+		if n == 0 {
+			s.writing = false
+			s.backlog = nil
+			close(ended)
+			s.mu.Unlock()
+			return
+		}
+		batch = append(batch[:0], s.backlog[:n]...)
+		s.backlog = s.backlog[n:]
+		s.mu.Unlock()
+		if err := s.writeBatch(batch); err != nil {
+			s.dropped.Add(uint64(len(batch)))
+		}
+	}
+}
+
+// writeBatch writes records in one round trip: a caller's queued records
+// with plain commands (its ACL allows HSETNX, HSET and PEXPIRE, no
+// scripts), a replica's with statusScript by its hash, or whole when
+// Redis does not have it (the replica ACL has EVAL, not SCRIPT LOAD).
+func (s *RedisStatusStore) writeBatch(batch []statusWrite) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	run := func(whole bool) ([]redis.Cmder, error) {
+		return s.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			for i := range batch {
+				w := &batch[i]
+				key := StatusKey(w.id)
+				updated := strconv.FormatInt(w.at.UnixMilli(), 10)
+				if w.queued {
+					pipe.HSetNX(ctx, key, "state", StateQueued) // a replica's state, if first, stays
+					pipe.HSetNX(ctx, key, "updated", updated)
+					pipe.HSet(ctx, key, "service", w.service, "function", w.function)
+					pipe.PExpire(ctx, key, w.ttl)
+					continue
+				}
+				if whole {
+					statusScript.Eval(ctx, pipe, []string{key}, updateArgs(w.st, w.ttl, updated)...)
+				} else {
+					statusScript.EvalSha(ctx, pipe, []string{key}, updateArgs(w.st, w.ttl, updated)...)
+				}
+			}
+			return nil
+		})
+	}
+	cmds, err := run(false)
+	if err != nil && noScript(cmds) {
+		_, err = run(true) // loads it, for the next batches
+	}
+	return err
+}
+
+func noScript(cmds []redis.Cmder) bool {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			return true
+		}
+	}
+	return false
+}
+
+func updateArgs(st Status, ttl time.Duration, updated string) []any {
+	args := []any{st.State, ttl.Milliseconds(), "service", st.Service, "function", st.Function, "updated", updated}
+	if st.Replica != "" {
+		args = append(args, "replica", st.Replica)
+	}
+	if st.Attempt > 0 {
+		args = append(args, "attempt", strconv.Itoa(st.Attempt))
+	}
+	if st.Code != "" {
+		args = append(args, "code", st.Code, "reason", st.Reason)
+	}
+	return args
 }
 
 func now() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
 
-// Queued implements StatusStore: plain commands in MULTI, no script, so
-// that a caller's ACL needs only HSETNX, HSET and PEXPIRE on these keys.
-func (s *RedisStatusStore) Queued(ctx context.Context, id, service, function string, ttl time.Duration) error {
-	key := StatusKey(id)
-	pipe := s.rdb.TxPipeline()
-	pipe.HSetNX(ctx, key, "state", StateQueued) // a replica's state, if first, stays
-	pipe.HSetNX(ctx, key, "updated", now())
-	pipe.HSet(ctx, key, "service", service, "function", function)
-	pipe.PExpire(ctx, key, ttl)
-	_, err := pipe.Exec(ctx)
-	return err
+// Queued implements StatusStore; the record is written in the background.
+func (s *RedisStatusStore) Queued(_ context.Context, id, service, function string, ttl time.Duration) error {
+	return s.enqueue(statusWrite{id: id, service: service, function: function, queued: true, ttl: ttl, at: time.Now()})
 }
 
-// Update implements StatusStore.
-func (s *RedisStatusStore) Update(ctx context.Context, st Status, ttl time.Duration) error {
-	fields := []string{"service", st.Service, "function", st.Function, "updated", now()}
-	if st.Replica != "" {
-		fields = append(fields, "replica", st.Replica)
-	}
-	if st.Attempt > 0 {
-		fields = append(fields, "attempt", strconv.Itoa(st.Attempt))
-	}
-	if st.Code != "" {
-		fields = append(fields, "code", st.Code, "reason", st.Reason)
-	}
-	return s.write(ctx, st.ID, st.State, ttl, fields...)
+// Update implements StatusStore; the record is written in the background.
+func (s *RedisStatusStore) Update(_ context.Context, st Status, ttl time.Duration) error {
+	return s.enqueue(statusWrite{id: st.ID, st: st, ttl: ttl, at: time.Now()})
 }
 
 // Get implements StatusStore.
