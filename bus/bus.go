@@ -6,7 +6,7 @@
 //
 // Two transports implement Bus: NewRedis (Redis Streams, durable, many
 // processes) and NewMemory (one process, for monoliths and tests). The
-// same behaviour suite, bus/bustest, runs against both.
+// same behaviour suite, package meshtest, runs against both.
 package bus
 
 import (
