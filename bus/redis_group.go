@@ -47,6 +47,25 @@ type redisGroupSubscriber struct {
 }
 
 func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	sub, err := s.subscribe(ctx, topic, false)
+	if err != nil {
+		return nil, err
+	}
+	return sub.out, nil
+}
+
+// SubscribeRequests implements RequestSubscriber.
+func (s *redisGroupSubscriber) SubscribeRequests(ctx context.Context, topic string) (<-chan *DeliveredRequest, error) {
+	sub, err := s.subscribe(ctx, topic, true)
+	if err != nil {
+		return nil, err
+	}
+	return sub.requests, nil
+}
+
+// subscribe starts a subscription to topic that delivers messages, or
+// DeliveredRequests if requests.
+func (s *redisGroupSubscriber) subscribe(ctx context.Context, topic string, requests bool) (*groupSubscription, error) {
 	select {
 	case <-s.closing:
 		return nil, ErrClosed
@@ -62,14 +81,18 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 	reader.maxField = s.cfg.MaxFieldBytes
 	ctx, cancel := context.WithCancel(ctx)
 	sub := &groupSubscription{
-		s: s, topic: topic, reader: reader,
-		out:   make(chan *message.Message),
+		s: s, topic: topic, reader: reader, ctx: ctx,
 		freed: make(chan struct{}, 1),
 		// Entries in it hold slots, so it never needs more room.
 		again:       make(chan delivery, s.cfg.Concurrency),
 		watch:       make(chan watched, 2*s.cfg.Concurrency),
 		inflight:    map[string]int{},
 		historyRead: make(chan struct{}),
+	}
+	if requests {
+		sub.requests = make(chan *DeliveredRequest)
+	} else {
+		sub.out = make(chan *message.Message)
 	}
 	s.mu.Lock()
 	s.readers = append(s.readers, reader)
@@ -85,7 +108,7 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 	}()
 	// Unless the consumer settles directly, one watcher per slot waits for
 	// each delivered message's ack: no goroutine per message.
-	if !s.cfg.SettleDirect {
+	if !s.cfg.SettleDirect && !requests {
 		for i := 0; i < s.cfg.Concurrency; i++ {
 			go sub.watchAcks(ctx)
 		}
@@ -101,7 +124,7 @@ func (s *redisGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 		s.wg.Add(1)
 		go sub.trimLoop(ctx)
 	}
-	return sub.out, nil
+	return sub, nil
 }
 
 // Close stops reading and closes the output channels. Messages already
@@ -125,10 +148,13 @@ type groupSubscription struct {
 	s      *redisGroupSubscriber
 	topic  string
 	reader *blockingReader
-	out    chan *message.Message // only readLoop sends on it
-	freed  chan struct{}         // a slot came free
-	again  chan delivery         // nacked or claimed entries to deliver
-	watch  chan watched          // delivered messages, for the ack watchers
+	ctx    context.Context // the subscription's: ends when it closes
+	// One of out and requests is the output; only readLoop sends on it.
+	out      chan *message.Message
+	requests chan *DeliveredRequest
+	freed    chan struct{} // a slot came free
+	again    chan delivery // nacked or claimed entries to deliver
+	watch    chan watched  // delivered messages, for the ack watchers
 	// historyRead is closed once readLoop has read this consumer's own pending
 	// entries. Claiming waits for it: reading pending entries by id counts
 	// as a delivery in Redis, so an entry claimed before that read would
@@ -214,6 +240,16 @@ func (g *groupSubscription) settled(ctx context.Context, d delivery, ok, async b
 	default:
 		g.redeliver(ctx, d)
 	}
+}
+
+// settleRequest implements requestSettler: as a message's settle does,
+// in a goroutine of its own if it is delivered again.
+func (g *groupSubscription) settleRequest(r *DeliveredRequest, ok, sent bool) {
+	if sent {
+		g.release(r.x.id)
+		return
+	}
+	g.settled(g.ctx, delivery{r.x, r.Delivery.Count}, ok, true)
 }
 
 // redeliver delivers a nacked entry again after a pause, or, once the

@@ -21,7 +21,7 @@ import (
 func (g *groupSubscription) readLoop(ctx context.Context) {
 	defer g.s.wg.Done()
 	defer close(g.watch)
-	defer close(g.out)
+	defer g.closeOutput()
 	conc := g.s.cfg.Concurrency
 	// Own pending entries first: a replica restarted under the same name
 	// finishes what it had taken.
@@ -124,6 +124,9 @@ func (g *groupSubscription) deliverAgain(ctx context.Context) bool {
 // send hands one entry, which already holds a slot, to the output channel
 // and arranges its ack.
 func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
+	if g.requests != nil {
+		return g.sendRequest(ctx, d)
+	}
 	m := d.x.message()
 	md := Delivery{EntryID: d.x.id, Count: d.count, topic: g.topic}
 	direct := g.s.cfg.SettleDirect
@@ -149,4 +152,27 @@ func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
 		g.watch <- watched{m, d}
 	}
 	return true
+}
+
+// sendRequest is send for a subscription of requests: the entry is
+// decoded straight into the DeliveredRequest, with no message, and its
+// Ack or Nack settles it.
+func (g *groupSubscription) sendRequest(ctx context.Context, d delivery) bool {
+	r := &DeliveredRequest{by: g, x: d.x, Delivery: Delivery{EntryID: d.x.id, Count: d.count, topic: g.topic}}
+	r.DecodeErr = decodeRequestEntry(d.x, &r.Request)
+	select {
+	case g.requests <- r:
+		return true
+	case <-ctx.Done():
+		g.handBack(d.x.id, d.count)
+		return false
+	}
+}
+
+func (g *groupSubscription) closeOutput() {
+	if g.requests != nil {
+		close(g.requests)
+	} else {
+		close(g.out)
+	}
 }

@@ -160,23 +160,24 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	p := r.comb.command()
 	p.cmd.xadd(inbox, true, r.cfg.ReplyMaxLen)
 	rep.appendFields(&p.cmd)
-	var d Delivery
-	if rep.Acks != nil {
-		d = DeliveryFromContext(rep.Acks.Context())
-	}
+	req := answeredBy(rep)
+	d := req.delivery()
 	ackTopic, ackID := "", ""
-	if d.settle != nil && !r.cfg.NoAutoPipeline {
+	if req.direct(d) && !r.cfg.NoAutoPipeline {
 		ackTopic, ackID = d.topic, d.EntryID
 	}
 	// A reply with its request's ack settles that request once written
 	// (see Bus.SendReply): the worker takes its next request meanwhile,
 	// instead of waiting for a flush in progress and being woken by it.
-	if dc, ok := contextOf(rep.Acks); ok && ackTopic != "" {
+	if ackTopic != "" && req.settlesByReply(true) {
 		p.replica = rep.Replica
-		dc.replySettles.Store(true)
-		err := r.comb.doSettled(p, rep.Acks, d)
+		m := req.m
+		if req.r != nil {
+			m = settledByDelivery // d names the request
+		}
+		err := r.comb.doSettled(p, m, d)
 		if err != nil {
-			dc.replySettles.Store(false) // not queued: the consumer settles it
+			req.settlesByReply(false) // not queued: the consumer settles it
 		}
 		return err
 	}
@@ -194,8 +195,8 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 		// The request ends here, not in an endless retry: a dead letter
 		// with the reason, then its ack. A reply without its request
 		// (a rejection, whose request its sender dead-letters) is dropped.
-		if rep.Acks != nil {
-			if derr := r.deadLetterUnwritable(ctx, rep.Acks, d, inbox, rep.Replica, err); derr != nil {
+		if !req.none() {
+			if derr := r.deadLetterUnwritable(ctx, req.message(), d, inbox, rep.Replica, err); derr != nil {
 				return derr
 			}
 		}
@@ -206,9 +207,9 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	}
 	switch {
 	case ackTopic != "":
-		ackSent(rep.Acks, d)
-	case rep.Acks != nil:
-		Ack(rep.Acks)
+		req.ackSent(d)
+	case !req.none():
+		req.settle(true)
 	}
 	return nil
 }
@@ -256,12 +257,13 @@ func (r *Redis) deadLetterUnwritable(ctx context.Context, m *message.Message, d 
 // delivered again (here, or elsewhere if this replica stops), which
 // counts as a delivery.
 func (c *combiner) replyWritten(p *pendingCmd) {
-	m, d, err := p.settles, p.delivery, p.err
+	d, err := p.delivery, p.err
+	req := answeredIn(p.settles, d)
 	switch {
 	case err == nil || errors.Is(err, redis.Nil):
-		ackSent(m, d)
+		req.ackSent(d)
 	case unwritable(err) && serviceOfTopic(d.topic) != "":
-		dl := deadLetterMessage(m, d, p.cmd.stream(), p.replica, err)
+		dl := deadLetterMessage(req.message(), d, p.cmd.stream(), p.replica, err)
 		q := c.command()
 		q.cmd.xadd(DeadLetterTopic(serviceOfTopic(d.topic)), false, c.deadMaxLen)
 		for _, v := range entryValues(dl.Metadata, dl.Payload) {
@@ -271,13 +273,13 @@ func (c *combiner) replyWritten(p *pendingCmd) {
 		// the next round trip, and settles m after it.
 		c.doThen(q, func(err error) {
 			if err != nil {
-				settle(m, false)
+				req.settle(false)
 				return
 			}
-			ackSent(m, d)
+			req.ackSent(d)
 		})
 	default:
-		settle(m, false)
+		req.settle(false)
 	}
 }
 
