@@ -20,7 +20,8 @@ type RequestSubscriber interface {
 }
 
 // DeliveredRequest is one delivery of a request to a member of a
-// consumer group.
+// consumer group. One made by hand, not by a subscription, settles
+// nothing, and its Message is its Request's.
 type DeliveredRequest struct {
 	// Request is the request decoded from its entry. When DecodeErr is
 	// set it holds whatever could be read (notably ID and ReplyTo), so
