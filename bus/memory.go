@@ -150,7 +150,10 @@ func (b *Memory) queue(topic string) *memQueue {
 
 // nextID returns an entry id shaped like Redis's: milliseconds-sequence.
 func (b *Memory) nextID() string {
-	return strconv.FormatInt(time.Now().UnixMilli(), 10) + "-" + strconv.FormatUint(b.seq.Add(1), 10)
+	var buf [48]byte // one allocation: the string
+	id := strconv.AppendInt(buf[:0], time.Now().UnixMilli(), 10)
+	id = append(id, '-')
+	return string(strconv.AppendUint(id, b.seq.Add(1), 10))
 }
 
 type memPublisher struct{ b *Memory }
