@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -33,7 +32,7 @@ func (r *Redis) OpenInbox(ctx context.Context, topic string, deliver func(*Reply
 	if err != nil {
 		return nil, err
 	}
-	in.last.Store(first)
+	in.setLast(first)
 	in.reader = r.newBlockingReader()
 	ctx, in.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	r.track(in)
@@ -57,8 +56,11 @@ type redisInbox struct {
 	reader  *blockingReader
 	cancel  context.CancelFunc
 	loops   sync.WaitGroup
-	last    atomic.Value // id of the last entry read
-	once    sync.Once
+	// lastRead is the id of the last entry read, under mu: a string
+	// stored in an atomic.Value would be boxed, one allocation per read.
+	mu       sync.Mutex
+	lastRead string
+	once     sync.Once
 }
 
 func (in *redisInbox) create(ctx context.Context) (string, error) {
@@ -102,8 +104,20 @@ func (in *redisInbox) read(ctx context.Context, last string) {
 		if len(es) > 0 && len(es) <= yieldBatch {
 			runtime.Gosched() // let the callers just answered run first (see groupSubscription.readLoop)
 		}
-		in.last.Store(last)
+		in.setLast(last)
 	}
+}
+
+func (in *redisInbox) setLast(id string) {
+	in.mu.Lock()
+	in.lastRead = id
+	in.mu.Unlock()
+}
+
+func (in *redisInbox) last() string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.lastRead
 }
 
 // Close implements Inbox.

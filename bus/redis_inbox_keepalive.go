@@ -32,7 +32,7 @@ func (in *redisInbox) keepAlive(ctx context.Context) {
 				in.create(ctx)
 				continue
 			}
-			in.r.rdb.XTrimMinIDApprox(ctx, in.topic, nextID(in.last.Load().(string)), 0)
+			in.r.rdb.XTrimMinIDApprox(ctx, in.topic, nextID(in.last()), 0)
 		case <-ctx.Done():
 			return
 		}
