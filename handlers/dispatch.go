@@ -17,8 +17,8 @@ import (
 	"github.com/fnmesh/fnmesh/bus"
 )
 
-// replica is one Run of a service: it turns request messages into calls
-// of the registered functions and their results into reply messages.
+// replica is one Run of a service: it turns delivered requests into calls
+// of the registered functions and their results into replies.
 type replica struct {
 	svc     *Service
 	id      string
@@ -100,7 +100,7 @@ var errStopping = errors.New("replica stopping: request handed back")
 
 // run runs a request to its end: a call is answered; a send is retried
 // per the retry policy and dead-lettered if it keeps failing. An error
-// means the outcome is not recorded: the message is nacked and delivered
+// means the outcome is not recorded: the request is nacked and delivered
 // again (or handed back, when the replica stops).
 func (r *replica) run(dr *bus.DeliveredRequest, f *function, req *Request, breq *bus.Request) error {
 	_, err := r.runResult(dr, f, req, breq, noHooks)
@@ -221,7 +221,7 @@ func (r *replica) runOnce(dr *bus.DeliveredRequest, f *function, req *Request, b
 // invoke runs the function's chain with the request's deadline, turning a
 // panic into an internal error.
 func (r *replica) invoke(f *function, req *Request) (out any, err error) {
-	// The context descends from hardCtx, not from the message: a draining
+	// The context descends from hardCtx, not from the delivery: a draining
 	// replica lets running calls finish, and cancels them only when the
 	// drain timeout ends.
 	var ctx *callContext
@@ -278,7 +278,7 @@ func (r *replica) reply(replyTo, id string, result []byte, callErr error, acks *
 	if callErr != nil {
 		rep.Err, rep.Payload = asMeshError(callErr), nil
 	}
-	// hardCtx, not the message's: a reply is written even while draining.
+	// hardCtx: a reply is written even while draining.
 	if err := r.bus.SendReply(r.hardCtx, replyTo, rep); err != nil {
 		r.log.Error("reply failed; the request will be delivered again", "err", err)
 		return err
