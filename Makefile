@@ -87,6 +87,7 @@ fuzz:
 	$(GO) test ./bus -run '^$$' -fuzz '^FuzzReadRawReply$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./bus -run '^$$' -fuzz '^FuzzReadReplyErr$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./bus -run '^$$' -fuzz '^FuzzParseStreamReply$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./bus -run '^$$' -fuzz '^FuzzDecodeRequestEntry$$' -fuzztime $(FUZZTIME)
 
 build:
 	$(GO) build -o bin/ ./cmd/...

@@ -6,7 +6,7 @@
 //
 // Two transports implement Bus: NewRedis (Redis Streams, durable, many
 // processes) and NewMemory (one process, for monoliths and tests). The
-// same behaviour suite, bus/bustest, runs against both.
+// same behaviour suite, package meshtest, runs against both.
 package bus
 
 import (
@@ -31,7 +31,9 @@ type Bus interface {
 	// the topics it subscribes to as one member. Members of one group share
 	// the topic's messages; each message goes to one member at a time, up
 	// to Concurrency unacknowledged messages per member. Nack hands the
-	// message back for another delivery.
+	// message back for another delivery. The subscribers of NewRedis and
+	// NewMemory also deliver the requests without messages
+	// (RequestSubscriber), as replicas take them.
 	GroupSubscriber(cfg GroupConfig) (message.Subscriber, error)
 
 	// SendRequest stores one request on a service's request topic and,
@@ -146,6 +148,9 @@ type Delivery struct {
 	// tells that the ack was already sent (with a reply).
 	settle func(ok, sent bool)
 	topic  string // the stream the entry is on (Redis)
+	// request is the DeliveredRequest a reply settles, while the reply is
+	// on its way (doSettled); nil for messages.
+	request *DeliveredRequest
 }
 
 // Ack acks m, a message from a group subscription, as m.Ack does; on a

@@ -91,7 +91,9 @@ func (b *Memory) SendRequest(ctx context.Context, service string, r *Request) er
 	if closed {
 		return ErrClosed
 	}
-	b.queue(FunctionTopic(service, r.Function)).push(&memItem{msg: r.Message(), id: b.nextID()})
+	it := &memItem{req: *r, id: b.nextID()}
+	it.req.Value, it.req.Failed = nil, nil // neither goes on the wire
+	b.queue(FunctionTopic(service, r.Function)).push(it)
 	return nil
 }
 
@@ -107,8 +109,8 @@ func (b *Memory) SendReply(_ context.Context, inbox string, r *Reply) error {
 	if deliver != nil { // else the caller is gone: dropped, as on Redis
 		deliver(r)
 	}
-	if r.Acks != nil {
-		Ack(r.Acks)
+	if req := answeredBy(r); !req.none() {
+		req.settle(true)
 	}
 	return nil
 }
@@ -148,7 +150,10 @@ func (b *Memory) queue(topic string) *memQueue {
 
 // nextID returns an entry id shaped like Redis's: milliseconds-sequence.
 func (b *Memory) nextID() string {
-	return strconv.FormatInt(time.Now().UnixMilli(), 10) + "-" + strconv.FormatUint(b.seq.Add(1), 10)
+	var buf [48]byte // one allocation: the string
+	id := strconv.AppendInt(buf[:0], time.Now().UnixMilli(), 10)
+	id = append(id, '-')
+	return string(strconv.AppendUint(id, b.seq.Add(1), 10))
 }
 
 type memPublisher struct{ b *Memory }
@@ -194,11 +199,31 @@ func (p memPublisher) Publish(topic string, msgs ...*message.Message) error {
 
 func (p memPublisher) Close() error { return nil }
 
-// memItem is one message on a queue and how often it was delivered.
+// memItem is one entry on a queue and how often it was delivered: a
+// message a Publisher stored, or else a request as SendRequest was given
+// it, decoded straight from it for SubscribeRequests.
 type memItem struct {
 	msg   *message.Message
+	req   Request
 	id    string
 	count int
+}
+
+// message returns a copy of the item as a message: every delivery gets
+// fresh ack channels, never the stored message itself.
+func (it *memItem) message() *message.Message {
+	if it.msg != nil {
+		return it.msg.Copy()
+	}
+	return it.req.Message()
+}
+
+// decode decodes the item's request into r.
+func (it *memItem) decode(r *Request) error {
+	if it.msg != nil {
+		return DecodeRequestInto(it.msg, r)
+	}
+	return decodeSentRequest(&it.req, r)
 }
 
 // memQueue is an unbounded FIFO whose items are handed out on one
@@ -297,23 +322,82 @@ type memGroupSubscriber struct {
 }
 
 func (s *memGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	out := make(chan *message.Message)
+	err := s.serve(ctx, topic, func() { close(out) }, func(it *memItem, slot *memSlot) bool {
+		m := it.message()
+		d := Delivery{EntryID: it.id, Count: it.count}
+		settle := func(ok, _ bool) { slot.settleItem(it, ok) }
+		if s.cfg.SettleDirect {
+			d.settle = settle
+		}
+		m.SetContext(withDelivery(ctx, d))
+		select {
+		case out <- m:
+		case <-ctx.Done():
+			return false
+		case <-s.closing:
+			return false
+		}
+		if !s.cfg.SettleDirect {
+			go func() {
+				select {
+				case <-m.Acked():
+					settle(true, false)
+				case <-m.Nacked():
+					settle(false, false)
+				case <-s.bus.done:
+					settle(true, false) // the bus is gone: only the slot matters
+				}
+			}()
+		}
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SubscribeRequests implements RequestSubscriber.
+func (s *memGroupSubscriber) SubscribeRequests(ctx context.Context, topic string) (<-chan *DeliveredRequest, error) {
+	out := make(chan *DeliveredRequest)
+	err := s.serve(ctx, topic, func() { close(out) }, func(it *memItem, slot *memSlot) bool {
+		r := &DeliveredRequest{by: slot, item: it, Delivery: Delivery{EntryID: it.id, Count: it.count}}
+		r.DecodeErr = it.decode(&r.Request)
+		select {
+		case out <- r:
+			return true
+		case <-ctx.Done():
+		case <-s.closing:
+		}
+		return false
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// serve hands the items of topic's queue, one per free slot of
+// Concurrency, to deliver, which reports false if it did not deliver the
+// item (the subscription is ending); done runs when serving ends.
+func (s *memGroupSubscriber) serve(ctx context.Context, topic string, done func(), deliver func(*memItem, *memSlot) bool) error {
 	select {
 	case <-s.closing:
-		return nil, ErrClosed
+		return ErrClosed
 	case <-s.bus.done:
-		return nil, ErrClosed
+		return ErrClosed
 	default:
 	}
 	q := s.bus.queue(topic)
-	out := make(chan *message.Message)
+	slot := &memSlot{q: q, slots: make(chan struct{}, s.cfg.Concurrency)}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer close(out)
-		slots := make(chan struct{}, s.cfg.Concurrency)
+		defer done()
 		for {
 			select {
-			case slots <- struct{}{}:
+			case slot.slots <- struct{}{}:
 			case <-ctx.Done():
 				return
 			case <-s.closing:
@@ -333,48 +417,33 @@ func (s *memGroupSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 			}
 			it.count++
 			q.taken.Add(1)
-			m := it.msg.Copy()
-			// settle frees the slot; a nacked item goes back first in line.
-			settle := func(ok, _ bool) {
-				if !ok {
-					q.pushFront(it)
-				}
-				q.taken.Add(-1)
-				<-slots
-			}
-			d := Delivery{EntryID: it.id, Count: it.count}
-			if s.cfg.SettleDirect {
-				d.settle = settle
-			}
-			m.SetContext(withDelivery(ctx, d))
-			select {
-			case out <- m:
-			case <-ctx.Done():
-				q.taken.Add(-1)
-				q.pushFront(it)
-				return
-			case <-s.closing:
+			if !deliver(it, slot) {
 				q.taken.Add(-1)
 				q.pushFront(it)
 				return
 			}
-			if s.cfg.SettleDirect {
-				continue
-			}
-			go func() {
-				select {
-				case <-m.Acked():
-					settle(true, false)
-				case <-m.Nacked():
-					settle(false, false)
-				case <-s.bus.done:
-					settle(true, false) // the bus is gone: only the slot matters
-				}
-			}()
 		}
 	}()
-	return out, nil
+	return nil
 }
+
+// memSlot is a subscription's slots on its queue.
+type memSlot struct {
+	q     *memQueue
+	slots chan struct{} // one element per delivered, unsettled item
+}
+
+// settleItem frees it's slot; a nacked item goes back first in line.
+func (m *memSlot) settleItem(it *memItem, ok bool) {
+	if !ok {
+		m.q.pushFront(it)
+	}
+	m.q.taken.Add(-1)
+	<-m.slots
+}
+
+// settleRequest implements requestSettler.
+func (m *memSlot) settleRequest(r *DeliveredRequest, ok, _ bool) { m.settleItem(r.item, ok) }
 
 func (s *memGroupSubscriber) Close() error {
 	s.closeOnce.Do(func() { close(s.closing) })

@@ -303,7 +303,9 @@ func DecodeRequest(m *message.Message) (*Request, error) {
 // request inside a struct of its own (one allocation, not two).
 func DecodeRequestInto(m *message.Message, r *Request) error {
 	md := m.Metadata
-	*r = Request{
+	f := requestFields{deadline: md[FieldDeadline], tooLarge: md[FieldTooLarge]}
+	f.version, f.hasVersion = md[FieldVersion]
+	f.r = Request{
 		ID:             md[FieldID],
 		Function:       md[FieldFunction],
 		Payload:        m.Payload,
@@ -313,23 +315,92 @@ func DecodeRequestInto(m *message.Message, r *Request) error {
 		TraceParent:    md[FieldTraceParent],
 		IdempotencyKey: md[FieldIdempotency],
 	}
+	return f.decode(r)
+}
+
+// decodeRequestEntry is DecodeRequestInto straight from a stream entry,
+// with no message between: the strings share the entry's memory. A field
+// given twice counts with its last value, as in a message's Metadata.
+func decodeRequestEntry(e entry, r *Request) error {
+	f := requestFields{tooLarge: e.tooLarge}
+	e.each(func(k, v string) bool {
+		switch k {
+		case FieldPayload:
+			f.r.Payload = bytesOf(v)
+		case FieldID:
+			f.r.ID = v
+		case FieldFunction:
+			f.r.Function = v
+		case FieldReplyTo:
+			f.r.ReplyTo = v
+		case FieldToken:
+			f.r.Token = v
+		case FieldCaller:
+			f.r.Caller = v
+		case FieldTraceParent:
+			f.r.TraceParent = v
+		case FieldIdempotency:
+			f.r.IdempotencyKey = v
+		case FieldDeadline:
+			f.deadline = v
+		case FieldVersion:
+			f.version, f.hasVersion = v, true
+		case FieldTooLarge:
+			f.tooLarge = v
+		}
+		return true
+	})
+	return f.decode(r)
+}
+
+// decodeSentRequest is DecodeRequestInto for a request stored as
+// SendRequest was given it (Memory): the same checks, and its deadline
+// kept to the millisecond, as the wire keeps it.
+func decodeSentRequest(sent *Request, r *Request) error {
+	f := requestFields{r: *sent}
+	f.r.Deadline, f.r.Value, f.r.Failed = time.Time{}, nil, nil
+	err := f.decode(r)
+	if !sent.Deadline.IsZero() {
+		ms := sent.Deadline.UnixMilli()
+		if ms <= 0 && err == nil {
+			err = fmt.Errorf("%w: field %q is not unix milliseconds: %d", ErrMalformed, FieldDeadline, ms)
+		}
+		r.Deadline = time.UnixMilli(ms)
+	}
+	return err
+}
+
+// requestFields are a request's fields as read, before the checks that
+// make them a Request.
+type requestFields struct {
+	r          Request // every field but Deadline
+	deadline   string  // FieldDeadline: unix milliseconds
+	version    string
+	hasVersion bool
+	tooLarge   string // FieldTooLarge
+}
+
+// decode checks f and sets *r. On error r still holds whatever could be
+// read (notably ID and ReplyTo), so that the sender can be answered.
+func (f *requestFields) decode(r *Request) error {
+	*r = f.r
 	if r.ReplyTo != "" && !IsReplyTopic(r.ReplyTo) {
 		// Never write replies to a key that is not a reply stream: a
 		// malformed or hostile entry must not make replicas grow other keys.
 		r.ReplyTo = ""
 		return fmt.Errorf("%w: field %q is not a reply stream", ErrMalformed, FieldReplyTo)
 	}
-	if tl := md[FieldTooLarge]; tl != "" {
+	if tl := f.tooLarge; tl != "" {
 		name, size, _ := strings.Cut(tl, " ")
 		if name == FieldReplyTo {
 			r.ReplyTo = "" // a prefix of a key name could name another inbox
 		}
 		return fmt.Errorf("%w: field %q of %s bytes exceeds the replica's limit", ErrMalformed, name, size)
 	}
-	if v, ok := md[FieldVersion]; ok && v != ProtocolVersion {
-		return fmt.Errorf("%w: protocol version %q, want %q", ErrMalformed, v, ProtocolVersion)
+	if f.hasVersion && f.version != ProtocolVersion {
+		return fmt.Errorf("%w: protocol version %q, want %q", ErrMalformed, f.version, ProtocolVersion)
 	}
-	if dl := md[FieldDeadline]; dl != "" {
+	if dl := f.deadline; dl != "" {
 		ms, err := strconv.ParseInt(dl, 10, 64)
 		if err != nil || ms <= 0 {
 			return fmt.Errorf("%w: field %q is not unix milliseconds: %q", ErrMalformed, FieldDeadline, dl)
@@ -360,6 +431,8 @@ type Reply struct {
 	// Acks, if set, is the request message answered: SendReply acks it
 	// with the reply (Bus.SendReply).
 	Acks *message.Message
+	// AcksRequest is Acks for a request from SubscribeRequests.
+	AcksRequest *DeliveredRequest
 }
 
 type wireDetails struct {

@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -33,13 +32,13 @@ func (r *Redis) OpenInbox(ctx context.Context, topic string, deliver func(*Reply
 	if err != nil {
 		return nil, err
 	}
-	in.last.Store(first)
+	in.setLast(first)
 	in.reader = r.newBlockingReader()
 	ctx, in.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	r.track(in)
 	in.loops.Add(2)
 	go in.read(ctx, first)
-	go in.keepAlive(ctx)
+	go in.keepAlive(ctx) // redis_inbox_keepalive.go
 	go func() {
 		select {
 		case <-r.done:
@@ -57,8 +56,11 @@ type redisInbox struct {
 	reader  *blockingReader
 	cancel  context.CancelFunc
 	loops   sync.WaitGroup
-	last    atomic.Value // id of the last entry read
-	once    sync.Once
+	// lastRead is the id of the last entry read, under mu: a string
+	// stored in an atomic.Value would be boxed, one allocation per read.
+	mu       sync.Mutex
+	lastRead string
+	once     sync.Once
 }
 
 func (in *redisInbox) create(ctx context.Context) (string, error) {
@@ -100,41 +102,22 @@ func (in *redisInbox) read(ctx context.Context, last string) {
 			}
 		}
 		if len(es) > 0 && len(es) <= yieldBatch {
-			runtime.Gosched() // let the callers just answered run first (see groupSubscription.run)
+			runtime.Gosched() // let the callers just answered run first (see groupSubscription.readLoop)
 		}
-		in.last.Store(last)
+		in.setLast(last)
 	}
 }
 
-// keepAlive refreshes the inbox's TTL, recreates it if it vanished, and
-// trims the replies already read (XTRIM MINID), so an inbox holds about
-// one entry per call in flight.
-func (in *redisInbox) keepAlive(ctx context.Context) {
-	defer in.loops.Done()
-	defer func() {
-		// Our own stream: remove it now rather than at TTL.
-		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		in.r.rdb.Del(dctx, in.topic)
-	}()
-	// Refresh often enough to notice a lost key within a second or two.
-	t := time.NewTicker(min(in.r.cfg.InboxTTL/3, in.r.cfg.InboxRefresh))
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			ok, err := in.r.rdb.PExpire(ctx, in.topic, in.r.cfg.InboxTTL).Result()
-			if err == nil && !ok {
-				// The key is gone (Redis restarted without it): callers
-				// waiting now time out, new ones need the stream back.
-				in.create(ctx)
-				continue
-			}
-			in.r.rdb.XTrimMinIDApprox(ctx, in.topic, nextID(in.last.Load().(string)), 0)
-		case <-ctx.Done():
-			return
-		}
-	}
+func (in *redisInbox) setLast(id string) {
+	in.mu.Lock()
+	in.lastRead = id
+	in.mu.Unlock()
+}
+
+func (in *redisInbox) last() string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.lastRead
 }
 
 // Close implements Inbox.
@@ -191,23 +174,24 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	p := r.comb.command()
 	p.cmd.xadd(inbox, true, r.cfg.ReplyMaxLen)
 	rep.appendFields(&p.cmd)
-	var d Delivery
-	if rep.Acks != nil {
-		d = DeliveryFromContext(rep.Acks.Context())
-	}
+	req := answeredBy(rep)
+	d := req.delivery()
 	ackTopic, ackID := "", ""
-	if d.settle != nil && !r.cfg.NoAutoPipeline {
+	if req.direct(d) && !r.cfg.NoAutoPipeline {
 		ackTopic, ackID = d.topic, d.EntryID
 	}
 	// A reply with its request's ack settles that request once written
 	// (see Bus.SendReply): the worker takes its next request meanwhile,
 	// instead of waiting for a flush in progress and being woken by it.
-	if dc, ok := contextOf(rep.Acks); ok && ackTopic != "" {
+	if ackTopic != "" && req.settlesByReply(true) {
 		p.replica = rep.Replica
-		dc.replySettles.Store(true)
-		err := r.comb.doSettled(p, rep.Acks, d)
+		m := req.m
+		if req.r != nil {
+			m = settledByDelivery // d names the request
+		}
+		err := r.comb.doSettled(p, m, d)
 		if err != nil {
-			dc.replySettles.Store(false) // not queued: the consumer settles it
+			req.settlesByReply(false) // not queued: the consumer settles it
 		}
 		return err
 	}
@@ -225,8 +209,8 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 		// The request ends here, not in an endless retry: a dead letter
 		// with the reason, then its ack. A reply without its request
 		// (a rejection, whose request its sender dead-letters) is dropped.
-		if rep.Acks != nil {
-			if derr := r.deadLetterUnwritable(ctx, rep.Acks, d, inbox, rep.Replica, err); derr != nil {
+		if !req.none() {
+			if derr := r.deadLetterUnwritable(ctx, req.message(), d, inbox, rep.Replica, err); derr != nil {
 				return derr
 			}
 		}
@@ -237,9 +221,9 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	}
 	switch {
 	case ackTopic != "":
-		ackSent(rep.Acks, d)
-	case rep.Acks != nil:
-		Ack(rep.Acks)
+		req.ackSent(d)
+	case !req.none():
+		req.settle(true)
 	}
 	return nil
 }
@@ -287,12 +271,13 @@ func (r *Redis) deadLetterUnwritable(ctx context.Context, m *message.Message, d 
 // delivered again (here, or elsewhere if this replica stops), which
 // counts as a delivery.
 func (c *combiner) replyWritten(p *pendingCmd) {
-	m, d, err := p.settles, p.delivery, p.err
+	d, err := p.delivery, p.err
+	req := answeredIn(p.settles, d)
 	switch {
 	case err == nil || errors.Is(err, redis.Nil):
-		ackSent(m, d)
+		req.ackSent(d)
 	case unwritable(err) && serviceOfTopic(d.topic) != "":
-		dl := deadLetterMessage(m, d, p.cmd.stream(), p.replica, err)
+		dl := deadLetterMessage(req.message(), d, p.cmd.stream(), p.replica, err)
 		q := c.command()
 		q.cmd.xadd(DeadLetterTopic(serviceOfTopic(d.topic)), false, c.deadMaxLen)
 		for _, v := range entryValues(dl.Metadata, dl.Payload) {
@@ -302,13 +287,13 @@ func (c *combiner) replyWritten(p *pendingCmd) {
 		// the next round trip, and settles m after it.
 		c.doThen(q, func(err error) {
 			if err != nil {
-				settle(m, false)
+				req.settle(false)
 				return
 			}
-			ackSent(m, d)
+			req.ackSent(d)
 		})
 	default:
-		settle(m, false)
+		req.settle(false)
 	}
 }
 

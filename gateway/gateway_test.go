@@ -14,11 +14,11 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/gateway"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -45,11 +45,11 @@ type sleepIn struct {
 func newEnv(t *testing.T, mod func(*gateway.Config)) *env {
 	t.Helper()
 	b := bus.NewMemory()
-	h := bustest.NewHarness(t, b)
+	h := meshtest.NewHarness(t, b)
 	e := &env{t: t, signer: security.NewHS256Signer([]byte(examples.DemoSecret)), release: make(chan struct{}), started: make(chan string, 16)}
-	h.Start(examples.Math(handlers.Config{Auth: examples.DemoVerifier(), Logger: bustest.Quiet}))
+	h.Start(examples.Math(handlers.Config{Auth: examples.DemoVerifier(), Logger: meshtest.Quiet}))
 
-	svc := handlers.NewService("test", handlers.Config{Auth: examples.DemoVerifier(), Logger: bustest.Quiet})
+	svc := handlers.NewService("test", handlers.Config{Auth: examples.DemoVerifier(), Logger: meshtest.Quiet})
 	handlers.Register(svc, "fail", func(_ context.Context, in failIn) (struct{}, error) {
 		return struct{}{}, fnmesh.NewError(fnmesh.Code(in.Code), in.Message)
 	})
@@ -98,7 +98,7 @@ func newEnv(t *testing.T, mod func(*gateway.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := gateway.Config{Client: c, Auth: examples.DemoVerifier(), Catalog: cat, Logger: bustest.Quiet, UI: true}
+	cfg := gateway.Config{Client: c, Auth: examples.DemoVerifier(), Catalog: cat, Logger: meshtest.Quiet, UI: true}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -13,10 +13,10 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/gateway"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // An internal error reaches the HTTP caller as a generic message with the
@@ -25,8 +25,8 @@ import (
 // messages.
 func TestInternalErrorsHideDetail(t *testing.T) {
 	const secret = "postgres://app:hunter2@10.0.0.7/orders"
-	var gwLog, svcLog bustest.SyncBuffer
-	h := bustest.NewHarness(t, bus.NewMemory())
+	var gwLog, svcLog meshtest.SyncBuffer
+	h := meshtest.NewHarness(t, bus.NewMemory())
 	svc := handlers.NewService("leaky", handlers.Config{AllowUnauthenticated: true, Logger: slog.New(slog.NewTextHandler(&svcLog, nil))})
 	handlers.Register(svc, "plain", func(context.Context, struct{}) (string, error) {
 		return "", errors.New("dial " + secret + ": connection refused")

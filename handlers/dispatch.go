@@ -17,8 +17,8 @@ import (
 	"github.com/fnmesh/fnmesh/bus"
 )
 
-// replica is one Run of a service: it turns request messages into calls
-// of the registered functions and their results into reply messages.
+// replica is one Run of a service: it turns delivered requests into calls
+// of the registered functions and their results into replies.
 type replica struct {
 	svc     *Service
 	id      string
@@ -32,36 +32,36 @@ type replica struct {
 	running atomic.Int64
 }
 
-// track is what a worker runs for each message: handle, counted, so that
+// track is what a worker runs for each request: handle, counted, so that
 // a stopping replica knows what it still runs.
-func (r *replica) track(msg *message.Message) error {
+func (r *replica) track(dr *bus.DeliveredRequest) error {
 	r.wg.Add(1)
 	r.running.Add(1)
 	defer func() { r.running.Add(-1); r.wg.Done() }()
-	return r.handle(msg)
+	return r.handle(dr)
 }
 
-// handle handles one request message. It returns an
+// handle handles one delivered request. It returns an
 // error (and so nacks, for a later redelivery) only when the outcome
 // could not be recorded: a reply or dead letter that failed to publish.
 // Every other outcome, bad input included, is answered and acked.
-func (r *replica) handle(msg *message.Message) error {
-	d := bus.DeliveryFromContext(msg.Context())
-	req := &Request{}
+func (r *replica) handle(dr *bus.DeliveredRequest) error {
+	d := dr.Delivery
+	req := &Request{wire: dr.Request}
 	breq := &req.wire
-	if err := bus.DecodeRequestInto(msg, breq); err != nil {
-		return r.reject(msg, breq, d, fnmesh.Wrap(fnmesh.CodeInvalidArgument, err))
+	if err := dr.DecodeErr; err != nil {
+		return r.reject(dr, breq, fnmesh.Wrap(fnmesh.CodeInvalidArgument, err))
 	}
 	if len(breq.Payload) > r.svc.cfg.MaxPayloadBytes {
-		return r.reject(msg, breq, d, fnmesh.Errorf(fnmesh.CodeInvalidArgument,
+		return r.reject(dr, breq, fnmesh.Errorf(fnmesh.CodeInvalidArgument,
 			"arguments of %d bytes exceed the limit of %d", len(breq.Payload), r.svc.cfg.MaxPayloadBytes))
 	}
 	if len(breq.Payload) > 0 && !json.Valid(breq.Payload) {
-		return r.reject(msg, breq, d, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "%v: field %q is not valid JSON", bus.ErrMalformed, bus.FieldPayload))
+		return r.reject(dr, breq, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "%v: field %q is not valid JSON", bus.ErrMalformed, bus.FieldPayload))
 	}
 	f := r.svc.funcs[breq.Function] // read-only once the replica runs
 	if f == nil {
-		return r.reject(msg, breq, d, fnmesh.Errorf(fnmesh.CodeNotFound, "function %s.%s not found", r.svc.name, breq.Function))
+		return r.reject(dr, breq, fnmesh.Errorf(fnmesh.CodeNotFound, "function %s.%s not found", r.svc.name, breq.Function))
 	}
 	if d.Count > r.svc.cfg.MaxDeliveries {
 		// Replicas keep dying or stalling on it: a poison request.
@@ -71,7 +71,7 @@ func (r *replica) handle(msg *message.Message) error {
 				return err
 			}
 		}
-		return r.deadLetter(msg, d, e, d.Count-1)
+		return r.deadLetter(dr, e, d.Count-1)
 	}
 	if !breq.Deadline.IsZero() && !time.Now().Before(breq.Deadline) {
 		// The caller has given up: never run it. A waiting caller already
@@ -80,7 +80,7 @@ func (r *replica) handle(msg *message.Message) error {
 			r.log.Debug("dropped expired call", "function", breq.Function, "id", breq.ID)
 			return nil
 		}
-		return r.deadLetter(msg, d, fnmesh.NewError(fnmesh.CodeDeadlineExceeded, "deadline passed before the request was run"), 0)
+		return r.deadLetter(dr, fnmesh.NewError(fnmesh.CodeDeadlineExceeded, "deadline passed before the request was run"), 0)
 	}
 
 	req.ID, req.Service, req.Function, req.Payload = breq.ID, r.svc.name, breq.Function, breq.Payload
@@ -89,9 +89,9 @@ func (r *replica) handle(msg *message.Message) error {
 	req.TraceParent, req.IdempotencyKey = breq.TraceParent, breq.IdempotencyKey
 	r.status.running(req)
 	if breq.IdempotencyKey != "" {
-		return r.status.settled(req, r.runOnce(msg, d, f, req, breq))
+		return r.status.settled(req, r.runOnce(dr, f, req, breq))
 	}
-	return r.status.settled(req, r.run(msg, d, f, req, breq))
+	return r.status.settled(req, r.run(dr, f, req, breq))
 }
 
 // errStopping nacks a request whose run the drain timeout cut short: the
@@ -100,10 +100,10 @@ var errStopping = errors.New("replica stopping: request handed back")
 
 // run runs a request to its end: a call is answered; a send is retried
 // per the retry policy and dead-lettered if it keeps failing. An error
-// means the outcome is not recorded: the message is nacked and delivered
+// means the outcome is not recorded: the request is nacked and delivered
 // again (or handed back, when the replica stops).
-func (r *replica) run(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request) error {
-	_, err := r.runResult(msg, d, f, req, breq, noHooks)
+func (r *replica) run(dr *bus.DeliveredRequest, f *function, req *Request, breq *bus.Request) error {
+	_, err := r.runResult(dr, f, req, breq, noHooks)
 	if errors.Is(err, errFailed) {
 		return nil
 	}
@@ -120,7 +120,7 @@ type outcomeHooks struct {
 
 var noHooks = outcomeHooks{beforeFail: func() {}, beforeSuccess: func([]byte) {}}
 
-func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request, hooks outcomeHooks) ([]byte, error) {
+func (r *replica) runResult(dr *bus.DeliveredRequest, f *function, req *Request, breq *bus.Request, hooks outcomeHooks) ([]byte, error) {
 	if !req.Async {
 		out, err := r.invoke(f, req)
 		if err != nil && r.hardCtx.Err() != nil {
@@ -142,7 +142,7 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 		} else {
 			hooks.beforeSuccess(result)
 		}
-		if rerr := r.reply(breq.ReplyTo, req.ID, result, err, msg); rerr != nil {
+		if rerr := r.reply(breq.ReplyTo, req.ID, result, err, dr); rerr != nil {
 			return nil, rerr
 		}
 		if err != nil {
@@ -170,7 +170,7 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 		}
 		if !retryable(err) || req.Attempt >= policy.MaxAttempts {
 			hooks.beforeFail()
-			if derr := r.deadLetter(msg, d, asMeshError(err), req.Attempt); derr != nil {
+			if derr := r.deadLetter(dr, asMeshError(err), req.Attempt); derr != nil {
 				return nil, derr
 			}
 			return nil, errFailed
@@ -178,7 +178,7 @@ func (r *replica) runResult(msg *message.Message, d bus.Delivery, f *function, r
 		pause := policy.Backoff(req.Attempt)
 		if !req.Deadline.IsZero() && time.Now().Add(pause).After(req.Deadline) {
 			hooks.beforeFail()
-			if derr := r.deadLetter(msg, d, fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "deadline passed while retrying, last error: %v", err), req.Attempt); derr != nil {
+			if derr := r.deadLetter(dr, fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "deadline passed while retrying, last error: %v", err), req.Attempt); derr != nil {
 				return nil, derr
 			}
 			return nil, errFailed
@@ -205,13 +205,13 @@ var errFailed = errors.New("request failed")
 // that a request repeated at once gets the first one's result, or runs
 // when the first failed. A redelivery of the same entry (its replica
 // died) runs again unless it had finished.
-func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req *Request, breq *bus.Request) error {
-	req.idem = idemRun{ctx: r.hardCtx, store: r.idem, owner: d.EntryID, window: r.svc.cfg.IdempotencyWindow}
+func (r *replica) runOnce(dr *bus.DeliveredRequest, f *function, req *Request, breq *bus.Request) error {
+	req.idem = idemRun{ctx: r.hardCtx, store: r.idem, owner: dr.Delivery.EntryID, window: r.svc.cfg.IdempotencyWindow}
 	hooks := outcomeHooks{
 		beforeFail:    func() { req.idem.settle(r.svc.name, r.log, false, nil) },
 		beforeSuccess: func(result []byte) { req.idem.settle(r.svc.name, r.log, true, result) },
 	}
-	_, err := r.runResult(msg, d, f, req, breq, hooks)
+	_, err := r.runResult(dr, f, req, breq, hooks)
 	if errors.Is(err, errFailed) {
 		return nil
 	}
@@ -221,7 +221,7 @@ func (r *replica) runOnce(msg *message.Message, d bus.Delivery, f *function, req
 // invoke runs the function's chain with the request's deadline, turning a
 // panic into an internal error.
 func (r *replica) invoke(f *function, req *Request) (out any, err error) {
-	// The context descends from hardCtx, not from the message: a draining
+	// The context descends from hardCtx, not from the delivery: a draining
 	// replica lets running calls finish, and cancels them only when the
 	// drain timeout ends.
 	var ctx *callContext
@@ -271,14 +271,14 @@ func asMeshError(err error) *fnmesh.Error {
 
 // reply publishes the outcome of a call to the caller's reply stream: its
 // encoded result, or callErr. When the reply settles the request (it is
-// the last thing its handling does), msg is the request, acked with the
+// the last thing its handling does), acks is the request, acked with the
 // reply: on Redis one round trip for both.
-func (r *replica) reply(replyTo, id string, result []byte, callErr error, msg *message.Message) error {
-	rep := &bus.Reply{ID: id, Replica: r.id, Acks: msg, Payload: result}
+func (r *replica) reply(replyTo, id string, result []byte, callErr error, acks *bus.DeliveredRequest) error {
+	rep := &bus.Reply{ID: id, Replica: r.id, AcksRequest: acks, Payload: result}
 	if callErr != nil {
 		rep.Err, rep.Payload = asMeshError(callErr), nil
 	}
-	// hardCtx, not the message's: a reply is written even while draining.
+	// hardCtx: a reply is written even while draining.
 	if err := r.bus.SendReply(r.hardCtx, replyTo, rep); err != nil {
 		r.log.Error("reply failed; the request will be delivered again", "err", err)
 		return err
@@ -298,22 +298,24 @@ func marshalResult(out any) ([]byte, error) {
 
 // reject answers a request that cannot run (malformed, too large, unknown
 // function) and records it as a dead letter.
-func (r *replica) reject(msg *message.Message, breq *bus.Request, d bus.Delivery, e *fnmesh.Error) error {
-	r.log.Warn("rejected request", "code", e.Code, "reason", e.Message, "entry", d.EntryID)
+func (r *replica) reject(dr *bus.DeliveredRequest, breq *bus.Request, e *fnmesh.Error) error {
+	r.log.Warn("rejected request", "code", e.Code, "reason", e.Message, "entry", dr.Delivery.EntryID)
 	if breq != nil && breq.ReplyTo != "" {
 		if err := r.reply(breq.ReplyTo, breq.ID, nil, e, nil); err != nil {
 			return err
 		}
 	}
-	return r.deadLetter(msg, d, e, 0)
+	return r.deadLetter(dr, e, 0)
 }
 
-// deadLetter records msg on the service's dead-letter stream.
-func (r *replica) deadLetter(msg *message.Message, d bus.Delivery, e *fnmesh.Error, attempts int) error {
+// deadLetter records the request on the service's dead-letter stream, as
+// its entry holds it.
+func (r *replica) deadLetter(dr *bus.DeliveredRequest, e *fnmesh.Error, attempts int) error {
+	msg := dr.Message()
 	if attempts > 0 {
 		r.log.Warn("request failed for good", "function", msg.Metadata[bus.FieldFunction], "id", msg.Metadata[bus.FieldID], "attempts", attempts, "code", e.Code, "reason", e.Message)
 	}
-	dl := bus.NewDeadLetterMessage(msg, d.EntryID, r.id, e.Code, e.Message, attempts)
+	dl := bus.NewDeadLetterMessage(msg, dr.Delivery.EntryID, r.id, e.Code, e.Message, attempts)
 	if err := r.publish(bus.DeadLetterTopic(r.svc.name), dl); err != nil {
 		return err
 	}

@@ -225,7 +225,7 @@ func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
 	if !breq.Deadline.IsZero() && !time.Now().Before(breq.Deadline) {
 		e := fnmesh.NewError(fnmesh.CodeDeadlineExceeded, "deadline passed before the request was run")
 		if async {
-			r.deadLetter(breq.Message(), bus.Delivery{}, e, 0)
+			r.deadLetter(&bus.DeliveredRequest{Request: *breq}, e, 0)
 		}
 		return nil, nil, e
 	}
@@ -328,13 +328,14 @@ func localOwner(breq *bus.Request) string { return "local:" + breq.Caller + ":" 
 // it when it keeps failing. A send the drain timeout cut short is handed to
 // the bus, where another replica runs it.
 func (r *replica) sendLocal(f *function, req *Request, breq *bus.Request) {
-	msg := breq.Message()
-	d := bus.Delivery{EntryID: localOwner(breq), Count: 1}
+	// Not from a subscription: nothing to settle, and a dead letter is
+	// made of the request.
+	dr := &bus.DeliveredRequest{Request: *breq, Delivery: bus.Delivery{EntryID: localOwner(breq), Count: 1}}
 	var err error
 	if breq.IdempotencyKey != "" {
-		err = r.runOnce(msg, d, f, req, breq)
+		err = r.runOnce(dr, f, req, breq)
 	} else {
-		err = r.run(msg, d, f, req, breq)
+		err = r.run(dr, f, req, breq)
 	}
 	if err == nil {
 		return
@@ -350,7 +351,7 @@ func (r *replica) sendLocal(f *function, req *Request, breq *bus.Request) {
 // reject does for one read from the bus, and returns e for its caller.
 func (r *replica) rejectLocal(breq *bus.Request, e *fnmesh.Error) error {
 	r.log.Warn("rejected request", "code", e.Code, "reason", e.Message, "id", breq.ID)
-	if err := r.deadLetter(breq.Message(), bus.Delivery{}, e, 0); err != nil {
+	if err := r.deadLetter(&bus.DeliveredRequest{Request: *breq}, e, 0); err != nil {
 		r.log.Error("could not record a rejected in-process request", "err", err)
 	}
 	return e

@@ -3,12 +3,16 @@ package handlers_test
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
@@ -115,5 +119,71 @@ func TestOpsServerReportsHealth(t *testing.T) {
 	}
 	if code, _ := get(handlers.HealthPath); code != 0 {
 		t.Fatalf("ops server still answers after Run returned: %d", code)
+	}
+}
+
+// watermillOnlyBus hands out group subscribers that are plain watermill
+// Subscribers, as a Bus from elsewhere might: no bus.RequestSubscriber.
+type watermillOnlyBus struct{ bus.Bus }
+
+type plainSubscriber struct{ message.Subscriber }
+
+func (b watermillOnlyBus) GroupSubscriber(cfg bus.GroupConfig) (message.Subscriber, error) {
+	sub, err := b.Bus.GroupSubscriber(cfg)
+	return plainSubscriber{sub}, err
+}
+
+// A replica on a bus whose subscribers deliver only watermill messages
+// takes its requests from them: calls are answered, errors cross, and a
+// malformed message is dead-lettered.
+func TestReplicaOnWatermillSubscriber(t *testing.T) {
+	var b bus.Bus = watermillOnlyBus{bus.NewMemory()}
+	defer b.Close()
+	if sub, _ := b.GroupSubscriber(bus.GroupConfig{Consumer: "x"}); sub != nil {
+		if _, ok := sub.(bus.RequestSubscriber); ok {
+			t.Fatal("the wrapped subscriber still delivers requests without messages")
+		}
+		sub.Close()
+	}
+	svc := handlers.NewService("plain", handlers.Config{AllowUnauthenticated: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	handlers.Register(svc, "add", func(_ context.Context, in struct{ A, B int }) (int, error) { return in.A + in.B, nil })
+	handlers.Register(svc, "fail", func(context.Context, struct{}) (int, error) {
+		return 0, fnmesh.NewError(fnmesh.CodePermissionDenied, "no")
+	})
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx, b) }()
+	defer func() { stop(); <-done }()
+	<-svc.Started()
+	c, err := client.New(b, client.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var sum int
+	if err := c.Call(ctx, "plain.add", struct{ A, B int }{1, 2}, &sum); err != nil || sum != 3 {
+		t.Fatalf("call: %v, sum %d", err, sum)
+	}
+	if err := c.Call(ctx, "plain.fail", struct{}{}, nil); fnmesh.CodeOf(err) != fnmesh.CodePermissionDenied {
+		t.Fatalf("call of fail: %v, want permission_denied", err)
+	}
+	bad := message.NewMessage("bad", nil)
+	bad.Metadata.Set(bus.FieldFunction, "add") // no id
+	if err := b.Publisher().Publish(bus.RequestTopic("plain"), bad); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		dls, err := b.DeadLetters(ctx, "plain", 10)
+		if err == nil && len(dls) == 1 {
+			if dls[0].Code != fnmesh.CodeInvalidArgument {
+				t.Fatalf("dead letter %s: %s", dls[0].Code, dls[0].Reason)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("malformed message not dead-lettered: %v %v", dls, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

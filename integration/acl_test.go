@@ -13,10 +13,10 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 	"github.com/fnmesh/fnmesh/telemetry"
 )
@@ -68,21 +68,21 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _ := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: bustest.Quiet})
-	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet, MaxBacklog: 1000, Plugins: []handlers.Plugin{
+	m, _ := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: meshtest.Quiet})
+	cfg := handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet, MaxBacklog: 1000, Plugins: []handlers.Plugin{
 		registry.NewAnnouncer(registry.Config{Heartbeat: 50 * time.Millisecond, TTL: 2 * time.Second, Stats: m}),
 	}}
 	m.InstrumentService(&cfg)
 	svc := handlers.NewService("math", cfg)
 	ran := make(chan int, 10)
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
 		ran <- in.A
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
-	handlers.Register(svc, "add@v2", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: 2 * (in.A + in.B)}, nil
+	handlers.Register(svc, "add@v2", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: 2 * (in.A + in.B)}, nil
 	})
-	h := bustest.NewHarness(t, sb)
+	h := meshtest.NewHarness(t, sb)
 	h.Start(svc)
 
 	// A caller: a bus, a registry watcher and a client, as user (the
@@ -95,12 +95,12 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cb.Close() })
-		w, err := registry.NewWatcher(cb, registry.WatcherConfig{Logger: bustest.Quiet})
+		w, err := registry.NewWatcher(cb, registry.WatcherConfig{Logger: meshtest.Quiet})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { w.Close() })
-		c, err := client.New(cb, client.Config{Logger: bustest.Quiet, Registry: w})
+		c, err := client.New(cb, client.Config{Logger: meshtest.Quiet, Registry: w})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -111,14 +111,14 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 		return cb, c
 	}
 	cb, c := caller("web", "web-secret")
-	var out bustest.AddOut
-	if err := c.Call(ctx, "math.add", bustest.AddIn{A: 1, B: 2}, &out); err != nil || out.Sum != 3 {
+	var out meshtest.AddOut
+	if err := c.Call(ctx, "math.add", meshtest.AddIn{A: 1, B: 2}, &out); err != nil || out.Sum != 3 {
 		t.Fatalf("call as web: %v %+v", err, out)
 	}
-	if err := c.Call(ctx, "math.add@v2", bustest.AddIn{A: 1, B: 2}, &out); err != nil || out.Sum != 6 {
+	if err := c.Call(ctx, "math.add@v2", meshtest.AddIn{A: 1, B: 2}, &out); err != nil || out.Sum != 6 {
 		t.Fatalf("versioned call as web: %v %+v", err, out)
 	}
-	if err := c.Send(ctx, "math.add", bustest.AddIn{A: 7}); err != nil {
+	if err := c.Send(ctx, "math.add", meshtest.AddIn{A: 7}); err != nil {
 		t.Fatal(err)
 	}
 	for got := range ran {
@@ -126,16 +126,16 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 			break
 		}
 	}
-	bustest.WantCode(t, c.Call(ctx, "math.sub", bustest.AddIn{}, nil), fnmesh.CodeNotFound)
-	if err := c.Call(ctx, "math.add", bustest.AddIn{A: 40, B: 2}, &out, client.WithIdempotencyKey("k1")); err != nil || out.Sum != 42 {
+	meshtest.WantCode(t, c.Call(ctx, "math.sub", meshtest.AddIn{}, nil), fnmesh.CodeNotFound)
+	if err := c.Call(ctx, "math.add", meshtest.AddIn{A: 40, B: 2}, &out, client.WithIdempotencyKey("k1")); err != nil || out.Sum != 42 {
 		t.Fatalf("idempotent call: %v %+v", err, out)
 	}
 	// A second call with the key is answered from it. (Right after the
 	// first returns it may still be "running": the replica replies before
 	// it records the key as done.)
-	bustest.Eventually(t, 3*time.Second, "second call with the key not answered from it", func() bool {
-		out = bustest.AddOut{}
-		err := c.Call(ctx, "math.add", bustest.AddIn{A: 40, B: 2}, &out, client.WithIdempotencyKey("k1"))
+	meshtest.Eventually(t, 3*time.Second, "second call with the key not answered from it", func() bool {
+		out = meshtest.AddOut{}
+		err := c.Call(ctx, "math.add", meshtest.AddIn{A: 40, B: 2}, &out, client.WithIdempotencyKey("k1"))
 		return err == nil && out.Sum == 42
 	})
 	// The caller reads the bound the service published.
@@ -144,23 +144,23 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	}
 	// A Send that the replica dead-letters (its deadline passes before it
 	// runs), for the operator below.
-	if err := c.Send(ctx, "math.add", bustest.AddIn{A: -1}, client.WithTimeout(time.Millisecond)); err != nil {
+	if err := c.Send(ctx, "math.add", meshtest.AddIn{A: -1}, client.WithTimeout(time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
 
 	// A second caller and the gateway call too.
 	cb2, c2 := caller("web2", "web2-secret")
-	if err := c2.Call(ctx, "math.add", bustest.AddIn{A: 2, B: 2}, &out); err != nil || out.Sum != 4 {
+	if err := c2.Call(ctx, "math.add", meshtest.AddIn{A: 2, B: 2}, &out); err != nil || out.Sum != 4 {
 		t.Fatalf("call as web2: %v %+v", err, out)
 	}
 	gb, gc := caller("gateway", "gateway-secret")
-	if err := gc.Call(ctx, "math.add", bustest.AddIn{A: 3, B: 2}, &out); err != nil || out.Sum != 5 {
+	if err := gc.Call(ctx, "math.add", meshtest.AddIn{A: 3, B: 2}, &out); err != nil || out.Sum != 5 {
 		t.Fatalf("call as gateway: %v %+v", err, out)
 	}
 
 	// The registry heartbeat (a script) runs under the service's user.
 	store := registry.NewRedisStore(sb.Client())
-	bustest.Eventually(t, 3*time.Second, "stats not written by the heartbeat", func() bool {
+	meshtest.Eventually(t, 3*time.Second, "stats not written by the heartbeat", func() bool {
 		v, err := store.Service(ctx, "math")
 		return err == nil && len(v.Replicas) == 1 && v.Replicas[0].Stats.Functions["add"].Calls >= 2
 	})
@@ -187,7 +187,7 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 		t.Fatalf("queue as ops: %v", err)
 	}
 	var dls []bus.DeadLetter
-	bustest.Eventually(t, 5*time.Second, "dead letter not listed to ops", func() bool {
+	meshtest.Eventually(t, 5*time.Second, "dead letter not listed to ops", func() bool {
 		dls, err = ob.DeadLetters(ctx, "math", 10)
 		return err == nil && len(dls) == 1
 	})
@@ -197,7 +197,7 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	if n, err := ob.ReplayDeadLetters(ctx, "math", dls[0].EntryID); err != nil || n != 1 {
 		t.Fatalf("replay as ops: %d %v", n, err)
 	}
-	bustest.Eventually(t, 5*time.Second, "replayed request not dead-lettered again", func() bool {
+	meshtest.Eventually(t, 5*time.Second, "replayed request not dead-lettered again", func() bool {
 		dls, err = ob.DeadLetters(ctx, "math", 10)
 		return err == nil && len(dls) == 1 && dls[0].Origin != "" && dls[0].Fields[bus.FieldReplayOf] != ""
 	})
@@ -209,7 +209,7 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	// refreshes every 50ms; heartbeats every 50ms): the heartbeat has
 	// written stats twice more by now, so every loop has run.
 	first := statsAt(t, store)
-	bustest.Eventually(t, 3*time.Second, "no further heartbeat", func() bool {
+	meshtest.Eventually(t, 3*time.Second, "no further heartbeat", func() bool {
 		return statsAt(t, store).Sub(first) >= 150*time.Millisecond
 	})
 	admin := inspectorAt(t, srv.URL)
@@ -255,7 +255,7 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 	noperm("ops runs FLUSHALL", ob.Client().FlushAll(ctx).Err())
 	noperm("ops runs KEYS", ob.Client().Keys(ctx, "*").Err())
 	// And what web still has works: its inbox took every reply.
-	if err := c.Call(ctx, "math.add", bustest.AddIn{A: 5, B: 5}, &out); err != nil || out.Sum != 10 {
+	if err := c.Call(ctx, "math.add", meshtest.AddIn{A: 5, B: 5}, &out); err != nil || out.Sum != 10 {
 		t.Fatalf("call as web at the end: %v %+v", err, out)
 	}
 
@@ -293,21 +293,21 @@ func TestTLS(t *testing.T) {
 		}
 		return b
 	}
-	h := bustest.NewHarness(t, newBus())
-	svc := handlers.NewService("tls", handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	h := meshtest.NewHarness(t, newBus())
+	svc := handlers.NewService("tls", handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	h.Start(svc)
 	cb := newBus()
 	t.Cleanup(func() { cb.Close() })
-	c, err := client.New(cb, client.Config{Logger: bustest.Quiet})
+	c, err := client.New(cb, client.Config{Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	var out bustest.AddOut
-	if err := c.Call(context.Background(), "tls.add", bustest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
+	var out meshtest.AddOut
+	if err := c.Call(context.Background(), "tls.add", meshtest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
 		t.Fatalf("call over TLS: %v %+v", err, out)
 	}
 	// rediss:// alone trusts the system's CAs only: the test CA is not one.

@@ -5,32 +5,32 @@ import (
 	"testing"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // redisCallPath starts one replica of a trivial function and a client,
 // each on its own Redis connection, and returns one call.
 func redisCallPath(tb testing.TB) func() error {
-	service := bustest.Name("allocs")
-	h := bustest.NewHarness(tb, newRedisBus(tb, bus.RedisConfig{}))
-	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	service := meshtest.Name("allocs")
+	h := meshtest.NewHarness(tb, newRedisBus(tb, bus.RedisConfig{}))
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	h.Start(svc)
 	cb := newRedisBus(tb, bus.RedisConfig{})
 	tb.Cleanup(func() { cb.Close() })
-	c, err := client.New(cb, client.Config{Logger: bustest.Quiet})
+	c, err := client.New(cb, client.Config{Logger: meshtest.Quiet})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { c.Close() })
 	fn := service + ".add"
-	in := bustest.AddIn{A: 1, B: 2}
+	in := meshtest.AddIn{A: 1, B: 2}
 	return func() error {
-		var out bustest.AddOut
+		var out meshtest.AddOut
 		return c.Call(context.Background(), fn, in, &out)
 	}
 }

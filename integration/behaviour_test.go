@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 func newRedisBus(t testing.TB, cfg bus.RedisConfig) *bus.Redis {
@@ -19,14 +19,14 @@ func newRedisBus(t testing.TB, cfg bus.RedisConfig) *bus.Redis {
 
 // The behaviour suite of the in-memory bus, on Redis.
 func TestRedisBehaviour(t *testing.T) {
-	bustest.Run(t, func(t *testing.T) bus.Bus { return newRedisBus(t, bus.RedisConfig{}) })
+	meshtest.Run(t, func(t *testing.T) bus.Bus { return newRedisBus(t, bus.RedisConfig{}) })
 }
 
 // The suite on the co-located path with a Redis bus: every service a test
 // starts is hosted in the test's process and called in-process; sends go
 // through Redis, as they do by default.
 func TestRedisColocatedBehaviour(t *testing.T) {
-	bustest.RunColocated(t, func(t *testing.T) bus.Bus { return newRedisBus(t, bus.RedisConfig{}) }, false)
+	meshtest.RunColocated(t, func(t *testing.T) bus.Bus { return newRedisBus(t, bus.RedisConfig{}) }, false)
 }
 
 // busConfig is the bus configuration tests use unless they need another.

@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/gateway"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // chromium returns Debian's chromium, or fails saying how to install it.
@@ -56,15 +56,15 @@ func TestGatewayUIInChromium(t *testing.T) {
 	ctx := context.Background()
 	b := newRedisBus(t, busConfig())
 	b.Client().Del(ctx, bus.RequestTopic("math"))
-	h := bustest.NewHarness(t, b)
-	h.Start(examples.Math(handlers.Config{Auth: examples.DemoVerifier(), ReplicaID: "go-math-1", Logger: bustest.Quiet}))
+	h := meshtest.NewHarness(t, b)
+	h.Start(examples.Math(handlers.Config{Auth: examples.DemoVerifier(), ReplicaID: "go-math-1", Logger: meshtest.Quiet}))
 
 	cat, err := gateway.LoadCatalogFile("../" + examples.CatalogFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := newClient(t, client.Config{})
-	g, err := gateway.New(gateway.Config{Client: c, Auth: examples.DemoVerifier(), Catalog: cat, UI: true, Logger: bustest.Quiet})
+	g, err := gateway.New(gateway.Config{Client: c, Auth: examples.DemoVerifier(), Catalog: cat, UI: true, Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

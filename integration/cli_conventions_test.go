@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/fnmesh/fnmesh"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -44,16 +44,16 @@ func TestCLIRedisDownPrintsOneError(t *testing.T) {
 // one they first came with has often expired by then.
 func TestCLIDeadLetterReplayWithToken(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("clireplay")
+	service := meshtest.Name("clireplay")
 	b := newRedisBus(t, busConfig())
-	h := bustest.NewHarness(t, b)
+	h := meshtest.NewHarness(t, b)
 	var fixed atomic.Bool
 	tokens := make(chan string, 10)
 	// Accepts any token; the function records which one it ran with.
 	anyToken := security.VerifierFunc(func(_ context.Context, tok string) (security.Claims, error) {
 		return security.Claims{"sub": tok}, nil
 	})
-	svc := handlers.NewService(service, handlers.Config{Auth: anyToken, Logger: bustest.Quiet,
+	svc := handlers.NewService(service, handlers.Config{Auth: anyToken, Logger: meshtest.Quiet,
 		Retry: handlers.RetryPolicy{MaxAttempts: 1}})
 	handlers.Register(svc, "mail", func(ctx context.Context, _ struct{}) (struct{}, error) {
 		if !fixed.Load() {
@@ -69,7 +69,7 @@ func TestCLIDeadLetterReplayWithToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	var list []map[string]any
-	bustest.Eventually(t, 10*time.Second, "no dead letter", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "no dead letter", func() bool {
 		out, err := runCLI(t, "dlq", "list", service, "--json")
 		return err == nil && json.Unmarshal([]byte(out), &list) == nil && len(list) == 1
 	})

@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/fnmesh/fnmesh"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 var (
@@ -56,12 +56,12 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 
 func TestCLIDeadLetters(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("clidlq")
+	service := meshtest.Name("clidlq")
 	b := newRedisBus(t, busConfig())
-	h := bustest.NewHarness(t, b)
+	h := meshtest.NewHarness(t, b)
 	var fixed atomic.Bool
 	done := make(chan string, 10)
-	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet,
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet,
 		Retry: handlers.RetryPolicy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond}})
 	handlers.Register(svc, "mail", func(_ context.Context, in struct{ To string }) (struct{}, error) {
 		if !fixed.Load() {
@@ -78,7 +78,7 @@ func TestCLIDeadLetters(t *testing.T) {
 		}
 	}
 	var list []map[string]any
-	bustest.Eventually(t, 10*time.Second, "dead letters not listed", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "dead letters not listed", func() bool {
 		out, err := runCLI(t, "dlq", "list", service, "--json")
 		return err == nil && json.Unmarshal([]byte(out), &list) == nil && len(list) == 2
 	})
@@ -119,12 +119,12 @@ func TestCLIDeadLetters(t *testing.T) {
 
 func TestCLICallAndSend(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("clicall")
+	service := meshtest.Name("clicall")
 	b := newRedisBus(t, busConfig())
-	h := bustest.NewHarness(t, b)
-	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	h := meshtest.NewHarness(t, b)
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	h.Start(svc)
 	out, err := runCLI(t, "call", service+".add", `{"a":2,"b":3}`, "--timeout", "5s")

@@ -20,11 +20,11 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/demo"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 )
 
@@ -57,7 +57,7 @@ func busAt(t testing.TB, url string, cfg bus.RedisConfig) *bus.Redis {
 func TestClusterBehaviour(t *testing.T) {
 	t.Parallel()
 	c := sharedCluster(t)
-	bustest.Run(t, func(t *testing.T) bus.Bus {
+	meshtest.Run(t, func(t *testing.T) bus.Bus {
 		b := busAt(t, c.URL, bus.RedisConfig{})
 		if _, ok := b.Client().(*redis.ClusterClient); !ok {
 			t.Fatalf("bus on %s uses %T, want *redis.ClusterClient", c.URL, b.Client())
@@ -95,7 +95,7 @@ func TestClusterServicesSpreadOverShards(t *testing.T) {
 		if i == 300 {
 			t.Fatalf("300 service names landed on %d masters only: %v", len(byMaster), byMaster)
 		}
-		name := bustest.Name("shard")
+		name := meshtest.Name("shard")
 		m, _, err := cl.Owner(ctx, bus.RequestTopic(name))
 		if err != nil {
 			t.Fatal(err)
@@ -106,9 +106,9 @@ func TestClusterServicesSpreadOverShards(t *testing.T) {
 	}
 
 	b := busAt(t, cl.URL, bus.RedisConfig{})
-	h := &bustest.Harness{T: t, Bus: b}
+	h := &meshtest.Harness{T: t, Bus: b}
 	for _, name := range byMaster {
-		svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+		svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
 		handlers.Register(svc, "echo", func(_ context.Context, s string) (string, error) { return name + ":" + s, nil })
 		h.Start(svc)
 	}
@@ -150,7 +150,7 @@ func TestClusterServicesSpreadOverShards(t *testing.T) {
 		}
 	}
 	for m, name := range byMaster {
-		bustest.Eventually(t, 10*time.Second, "dead letter of "+name, func() bool {
+		meshtest.Eventually(t, 10*time.Second, "dead letter of "+name, func() bool {
 			return cl.Node(m).Exists(ctx, bus.DeadLetterTopic(name)).Val() == 1
 		})
 		slot, _ := cl.Slot(ctx, bus.RequestTopic(name))
@@ -247,12 +247,12 @@ func disruptUnderLoad(t *testing.T, settle time.Duration, disrupt func(cl *redis
 		t.Fatal(err)
 	}
 	t.Cleanup(cl.Close)
-	service := bustest.Name("failover")
+	service := meshtest.Name("failover")
 	for _, r := range []string{"a", "b"} {
 		startWorker(t, workerSpec{Service: service, Replica: r, Redis: cl.URL})
 	}
 	b := busAt(t, cl.URL, bus.RedisConfig{})
-	c, err := client.New(b, client.Config{Logger: bustest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	c, err := client.New(b, client.Config{Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,17 +448,17 @@ func clusterTotals(t *testing.T, cl *redistest.Cluster) (keys int64, conns int) 
 func TestClusterCallsLeaveNothingBehind(t *testing.T) {
 	ctx := context.Background()
 	cl := sharedCluster(t)
-	service := bustest.Name("leak")
+	service := meshtest.Name("leak")
 	cfg := bus.RedisConfig{TrimInterval: 100 * time.Millisecond, InboxRefresh: 100 * time.Millisecond}
 	sb := busAt(t, cl.URL, cfg)
-	h := &bustest.Harness{T: t, Bus: sb}
-	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	h := &meshtest.Harness{T: t, Bus: sb}
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	stopSvc := h.StartStoppable(svc)
 	cb := busAt(t, cl.URL, cfg)
-	c, err := client.New(cb, client.Config{Logger: bustest.Quiet})
+	c, err := client.New(cb, client.Config{Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +466,7 @@ func TestClusterCallsLeaveNothingBehind(t *testing.T) {
 	calls(500)
 	// The replica's statistics reach the registry with its first heartbeat
 	// after calls ran: a key made once, not per call.
-	bustest.Eventually(t, 10*time.Second, "no heartbeat with statistics", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "no heartbeat with statistics", func() bool {
 		return cb.Client().Exists(context.Background(), registry.StatsKey(service)).Val() == 1
 	})
 	// Two equal batches after the warm-up: what leaks grows with each
@@ -493,7 +493,7 @@ func TestClusterCallsLeaveNothingBehind(t *testing.T) {
 	}
 	req, _, _ := cl.Owner(ctx, bus.RequestTopic(service))
 	inbox, _, _ := cl.Owner(ctx, c.Inbox())
-	bustest.Eventually(t, 10*time.Second, "streams not trimmed", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "streams not trimmed", func() bool {
 		return cl.Node(req).XLen(ctx, bus.RequestTopic(service)).Val() < 500 && cl.Node(inbox).XLen(ctx, c.Inbox()).Val() < 500
 	})
 	// Stopping the service and closing the client removes the inbox; the
@@ -508,7 +508,7 @@ func TestClusterCallsLeaveNothingBehind(t *testing.T) {
 	cl.Node(req).Del(ctx, bus.RequestTopic(service))
 	cb.Close()
 	sb.Close()
-	bustest.Eventually(t, 5*time.Second, "connections not released", func() bool {
+	meshtest.Eventually(t, 5*time.Second, "connections not released", func() bool {
 		_, n := clusterTotals(t, cl)
 		return n <= conns0
 	})

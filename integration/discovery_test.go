@@ -17,10 +17,10 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/gateway"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 )
 
@@ -31,7 +31,7 @@ type discoIn struct {
 // discoService is a service as the README writes one: no plugin, no
 // registry code.
 func discoService(name string) *handlers.Service {
-	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
 	handlers.Register(svc, "double", func(_ context.Context, in discoIn) (int, error) { return 2 * in.N, nil })
 	handlers.Register(svc, "refuse", func(_ context.Context, in discoIn) (int, error) {
 		return 0, fnmesh.Errorf(fnmesh.CodeInvalidArgument, "refused %d", in.N)
@@ -45,8 +45,8 @@ func discoService(name string) *handlers.Service {
 func TestDiscoveryByDefault(t *testing.T) {
 	ctx := context.Background()
 	b := newRedisBus(t, busConfig())
-	h := &bustest.Harness{T: t, Bus: b}
-	name := bustest.Name("disco")
+	h := &meshtest.Harness{T: t, Bus: b}
+	name := meshtest.Name("disco")
 	svc := discoService(name)
 	h.StartStoppable(svc)
 	<-svc.Started()
@@ -62,7 +62,7 @@ func TestDiscoveryByDefault(t *testing.T) {
 	if err := c.Call(ctx, name+".double", discoIn{N: 21}, &out); err != nil || out != 42 {
 		t.Fatalf("call: %v %d", err, out)
 	}
-	nosuch := bustest.Name("nosuch")
+	nosuch := meshtest.Name("nosuch")
 	for _, send := range []bool{false, true} {
 		start := time.Now()
 		if send {
@@ -70,12 +70,12 @@ func TestDiscoveryByDefault(t *testing.T) {
 		} else {
 			err = c.Call(ctx, nosuch+".fn", discoIn{}, nil, client.WithTimeout(10*time.Second))
 		}
-		bustest.WantCode(t, err, fnmesh.CodeNotFound)
+		meshtest.WantCode(t, err, fnmesh.CodeNotFound)
 		if took := time.Since(start); took > 2*time.Second {
 			t.Fatalf("send=%v: not_found after %v, want at once", send, took)
 		}
 	}
-	bustest.WantCode(t, c.Call(ctx, name+".tripple", discoIn{}, nil), fnmesh.CodeNotFound)
+	meshtest.WantCode(t, c.Call(ctx, name+".tripple", discoIn{}, nil), fnmesh.CodeNotFound)
 	n, err := b.Client().Exists(ctx, bus.RequestTopic(nosuch)).Result()
 	if err != nil || n != 0 {
 		t.Fatalf("a send to a service never known created its stream: %d %v", n, err)
@@ -87,14 +87,14 @@ func TestDiscoveryByDefault(t *testing.T) {
 func TestDiscoveryFindsANewService(t *testing.T) {
 	ctx := context.Background()
 	b := newRedisBus(t, busConfig())
-	h := &bustest.Harness{T: t, Bus: b}
-	name := bustest.Name("late")
+	h := &meshtest.Harness{T: t, Bus: b}
+	name := meshtest.Name("late")
 	c := h.Client(client.Config{})
-	bustest.WantCode(t, c.Call(ctx, name+".double", discoIn{N: 1}, nil), fnmesh.CodeNotFound)
+	meshtest.WantCode(t, c.Call(ctx, name+".double", discoIn{N: 1}, nil), fnmesh.CodeNotFound)
 	svc := discoService(name)
 	h.StartStoppable(svc)
 	<-svc.Started()
-	bustest.Eventually(t, 2*time.Second, "a new service is still not_found", func() bool {
+	meshtest.Eventually(t, 2*time.Second, "a new service is still not_found", func() bool {
 		return c.Call(ctx, name+".double", discoIn{N: 1}, nil) == nil
 	})
 }
@@ -105,8 +105,8 @@ func TestDiscoveryFindsANewService(t *testing.T) {
 func TestSendStatusOnRedis(t *testing.T) {
 	ctx := context.Background()
 	b := newRedisBus(t, busConfig())
-	h := &bustest.Harness{T: t, Bus: b}
-	name := bustest.Name("status")
+	h := &meshtest.Harness{T: t, Bus: b}
+	name := meshtest.Name("status")
 	svc := discoService(name)
 	stop := h.StartStoppable(svc)
 	<-svc.Started()
@@ -127,8 +127,8 @@ func TestSendStatusOnRedis(t *testing.T) {
 		return st
 	}
 	done, refused := send("double"), send("refuse")
-	bustest.Eventually(t, 5*time.Second, "send not done", func() bool { return state(done).State == registry.StateDone })
-	bustest.Eventually(t, 5*time.Second, "refused send not dead-lettered", func() bool { return state(refused).State == registry.StateDeadLettered })
+	meshtest.Eventually(t, 5*time.Second, "send not done", func() bool { return state(done).State == registry.StateDone })
+	meshtest.Eventually(t, 5*time.Second, "refused send not dead-lettered", func() bool { return state(refused).State == registry.StateDeadLettered })
 	if st := state(refused); st.Code != string(fnmesh.CodeInvalidArgument) || !strings.Contains(st.Reason, "refused 1") {
 		t.Fatalf("dead-lettered status lacks the reason: %+v", st)
 	}
@@ -144,13 +144,13 @@ func TestSendStatusOnRedis(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	bustest.Eventually(t, 3*time.Second, "call to a service with no replica not unavailable", func() bool {
+	meshtest.Eventually(t, 3*time.Second, "call to a service with no replica not unavailable", func() bool {
 		return fnmesh.CodeOf(c.Call(ctx, name+".double", discoIn{}, nil, client.WithTimeout(200*time.Millisecond))) == fnmesh.CodeUnavailable
 	})
 	queued := send("double")
 	bustest.Eventually(t, 5*time.Second, "send with no replica not recorded as queued", func() bool { return state(queued).State == registry.StateQueued })
 
-	g, err := gateway.New(gateway.Config{Client: c, AllowUnauthenticated: true, Status: status, Logger: bustest.Quiet,
+	g, err := gateway.New(gateway.Config{Client: c, AllowUnauthenticated: true, Status: status, Logger: meshtest.Quiet,
 		Catalog: gateway.NewRegistryCatalog(registry.NewRedisStore(b.Client()), 50*time.Millisecond, 20*time.Millisecond)})
 	if err != nil {
 		t.Fatal(err)
@@ -167,12 +167,12 @@ func TestSendStatusOnRedis(t *testing.T) {
 	again := discoService(name)
 	h.StartStoppable(again)
 	<-again.Started()
-	bustest.Eventually(t, 5*time.Second, "queued send not run once a replica started", func() bool {
+	meshtest.Eventually(t, 5*time.Second, "queued send not run once a replica started", func() bool {
 		getJSON(t, srv.URL+"/v1/requests/"+queued, &got)
 		return got.State == registry.StateDone
 	})
 	var cat gateway.CatalogFile
-	bustest.Eventually(t, 2*time.Second, "gateway catalog does not list the service's functions", func() bool {
+	meshtest.Eventually(t, 2*time.Second, "gateway catalog does not list the service's functions", func() bool {
 		getJSON(t, srv.URL+"/v1/functions", &cat)
 		for _, f := range cat.Functions {
 			if f.Name == name+".double" && strings.Contains(string(f.Request), `"n"`) {
@@ -183,7 +183,7 @@ func TestSendStatusOnRedis(t *testing.T) {
 	})
 	// An unknown service through the gateway: 404 at once, not a 504.
 	start := time.Now()
-	resp, err := http.Post(srv.URL+"/v1/functions/"+bustest.Name("nosuch")+"/fn", "application/json", strings.NewReader(`{}`))
+	resp, err := http.Post(srv.URL+"/v1/functions/"+meshtest.Name("nosuch")+"/fn", "application/json", strings.NewReader(`{}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,12 +216,12 @@ func TestCLIFailsFastAndTellsStatus(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := newRedisBus(t, busConfig())
-	h := &bustest.Harness{T: t, Bus: b}
-	name := bustest.Name("clidisco")
+	h := &meshtest.Harness{T: t, Bus: b}
+	name := meshtest.Name("clidisco")
 	svc := discoService(name)
 	h.StartStoppable(svc)
 	<-svc.Started()
-	nosuch := bustest.Name("nosuch")
+	nosuch := meshtest.Name("nosuch")
 	start := time.Now()
 	out, err := runCLI(t, "call", nosuch+".fn", "{}")
 	if err == nil || !strings.Contains(out, "not_found") || time.Since(start) > 8*time.Second {
@@ -241,7 +241,7 @@ func TestCLIFailsFastAndTellsStatus(t *testing.T) {
 		t.Fatalf("send: %v\n%s", err, out)
 	}
 	id := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(out), "queued "))
-	bustest.Eventually(t, 10*time.Second, "fnmesh status never said done", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "fnmesh status never said done", func() bool {
 		out, err := runCLI(t, "status", id)
 		return err == nil && strings.HasPrefix(out, "done "+name+".double on replica ")
 	})

@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/examples"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // exampleEnv makes this test binary run the example math binary's
@@ -67,7 +67,7 @@ func TestExampleBinaryOpsAddr(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	bustest.Eventually(t, 20*time.Second, "example binary's /healthz never answered 200", func() bool { return health() == http.StatusOK })
+	meshtest.Eventually(t, 20*time.Second, "example binary's /healthz never answered 200", func() bool { return health() == http.StatusOK })
 
 	c := newClient(t, client.Config{})
 	var out examples.Result

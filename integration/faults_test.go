@@ -17,9 +17,9 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // Fault tests: real replica processes killed, stopped and restarted, and
@@ -94,7 +94,7 @@ func runCounts(t *testing.T, rdb *redis.Client, hash string) map[string]int {
 
 func waitHLen(t *testing.T, rdb *redis.Client, hash string, n int64, d time.Duration) {
 	t.Helper()
-	bustest.Eventually(t, d, fmt.Sprintf("%s did not reach %d keys", hash, n), func() bool {
+	meshtest.Eventually(t, d, fmt.Sprintf("%s did not reach %d keys", hash, n), func() bool {
 		return rdb.HLen(context.Background(), hash).Val() >= n
 	})
 }
@@ -143,7 +143,7 @@ func pendingCount(rdb *redis.Client, service, consumer string) int64 {
 // that a replica about to be killed holds work.
 func waitHolding(t *testing.T, rdb *redis.Client, service, consumer string, n int64) {
 	t.Helper()
-	bustest.Eventually(t, 60*time.Second, fmt.Sprintf("replica %s never held %d requests", consumer, n), func() bool {
+	meshtest.Eventually(t, 60*time.Second, fmt.Sprintf("replica %s never held %d requests", consumer, n), func() bool {
 		return pendingCount(rdb, service, consumer) >= n
 	})
 }
@@ -163,7 +163,7 @@ func heldKeys(entries map[string]string) map[string]bool {
 func TestKilledReplicaWorkIsTakenOver(t *testing.T) {
 	t.Parallel()
 	const n, conc = 200, 8
-	service := bustest.Name("takeover")
+	service := meshtest.Name("takeover")
 	rdb := rdbFor(t, redisURL)
 	var workers []*worker
 	for i := 0; i < 3; i++ {
@@ -181,7 +181,7 @@ func TestKilledReplicaWorkIsTakenOver(t *testing.T) {
 		t.Fatalf("the killed replica held %d requests, want 1 to its Concurrency %d", len(held), conc)
 	}
 	keys := heldKeys(held)
-	bustest.Eventually(t, 60*time.Second, "the killed replica's requests were not taken over", func() bool {
+	meshtest.Eventually(t, 60*time.Second, "the killed replica's requests were not taken over", func() bool {
 		runs := runCounts(t, rdb, "runs:"+service)
 		for k := range keys {
 			if runs[k] == 0 {
@@ -224,7 +224,7 @@ func TestKillReplicaDuringSends(t *testing.T) {
 	const n, conc = 10000, 16
 	rdb := rdbFor(t, redisURL)
 	for _, keyed := range []bool{false, true} {
-		service := bustest.Name("kill")
+		service := meshtest.Name("kill")
 		spec := func(name string) workerSpec {
 			// A longer claim idle than the take-over tests: this test counts
 			// the runs the kill repeats, and race-built replicas on a
@@ -259,7 +259,7 @@ func TestKillReplicaDuringSends(t *testing.T) {
 		}
 		waitHLen(t, rdb, "runs:"+service, n, 90*time.Second)
 		keys := heldKeys(held)
-		bustest.Eventually(t, 60*time.Second, "the killed replica's entries were not taken over", func() bool {
+		meshtest.Eventually(t, 60*time.Second, "the killed replica's entries were not taken over", func() bool {
 			return pendingCount(rdb, service, "r1") == 0
 		})
 		runs := runCounts(t, rdb, "runs:"+service)
@@ -329,7 +329,7 @@ func sendAllKeys(t *testing.T, c *client.Client, service string, sends, n int, o
 // are idle for ClaimIdle, well within the calls' deadline.
 func TestCallsInFlightAtKill(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("inflight")
+	service := meshtest.Name("inflight")
 	rdb := rdbFor(t, redisURL)
 	var workers []*worker
 	for i := 0; i < 3; i++ {
@@ -393,7 +393,7 @@ func TestSlowRequestKeepsItsLease(t *testing.T) {
 	t.Parallel()
 	const claimIdle = faultClaimIdle
 	const n = 4
-	service := bustest.Name("lease")
+	service := meshtest.Name("lease")
 	rdb := rdbFor(t, redisURL)
 	r1 := startWorker(t, workerSpec{Service: service, Replica: "r1", Concurrency: n, ClaimIdle: claimIdle})
 	c := newClient(t, client.Config{})
@@ -408,7 +408,7 @@ func TestSlowRequestKeepsItsLease(t *testing.T) {
 	r2 := startWorker(t, workerSpec{Service: service, Replica: "r2", Concurrency: n, ClaimIdle: claimIdle})
 	// Until they have run, none may pass to r2 (which would run it again).
 	taken := int64(0)
-	bustest.Eventually(t, 60*time.Second, "the slow requests did not finish", func() bool {
+	meshtest.Eventually(t, 60*time.Second, "the slow requests did not finish", func() bool {
 		taken = max(taken, pendingCount(rdb, service, "r2"))
 		return rdb.HLen(context.Background(), "runs:"+service).Val() >= n
 	})
@@ -437,7 +437,7 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
-	service := bustest.Name("restart")
+	service := meshtest.Name("restart")
 	w1 := startWorker(t, workerSpec{Service: service, Replica: "r1", Redis: srv.URL, ClaimIdle: faultClaimIdle})
 	w2 := startWorker(t, workerSpec{Service: service, Replica: "r2", Redis: srv.URL, ClaimIdle: faultClaimIdle})
 	cb, err := bus.NewRedis(bus.RedisConfig{URL: srv.URL})
@@ -445,7 +445,7 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cb.Close()
-	c, err := client.New(cb, client.Config{Logger: bustest.Quiet, Breaker: client.BreakerConfig{Disabled: true}, Timeout: 3 * time.Second})
+	c, err := client.New(cb, client.Config{Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}, Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -551,7 +551,7 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 // keep serving, and once the bug is fixed a replay runs it.
 func TestPoisonRequestIsDeadLetteredAndReplayed(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("poison")
+	service := meshtest.Name("poison")
 	crash := filepath.Join(t.TempDir(), "crash")
 	if err := os.WriteFile(crash, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -599,13 +599,13 @@ func TestPoisonRequestIsDeadLetteredAndReplayed(t *testing.T) {
 		t.Fatalf("runs of the poison: %v", err)
 	}
 	t.Logf("poison: %d runs, %d replica restarts, the call ended after %v: %v", runs, restarts, time.Since(start).Round(time.Millisecond), callErr)
-	bustest.WantCode(t, callErr, fnmesh.CodeInternal)
+	meshtest.WantCode(t, callErr, fnmesh.CodeInternal)
 	if runs < 1 || runs > maxDeliveries {
 		t.Fatalf("the poison ran %d times, want at most MaxDeliveries %d", runs, maxDeliveries)
 	}
 	// The caller is answered first, then the dead letter is recorded.
 	var dls []bus.DeadLetter
-	bustest.Eventually(t, 10*time.Second, "the poison is not in the dead letters", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "the poison is not in the dead letters", func() bool {
 		dls, err = b.DeadLetters(context.Background(), service, 10)
 		if err != nil {
 			t.Fatalf("reading the dead letters: %v", err)
@@ -656,7 +656,7 @@ const handBackClaimIdle = 20 * time.Second
 func TestSIGTERMHandsBackUnfinishedRequests(t *testing.T) {
 	t.Parallel()
 	const n = 4
-	service := bustest.Name("handback")
+	service := meshtest.Name("handback")
 	rdb := rdbFor(t, redisURL)
 	r1 := startWorker(t, workerSpec{Service: service, Replica: "r1", Concurrency: n, Drain: 300 * time.Millisecond, ClaimIdle: handBackClaimIdle})
 	c := newClient(t, client.Config{})
@@ -705,7 +705,7 @@ func TestSIGTERMHandsBackUnfinishedRequests(t *testing.T) {
 func TestSIGTERMDuringLoadLosesNothing(t *testing.T) {
 	t.Parallel()
 	const n = 3000
-	service := bustest.Name("sigterm")
+	service := meshtest.Name("sigterm")
 	w1 := startWorker(t, workerSpec{Service: service, Replica: "r1", Concurrency: 16, Drain: 5 * time.Second, ClaimIdle: faultClaimIdle})
 	startWorker(t, workerSpec{Service: service, Replica: "r2", Concurrency: 16, ClaimIdle: faultClaimIdle})
 	rdb := rdbFor(t, redisURL)

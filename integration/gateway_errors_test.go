@@ -13,19 +13,19 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/gateway"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // Over Redis, as on the in-memory bus (gateway TestInternalErrorsHideDetail):
 // an HTTP caller gets internal with the request id, the logs get the text.
 func TestGatewayHidesInternalDetail(t *testing.T) {
 	const secret = "redis://ops:s3cret-pw@10.1.2.3:6379"
-	var gwLog, svcLog bustest.SyncBuffer
-	h := bustest.NewHarness(t, newRedisBus(t, bus.RedisConfig{}))
-	name := bustest.Name("leaky")
+	var gwLog, svcLog meshtest.SyncBuffer
+	h := meshtest.NewHarness(t, newRedisBus(t, bus.RedisConfig{}))
+	name := meshtest.Name("leaky")
 	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: slog.New(slog.NewTextHandler(&svcLog, nil))})
 	handlers.Register(svc, "plain", func(context.Context, struct{}) (string, error) { return "", errors.New("dial " + secret) })
 	handlers.Register(svc, "panics", func(context.Context, struct{}) (string, error) { panic("lost " + secret) })

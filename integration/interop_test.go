@@ -14,11 +14,11 @@ import (
 	"time"
 
 	"github.com/fnmesh/fnmesh"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/gateway"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -41,7 +41,7 @@ func demoToken(t testing.TB, sub string, roles ...string) string {
 // Node side's errors and its token checks arrive with their codes.
 func TestGoCallerNodeReplica(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("nodesvc")
+	service := meshtest.Name("nodesvc")
 	startNodeReplica(t, service, "node-1", "--secret", examples.DemoSecret)
 	c := newClient(t, client.Config{Token: demoToken(t, "ada")})
 	ctx := context.Background()
@@ -56,19 +56,19 @@ func TestGoCallerNodeReplica(t *testing.T) {
 	}
 
 	err := c.Call(ctx, service+".fail", map[string]string{"code": "out_of_stock", "message": "no more widgets"}, nil)
-	fe := bustest.WantCode(t, err, "out_of_stock")
+	fe := meshtest.WantCode(t, err, "out_of_stock")
 	if fe.Message != "no more widgets" {
 		t.Errorf("application error message %q", fe.Message)
 	}
 	if !errors.Is(err, &fnmesh.Error{Code: "out_of_stock"}) {
 		t.Errorf("errors.Is does not match the application code")
 	}
-	bustest.WantCode(t, c.Call(ctx, service+".boom", nil, nil), fnmesh.CodeInternal)
-	fe = bustest.WantCode(t, c.Call(ctx, service+".div", examples.DivIn{A: 1, B: 0}, nil), fnmesh.CodeInvalidArgument)
+	meshtest.WantCode(t, c.Call(ctx, service+".boom", nil, nil), fnmesh.CodeInternal)
+	fe = meshtest.WantCode(t, c.Call(ctx, service+".div", examples.DivIn{A: 1, B: 0}, nil), fnmesh.CodeInvalidArgument)
 	if len(fe.Fields) != 1 || fe.Fields[0] != (fnmesh.FieldViolation{Field: "b", Rule: "ne", Param: "0"}) {
 		t.Errorf("validation fields from Node: %+v", fe.Fields)
 	}
-	bustest.WantCode(t, c.Call(ctx, service+".pow", nil, nil), fnmesh.CodeNotFound)
+	meshtest.WantCode(t, c.Call(ctx, service+".pow", nil, nil), fnmesh.CodeNotFound)
 	if !errors.Is(c.Call(ctx, service+".pow", nil, nil), fnmesh.ErrNotFound) {
 		t.Error("errors.Is(err, ErrNotFound) fails for a Node replica's not_found")
 	}
@@ -78,9 +78,9 @@ func TestGoCallerNodeReplica(t *testing.T) {
 	if err := c.Call(ctx, service+".me", nil, &me); err != nil || me.Sub != "ada" {
 		t.Fatalf("me: %+v %v", me, err)
 	}
-	bustest.WantCode(t, c.Call(ctx, service+".me", nil, nil, client.WithToken("")), fnmesh.CodeUnauthenticated)
-	bustest.WantCode(t, c.Call(ctx, service+".me", nil, nil, client.WithToken(demoToken(t, "ada")+"x")), fnmesh.CodeUnauthenticated)
-	bustest.WantCode(t, c.Call(ctx, service+".admin", nil, nil), fnmesh.CodePermissionDenied)
+	meshtest.WantCode(t, c.Call(ctx, service+".me", nil, nil, client.WithToken("")), fnmesh.CodeUnauthenticated)
+	meshtest.WantCode(t, c.Call(ctx, service+".me", nil, nil, client.WithToken(demoToken(t, "ada")+"x")), fnmesh.CodeUnauthenticated)
+	meshtest.WantCode(t, c.Call(ctx, service+".admin", nil, nil), fnmesh.CodePermissionDenied)
 	if err := c.Call(ctx, service+".admin", nil, nil, client.WithToken(demoToken(t, "root", "admin"))); err != nil {
 		t.Fatalf("admin with the role: %v", err)
 	}
@@ -95,8 +95,8 @@ func TestGoCallerNodeReplica(t *testing.T) {
 func goMath(t *testing.T, service string) {
 	t.Helper()
 	b := newRedisBus(t, busConfig())
-	h := bustest.NewHarness(t, b)
-	svc := handlers.NewService(service, handlers.Config{Auth: examples.DemoVerifier(), Logger: bustest.Quiet, ReplicaID: "go-1"})
+	h := meshtest.NewHarness(t, b)
+	svc := handlers.NewService(service, handlers.Config{Auth: examples.DemoVerifier(), Logger: meshtest.Quiet, ReplicaID: "go-1"})
 	handlers.Register(svc, "add", func(ctx context.Context, in examples.AddIn) (examples.Result, error) {
 		return examples.Result{Value: in.A + in.B, Replica: handlers.Info(ctx).Replica}, nil
 	})
@@ -117,7 +117,7 @@ func goMath(t *testing.T, service string) {
 // application errors and token checks reach Node with their codes.
 func TestNodeCallerGoReplica(t *testing.T) {
 	t.Parallel()
-	foreignCallerGoReplica(t, "Node", bustest.Name("gosvc"), nodeCall)
+	foreignCallerGoReplica(t, "Node", meshtest.Name("gosvc"), nodeCall)
 }
 
 // foreignCallerGoReplica calls the example math service, served by a Go
@@ -159,7 +159,7 @@ func foreignCallerGoReplica(t *testing.T, lang, service string, call func(t test
 	if o := call(t, "call", service+".stats", `{}`, "--token", demoToken(t, "root", "admin")); !o.OK {
 		t.Errorf("stats with the role from %s: %+v", lang, o)
 	}
-	if o := call(t, "call", bustest.Name("nobody")+".f", `{}`, "--timeout", "5000"); o.OK || o.Code != fnmesh.CodeNotFound {
+	if o := call(t, "call", meshtest.Name("nobody")+".f", `{}`, "--timeout", "5000"); o.OK || o.Code != fnmesh.CodeNotFound {
 		t.Errorf("never-served service from %s: %+v, want not_found", lang, o)
 	}
 }
@@ -168,7 +168,7 @@ func foreignCallerGoReplica(t *testing.T, lang, service string, call func(t test
 // calls of a Go caller spread over both.
 func TestGoAndNodeReplicasShareTheLoad(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("mixed")
+	service := meshtest.Name("mixed")
 	// Each replica runs at most 4 calls of 10 ms at once; 16 callers keep
 	// both saturated, so each answers about half, whichever reads faster.
 	startWorker(t, workerSpec{Service: service, Replica: "go-replica", Concurrency: 4})
@@ -194,7 +194,7 @@ func TestSendsAcrossLanguages(t *testing.T) {
 	t.Parallel()
 	rdb := inspector(t)
 	ctx := context.Background()
-	nodeSvc := bustest.Name("nodesend")
+	nodeSvc := meshtest.Name("nodesend")
 	startNodeReplica(t, nodeSvc, "node-s")
 	c := newClient(t, client.Config{})
 	for i := 0; i < 50; i++ {
@@ -204,7 +204,7 @@ func TestSendsAcrossLanguages(t *testing.T) {
 	}
 	runs := "fnmesh-test:runs:" + nodeSvc
 	t.Cleanup(func() { rdb.Del(ctx, runs) })
-	bustest.Eventually(t, 10*time.Second, "50 Go sends run by Node", func() bool { return rdb.HLen(ctx, runs).Val() == 50 })
+	meshtest.Eventually(t, 10*time.Second, "50 Go sends run by Node", func() bool { return rdb.HLen(ctx, runs).Val() == 50 })
 	for k, v := range rdb.HGetAll(ctx, runs).Val() {
 		if v != "1" {
 			t.Errorf("send %s ran %s times", k, v)
@@ -216,7 +216,7 @@ func TestSendsAcrossLanguages(t *testing.T) {
 	}
 	b := newRedisBus(t, busConfig())
 	t.Cleanup(func() { b.Close() })
-	bustest.Eventually(t, 15*time.Second, "failing Node send dead-lettered", func() bool {
+	meshtest.Eventually(t, 15*time.Second, "failing Node send dead-lettered", func() bool {
 		dls, _ := b.DeadLetters(ctx, nodeSvc, 10)
 		return len(dls) == 1
 	})
@@ -225,7 +225,7 @@ func TestSendsAcrossLanguages(t *testing.T) {
 		t.Errorf("dead letter from Node: %+v", d)
 	}
 
-	goSvc := bustest.Name("gosend")
+	goSvc := meshtest.Name("gosend")
 	startWorker(t, workerSpec{Service: goSvc, Replica: "go-s"})
 	for i := 0; i < 3; i++ {
 		if o := nodeCall(t, "send", goSvc+".sleep", fmt.Sprintf(`{"ms":1,"key":"n%d"}`, i)); !o.OK || o.ID == "" {
@@ -234,21 +234,21 @@ func TestSendsAcrossLanguages(t *testing.T) {
 	}
 	goRuns := "runs:" + goSvc
 	t.Cleanup(func() { rdb.Del(ctx, goRuns) })
-	bustest.Eventually(t, 10*time.Second, "Node sends run by Go", func() bool { return rdb.HLen(ctx, goRuns).Val() == 3 })
+	meshtest.Eventually(t, 10*time.Second, "Node sends run by Go", func() bool { return rdb.HLen(ctx, goRuns).Val() == 3 })
 }
 
 // A browser-style call: HTTP with an Origin and a bearer token, through
 // the gateway, to a Node function; and the gateway's one inbox.
 func TestGatewayToNodeFunction(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("gwnode")
+	service := meshtest.Name("gwnode")
 	startNodeReplica(t, service, "node-gw", "--secret", examples.DemoSecret)
-	goSvc := bustest.Name("gwgo")
+	goSvc := meshtest.Name("gwgo")
 	goMath(t, goSvc)
 	rdb := inspector(t)
 	ctx := context.Background()
 	c := newClient(t, client.Config{})
-	g, err := gateway.New(gateway.Config{Client: c, Auth: examples.DemoVerifier(), CORSOrigins: []string{"https://app.example.com"}, Logger: bustest.Quiet})
+	g, err := gateway.New(gateway.Config{Client: c, Auth: examples.DemoVerifier(), CORSOrigins: []string{"https://app.example.com"}, Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,15 +345,15 @@ func TestGatewayToNodeFunction(t *testing.T) {
 // request goes to the function's own stream (PROTOCOL.md §1).
 func TestNodeCallerGoVersionedFunction(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("gover")
-	h := bustest.NewHarness(t, newRedisBus(t, busConfig()))
-	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add@v2", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: 10 * (in.A + in.B)}, nil
+	service := meshtest.Name("gover")
+	h := meshtest.NewHarness(t, newRedisBus(t, busConfig()))
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add@v2", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: 10 * (in.A + in.B)}, nil
 	})
 	h.Start(svc)
 	o := nodeCall(t, "call", service+".add@v2", `{"a":1,"b":2}`)
-	var out bustest.AddOut
+	var out meshtest.AddOut
 	json.Unmarshal(o.Result, &out)
 	if !o.OK || out.Sum != 30 {
 		t.Fatalf("add@v2 from Node: %+v", o)

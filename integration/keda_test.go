@@ -9,9 +9,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // What KEDA's redis-streams trigger reads (deployments/k8s): XINFO GROUPS
@@ -25,13 +25,13 @@ func TestKEDAReadsLagAfterTrimming(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			service := bustest.Name("keda")
+			service := meshtest.Name("keda")
 			cfg := bus.RedisConfig{TrimInterval: 50 * time.Millisecond}
 			b := busAt(t, url, cfg)
-			h := &bustest.Harness{T: t, Bus: b}
+			h := &meshtest.Harness{T: t, Bus: b}
 			var ran atomic.Int64
 			newSvc := func() *handlers.Service {
-				svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+				svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
 				handlers.Register(svc, "job", func(context.Context, struct{}) (struct{}, error) {
 					ran.Add(1)
 					return struct{}{}, nil
@@ -49,7 +49,7 @@ func TestKEDAReadsLagAfterTrimming(t *testing.T) {
 			}
 			rdb := b.Client()
 			key := bus.RequestTopic(service)
-			bustest.Eventually(t, 10*time.Second, "request stream not trimmed", func() bool {
+			meshtest.Eventually(t, 10*time.Second, "request stream not trimmed", func() bool {
 				return rdb.XLen(ctx, key).Val() < 100
 			})
 			if err := stop(); err != nil {
@@ -69,8 +69,8 @@ func TestKEDAReadsLagAfterTrimming(t *testing.T) {
 			// A replica starts (KEDA's activation): the backlog drains.
 			before := ran.Load()
 			h.Start(newSvc())
-			bustest.Eventually(t, 10*time.Second, "sends not run", func() bool { return ran.Load() == before+7 })
-			bustest.Eventually(t, 10*time.Second, "lag and pending not back to 0", func() bool {
+			meshtest.Eventually(t, 10*time.Second, "sends not run", func() bool { return ran.Load() == before+7 })
+			meshtest.Eventually(t, 10*time.Second, "lag and pending not back to 0", func() bool {
 				g := group(t, rdb, key)
 				return g.Lag == 0 && g.Pending == 0
 			})

@@ -12,9 +12,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 )
 
@@ -43,25 +43,25 @@ func clientCount(t testing.TB, rdb *redis.Client, name string) int {
 func TestTenThousandCallsLeaveNothingBehind(t *testing.T) {
 	rdb := inspector(t)
 	ctx := context.Background()
-	service := bustest.Name("leak")
-	name := bustest.Name("leaktest")
+	service := meshtest.Name("leak")
+	name := meshtest.Name("leaktest")
 	cfg := bus.RedisConfig{TrimInterval: 100 * time.Millisecond, InboxRefresh: 100 * time.Millisecond, URL: redisURL + "?client_name=" + name}
 	sb, err := bus.NewRedis(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
-	h := bustest.NewHarness(t, sb)
+	h := meshtest.NewHarness(t, sb)
 	h.Start(svc)
 	cb, err := bus.NewRedis(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cb.Close() })
-	c, err := client.New(cb, client.Config{Logger: bustest.Quiet})
+	c, err := client.New(cb, client.Config{Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestTenThousandCallsLeaveNothingBehind(t *testing.T) {
 	calls(500) // warm-up: pools and goroutines at their working size
 	// and the replica's statistics in the registry, from its first
 	// heartbeat after calls ran: a key made once, not per call.
-	bustest.Eventually(t, 10*time.Second, "no heartbeat with statistics", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "no heartbeat with statistics", func() bool {
 		return rdb.Exists(ctx, registry.StatsKey(service)).Val() == 1
 	})
 	// 10,000 calls in two equal batches: what leaks grows with each batch;
@@ -98,7 +98,7 @@ func TestTenThousandCallsLeaveNothingBehind(t *testing.T) {
 		t.Errorf("connections grew from %d to %d", conns0, conns)
 	}
 	// Streams are trimmed: requests once acked, replies once read.
-	bustest.Eventually(t, 10*time.Second, "streams not trimmed", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "streams not trimmed", func() bool {
 		req := rdb.XLen(ctx, bus.RequestTopic(service)).Val()
 		rep := rdb.XLen(ctx, c.Inbox()).Val()
 		t.Logf("request stream %d entries, reply stream %d", req, rep)
@@ -115,7 +115,7 @@ func TestTenThousandCallsLeaveNothingBehind(t *testing.T) {
 	}
 }
 
-// addCalls makes n calls of fn (a bustest add) from 16 callers and fails
+// addCalls makes n calls of fn (a meshtest add) from 16 callers and fails
 // the test on the first wrong answer.
 func addCalls(t testing.TB, c *client.Client, fn string, n int) {
 	t.Helper()
@@ -126,8 +126,8 @@ func addCalls(t testing.TB, c *client.Client, fn string, n int) {
 		go func(w int) {
 			defer wg.Done()
 			for i := w; i < n; i += 16 {
-				var out bustest.AddOut
-				if err := c.Call(context.Background(), fn, bustest.AddIn{A: i, B: 1}, &out); err != nil || out.Sum != i+1 {
+				var out meshtest.AddOut
+				if err := c.Call(context.Background(), fn, meshtest.AddIn{A: i, B: 1}, &out); err != nil || out.Sum != i+1 {
 					select {
 					case errs <- fmt.Errorf("%d+1: %v %+v", i, err, out):
 					default:

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 	"github.com/fnmesh/fnmesh/telemetry"
 )
@@ -21,18 +21,18 @@ import (
 func TestInstrumentedCallsLeaveNothingBehind(t *testing.T) {
 	rdb := inspector(t)
 	ctx := context.Background()
-	service := bustest.Name("obs")
-	m, _ := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: bustest.Quiet})
+	service := meshtest.Name("obs")
+	m, _ := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: meshtest.Quiet})
 	tr := telemetry.NewTracing(nil)
-	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet,
+	cfg := handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet,
 		Plugins: []handlers.Plugin{registry.NewAnnouncer(registry.Config{Heartbeat: 50 * time.Millisecond, TTL: 2 * time.Second, Stats: m})}}
 	m.InstrumentService(&cfg)
 	tr.InstrumentService(&cfg)
 	svc := handlers.NewService(service, cfg)
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
-	name := bustest.Name("obstest") // names this test's connections
+	name := meshtest.Name("obstest") // names this test's connections
 	named := func(cfg bus.RedisConfig) *bus.Redis {
 		cfg.URL = redisURL + "?client_name=" + name
 		b, err := bus.NewRedis(cfg)
@@ -41,16 +41,16 @@ func TestInstrumentedCallsLeaveNothingBehind(t *testing.T) {
 		}
 		return b
 	}
-	h := bustest.NewHarness(t, named(bus.RedisConfig{TrimInterval: 100 * time.Millisecond, InboxRefresh: 100 * time.Millisecond}))
+	h := meshtest.NewHarness(t, named(bus.RedisConfig{TrimInterval: 100 * time.Millisecond, InboxRefresh: 100 * time.Millisecond}))
 	h.Start(svc)
 	cb := named(busConfig())
 	t.Cleanup(func() { cb.Close() })
-	w, err := registry.NewWatcher(cb, registry.WatcherConfig{Refresh: 50 * time.Millisecond, Logger: bustest.Quiet})
+	w, err := registry.NewWatcher(cb, registry.WatcherConfig{Refresh: 50 * time.Millisecond, Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	ccfg := client.Config{Name: "leaktest", Logger: bustest.Quiet, Registry: w}
+	ccfg := client.Config{Name: "leaktest", Logger: meshtest.Quiet, Registry: w}
 	m.InstrumentClient(&ccfg)
 	tr.InstrumentClient(&ccfg)
 	c, err := client.New(cb, ccfg)
@@ -65,7 +65,7 @@ func TestInstrumentedCallsLeaveNothingBehind(t *testing.T) {
 			go func(g int) {
 				defer wg.Done()
 				for i := g; i < n; i += 16 {
-					if err := c.Call(ctx, service+".add", bustest.AddIn{A: i, B: 1}, nil); err != nil {
+					if err := c.Call(ctx, service+".add", meshtest.AddIn{A: i, B: 1}, nil); err != nil {
 						t.Errorf("call: %v", err)
 						return
 					}
@@ -78,7 +78,7 @@ func TestInstrumentedCallsLeaveNothingBehind(t *testing.T) {
 	// written its stats; then two equal batches: whatever grows with calls
 	// grows between them.
 	calls(500)
-	bustest.Eventually(t, 2*time.Second, "no stats written", func() bool {
+	meshtest.Eventually(t, 2*time.Second, "no stats written", func() bool {
 		return rdb.Exists(ctx, registry.StatsKey(service)).Val() == 1
 	})
 	calls(5000)

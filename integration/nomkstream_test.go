@@ -8,9 +8,9 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // fnmeshKeys lists the keys of service (SCAN MATCH fnmesh:{service}*).
@@ -34,29 +34,29 @@ func fnmeshKeys(t *testing.T, service string) []string {
 // and runs when a replica starts (scale from zero).
 func TestRequestsNeverCreateStreams(t *testing.T) {
 	ctx := context.Background()
-	h := bustest.NewHarness(t, newRedisBus(t, busConfig()))
-	c := h.Client(client.Config{Logger: bustest.Quiet})
+	h := meshtest.NewHarness(t, newRedisBus(t, busConfig()))
+	c := h.Client(client.Config{Logger: meshtest.Quiet})
 
-	nobody := bustest.Name("nobody")
-	bustest.WantCode(t, c.Call(ctx, nobody+".add", bustest.AddIn{A: 1}, nil), fnmesh.CodeNotFound)
-	bustest.WantCode(t, c.Send(ctx, nobody+".add", bustest.AddIn{A: 1}), fnmesh.CodeNotFound)
-	bustest.WantCode(t, c.Send(ctx, nobody+".add@v2", bustest.AddIn{A: 1}), fnmesh.CodeNotFound)
+	nobody := meshtest.Name("nobody")
+	meshtest.WantCode(t, c.Call(ctx, nobody+".add", meshtest.AddIn{A: 1}, nil), fnmesh.CodeNotFound)
+	meshtest.WantCode(t, c.Send(ctx, nobody+".add", meshtest.AddIn{A: 1}), fnmesh.CodeNotFound)
+	meshtest.WantCode(t, c.Send(ctx, nobody+".add@v2", meshtest.AddIn{A: 1}), fnmesh.CodeNotFound)
 	// The publisher (replays, tools) too.
 	m := (&bus.Request{ID: "x", Function: "add"}).Message()
 	m.SetContext(ctx)
-	bustest.WantCode(t, h.Bus.Publisher().Publish(bus.RequestTopic(nobody), m), fnmesh.CodeNotFound)
+	meshtest.WantCode(t, h.Bus.Publisher().Publish(bus.RequestTopic(nobody), m), fnmesh.CodeNotFound)
 	if keys := fnmeshKeys(t, nobody); len(keys) != 0 {
 		t.Fatalf("requests to a service nobody serves created keys %v", keys)
 	}
 
 	// Served once, then every replica gone: the Send is queued.
-	name := bustest.Name("zero")
+	name := meshtest.Name("zero")
 	ran := make(chan int, 10)
 	newSvc := func() *handlers.Service {
-		svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-		handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
+		svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+		handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
 			ran <- in.A
-			return bustest.AddOut{Sum: in.A + in.B}, nil
+			return meshtest.AddOut{Sum: in.A + in.B}, nil
 		})
 		return svc
 	}
@@ -64,7 +64,7 @@ func TestRequestsNeverCreateStreams(t *testing.T) {
 	if err := h.StartStoppable(svc)(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Send(ctx, name+".add", bustest.AddIn{A: 42}); err != nil {
+	if err := c.Send(ctx, name+".add", meshtest.AddIn{A: 42}); err != nil {
 		t.Fatalf("send to a service with no replica running: %v", err)
 	}
 	h.Start(newSvc())

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // The npm package as a user gets it: packed from a clean copy of
@@ -123,11 +123,11 @@ try {
 }
 `), 0o644)
 
-	service := bustest.Name("npmpack")
-	h := bustest.NewHarness(t, newRedisBus(t, busConfig()))
-	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	service := meshtest.Name("npmpack")
+	h := meshtest.NewHarness(t, newRedisBus(t, busConfig()))
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	h.Start(svc)
 
@@ -141,7 +141,7 @@ try {
 		t.Fatalf("node call.mjs: %v\n%s", err, got)
 	}
 	var res struct {
-		Sum  bustest.AddOut
+		Sum  meshtest.AddOut
 		Code string
 	}
 	if err := json.Unmarshal(got, &res); err != nil || res.Sum.Sum != 42 || res.Code != "invalid_argument" {

@@ -7,9 +7,9 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // outageFailBound is how soon Call and Send must fail while Redis is out:
@@ -28,14 +28,14 @@ func TestRedisOutageFailsCallsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
-	service := bustest.Name("outage")
+	service := meshtest.Name("outage")
 	w := startWorker(t, workerSpec{Service: service, Replica: "r1", Redis: srv.URL, ClaimIdle: faultClaimIdle})
 	cb, err := bus.NewRedis(bus.RedisConfig{URL: srv.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cb.Close()
-	c, err := client.New(cb, client.Config{Logger: bustest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	c, err := client.New(cb, client.Config{Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestRedisOutageFailsCallsFast(t *testing.T) {
 	works := func(when string) {
 		t.Helper()
 		var by string
-		bustest.Eventually(t, 30*time.Second, "calls do not work "+when, func() bool {
+		meshtest.Eventually(t, 30*time.Second, "calls do not work "+when, func() bool {
 			return c.Call(ctx, service+".who", struct{}{}, &by, client.WithTimeout(2*time.Second)) == nil
 		})
 	}

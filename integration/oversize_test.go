@@ -12,9 +12,9 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // tooLargePrefix is bus.TooLargePrefix: what a dead letter keeps.
@@ -27,16 +27,16 @@ const tooLargePrefix = 4 << 10
 func TestOversizedEntryIsNotBuffered(t *testing.T) {
 	ctx := context.Background()
 	const size = 64 << 20
-	name := bustest.Name("big")
-	h := bustest.NewHarness(t, newRedisBus(t, busConfig()))
-	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	name := meshtest.Name("big")
+	h := meshtest.NewHarness(t, newRedisBus(t, busConfig()))
+	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	h.Start(svc)
-	c := h.Client(client.Config{Logger: bustest.Quiet})
-	var out bustest.AddOut
-	if err := c.Call(ctx, name+".add", bustest.AddIn{A: 1, B: 1}, &out); err != nil {
+	c := h.Client(client.Config{Logger: meshtest.Quiet})
+	var out meshtest.AddOut
+	if err := c.Call(ctx, name+".add", meshtest.AddIn{A: 1, B: 1}, &out); err != nil {
 		t.Fatal(err)
 	}
 
@@ -50,7 +50,7 @@ func TestOversizedEntryIsNotBuffered(t *testing.T) {
 		t.Fatal(err)
 	}
 	var dls []bus.DeadLetter
-	bustest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
+	meshtest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
 		var err error
 		dls, err = h.Bus.DeadLetters(ctx, name, 10)
 		return err == nil && len(dls) == 1
@@ -68,7 +68,7 @@ func TestOversizedEntryIsNotBuffered(t *testing.T) {
 	if len(d.Payload) > tooLargePrefix || !strings.HasPrefix("xxxxxxxx", string(d.Payload[:8])) {
 		t.Fatalf("dead letter keeps %d bytes of the payload, want at most %d", len(d.Payload), tooLargePrefix)
 	}
-	if err := c.Call(ctx, name+".add", bustest.AddIn{A: 2, B: 2}, &out); err != nil || out.Sum != 4 {
+	if err := c.Call(ctx, name+".add", meshtest.AddIn{A: 2, B: 2}, &out); err != nil || out.Sum != 4 {
 		t.Fatalf("call after the oversized entry: %v %+v", err, out)
 	}
 }

@@ -10,9 +10,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // Replies that can never be written (a reply-to of the wrong type, a
@@ -21,14 +21,14 @@ import (
 // else at its normal latency while they arrive.
 func TestUnwritableRepliesAreDeadLettered(t *testing.T) {
 	ctx := context.Background()
-	name := bustest.Name("poison")
-	h := bustest.NewHarness(t, newRedisBus(t, busConfig()))
-	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet, Concurrency: 4})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	name := meshtest.Name("poison")
+	h := meshtest.NewHarness(t, newRedisBus(t, busConfig()))
+	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet, Concurrency: 4})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	h.Start(svc)
-	c := h.Client(client.Config{Logger: bustest.Quiet})
+	c := h.Client(client.Config{Logger: meshtest.Quiet})
 	rdb := inspector(t)
 
 	// Dozens of requests whose reply-to cannot take a reply: ten times
@@ -60,8 +60,8 @@ func TestUnwritableRepliesAreDeadLettered(t *testing.T) {
 	var slowest time.Duration
 	for i := 0; i < 50; i++ {
 		start := time.Now()
-		var out bustest.AddOut
-		if err := c.Call(ctx, name+".add", bustest.AddIn{A: i, B: 1}, &out, client.WithTimeout(5*time.Second)); err != nil || out.Sum != i+1 {
+		var out meshtest.AddOut
+		if err := c.Call(ctx, name+".add", meshtest.AddIn{A: i, B: 1}, &out, client.WithTimeout(5*time.Second)); err != nil || out.Sum != i+1 {
 			t.Fatalf("call %d while poisoned requests arrive: %v %+v", i, err, out)
 		}
 		slowest = max(slowest, time.Since(start))
@@ -73,7 +73,7 @@ func TestUnwritableRepliesAreDeadLettered(t *testing.T) {
 
 	// Each poisoned request ends in the dead letters, once, with why.
 	var dls []bus.DeadLetter
-	bustest.Eventually(t, 20*time.Second, "poisoned requests not dead-lettered", func() bool {
+	meshtest.Eventually(t, 20*time.Second, "poisoned requests not dead-lettered", func() bool {
 		var err error
 		dls, err = h.Bus.DeadLetters(ctx, name, 1000)
 		return err == nil && len(dls) >= poisoned
@@ -90,7 +90,7 @@ func TestUnwritableRepliesAreDeadLettered(t *testing.T) {
 		}
 	}
 	// And nothing of them stays pending.
-	bustest.Eventually(t, 10*time.Second, "poisoned requests still pending", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "poisoned requests still pending", func() bool {
 		p, err := rdb.XPending(ctx, bus.RequestTopic(name), bus.Group).Result()
 		return err == nil && p.Count == 0
 	})

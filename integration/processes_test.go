@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // newClient returns a client on its own Redis connection.
@@ -18,7 +18,7 @@ func newClient(t testing.TB, cfg client.Config) *client.Client {
 	b := newRedisBus(t, busConfig())
 	t.Cleanup(func() { b.Close() })
 	if cfg.Logger == nil {
-		cfg.Logger = bustest.Quiet
+		cfg.Logger = meshtest.Quiet
 	}
 	c, err := client.New(b, cfg)
 	if err != nil {
@@ -84,7 +84,7 @@ func spread(t *testing.T, c *client.Client, fn string, in any, conc, calls int) 
 
 func TestCallsSpreadOverReplicaProcesses(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("spread")
+	service := meshtest.Name("spread")
 	for i := 1; i <= 3; i++ {
 		startWorker(t, workerSpec{Service: service, Replica: fmt.Sprintf("r%d", i)})
 	}
@@ -104,7 +104,7 @@ func TestCallsSpreadOverReplicaProcesses(t *testing.T) {
 
 func TestAddingAReplicaAddsCapacity(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("scale")
+	service := meshtest.Name("scale")
 	// Each replica runs at most 4 calls of 20 ms at once; 32 callers keep
 	// both saturated, so each should answer about half once both run.
 	startWorker(t, workerSpec{Service: service, Replica: "first", Concurrency: 4})

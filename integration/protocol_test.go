@@ -12,10 +12,10 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 func redisCLI(t *testing.T) string {
@@ -49,8 +49,8 @@ func TestProtocolDocRedisCLIExample(t *testing.T) {
 	// The doc's keys are fixed ("math", "cli-1"): this test owns them.
 	b := newRedisBus(t, busConfig())
 	b.Client().Del(context.Background(), bus.RequestTopic("math"), bus.ReplyTopic("cli-1"))
-	h := bustest.NewHarness(t, b)
-	h.Start(examples.Math(handlers.Config{AllowUnauthenticated: true, ReplicaID: "doc-replica", Logger: bustest.Quiet}))
+	h := meshtest.NewHarness(t, b)
+	h.Start(examples.Math(handlers.Config{AllowUnauthenticated: true, ReplicaID: "doc-replica", Logger: meshtest.Quiet}))
 
 	cli := redisCLI(t)
 	var last string
@@ -75,15 +75,15 @@ func TestProtocolDocRedisCLIExample(t *testing.T) {
 // replica goes on serving.
 func TestGarbageFromRedisCLI(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("garbage")
+	service := meshtest.Name("garbage")
 	b := newRedisBus(t, busConfig())
-	h := bustest.NewHarness(t, b)
-	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet, MaxPayloadBytes: 1 << 16})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	h := meshtest.NewHarness(t, b)
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet, MaxPayloadBytes: 1 << 16})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	h.Start(svc)
-	inbox := bus.ReplyTopic(bustest.Name("cli"))
+	inbox := bus.ReplyTopic(meshtest.Name("cli"))
 	key := bus.RequestTopic(service)
 	cli := redisCLI(t)
 	run := func(stdin string, args ...string) {
@@ -106,7 +106,7 @@ func TestGarbageFromRedisCLI(t *testing.T) {
 	want := map[string]fnmesh.Code{"g1": fnmesh.CodeInvalidArgument, "g2": fnmesh.CodeNotFound, "g3": fnmesh.CodeInvalidArgument, "g4": fnmesh.CodeInvalidArgument, "g5": fnmesh.CodeInvalidArgument}
 	rdb := b.Client()
 	got := map[string]string{}
-	bustest.Eventually(t, 10*time.Second, "replies to garbage", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "replies to garbage", func() bool {
 		xs, _ := rdb.XRange(context.Background(), inbox, "-", "+").Result()
 		for _, x := range xs {
 			if id, ok := x.Values["id"].(string); ok {
@@ -120,7 +120,7 @@ func TestGarbageFromRedisCLI(t *testing.T) {
 			t.Errorf("entry %s answered %q, want %s", id, got[id], code)
 		}
 	}
-	bustest.Eventually(t, 10*time.Second, "garbage not all dead-lettered", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "garbage not all dead-lettered", func() bool {
 		dls, _ := b.DeadLetters(context.Background(), service, 100)
 		return len(dls) == 7
 	})
@@ -129,13 +129,13 @@ func TestGarbageFromRedisCLI(t *testing.T) {
 	}
 	// The acks follow the dead letters (they ride along with the next
 	// round trip of the replica).
-	bustest.Eventually(t, 10*time.Second, "garbage entries left pending, want all acked", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "garbage entries left pending, want all acked", func() bool {
 		pending, err := rdb.XPending(context.Background(), key, bus.Group).Result()
 		return err == nil && pending.Count == 0
 	})
 	c := newClient(t, client.Config{})
-	var out bustest.AddOut
-	if err := c.Call(context.Background(), service+".add", bustest.AddIn{A: 20, B: 22}, &out); err != nil || out.Sum != 42 {
+	var out meshtest.AddOut
+	if err := c.Call(context.Background(), service+".add", meshtest.AddIn{A: 20, B: 22}, &out); err != nil || out.Sum != 42 {
 		t.Fatalf("replica stopped serving after garbage: %v %+v", err, out)
 	}
 }

@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/fnmesh/fnmesh"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // The Python package (client/python) runs on Debian's python3 with
@@ -68,7 +68,7 @@ func pythonCall(t testing.TB, mode, function, args string, flags ...string) node
 // `fnmesh call` see it.
 func TestGoCallerPythonReplica(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("pysvc")
+	service := meshtest.Name("pysvc")
 	startPythonReplica(t, service, "py-1", "--secret", examples.DemoSecret)
 	c := newClient(t, client.Config{Token: demoToken(t, "ada")})
 	ctx := context.Background()
@@ -86,19 +86,19 @@ func TestGoCallerPythonReplica(t *testing.T) {
 	}
 
 	err := c.Call(ctx, service+".fail", map[string]string{"code": "out_of_stock", "message": "no more widgets"}, nil)
-	fe := bustest.WantCode(t, err, "out_of_stock")
+	fe := meshtest.WantCode(t, err, "out_of_stock")
 	if fe.Message != "no more widgets" {
 		t.Errorf("application error message %q", fe.Message)
 	}
 	if !errors.Is(err, &fnmesh.Error{Code: "out_of_stock"}) {
 		t.Errorf("errors.Is does not match the application code")
 	}
-	bustest.WantCode(t, c.Call(ctx, service+".boom", nil, nil), fnmesh.CodeInternal)
-	fe = bustest.WantCode(t, c.Call(ctx, service+".div", examples.DivIn{A: 1, B: 0}, nil), fnmesh.CodeInvalidArgument)
+	meshtest.WantCode(t, c.Call(ctx, service+".boom", nil, nil), fnmesh.CodeInternal)
+	fe = meshtest.WantCode(t, c.Call(ctx, service+".div", examples.DivIn{A: 1, B: 0}, nil), fnmesh.CodeInvalidArgument)
 	if len(fe.Fields) != 1 || fe.Fields[0] != (fnmesh.FieldViolation{Field: "b", Rule: "ne", Param: "0"}) {
 		t.Errorf("validation fields from Python: %+v", fe.Fields)
 	}
-	fe = bustest.WantCode(t, c.Call(ctx, service+".add", map[string]int{"a": 1}, nil), fnmesh.CodeInvalidArgument)
+	fe = meshtest.WantCode(t, c.Call(ctx, service+".add", map[string]int{"a": 1}, nil), fnmesh.CodeInvalidArgument)
 	if len(fe.Fields) != 1 || fe.Fields[0] != (fnmesh.FieldViolation{Field: "b", Rule: "required"}) {
 		t.Errorf("a missing dataclass field from Python: %+v", fe.Fields)
 	}
@@ -111,9 +111,9 @@ func TestGoCallerPythonReplica(t *testing.T) {
 	if err := c.Call(ctx, service+".me", nil, &me); err != nil || me.Sub != "ada" {
 		t.Fatalf("me: %+v %v", me, err)
 	}
-	bustest.WantCode(t, c.Call(ctx, service+".me", nil, nil, client.WithToken("")), fnmesh.CodeUnauthenticated)
-	bustest.WantCode(t, c.Call(ctx, service+".me", nil, nil, client.WithToken(demoToken(t, "ada")+"x")), fnmesh.CodeUnauthenticated)
-	bustest.WantCode(t, c.Call(ctx, service+".admin", nil, nil), fnmesh.CodePermissionDenied)
+	meshtest.WantCode(t, c.Call(ctx, service+".me", nil, nil, client.WithToken("")), fnmesh.CodeUnauthenticated)
+	meshtest.WantCode(t, c.Call(ctx, service+".me", nil, nil, client.WithToken(demoToken(t, "ada")+"x")), fnmesh.CodeUnauthenticated)
+	meshtest.WantCode(t, c.Call(ctx, service+".admin", nil, nil), fnmesh.CodePermissionDenied)
 	if err := c.Call(ctx, service+".admin", nil, nil, client.WithToken(demoToken(t, "root", "admin"))); err != nil {
 		t.Fatalf("admin with the role: %v", err)
 	}
@@ -155,14 +155,14 @@ func TestGoCallerPythonReplica(t *testing.T) {
 // application errors and token checks reach Python with their codes.
 func TestPythonCallerGoReplica(t *testing.T) {
 	t.Parallel()
-	foreignCallerGoReplica(t, "Python", bustest.Name("gopy"), pythonCall)
+	foreignCallerGoReplica(t, "Python", meshtest.Name("gopy"), pythonCall)
 
 	// A versioned Go function, and a send that a Go replica runs.
-	goSvc := bustest.Name("gopysend")
-	h := bustest.NewHarness(t, newRedisBus(t, busConfig()))
-	svc := handlers.NewService(goSvc, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add@v2", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: 10 * (in.A + in.B)}, nil
+	goSvc := meshtest.Name("gopysend")
+	h := meshtest.NewHarness(t, newRedisBus(t, busConfig()))
+	svc := handlers.NewService(goSvc, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add@v2", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: 10 * (in.A + in.B)}, nil
 	})
 	ran := make(chan string, 1)
 	handlers.Register(svc, "note", func(_ context.Context, in map[string]string) (struct{}, error) {
@@ -171,7 +171,7 @@ func TestPythonCallerGoReplica(t *testing.T) {
 	})
 	h.Start(svc)
 	o := pythonCall(t, "call", goSvc+".add@v2", `{"a":1,"b":2}`)
-	var out bustest.AddOut
+	var out meshtest.AddOut
 	json.Unmarshal(o.Result, &out)
 	if !o.OK || out.Sum != 30 {
 		t.Fatalf("add@v2 from Python: %+v", o)
@@ -193,7 +193,7 @@ func TestPythonCallerGoReplica(t *testing.T) {
 // calls of a Go caller spread over both.
 func TestGoAndPythonReplicasShareTheLoad(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("gopymix")
+	service := meshtest.Name("gopymix")
 	// Each replica runs at most 4 calls of 10 ms at once; 16 callers keep
 	// both saturated, so each answers about half, whichever reads faster.
 	startWorker(t, workerSpec{Service: service, Replica: "go-replica", Concurrency: 4})
@@ -217,7 +217,7 @@ func TestGoAndPythonReplicasShareTheLoad(t *testing.T) {
 // dead one's entries have been idle for the claim time.
 func TestPythonReplicaKilledMidSendsLosesNothing(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("pykill")
+	service := meshtest.Name("pykill")
 	rdb := inspector(t)
 	ctx := context.Background()
 	runs := "runs:" + service
@@ -231,7 +231,7 @@ func TestPythonReplicaKilledMidSendsLosesNothing(t *testing.T) {
 		}
 	}
 	// Kill it while it is busy: some sends done, the rest running or waiting.
-	bustest.Eventually(t, 20*time.Second, "the victim ran some sends", func() bool { return rdb.HLen(ctx, runs).Val() >= 20 })
+	meshtest.Eventually(t, 20*time.Second, "the victim ran some sends", func() bool { return rdb.HLen(ctx, runs).Val() >= 20 })
 	victim.kill9(t)
 	done := rdb.HLen(ctx, runs).Val()
 	pending, err := rdb.XPending(ctx, "fnmesh:{"+service+"}:req", "fnmesh").Result()
@@ -244,13 +244,13 @@ func TestPythonReplicaKilledMidSendsLosesNothing(t *testing.T) {
 	}
 	// Another replica (Python, taking over after 1 s idle) finishes them.
 	startPythonReplica(t, service, "py-heir", "--claim-idle", "1")
-	bustest.Eventually(t, 60*time.Second, "every send run", func() bool { return rdb.HLen(ctx, runs).Val() == sends })
+	meshtest.Eventually(t, 60*time.Second, "every send run", func() bool { return rdb.HLen(ctx, runs).Val() == sends })
 	for k, v := range rdb.HGetAll(ctx, runs).Val() {
 		if v != "1" && v != "2" {
 			t.Errorf("send %s ran %s times", k, v)
 		}
 	}
-	bustest.Eventually(t, 10*time.Second, "nothing left pending", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "nothing left pending", func() bool {
 		p, err := rdb.XPending(ctx, "fnmesh:{"+service+"}:req", "fnmesh").Result()
 		return err == nil && p.Count == 0
 	})
@@ -262,7 +262,7 @@ func TestPythonReplicaKilledMidSendsLosesNothing(t *testing.T) {
 // refuses the key with other arguments.
 func TestPythonReplicaHonoursGoIdempotencyKeys(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("pyidem")
+	service := meshtest.Name("pyidem")
 	w := startWorker(t, workerSpec{Service: service, Replica: "go-replica"})
 	c := newClient(t, client.Config{})
 	ctx := context.Background()
@@ -280,7 +280,7 @@ func TestPythonReplicaHonoursGoIdempotencyKeys(t *testing.T) {
 		t.Fatalf("the same key on the Python replica: %q %v, want the Go replica's result", got, err)
 	}
 	err := c.Call(ctx, service+".sleep", SleepIn{Ms: 2}, &got, client.WithIdempotencyKey("order-1"))
-	fe := bustest.WantCode(t, err, fnmesh.CodeInvalidArgument)
+	fe := meshtest.WantCode(t, err, fnmesh.CodeInvalidArgument)
 	if !strings.Contains(fe.Message, `idempotency key "order-1" was already used with different arguments for `+service+".sleep") {
 		t.Errorf("other arguments: %q", fe.Message)
 	}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // A call whose request Redis refuses to store fails at once with
@@ -18,7 +18,7 @@ import (
 // too.
 func TestRefusedRequestFailsAtOnce(t *testing.T) {
 	ctx := context.Background()
-	service := bustest.Name("refused")
+	service := meshtest.Name("refused")
 	b := newRedisBus(t, busConfig())
 	defer b.Close()
 	rdb := b.Client()
@@ -39,7 +39,7 @@ func TestRefusedRequestFailsAtOnce(t *testing.T) {
 			err = c.Call(ctx, service+".f", struct{}{}, nil, client.WithTimeout(20*time.Second))
 		}
 		took := time.Since(start)
-		e := bustest.WantCode(t, err, fnmesh.CodeUnavailable)
+		e := meshtest.WantCode(t, err, fnmesh.CodeUnavailable)
 		if !strings.Contains(e.Message, "WRONGTYPE") {
 			t.Errorf("send=%v: message %q does not give Redis's reason", send, e.Message)
 		}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 	"github.com/fnmesh/fnmesh/registry/registrytest"
 )
@@ -20,7 +20,7 @@ import (
 // once.
 func TestKilledReplicaLeavesTheRegistry(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("kill")
+	service := meshtest.Name("kill")
 	r1 := startWorker(t, workerSpec{Service: service, Replica: "r1", Registry: true})
 	r2 := startWorker(t, workerSpec{Service: service, Replica: "r2", Registry: true})
 	store := registry.NewRedisStore(inspector(t))
@@ -37,11 +37,11 @@ func TestKilledReplicaLeavesTheRegistry(t *testing.T) {
 	}
 	r1.kill()
 	killed := time.Now()
-	bustest.Eventually(t, 5*time.Second, "killed replica still listed", func() bool { return live() == 1 })
+	meshtest.Eventually(t, 5*time.Second, "killed replica still listed", func() bool { return live() == 1 })
 	if took := time.Since(killed); took > 2500*time.Millisecond {
 		t.Fatalf("killed replica listed for %v, want about its TTL of 1s", took)
 	}
-	bustest.Eventually(t, 3*time.Second, "killed replica's record not pruned", func() bool {
+	meshtest.Eventually(t, 3*time.Second, "killed replica's record not pruned", func() bool {
 		n, err := registrytest.RecordCount(ctx, store, service)
 		return err == nil && n == 1
 	})
@@ -58,7 +58,7 @@ func TestKilledReplicaLeavesTheRegistry(t *testing.T) {
 		t.Fatalf("call: %v %q", err, who)
 	}
 	r2.kill()
-	bustest.Eventually(t, 5*time.Second, "no live replica, but calls are not failed at once", func() bool {
+	meshtest.Eventually(t, 5*time.Second, "no live replica, but calls are not failed at once", func() bool {
 		err := checked.Call(ctx, service+".who", struct{}{}, nil, client.WithTimeout(300*time.Millisecond))
 		return fnmesh.CodeOf(err) == fnmesh.CodeUnavailable
 	})
@@ -79,7 +79,7 @@ func TestKilledReplicaLeavesTheRegistry(t *testing.T) {
 // no registry records or keys behind.
 func TestRegistryDoesNotGrowWithRestarts(t *testing.T) {
 	t.Parallel()
-	service := bustest.Name("churn")
+	service := meshtest.Name("churn")
 	rdb := inspector(t)
 	ctx := context.Background()
 	startWorker(t, workerSpec{Service: service, Replica: "stays", Registry: true})
@@ -95,7 +95,7 @@ func TestRegistryDoesNotGrowWithRestarts(t *testing.T) {
 		w.kill()
 	}
 	store := registry.NewRedisStore(rdb)
-	bustest.Eventually(t, 3*time.Second, "records of crashed replicas not pruned", func() bool {
+	meshtest.Eventually(t, 3*time.Second, "records of crashed replicas not pruned", func() bool {
 		n, err := registrytest.RecordCount(ctx, store, service)
 		return err == nil && n == 1
 	})

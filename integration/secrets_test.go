@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/internal/examples"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -79,7 +79,7 @@ func TestNoSecretsInOutput(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { replica.Process.Kill() })
-	bustest.Eventually(t, 30*time.Second, "the example replica never said it serves", func() bool {
+	meshtest.Eventually(t, 30*time.Second, "the example replica never said it serves", func() bool {
 		return strings.Contains(mathOut.String(), "replica serving")
 	})
 

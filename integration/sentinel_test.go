@@ -11,10 +11,10 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // A redis+sentinel:// URL works end to end: a master, a replica and three
@@ -29,17 +29,17 @@ func TestSentinelURL(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(ss.Close)
-	service := bustest.Name("sentinel")
+	service := meshtest.Name("sentinel")
 	b := busAt(t, ss.URL, bus.RedisConfig{})
-	h := &bustest.Harness{T: t, Bus: b}
-	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	h := &meshtest.Harness{T: t, Bus: b}
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	h.Start(svc)
 	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}})
-	var out bustest.AddOut
-	if err := c.Call(ctx, service+".add", bustest.AddIn{A: 1, B: 2}, &out); err != nil || out.Sum != 3 {
+	var out meshtest.AddOut
+	if err := c.Call(ctx, service+".add", meshtest.AddIn{A: 1, B: 2}, &out); err != nil || out.Sum != 3 {
 		t.Fatalf("call through sentinels: %+v %v", out, err)
 	}
 	// The streams are on the master the sentinels named.
@@ -55,7 +55,7 @@ func TestSentinelURL(t *testing.T) {
 	const timeout = 2 * time.Second
 	stop := make(chan struct{})
 	done := make(chan []callRecord)
-	go func() { done <- loadRecorded(c, service+".add", bustest.AddIn{A: 1, B: 1}, 8, timeout, stop) }()
+	go func() { done <- loadRecorded(c, service+".add", meshtest.AddIn{A: 1, B: 1}, 8, timeout, stop) }()
 	time.Sleep(300 * time.Millisecond)
 	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -72,9 +72,9 @@ func TestSentinelURL(t *testing.T) {
 	// inbox may have been lost with the writes the replica had not yet
 	// received; it is recreated within InboxRefresh).
 	var recovered time.Duration
-	bustest.Eventually(t, 15*time.Second, "calls did not recover after the sentinel failover", func() bool {
-		var out bustest.AddOut
-		err := c.Call(ctx, service+".add", bustest.AddIn{A: 2, B: 2}, &out, client.WithTimeout(time.Second))
+	meshtest.Eventually(t, 15*time.Second, "calls did not recover after the sentinel failover", func() bool {
+		var out meshtest.AddOut
+		err := c.Call(ctx, service+".add", meshtest.AddIn{A: 2, B: 2}, &out, client.WithTimeout(time.Second))
 		recovered = time.Since(start)
 		return err == nil && out.Sum == 4
 	})
@@ -114,8 +114,8 @@ func TestSentinelURL(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			var out bustest.AddOut
-			if err := c.Call(ctx, service+".add", bustest.AddIn{A: i, B: 1}, &out); err != nil || out.Sum != i+1 {
+			var out meshtest.AddOut
+			if err := c.Call(ctx, service+".add", meshtest.AddIn{A: i, B: 1}, &out); err != nil || out.Sum != i+1 {
 				errs <- fmt.Errorf("%d+1: %+v %v", i, out, err)
 			}
 		}(i)

@@ -23,8 +23,8 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 )
 
@@ -61,7 +61,7 @@ func TestShopPlacements(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitForServices(t, b, "checkout", "pricing", "inventory", "mail")
-		c, err := client.New(b, client.Config{Name: "shopper", Token: shopToken(t, key), Logger: bustest.Quiet})
+		c, err := client.New(b, client.Config{Name: "shopper", Token: shopToken(t, key), Logger: meshtest.Quiet})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +116,7 @@ func startShop(t *testing.T, shop, key, db string, locals []string) []*exec.Cmd 
 			cmd.Args = append(cmd.Args, "--local", local)
 		}
 		cmd.Env = append(os.Environ(), "FNMESH_JWT_SECRET="+key, "FNMESH_LOCAL=")
-		var logs bustest.SyncBuffer
+		var logs meshtest.SyncBuffer
 		cmd.Stdout, cmd.Stderr = &logs, &logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -149,7 +149,7 @@ func waitForServices(t *testing.T, b bus.Bus, services ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bustest.Eventually(t, 30*time.Second, "shop services not announced", func() bool {
+	meshtest.Eventually(t, 30*time.Second, "shop services not announced", func() bool {
 		for _, s := range services {
 			v, err := store.Service(context.Background(), s)
 			if err != nil || len(v.Replicas) == 0 {
@@ -195,7 +195,7 @@ func shopScenario(t *testing.T, c *client.Client) []string {
 		outcome(order{ID: "o7", SKU: "apple", Qty: 1, Email: "gu@example.com"}, client.WithToken("not-a-token")),
 	}
 	var sent int
-	bustest.Eventually(t, 10*time.Second, "receipts not sent", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "receipts not sent", func() bool {
 		err := c.Call(ctx, "mail.sent", "o1", &sent)
 		return err == nil && sent == 2
 	})

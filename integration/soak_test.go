@@ -17,8 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // rssKB reads a process's resident set size.
@@ -87,7 +87,7 @@ func readRedisStats(t *testing.T, rdb *redis.Client, service, inbox string) redi
 func TestMillionCallsStayFlat(t *testing.T) {
 	const total, conc, sample = 1_000_000, 64, 100_000
 	rdb := rdbFor(t, redisURL)
-	service := bustest.Name("soak")
+	service := meshtest.Name("soak")
 	w1 := startWorker(t, workerSpec{Service: service, Replica: "r1"})
 	w2 := startWorker(t, workerSpec{Service: service, Replica: "r2"})
 	c := newClient(t, client.Config{})

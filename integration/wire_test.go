@@ -10,8 +10,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // The bus writes requests and replies on a connection of its own. When
@@ -28,7 +28,7 @@ func TestSendAfterConnectionKilled(t *testing.T) {
 
 	b := newRedisBus(t, busConfig())
 	defer b.Close()
-	service := bustest.Name("killed")
+	service := meshtest.Name("killed")
 	// As a replica would: requests never create a service's stream.
 	if err := rdb.XGroupCreateMkStream(ctx, bus.RequestTopic(service), bus.Group, "0").Err(); err != nil {
 		t.Fatal(err)
@@ -102,16 +102,16 @@ func TestFailedReplyDeliversRequestAgain(t *testing.T) {
 	}
 	defer b.Close()
 	rdb := b.Client()
-	service := bustest.Name("badreply")
-	inbox := bus.ReplyTopic(bustest.Name("badreply-inbox"))
+	service := meshtest.Name("badreply")
+	inbox := bus.ReplyTopic(meshtest.Name("badreply-inbox"))
 	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: inbox, Values: []any{"hello", "inbox"}}).Err(); err != nil {
 		t.Fatal(err)
 	}
-	msgs := bustest.SubscribeOneSlot(ctx, t, b, service, true)
+	msgs := meshtest.SubscribeOneSlot(ctx, t, b, service, true)
 	if err := b.SendRequest(ctx, service, &bus.Request{ID: "r1", Function: "f", ReplyTo: inbox}); err != nil {
 		t.Fatal(err)
 	}
-	next := func() (*message.Message, bus.Delivery) { t.Helper(); return bustest.NextDelivery(ctx, t, msgs) }
+	next := func() (*message.Message, bus.Delivery) { t.Helper(); return meshtest.NextDelivery(ctx, t, msgs) }
 	m, d := next()
 	// Redis is out of memory: the reply's XADD is refused (OOM).
 	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
@@ -133,7 +133,7 @@ func TestFailedReplyDeliversRequestAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	bus.Ack(m2)
-	bustest.Eventually(t, 10*time.Second, "the request acked", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "the request acked", func() bool {
 		bl, err := b.Backlog(ctx, service)
 		return err == nil && bl.Waiting == 0 && bl.Pending == 0
 	})

@@ -8,9 +8,9 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/placement"
 	"github.com/fnmesh/fnmesh/security"
 )
@@ -32,14 +32,14 @@ func add(_ context.Context, in benchIn) (benchOut, error) {
 func colocated(tb testing.TB, local, withToken bool) *client.Client {
 	tb.Helper()
 	b := bus.NewMemory()
-	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet}
+	cfg := handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet}
 	var token string
 	if withToken {
 		v, err := security.NewJWTVerifier(security.JWTConfig{HMACSecret: benchSecret})
 		if err != nil {
 			tb.Fatal(err)
 		}
-		cfg = handlers.Config{Auth: v, Logger: bustest.Quiet}
+		cfg = handlers.Config{Auth: v, Logger: meshtest.Quiet}
 		token, err = jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "bench", "exp": time.Now().Add(time.Hour).Unix()}).SignedString(benchSecret)
 		if err != nil {
 			tb.Fatal(err)
@@ -57,7 +57,7 @@ func colocated(tb testing.TB, local, withToken bool) *client.Client {
 	if err := p.Started(ctx); err != nil {
 		tb.Fatal(err)
 	}
-	ccfg := client.Config{Token: token, Logger: bustest.Quiet}
+	ccfg := client.Config{Token: token, Logger: meshtest.Quiet}
 	if local {
 		ccfg.Local = p
 	}

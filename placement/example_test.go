@@ -5,16 +5,16 @@ import (
 	"fmt"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/placement"
 )
 
 // A program registers its services and hosts those the configuration
 // names; its client calls them in-process.
 func Example() {
-	math := handlers.NewService("math", handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	math := handlers.NewService("math", handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
 	handlers.Register(math, "add", func(_ context.Context, in struct{ A, B int }) (int, error) { return in.A + in.B, nil })
 
 	// The value of a --local flag; else FNMESH_LOCAL, else a file; none

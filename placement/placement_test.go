@@ -14,9 +14,9 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/placement"
 )
 
@@ -34,9 +34,9 @@ func (b *countingBus) SendRequest(ctx context.Context, service string, r *bus.Re
 }
 
 func mathService() *handlers.Service {
-	svc := handlers.NewService("math", handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	svc := handlers.NewService("math", handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	handlers.Register(svc, "stuck", func(context.Context, struct{}) (int, error) {
 		time.Sleep(400 * time.Millisecond) // ignores its context
@@ -47,7 +47,7 @@ func mathService() *handlers.Service {
 }
 
 func mailService(sent chan<- string) *handlers.Service {
-	svc := handlers.NewService("mail", handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	svc := handlers.NewService("mail", handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
 	handlers.Register(svc, "welcome", func(_ context.Context, to string) (struct{}, error) {
 		sent <- to
 		return struct{}{}, nil
@@ -86,14 +86,14 @@ func TestHostedCallsStayInProcess(t *testing.T) {
 		t.Fatalf("hosted %v", p.Hosted())
 	}
 	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: bustest.Quiet})
+	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	for i := 0; i < 50; i++ {
-		var out bustest.AddOut
-		if err := c.Call(context.Background(), "math.add", bustest.AddIn{A: i, B: 1}, &out); err != nil || out.Sum != i+1 {
+		var out meshtest.AddOut
+		if err := c.Call(context.Background(), "math.add", meshtest.AddIn{A: i, B: 1}, &out); err != nil || out.Sum != i+1 {
 			t.Fatalf("call %d: %v %+v", i, err, out)
 		}
 	}
@@ -126,7 +126,7 @@ func testSend(t *testing.T, local bool) {
 			t.Fatal(err)
 		}
 		start(t, p, b)
-		c, err := client.New(b, client.Config{Local: p, LocalSends: local, Logger: bustest.Quiet})
+		c, err := client.New(b, client.Config{Local: p, LocalSends: local, Logger: meshtest.Quiet})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -162,22 +162,22 @@ func TestPanicAndStuckFunctionInProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: bustest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fe := bustest.WantCode(t, c.Call(context.Background(), "math.boom", struct{}{}, nil), fnmesh.CodeInternal)
+	fe := meshtest.WantCode(t, c.Call(context.Background(), "math.boom", struct{}{}, nil), fnmesh.CodeInternal)
 	if !strings.Contains(fe.Message, "panicked") {
 		t.Fatalf("message %q", fe.Message)
 	}
 	began := time.Now()
-	bustest.WantCode(t, c.Call(context.Background(), "math.stuck", struct{}{}, nil, client.WithTimeout(50*time.Millisecond)), fnmesh.CodeDeadlineExceeded)
+	meshtest.WantCode(t, c.Call(context.Background(), "math.stuck", struct{}{}, nil, client.WithTimeout(50*time.Millisecond)), fnmesh.CodeDeadlineExceeded)
 	if el := time.Since(began); el > 300*time.Millisecond {
 		t.Fatalf("caller waited %v for a function stuck past its 50ms deadline", el)
 	}
-	var out bustest.AddOut
-	if err := c.Call(context.Background(), "math.add", bustest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
+	var out meshtest.AddOut
+	if err := c.Call(context.Background(), "math.add", meshtest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
 		t.Fatalf("process stopped serving: %v", err)
 	}
 	if n := b.requests.Load(); n != 0 {
@@ -226,7 +226,7 @@ func TestNonPlainValuesAreCopied(t *testing.T) {
 	b := bus.NewMemory()
 	t.Cleanup(func() { b.Close() })
 	kept := []string{"kept"}
-	svc := handlers.NewService("lists", handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet})
+	svc := handlers.NewService("lists", handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
 	handlers.Register(svc, "mangle", func(_ context.Context, in []string) ([]string, error) {
 		in[0] = "changed by the function"
 		return kept, nil
@@ -236,7 +236,7 @@ func TestNonPlainValuesAreCopied(t *testing.T) {
 		t.Fatal(err)
 	}
 	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: bustest.Quiet})
+	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +259,7 @@ func TestFullLocalReplicaFallsBackToTheBus(t *testing.T) {
 	t.Cleanup(func() { b.Close() })
 	release := make(chan struct{})
 	entered := make(chan struct{}, 4)
-	svc := handlers.NewService("slow", handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet, Concurrency: 1})
+	svc := handlers.NewService("slow", handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet, Concurrency: 1})
 	handlers.Register(svc, "wait", func(ctx context.Context, _ struct{}) (string, error) {
 		entered <- struct{}{}
 		<-release
@@ -270,7 +270,7 @@ func TestFullLocalReplicaFallsBackToTheBus(t *testing.T) {
 		t.Fatal(err)
 	}
 	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: bustest.Quiet})
+	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,30 +298,30 @@ func TestFullLocalReplicaFallsBackToTheBus(t *testing.T) {
 func TestHostedServiceSkipsTheRegistryCheck(t *testing.T) {
 	b := bus.NewMemory() // a bus with a registry: clients check it
 	t.Cleanup(func() { b.Close() })
-	svc := handlers.NewService("math", handlers.Config{AllowUnauthenticated: true, NoDiscovery: true, Logger: bustest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	svc := handlers.NewService("math", handlers.Config{AllowUnauthenticated: true, NoDiscovery: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	p, err := placement.New(placement.Config{Local: []string{"math"}}, svc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start(t, p, b)
-	local, err := client.New(b, client.Config{Local: p, Logger: bustest.Quiet})
+	local, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer local.Close()
-	var out bustest.AddOut
-	if err := local.Call(context.Background(), "math.add", bustest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
+	var out meshtest.AddOut
+	if err := local.Call(context.Background(), "math.add", meshtest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
 		t.Fatalf("hosted call right after start: %v %+v, want 5", err, out)
 	}
-	remote, err := client.New(b, client.Config{Logger: bustest.Quiet})
+	remote, err := client.New(b, client.Config{Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer remote.Close()
-	err = remote.Call(context.Background(), "math.add", bustest.AddIn{A: 2, B: 3}, &out)
+	err = remote.Call(context.Background(), "math.add", meshtest.AddIn{A: 2, B: 3}, &out)
 	if fnmesh.CodeOf(err) != fnmesh.CodeNotFound {
 		t.Fatalf("call from a client that does not host math: %v, want not_found from the registry check", err)
 	}

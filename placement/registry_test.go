@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/meshview"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/placement"
 	"github.com/fnmesh/fnmesh/registry"
 )
@@ -20,9 +20,9 @@ import (
 // describe say which process serves them and how.
 func TestColocatedServicesAnnounceTheirPlacement(t *testing.T) {
 	b := bus.NewMemory()
-	h := bustest.NewHarness(t, b) // closes b last, after the process stopped
+	h := meshtest.NewHarness(t, b) // closes b last, after the process stopped
 	announced := func(name string) *handlers.Service {
-		svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet,
+		svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet,
 			Plugins: []handlers.Plugin{registry.NewAnnouncer(registry.Config{})}})
 		handlers.Register(svc, "ping", func(context.Context, struct{}) (string, error) { return "pong", nil })
 		return svc

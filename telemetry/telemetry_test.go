@@ -21,9 +21,9 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 	"github.com/fnmesh/fnmesh/telemetry"
 )
@@ -43,11 +43,11 @@ func TestTraceCrossesServices(t *testing.T) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	defer tp.Shutdown(context.Background())
 	tr := telemetry.NewTracing(tp)
-	h := bustest.NewHarness(t, bus.NewMemory())
-	var logs bustest.SyncBuffer
+	h := meshtest.NewHarness(t, bus.NewMemory())
+	var logs meshtest.SyncBuffer
 	log := slog.New(telemetry.LogHandler(slog.NewJSONHandler(&logs, nil)))
 
-	backCfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet}
+	backCfg := handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet}
 	tr.InstrumentService(&backCfg)
 	back := handlers.NewService("back", backCfg)
 	handlers.Register(back, "echo", func(ctx context.Context, in EchoIn) (string, error) {
@@ -60,7 +60,7 @@ func TestTraceCrossesServices(t *testing.T) {
 	fcc := client.Config{Name: "front"}
 	tr.InstrumentClient(&fcc)
 	frontClient := h.Client(fcc)
-	frontCfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet}
+	frontCfg := handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet}
 	tr.InstrumentService(&frontCfg)
 	front := handlers.NewService("front", frontCfg)
 	handlers.Register(front, "hello", func(ctx context.Context, in EchoIn) (string, error) {
@@ -111,7 +111,7 @@ func TestTraceCrossesServices(t *testing.T) {
 	}
 	// An error is recorded on the spans.
 	err := c.Call(context.Background(), "back.echo", json.RawMessage(`[1]`), nil)
-	bustest.WantCode(t, err, fnmesh.CodeInvalidArgument)
+	meshtest.WantCode(t, err, fnmesh.CodeInvalidArgument)
 	var failed int
 	for _, s := range rec.Ended() {
 		if s.Status().Code.String() == "Error" {
@@ -151,16 +151,16 @@ func TestTracingWithoutProviderPropagates(t *testing.T) {
 }
 
 func TestMetricsCountWhatHappened(t *testing.T) {
-	m, err := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: bustest.Quiet})
+	m, err := telemetry.NewMetrics(telemetry.MetricsConfig{Logger: meshtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := bus.NewMemory()
-	h := bustest.NewHarness(t, b)
+	h := meshtest.NewHarness(t, b)
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close()
-	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet, OpsAddr: addr, Retry: handlers.RetryPolicy{InitialBackoff: 5 * time.Millisecond}}
+	cfg := handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet, OpsAddr: addr, Retry: handlers.RetryPolicy{InitialBackoff: 5 * time.Millisecond}}
 	m.InstrumentService(&cfg)
 	cfg.Plugins = append(cfg.Plugins, registry.NewAnnouncer(registry.Config{Stats: m, Heartbeat: 50 * time.Millisecond, TTL: 2 * time.Second}))
 	svc := handlers.NewService("calc", cfg)
@@ -220,7 +220,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	go func() { done <- c.Call(ctx, "calc.block", struct{}{}, nil) }()
 	<-entered
 	// Pending on the in-memory bus comes with the next heartbeat.
-	bustest.Eventually(t, 2*time.Second, "pending not reported", func() bool {
+	meshtest.Eventually(t, 2*time.Second, "pending not reported", func() bool {
 		return scrape(t, addr)[`fnmesh_queue_pending{service="calc"}`] == "1"
 	})
 	checkMetrics(t, addr, map[string]float64{
@@ -236,7 +236,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	// Two internal failures open the breaker.
 	c.Call(ctx, "calc.fail", struct{}{}, nil)
 	c.Call(ctx, "calc.fail", struct{}{}, nil)
-	bustest.WantCode(t, c.Call(ctx, "calc.fail", struct{}{}, nil), fnmesh.CodeUnavailable)
+	meshtest.WantCode(t, c.Call(ctx, "calc.fail", struct{}{}, nil), fnmesh.CodeUnavailable)
 	checkMetrics(t, addr, map[string]float64{
 		`fnmesh_client_breaker_state{caller="billing",function="calc.fail"}`:                                 2,
 		`fnmesh_client_calls_total{caller="billing",code="internal",function="calc.fail",service="calc"}`:    2,
@@ -251,7 +251,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		t.Fatalf("stats of sqrt %+v", s)
 	}
 	store, _ := registry.StoreFor(b)
-	bustest.Eventually(t, 2*time.Second, "stats not in the registry", func() bool {
+	meshtest.Eventually(t, 2*time.Second, "stats not in the registry", func() bool {
 		v, _ := store.Service(ctx, "calc")
 		return len(v.Replicas) == 1 && v.Replicas[0].Stats.Functions["sqrt"].Calls == 4
 	})
@@ -260,7 +260,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	if err := c.Send(ctx, "calc.flaky", struct{}{}); err != nil {
 		t.Fatal(err)
 	}
-	bustest.Eventually(t, 2*time.Second, "retry not counted", func() bool {
+	meshtest.Eventually(t, 2*time.Second, "retry not counted", func() bool {
 		g := scrape(t, addr)
 		return g[`fnmesh_server_retries_total{function="calc.flaky",service="calc"}`] == "1" &&
 			g[`fnmesh_server_calls_total{caller="billing",code="ok",function="calc.flaky",service="calc"}`] == "1"

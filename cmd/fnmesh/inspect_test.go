@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 	"github.com/fnmesh/fnmesh/telemetry"
 )
@@ -40,18 +40,18 @@ func TestInspectCommandsOnRedis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := bustest.NewHarness(t, b)
+	h := meshtest.NewHarness(t, b)
 	m, _ := telemetry.NewMetrics(telemetry.MetricsConfig{})
-	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet,
+	cfg := handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet,
 		Plugins: []handlers.Plugin{registry.NewAnnouncer(registry.Config{Version: "9.9", Heartbeat: 100 * time.Millisecond, TTL: 2 * time.Second, Stats: m})}}
 	m.InstrumentService(&cfg)
-	name := bustest.Name("calc")
+	name := meshtest.Name("calc")
 	svc := handlers.NewService(name, cfg)
-	handlers.Register(svc, "add", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
-	handlers.Register(svc, "add@v2", func(_ context.Context, in bustest.AddIn) (bustest.AddOut, error) {
-		return bustest.AddOut{Sum: in.A + in.B}, nil
+	handlers.Register(svc, "add@v2", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	h.Start(svc)
 	c := h.Client(client.Config{})
@@ -86,7 +86,7 @@ func TestInspectCommandsOnRedis(t *testing.T) {
 			case <-stop:
 				return
 			default:
-				c.Call(context.Background(), name+".add", bustest.AddIn{A: 1}, nil)
+				c.Call(context.Background(), name+".add", meshtest.AddIn{A: 1}, nil)
 			}
 		}
 	}()

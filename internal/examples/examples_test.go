@@ -11,10 +11,10 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/security"
 )
 
@@ -25,8 +25,8 @@ func TestMathPolicyFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := bustest.NewHarness(t, bus.NewMemory())
-	h.Start(examples.Math(handlers.Config{Auth: examples.DemoVerifier(), Policy: p, Logger: bustest.Quiet}))
+	h := meshtest.NewHarness(t, bus.NewMemory())
+	h.Start(examples.Math(handlers.Config{Auth: examples.DemoVerifier(), Policy: p, Logger: meshtest.Quiet}))
 	sign := func(c security.Claims) string {
 		tok, _ := security.NewHS256Signer([]byte(examples.DemoSecret)).Sign("u", time.Minute, c)
 		return tok

@@ -10,10 +10,10 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/internal/examples"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 )
 
@@ -24,8 +24,8 @@ import (
 // additionalProperties open, as encoding/json ignores them).
 func TestSchemasAgreeWithReplicas(t *testing.T) {
 	b := bus.NewMemory()
-	h := bustest.NewHarness(t, b)
-	cfg := handlers.Config{AllowUnauthenticated: true, Logger: bustest.Quiet}
+	h := meshtest.NewHarness(t, b)
+	cfg := handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet}
 	math, mail := examples.Math(cfg), examples.MailService(cfg, nil)
 	h.Start(math)
 	h.Start(mail)

@@ -13,17 +13,17 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 )
 
 // Run runs every registry behaviour test against buses from newBus.
-func Run(t *testing.T, newBus bustest.NewBus) {
+func Run(t *testing.T, newBus meshtest.NewBus) {
 	tests := []struct {
 		name string
-		fn   func(t *testing.T, h *bustest.Harness)
+		fn   func(t *testing.T, h *meshtest.Harness)
 	}{
 		{"AnnounceDescribesFunctions", testAnnounce},
 		{"CallsFailFast", testFailFast},
@@ -37,7 +37,7 @@ func Run(t *testing.T, newBus bustest.NewBus) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tc.fn(t, bustest.NewHarness(t, newBus(t)))
+			tc.fn(t, meshtest.NewHarness(t, newBus(t)))
 		})
 	}
 }
@@ -65,12 +65,12 @@ func fast() registry.Config {
 
 func service(name string, cfg registry.Config) *handlers.Service {
 	return handlers.NewService(name, handlers.Config{
-		AllowUnauthenticated: true, Logger: bustest.Quiet,
+		AllowUnauthenticated: true, Logger: meshtest.Quiet,
 		Plugins: []handlers.Plugin{registry.NewAnnouncer(cfg)},
 	})
 }
 
-func store(t *testing.T, h *bustest.Harness) registry.Store {
+func store(t *testing.T, h *meshtest.Harness) registry.Store {
 	s, err := registry.StoreFor(h.Bus)
 	if err != nil {
 		t.Fatal(err)
@@ -87,8 +87,8 @@ func view(t *testing.T, s registry.Store, name string) *registry.ServiceView {
 	return v
 }
 
-func testAnnounce(t *testing.T, h *bustest.Harness) {
-	name := bustest.Name("math")
+func testAnnounce(t *testing.T, h *meshtest.Harness) {
+	name := meshtest.Name("math")
 	svc := service(name, fast())
 	handlers.Register(svc, "add", add)
 	h.Start(svc)
@@ -140,7 +140,7 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func watcherClient(t *testing.T, h *bustest.Harness) (*client.Client, *registry.Watcher) {
+func watcherClient(t *testing.T, h *meshtest.Harness) (*client.Client, *registry.Watcher) {
 	w, err := registry.NewWatcher(h.Bus, registry.WatcherConfig{Refresh: 50 * time.Millisecond, Recheck: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -153,8 +153,8 @@ func watcherClient(t *testing.T, h *bustest.Harness) (*client.Client, *registry.
 // waited for its one-minute deadline.
 const failFastBound = 15 * time.Second
 
-func testFailFast(t *testing.T, h *bustest.Harness) {
-	name := bustest.Name("math")
+func testFailFast(t *testing.T, h *meshtest.Harness) {
+	name := meshtest.Name("math")
 	svc := service(name, fast())
 	handlers.Register(svc, "add", add)
 	stop := h.StartStoppable(svc)
@@ -172,25 +172,25 @@ func testFailFast(t *testing.T, h *bustest.Harness) {
 		err := c.Call(ctx, fn, AddIn{B: 1}, nil, client.WithTimeout(time.Minute))
 		return err, time.Since(start)
 	}
-	err, took := timed(bustest.Name("nosuch") + ".add")
-	fe := bustest.WantCode(t, err, fnmesh.CodeNotFound)
+	err, took := timed(meshtest.Name("nosuch") + ".add")
+	fe := meshtest.WantCode(t, err, fnmesh.CodeNotFound)
 	if took > failFastBound || !strings.Contains(fe.Message, "not in the registry") {
 		t.Fatalf("unknown service: %v after %v", err, took)
 	}
 	err, took = timed(name + ".sub")
-	fe = bustest.WantCode(t, err, fnmesh.CodeNotFound)
+	fe = meshtest.WantCode(t, err, fnmesh.CodeNotFound)
 	if took > failFastBound || !strings.Contains(fe.Message, "serves add") {
 		t.Fatalf("unknown function: %v after %v", err, took)
 	}
 	// Sends are checked too.
-	bustest.WantCode(t, c.Send(ctx, name+".sub", AddIn{B: 1}), fnmesh.CodeNotFound)
+	meshtest.WantCode(t, c.Send(ctx, name+".sub", AddIn{B: 1}), fnmesh.CodeNotFound)
 
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	// The replica left on its way out; within a refresh the view knows.
 	// A call in that window waits for its deadline: keep them short.
-	bustest.Eventually(t, 10*time.Second, "calls to a service with no live replica fail with unavailable", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "calls to a service with no live replica fail with unavailable", func() bool {
 		err := c.Call(ctx, name+".add", AddIn{B: 1}, nil, client.WithTimeout(200*time.Millisecond))
 		return fnmesh.CodeOf(err) == fnmesh.CodeUnavailable
 	})
@@ -214,14 +214,14 @@ func testFailFast(t *testing.T, h *bustest.Harness) {
 	again := service(name, fast())
 	handlers.Register(again, "add", add)
 	h.StartStoppable(again)
-	bustest.Eventually(t, 10*time.Second, "queued send not run once a replica started", func() bool {
+	meshtest.Eventually(t, 10*time.Second, "queued send not run once a replica started", func() bool {
 		st, _ := status.Get(ctx, info.RequestID)
 		return st.State == registry.StateDone && st.Replica != ""
 	})
 }
 
-func testVersioned(t *testing.T, h *bustest.Harness) {
-	name := bustest.Name("math")
+func testVersioned(t *testing.T, h *meshtest.Harness) {
+	name := meshtest.Name("math")
 	type AddV2In struct {
 		Terms []int `json:"terms" validate:"required,min=1"`
 	}
@@ -258,9 +258,9 @@ func testVersioned(t *testing.T, h *bustest.Harness) {
 	}
 }
 
-func testExpiry(t *testing.T, h *bustest.Harness) {
+func testExpiry(t *testing.T, h *meshtest.Harness) {
 	s := store(t, h)
-	name := bustest.Name("ghost")
+	name := meshtest.Name("ghost")
 	ctx := context.Background()
 	// A replica that announced and then died without leaving (SIGKILL):
 	// nothing heartbeats for it.
@@ -274,7 +274,7 @@ func testExpiry(t *testing.T, h *bustest.Harness) {
 		t.Fatalf("announced replica not listed: %+v", v)
 	}
 	start := time.Now()
-	bustest.Eventually(t, 3*time.Second, "crashed replica still listed", func() bool {
+	meshtest.Eventually(t, 3*time.Second, "crashed replica still listed", func() bool {
 		return len(view(t, s, name).Replicas) == 0
 	})
 	if took := time.Since(start); took > ttl+time.Second {
@@ -293,9 +293,9 @@ func testExpiry(t *testing.T, h *bustest.Harness) {
 
 // testPrune: replicas that restart (new ids) and crash leave no records
 // behind once a live replica heartbeats.
-func testPrune(t *testing.T, h *bustest.Harness) {
+func testPrune(t *testing.T, h *meshtest.Harness) {
 	s := store(t, h)
-	name := bustest.Name("churn")
+	name := meshtest.Name("churn")
 	ctx := context.Background()
 	ttl := 200 * time.Millisecond
 	for i := 0; i < 20; i++ {
@@ -307,7 +307,7 @@ func testPrune(t *testing.T, h *bustest.Harness) {
 	svc := service(name, registry.Config{Heartbeat: 50 * time.Millisecond, TTL: time.Second})
 	handlers.Register(svc, "add", add)
 	h.Start(svc)
-	bustest.Eventually(t, 3*time.Second, "dead records not pruned", func() bool {
+	meshtest.Eventually(t, 3*time.Second, "dead records not pruned", func() bool {
 		n, err := RecordCount(ctx, s, name)
 		return err == nil && n == 1
 	})
@@ -328,8 +328,8 @@ func RecordCount(ctx context.Context, s registry.Store, service string) (int, er
 	return len(v.Replicas), nil
 }
 
-func testBreaking(t *testing.T, h *bustest.Harness) {
-	name := bustest.Name("math")
+func testBreaking(t *testing.T, h *meshtest.Harness) {
+	name := meshtest.Name("math")
 	v1 := service(name, fast())
 	handlers.Register(v1, "add", add)
 	h.Start(v1)
@@ -338,7 +338,7 @@ func testBreaking(t *testing.T, h *bustest.Harness) {
 		A int `json:"a" validate:"gte=0"`
 		C int `json:"c" validate:"required"`
 	}
-	var logs bustest.SyncBuffer
+	var logs meshtest.SyncBuffer
 	v2 := handlers.NewService(name, handlers.Config{
 		AllowUnauthenticated: true, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 		Plugins: []handlers.Plugin{registry.NewAnnouncer(fast())},
@@ -367,15 +367,15 @@ func (f *fakeStats) ReplicaStats(string) map[string]registry.FunctionStats {
 	return map[string]registry.FunctionStats{"add": {Calls: 7, Errors: 1, InFlight: f.inFlight.Load(), Latency: []uint64{1, 2}}}
 }
 
-func testStats(t *testing.T, h *bustest.Harness) {
-	name := bustest.Name("math")
+func testStats(t *testing.T, h *meshtest.Harness) {
+	name := meshtest.Name("math")
 	cfg := fast()
 	cfg.Stats = &fakeStats{}
 	svc := service(name, cfg)
 	handlers.Register(svc, "add", add)
 	h.Start(svc)
 	s := store(t, h)
-	bustest.Eventually(t, 3*time.Second, "stats not in the registry", func() bool {
+	meshtest.Eventually(t, 3*time.Second, "stats not in the registry", func() bool {
 		v := view(t, s, name)
 		if len(v.Replicas) != 1 {
 			return false
@@ -386,8 +386,8 @@ func testStats(t *testing.T, h *bustest.Harness) {
 	})
 }
 
-func testQueue(t *testing.T, h *bustest.Harness) {
-	name := bustest.Name("q")
+func testQueue(t *testing.T, h *meshtest.Harness) {
+	name := meshtest.Name("q")
 	stats := &fakeStats{}
 	cfg := fast()
 	cfg.Stats = stats
@@ -409,7 +409,7 @@ func testQueue(t *testing.T, h *bustest.Harness) {
 		t.Fatal(err)
 	}
 	<-entered
-	bustest.Eventually(t, 3*time.Second, "pending request not counted", func() bool {
+	meshtest.Eventually(t, 3*time.Second, "pending request not counted", func() bool {
 		q, err := s.Queue(ctx, name)
 		return err == nil && q.Pending == 1
 	})

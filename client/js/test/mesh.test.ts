@@ -1,5 +1,5 @@
 // The Node caller and worker against a real Redis: the behaviours a Go
-// replica and caller have (bus/bustest), checked on the wire.
+// replica and caller have (meshtest), checked on the wire.
 
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";

@@ -1,4 +1,4 @@
-package bus_test
+package meshtest_test
 
 import (
 	"testing"
@@ -6,11 +6,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 func TestMemoryBehaviour(t *testing.T) {
-	bustest.Run(t, func(t *testing.T) bus.Bus { return bus.NewMemory() })
+	meshtest.Run(t, func(t *testing.T) bus.Bus { return bus.NewMemory() })
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -18,10 +18,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // The same suite with every service co-located with its callers: calls
 // run in-process, sends go over the in-memory bus.
 func TestMemoryColocatedBehaviour(t *testing.T) {
-	bustest.RunColocated(t, func(t *testing.T) bus.Bus { return bus.NewMemory() }, false)
+	meshtest.RunColocated(t, func(t *testing.T) bus.Bus { return bus.NewMemory() }, false)
 }
 
 // And with sends in-process too (client.Config.LocalSends).
 func TestMemoryColocatedSendsBehaviour(t *testing.T) {
-	bustest.RunColocated(t, func(t *testing.T) bus.Bus { return bus.NewMemory() }, true)
+	meshtest.RunColocated(t, func(t *testing.T) bus.Bus { return bus.NewMemory() }, true)
 }

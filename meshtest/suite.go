@@ -1,11 +1,13 @@
-// Package bustest is the behaviour suite every fnmesh transport passes:
+// Package meshtest is the behaviour suite every fnmesh transport passes:
 // the same calls, sends, errors, middleware and breakers, on the
-// in-memory bus and on Redis.
+// in-memory bus and on Redis, directly and co-located. It drives the whole
+// mesh (client, handlers, bus), so it sits above the packages it tests;
+// its Harness starts services and clients for other packages' tests too.
 //
 //	func TestMemory(t *testing.T) {
-//		bustest.Run(t, func(t *testing.T) bus.Bus { return bus.NewMemory() })
+//		meshtest.Run(t, func(t *testing.T) bus.Bus { return bus.NewMemory() })
 //	}
-package bustest
+package meshtest
 
 import (
 	"bytes"

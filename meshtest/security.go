@@ -1,4 +1,4 @@
-package bustest
+package meshtest
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	"github.com/fnmesh/fnmesh/security"
 )
 
-var testSecret = []byte("bustest-secret-of-at-least-32-bytes!")
+var testSecret = []byte("meshtest-secret-of-at-least-32-bytes!")
 
 func securedService(t *testing.T, name string) (*handlers.Service, *security.Signer) {
 	v, err := security.NewJWTVerifier(security.JWTConfig{HMACSecret: testSecret})
