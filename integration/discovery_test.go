@@ -148,7 +148,7 @@ func TestSendStatusOnRedis(t *testing.T) {
 		return fnmesh.CodeOf(c.Call(ctx, name+".double", discoIn{}, nil, client.WithTimeout(200*time.Millisecond))) == fnmesh.CodeUnavailable
 	})
 	queued := send("double")
-	bustest.Eventually(t, 5*time.Second, "send with no replica not recorded as queued", func() bool { return state(queued).State == registry.StateQueued })
+	meshtest.Eventually(t, 5*time.Second, "send with no replica not recorded as queued", func() bool { return state(queued).State == registry.StateQueued })
 
 	g, err := gateway.New(gateway.Config{Client: c, AllowUnauthenticated: true, Status: status, Logger: meshtest.Quiet,
 		Catalog: gateway.NewRegistryCatalog(registry.NewRedisStore(b.Client()), 50*time.Millisecond, 20*time.Millisecond)})
@@ -276,8 +276,8 @@ func TestStatusRecordsAreBatched(t *testing.T) {
 	ctx := context.Background()
 	const sends = 400
 	b := newRedisBus(t, busConfig())
-	h := &bustest.Harness{T: t, Bus: b}
-	name := bustest.Name("statusbatch")
+	h := &meshtest.Harness{T: t, Bus: b}
+	name := meshtest.Name("statusbatch")
 	svc := discoService(name)
 	h.Start(svc)
 	<-svc.Started()
@@ -302,7 +302,7 @@ func TestStatusRecordsAreBatched(t *testing.T) {
 	}
 	wg.Wait()
 	status := registry.NewRedisStatusStore(b.Client())
-	bustest.Eventually(t, 20*time.Second, "not every send recorded as done", func() bool {
+	meshtest.Eventually(t, 20*time.Second, "not every send recorded as done", func() bool {
 		for _, id := range ids {
 			if st, err := status.Get(ctx, id); err != nil || st.State != registry.StateDone {
 				return false

@@ -99,9 +99,9 @@ func peakRSSKB(t *testing.T, pid int) int64 {
 func TestOversizedEntryKeepsReplicaRSSBounded(t *testing.T) {
 	ctx := context.Background()
 	const size = 128 << 20
-	name := bustest.Name("bigproc")
+	name := meshtest.Name("bigproc")
 	w := startWorker(t, workerSpec{Service: name, Replica: name + "-1"})
-	c := newClient(t, client.Config{Logger: bustest.Quiet, SkipRegistryCheck: true})
+	c := newClient(t, client.Config{Logger: meshtest.Quiet, SkipRegistryCheck: true})
 	var who string
 	if err := c.Call(ctx, name+".who", struct{}{}, &who); err != nil {
 		t.Fatal(err)
@@ -114,7 +114,7 @@ func TestOversizedEntryKeepsReplicaRSSBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := newRedisBus(t, busConfig())
-	bustest.Eventually(t, 60*time.Second, "oversized entry not dead-lettered", func() bool {
+	meshtest.Eventually(t, 60*time.Second, "oversized entry not dead-lettered", func() bool {
 		dls, err := b.DeadLetters(ctx, name, 10)
 		return err == nil && len(dls) == 1 && dls[0].Code == fnmesh.CodeInvalidArgument
 	})
