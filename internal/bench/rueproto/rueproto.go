@@ -63,13 +63,16 @@ func (c *Config) setDefaults() {
 }
 
 // NewClient connects to the Redis at url (redis:// or rediss://) with
-// client-side caching off, as the bus needs none.
-func NewClient(url string) (rueidis.Client, error) {
+// client-side caching off, as the bus needs none. maxFlushDelay is
+// rueidis's ClientOption.MaxFlushDelay: how long a connection may wait
+// for more commands before it writes (0: write at once).
+func NewClient(url string, maxFlushDelay time.Duration) (rueidis.Client, error) {
 	opt, err := rueidis.ParseURL(url)
 	if err != nil {
 		return nil, err
 	}
 	opt.DisableCache = true
+	opt.MaxFlushDelay = maxFlushDelay
 	return rueidis.NewClient(opt)
 }
 
@@ -138,12 +141,10 @@ func (c *Caller) read(ctx context.Context, last string) {
 }
 
 // Call sends a request for function of service with the JSON arguments
-// payload and waits for its reply until ctx ends.
-func (c *Caller) Call(ctx context.Context, service, function string, payload []byte) (*bus.Reply, error) {
-	req := &bus.Request{ID: strconv.FormatUint(c.seq.Add(1), 36), Function: function, Payload: payload, ReplyTo: c.inbox}
-	if dl, ok := ctx.Deadline(); ok {
-		req.Deadline = dl
-	}
+// payload and waits for its reply until ctx ends. deadline, unless
+// zero, is written in the request for the replica.
+func (c *Caller) Call(ctx context.Context, service, function string, payload []byte, deadline time.Time) (*bus.Reply, error) {
+	req := &bus.Request{ID: strconv.FormatUint(c.seq.Add(1), 36), Function: function, Payload: payload, ReplyTo: c.inbox, Deadline: deadline}
 	ch := make(chan *bus.Reply, 1)
 	c.mu.Lock()
 	c.waiting[req.ID] = ch
@@ -265,9 +266,23 @@ func Serve(ctx context.Context, rc rueidis.Client, service, consumer string, cfg
 	if err != nil && !isBusyGroup(err) {
 		return err
 	}
+	// A fixed pool of workers, one per request in flight, as a replica
+	// of handlers.Service has.
 	slots := make(chan struct{}, cfg.Concurrency)
-	var running sync.WaitGroup
-	defer running.Wait()
+	work := make(chan rueidis.XRangeSlice)
+	answerCtx := context.WithoutCancel(ctx) // a request taken is answered
+	var workers sync.WaitGroup
+	defer func() { close(work); workers.Wait() }()
+	for range cfg.Concurrency {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for e := range work {
+				answer(answerCtx, rc, cfg, topic, consumer, e, handle)
+				<-slots
+			}
+		}()
+	}
 	for {
 		// As the bus does, ask for as many entries as there are free
 		// slots, waiting for one when all are taken.
@@ -299,11 +314,7 @@ func Serve(ctx context.Context, rc rueidis.Client, service, consumer string, cfg
 			time.Sleep(50 * time.Millisecond)
 		}
 		for _, e := range entries {
-			running.Add(1)
-			go func() {
-				defer func() { <-slots; running.Done() }()
-				answer(context.WithoutCancel(ctx), rc, cfg, topic, consumer, e, handle)
-			}()
+			work <- e
 		}
 	}
 }

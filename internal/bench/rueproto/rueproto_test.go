@@ -36,7 +36,7 @@ func TestOneCall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	service := "rueproto" + strconv.FormatInt(time.Now().UnixNano(), 10)
-	rc, err := rueproto.NewClient(url)
+	rc, err := rueproto.NewClient(url, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestOneCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer caller.Close()
-	if _, err := caller.Call(ctx, service, "echo", []byte(`1`)); !errors.Is(err, rueproto.ErrNotServed) {
+	if _, err := caller.Call(ctx, service, "echo", []byte(`1`), time.Time{}); !errors.Is(err, rueproto.ErrNotServed) {
 		t.Fatalf("call before any replica: %v, want ErrNotServed", err)
 	}
 
@@ -60,7 +60,7 @@ func TestOneCall(t *testing.T) {
 	}()
 	var rep *bus.Reply
 	for { // the replica makes the stream; until then the call is not served
-		rep, err = caller.Call(ctx, service, "echo", []byte(`{"a":1}`))
+		rep, err = caller.Call(ctx, service, "echo", []byte(`{"a":1}`), time.Now().Add(5*time.Second))
 		if !errors.Is(err, rueproto.ErrNotServed) {
 			break
 		}
