@@ -15,9 +15,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"os/exec"
@@ -38,6 +40,11 @@ var (
 	rounds   = flag.Int("rounds", 3, "alternating rounds")
 	dur      = flag.Duration("d", 2*time.Second, "duration of each throughput phase")
 	delays   = flag.String("delays", "0,250us,1ms", "one-way delays to measure at (0: loopback)")
+
+	// A proxy runs in a process of its own, so that the CPU it spends is
+	// not counted as the measured process's.
+	proxyTarget = flag.String("proxy-target", "", "(internal) serve a netdelay proxy to this address until stdin closes")
+	proxyDelay  = flag.Duration("proxy-delay", 0, "(internal) its one-way delay")
 )
 
 var paths = []string{"fnmesh call", "bus, own RESP", "bus on rueidis", "bus on rueidis, 20µs flush", "peers rawpipe"}
@@ -49,6 +56,10 @@ type sample struct {
 
 func main() {
 	flag.Parse()
+	if *proxyTarget != "" {
+		serveProxy()
+		return
+	}
 	if *redisURL == "" {
 		fmt.Fprintln(os.Stderr, "wirecompare: set REDIS_URL or --redis")
 		os.Exit(2)
@@ -86,12 +97,9 @@ func main() {
 	for i, d := range oneWays {
 		urls[i] = *target
 		if d > 0 {
-			p, err := netdelay.Start(target.Host, d)
-			if err != nil {
-				fail(err)
-			}
-			defer p.Close()
-			urls[i].Host = p.Addr()
+			addr, stop := startProxy(target.Host, d)
+			defer stop()
+			urls[i].Host = addr
 		}
 	}
 	for round := 0; round < *rounds; round++ {
@@ -203,6 +211,43 @@ func rawpipe(bin, addr string, n int) (sample, bool) {
 		s.perSec, _ = strconv.ParseFloat(string(m[1]), 64)
 	}
 	return s, s.perSec > 0
+}
+
+// startProxy runs this command as a netdelay proxy to target and
+// returns its address.
+func startProxy(target string, oneWay time.Duration) (addr string, stop func()) {
+	self, err := os.Executable()
+	if err != nil {
+		fail(err)
+	}
+	cmd := exec.Command(self, "-proxy-target", target, "-proxy-delay", oneWay.String())
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		fail(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		fail(err)
+	}
+	if err := cmd.Start(); err != nil {
+		fail(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		fail(fmt.Errorf("proxy: %w", err))
+	}
+	return strings.TrimSpace(line), func() { in.Close(); cmd.Wait() }
+}
+
+func serveProxy() {
+	p, err := netdelay.Start(*proxyTarget, *proxyDelay)
+	if err != nil {
+		fail(err)
+	}
+	fmt.Println(p.Addr())
+	io.Copy(io.Discard, os.Stdin) // until the parent closes it, or dies
+	p.Close()
 }
 
 func median(v []float64) float64 {
