@@ -262,7 +262,8 @@ type Handler func(ctx context.Context, r *bus.Request) *bus.Reply
 func Serve(ctx context.Context, rc rueidis.Client, service, consumer string, cfg Config, handle Handler) error {
 	cfg.setDefaults()
 	topic := bus.RequestTopic(service)
-	err := rc.Do(ctx, rc.B().XgroupCreate().Key(topic).Group(bus.Group).Id("$").Mkstream().Build()).Error()
+	// From "0", as the bus: requests sent before any replica ran are served.
+	err := rc.Do(ctx, rc.B().XgroupCreate().Key(topic).Group(bus.Group).Id("0").Mkstream().Build()).Error()
 	if err != nil && !isBusyGroup(err) {
 		return err
 	}
@@ -343,11 +344,9 @@ func answer(ctx context.Context, rc rueidis.Client, cfg Config, topic, consumer 
 		return
 	}
 	rep.ID, rep.Replica = req.ID, consumer
-	for _, res := range rc.DoMulti(ctx, xaddReply(rc, req.ReplyTo, cfg.ReplyMaxLen, rep), ack) {
-		if err := res.Error(); err != nil && !rueidis.IsRedisNil(err) {
-			return
-		}
-	}
+	// If the write fails the request stays pending: the bus claims and
+	// runs it again, which this prototype leaves out.
+	rc.DoMulti(ctx, xaddReply(rc, req.ReplyTo, cfg.ReplyMaxLen, rep), ack)
 }
 
 func isBusyGroup(err error) bool { return strings.HasPrefix(err.Error(), "BUSYGROUP") }
