@@ -17,6 +17,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -51,6 +52,7 @@ var paths = []string{"fnmesh call", "bus, own RESP", "bus on rueidis", "bus on r
 
 // sample is one measurement; cpu and allocs are 0 where not measured.
 type sample struct {
+	round                                 int
 	perSec, p50us, cpuUS, redisUS, allocs float64
 }
 
@@ -107,10 +109,12 @@ func main() {
 			u, n := urls[di], sequential(d)
 			for k := range paths {
 				path := paths[(k+round)%len(paths)] // alternate who goes first
-				s, ok := measure(ctx, path, u, n, peersBin)
-				if !ok {
+				s, err := measure(ctx, path, u, n, peersBin)
+				if err != nil { // one failed run on a busy machine leaves the rest
+					fmt.Fprintf(os.Stderr, "round %d delay %v %s: %v\n", round+1, d, path, err)
 					continue
 				}
+				s.round = round
 				samples[di][path] = append(samples[di][path], s)
 				fmt.Printf("round %d delay %v %-26s calls/s=%.0f p50_us=%.0f cpu_us=%.1f redis_cpu_us=%.1f allocs=%.1f\n",
 					round+1, d, path, s.perSec, s.p50us, s.cpuUS, s.redisUS, s.allocs)
@@ -121,18 +125,21 @@ func main() {
 	fmt.Println("| one-way delay | path | calls/s | vs rawpipe | p50 µs | p50 vs rawpipe | CPU µs/call | Redis CPU µs/call | allocs/call |")
 	fmt.Println("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 	for di, d := range oneWays {
-		raw := samples[di]["peers rawpipe"]
+		raw := map[int]sample{} // by round
+		for _, s := range samples[di]["peers rawpipe"] {
+			raw[s.round] = s
+		}
 		for _, path := range paths {
 			ss := samples[di][path]
 			if len(ss) == 0 {
 				continue
 			}
 			var tput, p50, cpu, rcpu, allocs, rt, rp []float64
-			for i, s := range ss {
+			for _, s := range ss {
 				tput, p50 = append(tput, s.perSec), append(p50, s.p50us)
 				cpu, rcpu, allocs = append(cpu, s.cpuUS), append(rcpu, s.redisUS), append(allocs, s.allocs)
-				if i < len(raw) {
-					rt, rp = append(rt, s.perSec/raw[i].perSec), append(rp, s.p50us/raw[i].p50us)
+				if r, ok := raw[s.round]; ok {
+					rt, rp = append(rt, s.perSec/r.perSec), append(rp, s.p50us/r.p50us)
 				}
 			}
 			dash := func(v float64, f string) string {
@@ -161,7 +168,8 @@ func sequential(d time.Duration) int {
 	return max(200, min(2000, int(time.Second/(4*d))))
 }
 
-func measure(ctx context.Context, path string, u url.URL, n int, peersBin string) (sample, bool) {
+// measure runs one path once; with no peers harness, rawpipe is skipped.
+func measure(ctx context.Context, path string, u url.URL, n int, peersBin string) (sample, error) {
 	o := bench.Options{Replicas: 2, Concurrency: 64, Duration: *dur, Sequential: n, RedisURL: u.String()}
 	var r bench.Result
 	var err error
@@ -180,15 +188,15 @@ func measure(ctx context.Context, path string, u url.URL, n int, peersBin string
 		r, err = bench.RunTransport(ctx, o)
 	case "peers rawpipe":
 		if peersBin == "" {
-			return sample{}, false
+			return sample{}, errors.New("skipped: no peers harness")
 		}
 		return rawpipe(peersBin, u.Host, n)
 	}
 	if err != nil {
-		fail(fmt.Errorf("%s: %w", path, err))
+		return sample{}, err
 	}
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
-	return sample{perSec: r.PerSecond, p50us: us(r.P50), cpuUS: us(r.CPUPerCall), redisUS: us(r.RedisCPUPerCall), allocs: r.AllocsPerCall}, true
+	return sample{perSec: r.PerSecond, p50us: us(r.P50), cpuUS: us(r.CPUPerCall), redisUS: us(r.RedisCPUPerCall), allocs: r.AllocsPerCall}, nil
 }
 
 var (
@@ -198,10 +206,13 @@ var (
 
 // rawpipe runs peers -mode rawpipe; its CPU and allocations are its own
 // process's and are not reported.
-func rawpipe(bin, addr string, n int) (sample, bool) {
-	out, err := exec.Command(bin, "-mode", "rawpipe", "-redis", addr, "-d", dur.String(), "-n", strconv.Itoa(n), "-c", "64").Output()
+func rawpipe(bin, addr string, n int) (sample, error) {
+	cmd := exec.Command(bin, "-mode", "rawpipe", "-redis", addr, "-d", dur.String(), "-n", strconv.Itoa(n), "-c", "64")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		fail(fmt.Errorf("peers rawpipe: %w", err))
+		return sample{}, fmt.Errorf("peers rawpipe: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	var s sample
 	if m := reP50.FindSubmatch(out); m != nil {
@@ -210,7 +221,10 @@ func rawpipe(bin, addr string, n int) (sample, bool) {
 	if m := reTput.FindSubmatch(out); m != nil {
 		s.perSec, _ = strconv.ParseFloat(string(m[1]), 64)
 	}
-	return s, s.perSec > 0
+	if s.perSec == 0 {
+		return s, fmt.Errorf("peers rawpipe: no throughput in %q", out)
+	}
+	return s, nil
 }
 
 // startProxy runs this command as a netdelay proxy to target and
