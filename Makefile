@@ -77,6 +77,12 @@ bench-scale:
 	$(WITHREDIS) sh -c '$(GO) run ./cmd/fnmesh bench --mode scale --work io --rounds 3 && \
 	  $(GO) run ./cmd/fnmesh bench --mode scale --work cpu'
 
+## bench-wire: the call path on our own RESP and on rueidis, beside fnmesh
+##             calls and peers rawpipe, on loopback and 0.25 ms and 1 ms away
+.PHONY: bench-wire
+bench-wire:
+	$(WITHREDIS) $(GO) run ./internal/bench/wirecompare --peers '$(PEERS)'
+
 ## fuzz: each fuzz test for FUZZTIME (the seed corpora run in make test)
 FUZZTIME ?= 10s
 fuzz:

@@ -41,10 +41,11 @@ type Result struct {
 	// CPU time per call in the throughput phase: this process (client and
 	// replicas) and the Redis server.
 	CPUPerCall, RedisCPUPerCall time.Duration
+	AllocsPerCall               float64 // heap allocations of this process per call
 }
 
 func (r Result) String() string {
-	cpu := fmt.Sprintf(" cpu_us_per_call=%.1f redis_cpu_us_per_call=%.1f", usec(r.CPUPerCall), usec(r.RedisCPUPerCall))
+	cpu := fmt.Sprintf(" cpu_us_per_call=%.1f redis_cpu_us_per_call=%.1f allocs_per_call=%.1f", usec(r.CPUPerCall), usec(r.RedisCPUPerCall), r.AllocsPerCall)
 	if strings.HasSuffix(r.Mode, "send") {
 		return fmt.Sprintf("%s sent_per_s=%.0f processed_per_s=%.0f", r.Mode, r.SentPerSec, r.PerSecond) + cpu
 	}
@@ -58,6 +59,7 @@ func (r *Result) perCall(m *cpuMeter, n int64) {
 	if n > 0 {
 		r.CPUPerCall = m.selfCPU / time.Duration(n)
 		r.RedisCPUPerCall = m.redCPU / time.Duration(n)
+		r.AllocsPerCall = float64(m.mallocs) / float64(n)
 	}
 }
 

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +18,14 @@ type cpuMeter struct {
 	rdb             *redis.Client
 	self0, redis0   time.Duration
 	selfCPU, redCPU time.Duration
+	// heap allocations of this process in the span measured
+	mallocs0, mallocs uint64
+}
+
+func mallocs() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.Mallocs
 }
 
 func selfCPU() time.Duration {
@@ -51,12 +60,14 @@ func startCPU(redisURL string) *cpuMeter {
 			m.rdb = redis.NewClient(opt)
 		}
 	}
+	m.mallocs0 = mallocs()
 	m.self0, m.redis0 = selfCPU(), redisCPU(m.rdb)
 	return m
 }
 
 func (m *cpuMeter) stop() {
 	m.selfCPU, m.redCPU = selfCPU()-m.self0, redisCPU(m.rdb)-m.redis0
+	m.mallocs = mallocs() - m.mallocs0
 	if m.rdb != nil {
 		m.rdb.Close()
 	}

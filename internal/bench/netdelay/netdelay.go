@@ -12,6 +12,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -140,15 +141,13 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 			}
 		}
 	}()
-	var timer *time.Timer
 	for c := range queue {
-		if wait := time.Until(c.due); wait > 0 {
-			if timer == nil {
-				timer = time.NewTimer(wait)
-			} else {
-				timer.Reset(wait)
-			}
-			<-timer.C
+		// Not a timer: the runtime wakes an idle process's timers no
+		// sooner than 1 ms, which would turn 250us into 1 ms. nanosleep
+		// blocks this goroutine's thread for the time asked.
+		for wait := time.Until(c.due); wait > 0; wait = time.Until(c.due) {
+			ts := syscall.NsecToTimespec(wait.Nanoseconds())
+			syscall.Nanosleep(&ts, nil)
 		}
 		if _, err := dst.Write(c.b); err != nil {
 			break

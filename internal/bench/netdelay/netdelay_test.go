@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -97,5 +98,38 @@ func TestPipelinedWritesArriveInOrder(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("bytes changed or reordered through the proxy")
+	}
+}
+
+// A sub-millisecond delay stays one: the runtime wakes timers of an idle
+// process no sooner than 1 ms, which made 250us each way a round trip
+// of 2.5 ms.
+func TestSubMillisecondDelay(t *testing.T) {
+	const oneWay = 250 * time.Microsecond
+	p, err := netdelay.Start(echo(t), oneWay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	lat := make([]time.Duration, 0, 101)
+	for range cap(lat) {
+		start := time.Now()
+		c.Write([]byte("ping\n"))
+		if _, err := r.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	// Generous for a busy machine, and still under the 2 ms that two
+	// timer wake-ups of 1 ms give.
+	if p50 := lat[len(lat)/2]; p50 < 2*oneWay || p50 > 2*oneWay+time.Millisecond {
+		t.Fatalf("median round trip %v with %v each way, want %v to %v", p50, oneWay, 2*oneWay, 2*oneWay+time.Millisecond)
 	}
 }
