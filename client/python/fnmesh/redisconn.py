@@ -125,10 +125,6 @@ class _Incomplete(Exception):
     pass
 
 
-class _TooLarge(Exception):
-    """_parse met a bulk string above its limit."""
-
-
 # What a field too large to read keeps of its bytes (and so its dead
 # letter): PROTOCOL.md, field too_large.
 TOO_LARGE_PREFIX = 4096
@@ -137,10 +133,9 @@ TOO_LARGE_PREFIX = 4096
 _NO_LIMIT = 1 << 62
 
 
-def _parse(buf: bytes, pos: int, max_bulk: int = _NO_LIMIT) -> tuple[Any, int]:
+def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
     """One RESP2 value from buf at pos: bulk strings as text, errors as
-    ResponseError values. Raises _Incomplete when buf ends first, and
-    _TooLarge at a bulk string longer than max_bulk."""
+    ResponseError values. Raises _Incomplete when buf ends first."""
     end = buf.find(b"\r\n", pos)
     if end < 0:
         raise _Incomplete()
@@ -149,8 +144,6 @@ def _parse(buf: bytes, pos: int, max_bulk: int = _NO_LIMIT) -> tuple[Any, int]:
         n = int(buf[pos + 1 : end])
         if n < 0:
             return None, end + 2
-        if n > max_bulk:
-            raise _TooLarge()
         stop = end + 2 + n
         if stop + 2 > len(buf):
             raise _Incomplete()
@@ -162,7 +155,7 @@ def _parse(buf: bytes, pos: int, max_bulk: int = _NO_LIMIT) -> tuple[Any, int]:
             return None, pos
         out = []
         for _ in range(n):
-            v, pos = _parse(buf, pos, max_bulk)
+            v, pos = _parse(buf, pos)
             out.append(v)
         return out, pos
     line = buf[pos + 1 : end].decode("utf-8", "replace")
@@ -341,8 +334,8 @@ class StreamReader:
     arrives, and its field too_large says "NAME SIZE" (PROTOCOL.md)."""
 
     # Replies up to this size are parsed from one buffer, at once; a
-    # larger one (or one with a field above the limit) value by value as
-    # its bytes arrive.
+    # larger one value by value as its bytes arrive (and so is one longer
+    # than the limit, which may hold a field above it).
     _WHOLE = 256 << 10
 
     def __init__(self, url: str | None, name: str | None = None, max_field: int = _NO_LIMIT) -> None:
@@ -371,15 +364,17 @@ class StreamReader:
             while True:
                 if self._buf:
                     try:
-                        reply, pos = _parse(self._buf, 0, self._max)
-                        self._buf = self._buf[pos:]
-                        break
+                        reply, pos = _parse(self._buf, 0)
                     except _Incomplete:
                         if len(self._buf) > self._WHOLE:
                             reply, cut = await self._read_bounded(reader)
                             break
-                    except _TooLarge:
-                        reply, cut = await self._read_bounded(reader)
+                    else:
+                        if pos <= self._max:
+                            # No field of it can be above the limit.
+                            self._buf = self._buf[pos:]
+                        else:
+                            reply, cut = await self._read_bounded(reader)
                         break
                 chunk = await reader.read(65536)
                 if not chunk:
