@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/bus/bustest"
 	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/internal/redistest"
 )
 
 // A Node or Python replica refuses an entry far above its payload limit
@@ -83,5 +85,55 @@ func TestForeignReplicaRefusesOversizedEntry(t *testing.T) {
 				t.Fatalf("call after the oversized entry: %q %v", who, err)
 			}
 		})
+	}
+}
+
+// A Node replica's own read connection speaks TLS for rediss:// (trusting
+// the CAs Node does, NODE_EXTRA_CA_CERTS included): it serves a Go caller
+// over TLS and cuts an oversized field short there too.
+func TestNodeReplicaReadsOverTLS(t *testing.T) {
+	files, err := redistest.NewTLSFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := redistest.Start(redistest.Options{TLS: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	name := bustest.Name("tlsnode")
+	argv := []string{"node", filepath.Join(nodeJS(t), "dist", "tools", "interop.js"), "serve", name, name + "-1"}
+	startForeignReplicaEnv(t, "node", name+"-1", argv, []string{"REDIS_URL=" + srv.URL, "NODE_EXTRA_CA_CERTS=" + files.CAFile}, 20*time.Second, 10*time.Second)
+
+	b, err := bus.NewRedis(bus.RedisConfig{URL: srv.URL, TLS: srv.TLSConfig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	c, err := client.New(b, client.Config{Logger: bustest.Quiet, SkipRegistryCheck: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+	var who string
+	if err := c.Call(ctx, name+".who", struct{}{}, &who); err != nil || who != name+"-1" {
+		t.Fatalf("call over TLS: %q %v", who, err)
+	}
+	const size = 4 << 20
+	if err := b.Client().Eval(ctx, `return redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', 'big-tls', 'fn', 'who', 'p', string.rep('x', tonumber(ARGV[1])))`,
+		[]string{bus.RequestTopic(name)}, size).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var dls []bus.DeadLetter
+	bustest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
+		dls, err = b.DeadLetters(ctx, name, 10)
+		return err == nil && len(dls) == 1
+	})
+	if d := dls[0]; d.Reason != `malformed entry: field "p" of 4194304 bytes exceeds the replica's limit` || len(d.Payload) != tooLargePrefix {
+		t.Fatalf("dead letter %q keeping %d bytes", d.Reason, len(d.Payload))
+	}
+	if err := c.Call(ctx, name+".who", struct{}{}, &who); err != nil {
+		t.Fatalf("call after the oversized entry: %v", err)
 	}
 }
