@@ -67,19 +67,22 @@ export class RespParser {
         if (this.line.length > MAX_LINE) throw new Error("protocol error: RESP line too long");
         return;
       }
-      let line = b.subarray(i, j + 1);
+      // The header is hb[hs..he), its CRLF excluded.
+      let hb = b;
+      let hs = i;
       if (this.line) {
-        line = Buffer.concat([this.line, line]);
+        hb = Buffer.concat([this.line, b.subarray(i, j + 1)]);
+        hs = 0;
         this.line = undefined;
       }
+      const he = hb === b ? j - 1 : hb.length - 2;
       i = j + 1;
-      if (line.length < 3 || line[line.length - 2] !== 13) throw new Error("protocol error: RESP line not ended by CRLF");
-      const kind = line[0];
-      const text = line.toString("utf8", 1, line.length - 2);
+      if (he <= hs || hb[he] !== 13) throw new Error("protocol error: RESP line not ended by CRLF");
+      const kind = hb[hs];
       switch (kind) {
         case 36: {
           // $ bulk string
-          const n = parseLength(text);
+          const n = parseLength(hb, hs + 1, he);
           if (n < 0) {
             this.push(null);
           } else if (n <= this.maxBulk && i + n + 2 <= b.length) {
@@ -95,7 +98,7 @@ export class RespParser {
         }
         case 42: {
           // * array
-          const n = parseLength(text);
+          const n = parseLength(hb, hs + 1, he);
           if (n < 0) this.push(null);
           else if (n === 0) this.push([]);
           else {
@@ -105,13 +108,13 @@ export class RespParser {
           break;
         }
         case 58: // : integer
-          this.push(Number(text));
+          this.push(Number(hb.toString("latin1", hs + 1, he)));
           break;
         case 45: // - error
-          this.push(new ServerError(text));
+          this.push(new ServerError(hb.toString("utf8", hs + 1, he)));
           break;
         case 43: // + simple string
-          this.push(text);
+          this.push(hb.toString("utf8", hs + 1, he));
           break;
         default:
           throw new Error(`protocol error: unknown RESP type ${JSON.stringify(String.fromCharCode(kind))}`);
@@ -134,9 +137,17 @@ export class RespParser {
   }
 }
 
-function parseLength(s: string): number {
-  if (!/^-?\d{1,15}$/.test(s)) throw new Error(`protocol error: bad length ${JSON.stringify(s)}`);
-  return Number(s);
+/** The length in b[start..end): -1 (null) or decimal digits, at most 15. */
+function parseLength(b: Buffer, start: number, end: number): number {
+  if (end - start === 2 && b[start] === 45 && b[start + 1] === 49) return -1;
+  let n = 0;
+  for (let k = start; k < end; k++) {
+    const d = b[k] - 48;
+    if (d < 0 || d > 9 || end - start > 15) throw new Error(`protocol error: bad length ${JSON.stringify(b.toString("latin1", start, end))}`);
+    n = n * 10 + d;
+  }
+  if (end === start) throw new Error("protocol error: empty length");
+  return n;
 }
 
 /**
