@@ -128,5 +128,17 @@ describe("a replica's read connection", () => {
     assert.equal(d.too_large, `p ${size}`);
     assert.equal(d.p, big.slice(0, TOO_LARGE_PREFIX));
     assert.deepEqual(await c.call(`${service}.echo`, [2]), [2]);
+
+    // Its reading connection, killed, is made again by the next read.
+    const readerIds = async () =>
+      (await r.send<string>(["CLIENT", "LIST"]))
+        .split("\n")
+        .filter((l) => l.includes(`user=${user}`) && l.includes("cmd=xreadgroup"))
+        .map((l) => /(?:^| )id=(\d+)/.exec(l)![1]);
+    const killed = await readerIds();
+    assert.ok(killed.length >= 1, "no reading connection of the replica found");
+    for (const id of killed) await r.send(["CLIENT", "KILL", "ID", id]);
+    for (let i = 0; i < 3; i++) assert.deepEqual(await c.call(`${service}.echo`, [i], { timeoutMs: 10_000 }), [i]);
+    assert.ok((await readerIds()).every((id) => !killed.includes(id)));
   });
 });
