@@ -27,8 +27,15 @@ type foreignReplica struct {
 // allowing drain for the hand-back.
 func startForeignReplica(t testing.TB, lang, replica string, argv []string, ready, drain time.Duration) *foreignReplica {
 	t.Helper()
+	return startForeignReplicaEnv(t, lang, replica, argv, []string{"REDIS_URL=" + redisURL}, ready, drain)
+}
+
+// startForeignReplicaEnv is startForeignReplica with env added to the
+// process's environment (REDIS_URL among them).
+func startForeignReplicaEnv(t testing.TB, lang, replica string, argv, env []string, ready, drain time.Duration) *foreignReplica {
+	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()

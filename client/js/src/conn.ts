@@ -131,7 +131,7 @@ export class Conn {
    * Ends a blocking read in progress on reader (it returns as if BLOCK ran
    * out), sent on this connection. Without a known id, closes reader.
    */
-  async unblock(reader: Conn): Promise<void> {
+  async unblock(reader: { readonly id: number; destroy(): void }): Promise<void> {
     const id = reader.id;
     if (!id) {
       reader.destroy();

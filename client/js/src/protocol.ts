@@ -50,7 +50,23 @@ export interface Entry {
   present: boolean;
 }
 
-/** Reads the RESP2 reply of XREAD/XREADGROUP into entries. */
+/** What a field too large to read keeps of its bytes (and so its dead letter): PROTOCOL.md, field too_large. */
+export const TOO_LARGE_PREFIX = 4096;
+
+/** A field longer than its reader's limit: its first TOO_LARGE_PREFIX bytes (as text) and its size; the rest was never held. */
+export class TooLargeField {
+  constructor(
+    readonly prefix: string,
+    readonly size: number,
+  ) {}
+}
+
+/**
+ * Reads the RESP2 reply of XREAD/XREADGROUP into entries. A field value
+ * that is a TooLargeField holds its prefix, and the entry's field
+ * too_large names the first one ("NAME SIZE"), whatever the entry itself
+ * says.
+ */
 export function parseStreams(reply: unknown): Entry[] {
   const out: Entry[] = [];
   if (!Array.isArray(reply)) return out;
@@ -66,7 +82,16 @@ export function parseStreams(reply: unknown): Entry[] {
         continue;
       }
       const fields: Record<string, string> = {};
-      for (let i = 0; i + 1 < flat.length; i += 2) fields[String(flat[i])] = String(flat[i + 1]);
+      let tooLarge = "";
+      for (let i = 0; i + 1 < flat.length; i += 2) {
+        const k = flat[i] instanceof TooLargeField ? flat[i].prefix : String(flat[i]);
+        const v = flat[i + 1];
+        if (v instanceof TooLargeField) {
+          if (!tooLarge) tooLarge = `${k} ${v.size}`;
+          fields[k] = v.prefix;
+        } else fields[k] = String(v);
+      }
+      if (tooLarge) fields.too_large = tooLarge;
       out.push({ id, fields, present: true });
     }
   }

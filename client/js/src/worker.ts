@@ -7,6 +7,7 @@ import { hostname } from "node:os";
 
 import { Conn, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
 import { Announcer } from "./announce.js";
+import { StreamConn } from "./streamconn.js";
 import { Codes, FnmeshError, validCode, type FieldViolation } from "./errors.js";
 import { jwtVerifier, rolesOf, type Claims, type JwtOptions, type Verifier } from "./jwt.js";
 import {
@@ -182,7 +183,7 @@ export class Replica {
   private readonly maxBacklog: number;
   private readonly idemWindowMs: number;
   private cmd?: Conn;
-  private reader?: Conn;
+  private reader?: StreamConn;
   /** Entries taken and not settled: id -> delivery count. */
   private readonly inflight = new Map<string, number>();
   private slotFreed?: () => void;
@@ -271,7 +272,7 @@ export class Replica {
   async start(): Promise<void> {
     for (const v of this.versions) await v.start();
     this.cmd = await Conn.open(this.opts, this.log, "replica");
-    this.reader = await this.cmd.duplicate("replica reader");
+    this.reader = await StreamConn.open(this.opts, this.log, "replica reader", this.maxPayload);
     await this.ensureGroup();
     // §11: the last replica to start says what the bound is.
     if (!this.isVersion) {
@@ -461,7 +462,8 @@ export class Replica {
     try {
       req = this.decode(e);
     } catch (err) {
-      const rt = e.fields.rt?.startsWith(REPLY_PREFIX) ? e.fields.rt : "";
+      // A prefix of a key name could name another inbox.
+      const rt = e.fields.rt?.startsWith(REPLY_PREFIX) && !e.fields.too_large?.startsWith("rt ") ? e.fields.rt : "";
       return this.reject(e, count, e.fields.id ?? "", rt, new FnmeshError(Codes.InvalidArgument, `malformed entry: ${errorMessage(err)}`));
     }
     const size = req.payload === undefined ? 0 : Buffer.byteLength(req.payload);
@@ -617,6 +619,12 @@ export class Replica {
       payload: f.p, traceparent: f.tp ?? "", idempotencyKey: f.ik ?? "",
     };
     if (req.rt && !req.rt.startsWith(REPLY_PREFIX)) throw new Malformed(`field "rt" is not a reply stream`);
+    if (f.too_large) {
+      // The reader kept a prefix of a field above maxPayloadBytes.
+      const sp = f.too_large.indexOf(" ");
+      const [name, size] = sp < 0 ? [f.too_large, ""] : [f.too_large.slice(0, sp), f.too_large.slice(sp + 1)];
+      throw new Malformed(`field ${JSON.stringify(name)} of ${size} bytes exceeds the replica's limit`);
+    }
     if (f.v !== undefined && f.v !== PROTOCOL_VERSION) throw new Malformed(`protocol version ${JSON.stringify(f.v)}, want "1"`);
     if (f.dl !== undefined && f.dl !== "") {
       if (!/^\d+$/.test(f.dl) || Number(f.dl) <= 0) throw new Malformed(`field "dl" is not unix milliseconds: ${JSON.stringify(f.dl)}`);

@@ -125,6 +125,14 @@ class _Incomplete(Exception):
     pass
 
 
+# What a field too large to read keeps of its bytes (and so its dead
+# letter): PROTOCOL.md, field too_large.
+TOO_LARGE_PREFIX = 4096
+
+# A bound above any bulk string Redis sends (its proto-max-bulk-len).
+_NO_LIMIT = 1 << 62
+
+
 def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
     """One RESP2 value from buf at pos: bulk strings as text, errors as
     ResponseError values. Raises _Incomplete when buf ends first."""
@@ -158,6 +166,138 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
     return line, end + 2  # + simple string
 
 
+class _Cut:
+    """A bulk string longer than the reader's limit: its first
+    TOO_LARGE_PREFIX bytes and its size; the rest was never held."""
+
+    __slots__ = ("prefix", "size")
+
+    def __init__(self, prefix: bytes, size: int) -> None:
+        self.prefix = prefix
+        self.size = size
+
+    def text(self) -> str:
+        # "ignore": a character cut in two at the end is dropped, so the
+        # text is at most TOO_LARGE_PREFIX bytes again.
+        return self.prefix.decode("utf-8", "ignore")
+
+
+class _BoundedReader:
+    """Reads one RESP2 value from an asyncio reader as its bytes arrive,
+    holding at most one bulk string of up to max_bulk bytes whole: a
+    longer one becomes a _Cut, its bytes past the prefix discarded as they
+    are read."""
+
+    _MAX_DEPTH = 64
+    _MAX_LINE = 64 << 10
+
+    def __init__(self, reader: asyncio.StreamReader, buf: bytes, max_bulk: int) -> None:
+        self._r = reader
+        self._b = bytearray(buf)
+        self._i = 0
+        self._max = max_bulk
+        self.cut = False  # a _Cut was made
+
+    def rest(self) -> bytes:
+        """What was read past the value."""
+        return bytes(self._b[self._i :])
+
+    async def _more(self, want: int = 65536) -> None:
+        if self._i >= 65536:
+            del self._b[: self._i]
+            self._i = 0
+        chunk = await self._r.read(max(want, 65536))
+        if not chunk:
+            raise ConnectionError("connection closed by the server")
+        self._b += chunk
+
+    async def _line(self) -> bytes:
+        while True:
+            j = self._b.find(b"\r\n", self._i)
+            if j >= 0:
+                line = bytes(self._b[self._i : j])
+                self._i = j + 2
+                if not line:
+                    raise ConnectionError("protocol error: empty RESP line")
+                return line
+            if len(self._b) - self._i > self._MAX_LINE:
+                raise ConnectionError("protocol error: RESP line too long")
+            await self._more()
+
+    async def _take(self, n: int) -> bytes:
+        while len(self._b) - self._i < n:
+            await self._more(n - (len(self._b) - self._i))
+        out = bytes(self._b[self._i : self._i + n])
+        self._i += n
+        return out
+
+    async def _skip(self, n: int) -> None:
+        have = len(self._b) - self._i
+        if have >= n:
+            self._i += n
+            return
+        n -= have
+        del self._b[:]
+        self._i = 0
+        while n > 0:
+            chunk = await self._r.read(min(n, 65536))
+            if not chunk:
+                raise ConnectionError("connection closed by the server")
+            n -= len(chunk)
+
+    async def value(self, depth: int = 0) -> Any:
+        line = await self._line()
+        kind = line[0]
+        if kind == 36:  # $ bulk string
+            n = int(line[1:])
+            if n < 0:
+                return None
+            if n > self._max:
+                keep = min(n, TOO_LARGE_PREFIX)
+                prefix = await self._take(keep)
+                await self._skip(n - keep)
+                v: Any = _Cut(prefix, n)
+                self.cut = True
+            else:
+                v = (await self._take(n)).decode("utf-8", "replace")
+            if await self._take(2) != b"\r\n":
+                raise ConnectionError("protocol error: bulk string not ended by CRLF")
+            return v
+        if kind == 42:  # * array
+            n = int(line[1:])
+            if n < 0:
+                return None
+            if depth >= self._MAX_DEPTH:
+                raise ConnectionError("protocol error: RESP arrays nested too deep")
+            return [await self.value(depth + 1) for _ in range(n)]
+        text = line[1:].decode("utf-8", "replace")
+        if kind == 58:  # : integer
+            return int(text)
+        if kind == 45:  # - error
+            return ResponseError(text)
+        return text  # + simple string
+
+
+def _entry_fields(flat: list[Any]) -> dict[str, str]:
+    """An entry's fields where some may be _Cut: each holds its prefix, and
+    too_large names the first cut value ("NAME SIZE"), whatever the entry
+    itself says."""
+    out: dict[str, str] = {}
+    too_large = ""
+    for i in range(0, len(flat) - 1, 2):
+        k, v = flat[i], flat[i + 1]
+        if isinstance(k, _Cut):
+            k = k.text()
+        if isinstance(v, _Cut):
+            if not too_large:
+                too_large = f"{k} {v.size}"
+            v = v.text()
+        out[k] = v
+    if too_large:
+        out["too_large"] = too_large
+    return out
+
+
 async def read_replies(conn: Any, n: int) -> list[Any]:
     """Reads n replies from a redis-py connection with nothing else
     pending on it, parsing RESP here (an error reply becomes a
@@ -187,11 +327,21 @@ class StreamReader:
     """Reads XREADGROUP replies on a connection of its own, parsing RESP
     itself: the blocking read of a replica, its hottest path, without
     redis-py's per-element reply parser. The connection (and its
-    authentication, database and TLS) is redis-py's."""
+    authentication, database and TLS) is redis-py's.
 
-    def __init__(self, url: str | None, name: str | None = None) -> None:
+    A field longer than max_field bytes is never held whole: the entry
+    keeps its first TOO_LARGE_PREFIX bytes, the rest is discarded as it
+    arrives, and its field too_large says "NAME SIZE" (PROTOCOL.md)."""
+
+    # Replies up to this size are parsed from one buffer, at once; a
+    # larger one value by value as its bytes arrive (and so is one longer
+    # than the limit, which may hold a field above it).
+    _WHOLE = 256 << 10
+
+    def __init__(self, url: str | None, name: str | None = None, max_field: int = _NO_LIMIT) -> None:
         self._r = connect_redis(url, single_connection=True, name=name)
         self._buf = b""
+        self._max = max_field
 
     async def xreadgroup(self, group: str, consumer: str, key: str, last: str, count: int, block: int | None) -> list[tuple[str, dict[str, str]]]:
         """The entries of one XREADGROUP on key (fields {} for an entry
@@ -206,18 +356,26 @@ class StreamReader:
         if block is not None:
             args += ["BLOCK", str(block)]
         args += ["STREAMS", key, last]
+        cut = False
         try:
             await conn.send_packed_command(pack([tuple(args)]), check_health=False)
             reader = conn._reader
             assert reader is not None
             while True:
-                try:
-                    reply, pos = _parse(self._buf, 0) if self._buf else (None, -1)
-                    if pos >= 0:
-                        self._buf = self._buf[pos:]
+                if self._buf:
+                    try:
+                        reply, pos = _parse(self._buf, 0)
+                    except _Incomplete:
+                        if len(self._buf) > self._WHOLE:
+                            reply, cut = await self._read_bounded(reader)
+                            break
+                    else:
+                        if pos <= self._max:
+                            # No field of it can be above the limit.
+                            self._buf = self._buf[pos:]
+                        else:
+                            reply, cut = await self._read_bounded(reader)
                         break
-                except _Incomplete:
-                    pass
                 chunk = await reader.read(65536)
                 if not chunk:
                     raise ConnectionError("connection closed by the server")
@@ -232,8 +390,19 @@ class StreamReader:
         for _, entries in reply or []:
             for e in entries:
                 flat = e[1] or []
-                out.append((e[0], dict(zip(flat[::2], flat[1::2]))))
+                if cut:
+                    out.append((e[0].text() if isinstance(e[0], _Cut) else e[0], _entry_fields(flat)))
+                else:
+                    out.append((e[0], dict(zip(flat[::2], flat[1::2]))))
         return out
+
+    async def _read_bounded(self, reader: asyncio.StreamReader) -> tuple[Any, bool]:
+        """The reply that starts self._buf, read as it arrives."""
+        br = _BoundedReader(reader, self._buf, self._max)
+        self._buf = b""
+        v = await br.value()
+        self._buf = br.rest()
+        return v, br.cut
 
     async def close(self) -> None:
         await self._r.close(close_connection_pool=True)

@@ -348,7 +348,8 @@ class Replica:
             raise
         for lane in self._lanes.values():
             # Named, so that operators see which replica a blocked read is.
-            lane.reader = StreamReader(self._url, name="fnmesh-replica-" + re.sub(r"[^A-Za-z0-9_.:@-]", "_", self.id))
+            lane.reader = StreamReader(self._url, name="fnmesh-replica-" + re.sub(r"[^A-Za-z0-9_.:@-]", "_", self.id),
+                                       max_field=self._max_payload)
             lane.task = asyncio.create_task(self._run(lane))
         self._every(self._trim_every, self._trim)
         self._every(self._claim_every, self._claim_all)
@@ -571,6 +572,11 @@ class Replica:
         )
         if req.rt and not req.rt.startswith(REPLY_PREFIX):
             raise _Malformed('field "rt" is not a reply stream')
+        too_large = f.get("too_large")
+        if too_large:
+            # The reader kept a prefix of a field above max_payload_bytes.
+            name, _, size = too_large.partition(" ")
+            raise _Malformed(f"field {json.dumps(name)} of {size} bytes exceeds the replica's limit")
         v = f.get("v")
         if v is not None and v != PROTOCOL_VERSION:
             raise _Malformed(f'protocol version {v!r}, want "1"')
@@ -591,7 +597,8 @@ class Replica:
             req = self._decode(f)
         except _Malformed as e:
             rt = f.get("rt", "")
-            rt = rt if rt.startswith(REPLY_PREFIX) else ""
+            if not rt.startswith(REPLY_PREFIX) or f.get("too_large", "").startswith("rt "):
+                rt = ""  # a prefix of a key name could name another inbox
             return await self._reject(lane, eid, f, count, f.get("id", ""), rt, FnmeshError(INVALID_ARGUMENT, f"malformed entry: {e}"))
         size = len(req.payload.encode()) if req.payload else 0
         if size > self._max_payload:

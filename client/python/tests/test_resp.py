@@ -3,6 +3,8 @@ anywhere, and a reader whose connection is killed."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 from typing import Any
 
@@ -10,7 +12,8 @@ import pytest
 from conftest import eventually, redis_url, run, unique
 
 import fnmesh
-from fnmesh.redisconn import ResponseError, _Incomplete, _parse
+from fnmesh.protocol import dead_letter_key
+from fnmesh.redisconn import TOO_LARGE_PREFIX, ResponseError, _BoundedReader, _Cut, _entry_fields, _Incomplete, _parse
 
 
 def encode(v: Any) -> bytes:
@@ -67,6 +70,80 @@ def test_replica_reads_again_after_its_connection_is_killed(raw: Any) -> None:
             assert killed >= 1
             for i in range(5):
                 assert await c.call(f"{svc}.f", i, timeout=10) == i
+        finally:
+            await c.close()
+            await r.close()
+
+    run(main())
+
+
+def feed(b: bytes, step: int) -> asyncio.StreamReader:
+    r = asyncio.StreamReader()
+    for i in range(0, len(b), step):
+        r.feed_data(b[i : i + step])
+    r.feed_eof()
+    return r
+
+
+def test_bounded_reader_reads_what_parse_reads() -> None:
+    async def main() -> None:
+        rng = random.Random(11)
+        for _ in range(200):
+            v = value(rng)
+            b = encode(v) + b"+NEXT\r\n"
+            br = _BoundedReader(feed(b, rng.randrange(1, 9)), b"", 1 << 20)
+            assert await br.value() == v
+            assert not br.cut
+            assert await br.value() == "NEXT"
+
+    asyncio.run(main())
+
+
+def test_bounded_reader_cuts_a_long_bulk_string_to_its_prefix() -> None:
+    async def main() -> None:
+        big = b"x" * (3 * TOO_LARGE_PREFIX)
+        reply = b"*2\r\n$3\r\n1-1\r\n*4\r\n$2\r\nid\r\n$1\r\na\r\n$1\r\np\r\n$%d\r\n%s\r\n" % (len(big), big)
+        for step in (1, 7, 4096, len(reply)):
+            br = _BoundedReader(feed(reply + b":5\r\n", step), b"", 100)
+            v = await br.value()
+            assert br.cut and v[0] == "1-1"
+            cut = v[1][3]
+            assert isinstance(cut, _Cut) and cut.size == len(big) and cut.prefix == big[:TOO_LARGE_PREFIX]
+            assert _entry_fields(v[1]) == {"id": "a", "p": "x" * TOO_LARGE_PREFIX, "too_large": f"p {len(big)}"}
+            assert await br.value() == 5
+        # A field at the limit is read whole; the entry's own too_large
+        # never hides the reader's.
+        br = _BoundedReader(feed(encode(["p", "y" * 100, "too_large", "", "q", "z" * 101]), 13), b"", 100)
+        v = await br.value()
+        assert _entry_fields(v) == {"p": "y" * 100, "too_large": "q 101", "q": "z" * 101}
+        # A character cut in two at the prefix's end is dropped.
+        s = ("é" * TOO_LARGE_PREFIX).encode()
+        br = _BoundedReader(feed(b"$%d\r\n%s\r\n" % (len(s), s[1:] + b"."), 1000), b"", 10)
+        t = (await br.value()).text()
+        assert len(t.encode()) <= TOO_LARGE_PREFIX and t.endswith("é")
+
+    asyncio.run(main())
+
+
+def test_replica_refuses_a_field_above_its_limit_as_a_go_replica_does(raw: Any) -> None:
+    async def main() -> None:
+        svc = unique("big")
+        r = await fnmesh.serve(svc, {"f": lambda a: a}, url=redis_url(), allow_unauthenticated=True, max_payload_bytes=1000)
+        c = await fnmesh.connect(url=redis_url())
+        try:
+            big = "z" * 10_000
+            size = len(json.dumps(big))
+            reason = f"malformed entry: field \"p\" of {size} bytes exceeds the replica's limit"
+            with pytest.raises(fnmesh.FnmeshError) as e:
+                await c.call(f"{svc}.f", big, timeout=10)
+            assert (e.value.code, e.value.message) == ("invalid_argument", reason)
+            await eventually("dead-lettered", lambda: raw.xlen(dead_letter_key(svc)) > 0)
+            dead = raw.xrange(dead_letter_key(svc))
+            assert len(dead) == 1
+            d = dead[0][1]
+            assert (d["code"], d["reason"], d["too_large"]) == ("invalid_argument", reason, f"p {size}")
+            assert d["p"] == json.dumps(big)[:TOO_LARGE_PREFIX]
+            assert await c.call(f"{svc}.f", [2], timeout=10) == [2]
         finally:
             await c.close()
             await r.close()

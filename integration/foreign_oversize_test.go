@@ -1,0 +1,139 @@
+package integration
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/bus"
+	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/internal/redistest"
+)
+
+// A Node or Python replica refuses an entry far above its payload limit
+// as the Go replica does (TestOversizedEntryKeepsReplicaRSSBounded): its
+// peak RSS grows by a small fraction of the entry, the caller is answered
+// invalid_argument, the dead letter has the Go replica's reason, the
+// payload's first 4096 bytes and too_large, and the replica keeps
+// serving.
+func TestForeignReplicaRefusesOversizedEntry(t *testing.T) {
+	for _, lang := range []struct {
+		name  string
+		start func(t testing.TB, service, replica string, args ...string) *foreignReplica
+	}{{"node", startNodeReplica}, {"python", startPythonReplica}} {
+		t.Run(lang.name, func(t *testing.T) {
+			ctx := context.Background()
+			const size = 128 << 20
+			name := bustest.Name("big" + lang.name)
+			maker := inspector(t)
+			maker.Options().ReadTimeout = 30 * time.Second // Redis may be busy sending the entry to the replica
+			// After the replica stops: Redis frees the entry.
+			t.Cleanup(func() { maker.Del(context.Background(), bus.RequestTopic(name)) })
+			w := lang.start(t, name, name+"-1")
+			c := newClient(t, client.Config{Logger: bustest.Quiet, SkipRegistryCheck: true})
+			var who string
+			if err := c.Call(ctx, name+".who", struct{}{}, &who); err != nil {
+				t.Fatal(err)
+			}
+			before := peakRSSKB(t, w.cmd.Process.Pid)
+
+			inbox := bus.ReplyTopic(name + "-inbox")
+			// A replica never makes an inbox (XADD NOMKSTREAM): a caller's.
+			first, err := maker.XAdd(ctx, &redis.XAddArgs{Stream: inbox, Values: []string{"made", "by the test"}}).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := maker.Eval(ctx, `return redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', 'big-1', 'fn', 'who', 'rt', ARGV[2], 'p', string.rep('x', tonumber(ARGV[1])))`,
+				[]string{bus.RequestTopic(name)}, size, inbox).Err(); err != nil {
+				t.Fatal(err)
+			}
+			const reason = `malformed entry: field "p" of 134217728 bytes exceeds the replica's limit`
+			res, err := maker.XRead(ctx, &redis.XReadArgs{Streams: []string{inbox, first}, Count: 1, Block: 60 * time.Second}).Result()
+			if err != nil {
+				t.Fatalf("no answer to the oversized request (peak RSS %d -> %d MB): %v", before>>10, peakRSSKB(t, w.cmd.Process.Pid)>>10, err)
+			}
+			after := peakRSSKB(t, w.cmd.Process.Pid)
+			if grew := (after - before) << 10; grew > size/8 {
+				t.Errorf("%s replica's peak RSS grew by %d MB (%d -> %d MB) for a %d MB entry", lang.name, grew>>20, before>>10, after>>10, size>>20)
+			} else {
+				t.Logf("%s replica's peak RSS %d -> %d MB while a %d MB entry was refused", lang.name, before>>10, after>>10, size>>20)
+			}
+			if a := res[0].Messages[0].Values; a[bus.FieldID] != "big-1" || a[bus.FieldCode] != string(fnmesh.CodeInvalidArgument) || a[bus.FieldMessage] != reason {
+				t.Errorf("answer %v, want invalid_argument %q", a, reason)
+			}
+			b := newRedisBus(t, busConfig())
+			var dls []bus.DeadLetter
+			bustest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
+				dls, err = b.DeadLetters(ctx, name, 10)
+				return err == nil && len(dls) == 1
+			})
+			d := dls[0]
+			if d.Code != fnmesh.CodeInvalidArgument || d.Reason != reason {
+				t.Errorf("dead letter %s %q, want invalid_argument %q", d.Code, d.Reason, reason)
+			}
+			if string(d.Payload) != strings.Repeat("x", tooLargePrefix) || d.Fields[bus.FieldTooLarge] != "p 134217728" {
+				t.Errorf("dead letter keeps %d bytes of the payload and too_large %q, want %d and %q",
+					len(d.Payload), d.Fields[bus.FieldTooLarge], tooLargePrefix, "p 134217728")
+			}
+			if err := c.Call(ctx, name+".who", struct{}{}, &who); err != nil || who != name+"-1" {
+				t.Fatalf("call after the oversized entry: %q %v", who, err)
+			}
+		})
+	}
+}
+
+// A Node replica's own read connection speaks TLS for rediss:// (trusting
+// the CAs Node does, NODE_EXTRA_CA_CERTS included): it serves a Go caller
+// over TLS and cuts an oversized field short there too.
+func TestNodeReplicaReadsOverTLS(t *testing.T) {
+	files, err := redistest.NewTLSFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := redistest.Start(redistest.Options{TLS: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	name := bustest.Name("tlsnode")
+	argv := []string{"node", filepath.Join(nodeJS(t), "dist", "tools", "interop.js"), "serve", name, name + "-1"}
+	startForeignReplicaEnv(t, "node", name+"-1", argv, []string{"REDIS_URL=" + srv.URL, "NODE_EXTRA_CA_CERTS=" + files.CAFile}, 20*time.Second, 10*time.Second)
+
+	b, err := bus.NewRedis(bus.RedisConfig{URL: srv.URL, TLS: srv.TLSConfig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	c, err := client.New(b, client.Config{Logger: bustest.Quiet, SkipRegistryCheck: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+	var who string
+	if err := c.Call(ctx, name+".who", struct{}{}, &who); err != nil || who != name+"-1" {
+		t.Fatalf("call over TLS: %q %v", who, err)
+	}
+	const size = 4 << 20
+	if err := b.Client().Eval(ctx, `return redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', 'big-tls', 'fn', 'who', 'p', string.rep('x', tonumber(ARGV[1])))`,
+		[]string{bus.RequestTopic(name)}, size).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var dls []bus.DeadLetter
+	bustest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
+		dls, err = b.DeadLetters(ctx, name, 10)
+		return err == nil && len(dls) == 1
+	})
+	if d := dls[0]; d.Reason != `malformed entry: field "p" of 4194304 bytes exceeds the replica's limit` || len(d.Payload) != tooLargePrefix {
+		t.Fatalf("dead letter %q keeping %d bytes", d.Reason, len(d.Payload))
+	}
+	if err := c.Call(ctx, name+".who", struct{}{}, &who); err != nil {
+		t.Fatalf("call after the oversized entry: %v", err)
+	}
+}
