@@ -11,7 +11,7 @@ import (
 
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
-	"github.com/fnmesh/fnmesh/bus/bustest"
+	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/internal/redistest"
 )
@@ -30,13 +30,13 @@ func TestForeignReplicaRefusesOversizedEntry(t *testing.T) {
 		t.Run(lang.name, func(t *testing.T) {
 			ctx := context.Background()
 			const size = 128 << 20
-			name := bustest.Name("big" + lang.name)
+			name := meshtest.Name("big" + lang.name)
 			maker := inspector(t)
 			maker.Options().ReadTimeout = 30 * time.Second // Redis may be busy sending the entry to the replica
 			// After the replica stops: Redis frees the entry.
 			t.Cleanup(func() { maker.Del(context.Background(), bus.RequestTopic(name)) })
 			w := lang.start(t, name, name+"-1")
-			c := newClient(t, client.Config{Logger: bustest.Quiet, SkipRegistryCheck: true})
+			c := newClient(t, client.Config{Logger: meshtest.Quiet, SkipRegistryCheck: true})
 			var who string
 			if err := c.Call(ctx, name+".who", struct{}{}, &who); err != nil {
 				t.Fatal(err)
@@ -69,7 +69,7 @@ func TestForeignReplicaRefusesOversizedEntry(t *testing.T) {
 			}
 			b := newRedisBus(t, busConfig())
 			var dls []bus.DeadLetter
-			bustest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
+			meshtest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
 				dls, err = b.DeadLetters(ctx, name, 10)
 				return err == nil && len(dls) == 1
 			})
@@ -101,7 +101,7 @@ func TestNodeReplicaReadsOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
-	name := bustest.Name("tlsnode")
+	name := meshtest.Name("tlsnode")
 	argv := []string{"node", filepath.Join(nodeJS(t), "dist", "tools", "interop.js"), "serve", name, name + "-1"}
 	startForeignReplicaEnv(t, "node", name+"-1", argv, []string{"REDIS_URL=" + srv.URL, "NODE_EXTRA_CA_CERTS=" + files.CAFile}, 20*time.Second, 10*time.Second)
 
@@ -110,7 +110,7 @@ func TestNodeReplicaReadsOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	c, err := client.New(b, client.Config{Logger: bustest.Quiet, SkipRegistryCheck: true})
+	c, err := client.New(b, client.Config{Logger: meshtest.Quiet, SkipRegistryCheck: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestNodeReplicaReadsOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	var dls []bus.DeadLetter
-	bustest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
+	meshtest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
 		dls, err = b.DeadLetters(ctx, name, 10)
 		return err == nil && len(dls) == 1
 	})
