@@ -346,7 +346,9 @@ func decodeRequestEntry(e entry, r *Request) error {
 		case FieldVersion:
 			f.version, f.hasVersion = v, true
 		case FieldTooLarge:
-			f.tooLarge = v
+			if e.tooLarge == "" { // the reader's mark wins over a sender's
+				f.tooLarge = v
+			}
 		}
 		return true
 	})

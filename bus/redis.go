@@ -656,9 +656,6 @@ func isKnownField(k string) bool {
 // payload becomes metadata.
 func (e entry) message() *message.Message {
 	m := message.NewMessage(e.id, nil)
-	if e.tooLarge != "" {
-		m.Metadata[FieldTooLarge] = e.tooLarge
-	}
 	e.each(func(k, v string) bool {
 		if k == FieldPayload {
 			m.Payload = bytesOf(v)
@@ -667,6 +664,11 @@ func (e entry) message() *message.Message {
 		}
 		return true
 	})
+	if e.tooLarge != "" {
+		// After the entry's fields: a sender's too_large must not hide
+		// the reader's.
+		m.Metadata[FieldTooLarge] = e.tooLarge
+	}
 	return m
 }
 

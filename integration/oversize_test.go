@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,5 +127,47 @@ func TestOversizedEntryKeepsReplicaRSSBounded(t *testing.T) {
 		t.Fatalf("replica's peak RSS grew by %d MB (%d -> %d MB) for a %d MB entry", grew>>20, before>>10, after>>10, size>>20)
 	} else {
 		t.Logf("replica's peak RSS %d -> %d MB while a %d MB entry was refused", before>>10, after>>10, size>>20)
+	}
+}
+
+// A sender cannot unmark an oversized field: an entry that carries its
+// own empty too_large field, with a payload whose first bytes are valid
+// JSON, is still refused as too large, never run on the cut prefix.
+func TestOversizedEntryCannotHideItsMark(t *testing.T) {
+	ctx := context.Background()
+	name := meshtest.Name("bigmark")
+	h := meshtest.NewHarness(t, newRedisBus(t, busConfig()))
+	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	var ran atomic.Int32
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		ran.Add(1)
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
+	})
+	h.Start(svc)
+	c := h.Client(client.Config{Logger: meshtest.Quiet})
+	if err := c.Call(ctx, name+".add", meshtest.AddIn{A: 1, B: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, order := range []string{"mark first", "mark last"} {
+		script := `return redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', ARGV[2], 'fn', 'add', 'too_large', '', 'p', '{"a":1,"b":2}' .. string.rep(' ', tonumber(ARGV[1])))`
+		if order == "mark last" {
+			script = `return redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', ARGV[2], 'fn', 'add', 'p', '{"a":1,"b":2}' .. string.rep(' ', tonumber(ARGV[1])), 'too_large', '')`
+		}
+		if err := inspector(t).Eval(ctx, script, []string{bus.RequestTopic(name)}, 4<<20, order).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	meshtest.Eventually(t, 30*time.Second, "entries with a sender's too_large not both dead-lettered", func() bool {
+		dls, err := h.Bus.DeadLetters(ctx, name, 10)
+		return err == nil && len(dls) == 2
+	})
+	dls, _ := h.Bus.DeadLetters(ctx, name, 10)
+	for _, d := range dls {
+		if d.Code != fnmesh.CodeInvalidArgument || !strings.Contains(d.Reason, `"p"`) {
+			t.Fatalf("dead letter %s: %q", d.Code, d.Reason)
+		}
+	}
+	if n := ran.Load(); n != 1 {
+		t.Fatalf("the function ran %d times, want once (the plain call)", n)
 	}
 }
