@@ -7,7 +7,8 @@
 //
 //   - calls/s at 64 in flight, fnmesh call vs peers rawpipe (rueidis,
 //     auto-pipelined);
-//   - processed sends/s, fnmesh send vs peers rawsend;
+//   - processed sends/s, fnmesh send vs peers rawsend, and the same with
+//     the status records of sends turned off (peers keeps none);
 //   - sequential p50, fnmesh call vs peers raw (go-redis, one call at a
 //     time).
 //
@@ -92,11 +93,12 @@ func main() {
 	}
 	fmt.Printf("\nload average at end: %s\n\n", loadAvg())
 	fmt.Printf("medians of %d rounds (range); fnmesh and peers alternate, same redis-server\n", *rounds)
-	fmt.Printf("%-22s %-22s %-22s %-22s\n", "distance (RTT added)", "calls/s vs rawpipe", "sends/s vs rawsend", "seq p50 vs raw")
+	const format = "%-24s %-20s %-20s %-28s %-20s\n"
+	fmt.Printf(format, "distance (RTT added)", "calls/s vs rawpipe", "sends/s vs rawsend", "sends/s, no status records", "seq p50 vs raw")
 	for _, r := range rows {
-		fmt.Printf("%-22s %-22s %-22s %-22s\n", r.name, r.call, r.send, r.p50)
+		fmt.Printf(format, r.name, r.call, r.send, r.sendNoStatus, r.p50)
 	}
-	fmt.Printf("%-22s %-22s %-22s %-22s\n", "goal", ">= 1.00x", ">= 1.00x (loopback)", "<= 1.10x (network)")
+	fmt.Printf(format, "goal", ">= 1.00x", ">= 1.00x (loopback)", "", "<= 1.10x (network)")
 }
 
 func fatal(err error) {
@@ -110,7 +112,7 @@ type set struct {
 	peersBin string
 }
 
-type row struct{ name, call, send, p50 string }
+type row struct{ name, call, send, sendNoStatus, p50 string }
 
 // distance runs the rounds at one distance: fnmesh through url, the peers
 // through addr.
@@ -120,19 +122,22 @@ func (s set) distance(d time.Duration, url, addr string, rounds int) (row, error
 		name = fmt.Sprintf("%v each way (%v)", d, 2*d)
 	}
 	fmt.Printf("\n== %s\n", name)
-	var call, send, p50 []float64
+	var call, send, sendNoStatus, p50 []float64
 	for i := 0; i < rounds; i++ {
 		// Who goes first alternates too: a machine whose speed drifts
 		// favours neither.
 		var steps []func() error
-		var fc, fs bench.Result
+		var fc, fs, fn bench.Result
 		var pp, ps, pr peerResult
 		fnCall := func() (err error) {
-			fc, err = s.fnmesh("call", url)
+			fc, err = s.fnmesh("call", url, false)
 			return err
 		}
 		fnSend := func() (err error) {
-			fs, err = s.fnmesh("send", url)
+			if fs, err = s.fnmesh("send", url, false); err != nil {
+				return err
+			}
+			fn, err = s.fnmesh("send", url, true)
 			return err
 		}
 		peer := func(mode string, into *peerResult, dur time.Duration) func() error {
@@ -155,10 +160,11 @@ func (s set) distance(d time.Duration, url, addr string, rounds int) (row, error
 		}
 		call = append(call, fc.PerSecond/pp.perSecond)
 		send = append(send, fs.PerSecond/ps.perSecond)
+		sendNoStatus = append(sendNoStatus, fn.PerSecond/ps.perSecond)
 		p50 = append(p50, float64(fc.P50.Microseconds())/pr.p50)
-		fmt.Printf("round %d: calls %.2fx  sends %.2fx  seq p50 %.2fx\n", i+1, call[i], send[i], p50[i])
+		fmt.Printf("round %d: calls %.2fx  sends %.2fx (no status records %.2fx)  seq p50 %.2fx\n", i+1, call[i], send[i], sendNoStatus[i], p50[i])
 	}
-	return row{name: name, call: median(call), send: median(send), p50: median(p50)}, nil
+	return row{name: name, call: median(call), send: median(send), sendNoStatus: median(sendNoStatus), p50: median(p50)}, nil
 }
 
 func median(v []float64) string {
@@ -168,12 +174,16 @@ func median(v []float64) string {
 	return fmt.Sprintf("%.2fx (%.2f-%.2f)", m, v[0], v[n-1])
 }
 
-func (s set) fnmesh(mode, url string) (bench.Result, error) {
-	r, err := bench.Run(context.Background(), bench.Options{Mode: mode, Replicas: 2, Concurrency: 64, Duration: s.dur, Sequential: s.seq, RedisURL: url})
+func (s set) fnmesh(mode, url string, noStatus bool) (bench.Result, error) {
+	r, err := bench.Run(context.Background(), bench.Options{Mode: mode, Replicas: 2, Concurrency: 64, Duration: s.dur, Sequential: s.seq, RedisURL: url, NoStatus: noStatus})
 	if err != nil {
 		return r, fmt.Errorf("fnmesh %s: %w", mode, err)
 	}
-	fmt.Printf("  %-16s %s\n", "fnmesh "+mode+":", r)
+	name := "fnmesh " + mode + ":"
+	if noStatus {
+		name = "fnmesh " + mode + " (no status):"
+	}
+	fmt.Printf("  %-26s %s\n", name, r)
 	return r, nil
 }
 
@@ -208,7 +218,7 @@ func (s set) peer(mode, addr string, d time.Duration) (peerResult, error) {
 		return p, fmt.Errorf("peers -mode %s: no figure in %q", mode, line)
 	}
 	p.perSecond, _ = strconv.ParseFloat(m[1], 64)
-	fmt.Printf("  %-16s %s\n", "peers "+mode+":", line)
+	fmt.Printf("  %-26s %s\n", "peers "+mode+":", line)
 	return p, nil
 }
 
