@@ -140,15 +140,9 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 			}
 		}
 	}()
-	var timer *time.Timer
 	for c := range queue {
 		if wait := time.Until(c.due); wait > 0 {
-			if timer == nil {
-				timer = time.NewTimer(wait)
-			} else {
-				timer.Reset(wait)
-			}
-			<-timer.C
+			sleep(wait)
 		}
 		if _, err := dst.Write(c.b); err != nil {
 			break
