@@ -65,10 +65,13 @@ lint:
 	$(GO) vet ./...
 	cd deployments && $(GO) vet ./...
 
-## bench: fnmesh against its bare-Redis reference in one run, and the
-##        Go benchmarks (allocations per call)
+## bench: fnmesh against the bare Redis loops of $(PEERS) in one run, on
+##        loopback and through a proxy adding 0.5 ms and 2 ms round trip,
+##        alternating for ROUNDS rounds (medians); then the Go benchmarks
+##        (allocations per call)
+ROUNDS ?= 3
 bench:
-	$(WITHREDIS) $(GO) run ./internal/bench/benchset --peers '$(PEERS)'
+	$(WITHREDIS) $(GO) run ./internal/bench/benchset --peers '$(PEERS)' --rounds $(ROUNDS)
 	$(WITHREDIS) $(GO) test -run '^$$' -bench . -benchmem ./client ./integration
 
 ## bench-scale: calls/s and p99 with 1, 2 and 4 replica processes of an

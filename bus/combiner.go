@@ -5,17 +5,22 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 )
 
-// combiner sends commands from many goroutines in shared round trips.
-// The first caller to find no flush in progress starts a flusher: it
-// writes that command together with every command queued meanwhile, in
-// one pipeline, and goes on while commands keep queuing. Under load
-// commands queue while a round trip is in flight and go out together in
-// the next. Every caller, the one that started the flusher included,
+// combiner sends commands from many goroutines in shared writes, and
+// keeps writing while replies are outstanding. The first caller to find
+// no flush in progress starts a flusher: it writes that command together
+// with every command queued meanwhile, as one batch, and goes on while
+// commands keep queuing; it does not wait for a batch's replies before it
+// writes the next. The connection's reader reads the replies in the
+// order the batches went out and tells their callers (pipeline). Under
+// load commands queue while a batch is being written and go out together
+// in the next. Every caller, the one that started the flusher included,
 // waits only as long as its ctx allows: when Redis stops answering, a
 // round trip can take dial timeouts and a retry, and a call must still
 // end at its deadline. Some callers do not wait at all: doAsync (a
@@ -23,19 +28,20 @@ import (
 // reply, which settles its request once written).
 //
 // Acks (XACK) queue apart, by stream, and go out as one XACK per stream
-// after the commands of the same round trip: an ack queued with a reply
+// after the commands of the same batch: an ack queued with a reply
 // (doInline, doSettled) goes out with it.
 type combiner struct {
-	rdb      redis.UniversalClient
-	dialer   *wireDialer   // nil: through go-redis (a cluster)
-	wire     *wireConn     // the connection of a single-node client; only the flusher uses it
-	ackCmds  []respCmd     // the flusher's XACKs, reused
-	wake     chan struct{} // starts the flusher's turn; sent and closed under mu
-	finished chan struct{} // closed when the flusher has ended
-	mu       sync.Mutex
-	queue    []*pendingCmd
-	spare    []*pendingCmd       // the other buffer, reused
-	acks     map[string][]string // entry ids to XACK, by stream; nobody waits for them
+	rdb    redis.UniversalClient
+	dialer *wireDialer   // nil: through go-redis (a cluster)
+	wire   *pipeline     // the connection of a single-node client; only the flusher writes it
+	wake   chan struct{} // starts the flusher's turn; sent and closed under mu
+	// gateTimer is the flusher's, for gate.
+	gateTimer *time.Timer
+	finished  chan struct{} // closed when the flusher has ended
+	mu        sync.Mutex
+	queue     []*pendingCmd
+	retry     []*batch            // batches to write once more, on a new connection
+	acks      map[string][]string // entry ids to XACK, by stream; nobody waits for them
 	// released are told, after the round trip that carries their XACK,
 	// that an entry is acked (ackThen).
 	released []releasedEntry
@@ -43,6 +49,9 @@ type combiner struct {
 	closed   bool
 
 	deadMaxLen int64 // MAXLEN of the dead letters of replies that cannot be written
+
+	clusterQueue chan *batch // a cluster's batches, to its workers
+	workers      sync.WaitGroup
 }
 
 // pendingCmd is a command on its way: made by command, given to do,
@@ -118,7 +127,7 @@ func (c *combiner) wait(ctx context.Context, p *pendingCmd) error {
 }
 
 // doAsync queues p for the next round trip and returns at once; failed
-// is called (by the flusher) if p fails. It returns ErrClosed if the
+// is called (once its reply is read) if p fails. It returns ErrClosed if the
 // combiner is closed.
 func (c *combiner) doAsync(p *pendingCmd, failed func(error)) error {
 	c.mu.Lock()
@@ -131,8 +140,8 @@ func (c *combiner) doAsync(p *pendingCmd, failed func(error)) error {
 }
 
 // doThen queues p for the next round trip and returns at once; then is
-// told p's outcome after the round trip (on the flushing goroutine, so it
-// must not wait for another round trip).
+// told p's outcome after the round trip (on the goroutine that reads the
+// replies, so it must not wait for another round trip).
 func (c *combiner) doThen(p *pendingCmd, then func(error)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -158,10 +167,9 @@ func (c *combiner) startLocked() {
 // entry ackID of stream ackTopic (none if ackTopic is ""). It is for a
 // caller that may wait for its round trip whatever its context: a
 // replica's worker writing a reply, which it would write again anyway.
-// When no flush is in progress, the caller flushes itself instead of
-// waking the flusher and being woken back: two goroutine hand-offs less on
-// the way from function to caller. Commands queued meanwhile go on with
-// the flusher.
+// When no flush is in progress, the caller writes itself instead of
+// waking the flusher: a goroutine hand-off less on the way from function
+// to caller. Commands queued meanwhile go on with the flusher.
 func (c *combiner) doInline(ctx context.Context, p *pendingCmd, ackTopic, ackID string) error {
 	flushed, err := c.queueOrFlush(p, ackTopic, ackID)
 	switch {
@@ -170,7 +178,7 @@ func (c *combiner) doInline(ctx context.Context, p *pendingCmd, ackTopic, ackID 
 	case !flushed:
 		return c.wait(ctx, p)
 	}
-	<-p.done // signalled by the flush
+	<-p.done // signalled once its reply is read
 	err = p.err
 	p.release()
 	return err
@@ -179,7 +187,7 @@ func (c *combiner) doInline(ctx context.Context, p *pendingCmd, ackTopic, ackID 
 // doSettled queues p, a reply to request m, and, in the same round trip
 // after it, the XACK of m (entry d.EntryID of stream d.topic), and
 // returns without waiting for them: m is settled by p's outcome after the
-// round trip (replyWritten, on the goroutine that flushed it). When no
+// round trip (replyWritten, on the goroutine that read its reply). When no
 // flush is in progress the caller flushes itself, as doInline does.
 func (c *combiner) doSettled(p *pendingCmd, m *message.Message, d Delivery) error {
 	p.settles, p.delivery = m, d
@@ -204,6 +212,13 @@ func (c *combiner) queueOrFlush(p *pendingCmd, ackTopic, ackID string) (flushed 
 		c.mu.Unlock()
 		return false, nil
 	}
+	if c.wire != nil && c.wire.inFlight.Load() > 0 {
+		// Replies are outstanding: the flusher holds the write a moment
+		// (gate), so that it carries more.
+		c.startLocked()
+		c.mu.Unlock()
+		return false, nil
+	}
 	c.flushing = true
 	c.flushOnce() // releases c.mu
 	c.handOver()
@@ -216,8 +231,9 @@ func (c *combiner) handOver() {
 	c.mu.Lock()
 	switch {
 	case !c.pendingLocked():
-		c.idleLocked()
+		pl := c.idleLocked()
 		c.mu.Unlock()
+		pl.shutdown()
 	case !c.closed:
 		c.wake <- struct{}{} // flushing stays true: the flusher takes over
 		c.mu.Unlock()
@@ -280,7 +296,7 @@ func (c *combiner) queueAckLocked(topic, id string) {
 // pendingLocked reports whether a command or an ack waits for a round
 // trip; c.mu is held.
 func (c *combiner) pendingLocked() bool {
-	if len(c.queue) > 0 {
+	if len(c.queue) > 0 || len(c.retry) > 0 {
 		return true
 	}
 	for _, ids := range c.acks {
@@ -291,11 +307,51 @@ func (c *combiner) pendingLocked() bool {
 	return false
 }
 
-// flushOnce sends what is queued; c.mu is held on entry and released.
+// batch is what one write sends: commands, then one XACK per stream, and
+// the releasers told once the XACKs are through. Batches are reused.
+type batch struct {
+	cmds     []*pendingCmd
+	acks     []respCmd
+	released []releasedEntry
+	err      error // the write failed: every command fails with it
+	// afterIdle: written when nothing else was in flight on a connection
+	// that had answered before, so a failure may mean the connection died
+	// while idle (retried once).
+	afterIdle bool
+	retried   bool
+}
+
+var batchPool = sync.Pool{New: func() any { return new(batch) }}
+
+// maxInFlight bounds the batches written on the combiner's connection
+// whose replies are not read yet: past it, the writer waits for replies
+// (and commands queue, as they do while a write is going out).
+const maxInFlight = 32
+
+// flushWait is the longest the flusher holds a write while replies are
+// outstanding (see gate): well under a network round trip, about one on
+// loopback.
+const flushWait = 100 * time.Microsecond
+
+// clusterWorkers is how many batches go through go-redis at once on a
+// cluster.
+const clusterWorkers = 4
+
+// flushOnce sends what is queued, or a batch to retry; c.mu is held on
+// entry and released.
 func (c *combiner) flushOnce() {
-	batch := c.queue
-	c.queue, c.spare = c.spare[:0], nil
-	acks := c.ackCmds[:0]
+	if n := len(c.retry); n > 0 {
+		b := c.retry[0]
+		copy(c.retry, c.retry[1:])
+		c.retry[n-1] = nil
+		c.retry = c.retry[:n-1]
+		c.mu.Unlock()
+		c.send(b)
+		return
+	}
+	b := batchPool.Get().(*batch)
+	b.cmds, c.queue = c.queue, b.cmds[:0]
+	acks := b.acks[:0]
 	for topic, ids := range c.acks {
 		if len(ids) == 0 {
 			continue
@@ -318,18 +374,22 @@ func (c *combiner) flushOnce() {
 			delete(c.acks, topic) // do not keep a burst's buffer
 		}
 	}
-	released := c.released
-	c.released = nil
+	b.acks = acks
+	b.released, c.released = c.released, b.released[:0]
 	c.mu.Unlock()
-	// No deadline of its own: the client's read and write timeouts bound
-	// the round trip.
-	c.exec(context.Background(), batch, acks)
-	c.ackCmds = acks[:0]
-	for _, e := range released {
+	c.send(b)
+}
+
+// complete tells everyone waiting on b its outcome and recycles b. It
+// runs once b's replies are read (on the connection's reader, or a
+// cluster worker), so it must not wait for another round trip.
+func (c *combiner) complete(b *batch) {
+	for i, e := range b.released {
 		e.r.release(e.id)
+		b.released[i] = releasedEntry{}
 	}
-	for i, p := range batch {
-		batch[i] = nil
+	for i, p := range b.cmds {
+		b.cmds[i] = nil
 		if p.request && errors.Is(p.err, redis.Nil) {
 			p.err = notServed(p.cmd.stream())
 		}
@@ -352,16 +412,24 @@ func (c *combiner) flushOnce() {
 		}
 		p.release()
 	}
-	c.mu.Lock()
-	if c.spare == nil {
-		c.spare = batch[:0]
+	b.cmds, b.released = b.cmds[:0], b.released[:0]
+	b.err, b.afterIdle, b.retried = nil, false, false
+	if cap(b.acks) > 64 {
+		b.acks = nil
 	}
-	c.mu.Unlock()
+	batchPool.Put(b)
+}
+
+func (b *batch) fail(err error) {
+	for _, p := range b.cmds {
+		p.err = err
+	}
 }
 
 // newCombiner starts the combiner's flusher: one goroutine for its life,
 // not one per flush, which would grow its stack again through go-redis's
-// pipeline code on every flush.
+// pipeline code on every flush. On a cluster, clusterWorkers goroutines
+// run the batches through go-redis.
 func newCombiner(rdb redis.UniversalClient, dialer *wireDialer, deadMaxLen int64) *combiner {
 	c := &combiner{rdb: rdb, dialer: dialer, deadMaxLen: deadMaxLen, wake: make(chan struct{}, 1), finished: make(chan struct{})}
 	go func() {
@@ -370,115 +438,270 @@ func newCombiner(rdb redis.UniversalClient, dialer *wireDialer, deadMaxLen int64
 			c.flushAll()
 		}
 	}()
+	if dialer == nil {
+		c.clusterQueue = make(chan *batch, clusterWorkers)
+		for range clusterWorkers {
+			c.workers.Add(1)
+			go func() {
+				defer c.workers.Done()
+				for b := range c.clusterQueue {
+					c.execRedis(context.Background(), b)
+					c.complete(b)
+				}
+			}()
+		}
+	}
 	return c
 }
 
 func (c *combiner) flushAll() {
 	c.mu.Lock()
 	for c.pendingLocked() {
+		c.mu.Unlock()
+		c.gate() // what is pending stays: only the flusher takes it
+		c.mu.Lock()
 		c.flushOnce()
 		c.mu.Lock()
 	}
-	c.idleLocked()
+	pl := c.idleLocked()
 	c.mu.Unlock()
+	pl.shutdown()
 }
 
-// exec sends a batch, and then acks, in one round trip: on a connection
-// of its own (wire.go) for a single server, through go-redis for a
-// cluster. Only one flusher runs at a time, so one connection is enough.
-func (c *combiner) exec(ctx context.Context, batch []*pendingCmd, acks []respCmd) {
+// pipeline is the combiner's connection to a single server: the writer
+// (whoever flushes) writes each batch as soon as it is ready and hands it
+// to the connection's reader, which reads the replies in the order the
+// batches went out and completes them. Writes go on while replies are
+// outstanding, up to maxInFlight batches.
+type pipeline struct {
+	w    *wireConn
+	sent chan *batch   // written, replies not read yet; closed by the writer when it leaves the connection
+	done chan struct{} // closed when the reader has ended (and closed the connection)
+	// broken: the connection failed, or its server is no longer the
+	// master; the writer writes no more on it.
+	broken   atomic.Bool
+	inFlight atomic.Int32
+	answered atomic.Bool // a batch was answered on it
+	// progress is signalled (without blocking) when a batch is
+	// completed, for the gate.
+	progress  chan struct{}
+	lastWrite time.Time // of the last batch; the writer's
+}
+
+// send writes b: on the connection of its own (wire.go) for a single
+// server, through go-redis for a cluster. Only one flusher runs at a
+// time, so only one goroutine writes.
+func (c *combiner) send(b *batch) {
 	if c.dialer == nil {
-		c.execRedis(ctx, batch, acks)
+		c.clusterQueue <- b
 		return
 	}
-	for retried := false; ; retried = true {
-		if c.wire == nil {
-			w, err := c.dialer.dial(ctx)
-			if err != nil {
-				for _, p := range batch {
-					p.err = err
-				}
-				return
-			}
-			c.wire = w
-		}
-		err := c.wire.roundTrip(batch, acks)
-		if err == nil {
-			for _, p := range batch {
-				if p.err != nil && lostMaster(p.err) {
-					// Sentinel moved the master: the next round trip
-					// dials the new one.
-					c.dropWire()
-					break
-				}
-			}
+	pl := c.wire
+	if pl != nil && pl.broken.Load() {
+		c.leaveWire()
+		pl = nil
+	}
+	if pl == nil {
+		// No deadline of its own: the dialer's timeout bounds it.
+		w, err := c.dialer.dial(context.Background())
+		if err != nil {
+			b.fail(err)
+			c.complete(b)
 			return
 		}
-		stale := c.wire.reused
-		c.dropWire()
-		var ne net.Error
-		if !stale || retried || errors.As(err, &ne) && ne.Timeout() {
-			// A timeout is a server that does not answer, not a
-			// connection that died while idle: fail now, do not wait
-			// for it once more.
-			return
-		}
-		// A connection that sat idle may have died under us (Redis
-		// restarted): once more on a new one, as go-redis would retry.
-		// A command that did reach Redis is then sent twice, which
-		// at-least-once delivery already allows: a reply's caller takes
-		// the first, a request runs twice.
+		pl = &pipeline{w: w, sent: make(chan *batch, maxInFlight), done: make(chan struct{}), progress: make(chan struct{}, 1)}
+		go c.read(pl)
+		c.wire = pl
+	}
+	b.afterIdle = pl.inFlight.Add(1) == 1 && pl.answered.Load()
+	select {
+	case <-pl.progress: // the gate waits for an answer after this write
+	default:
+	}
+	pl.lastWrite = time.Now()
+	if err := pl.w.writeBatch(b); err != nil {
+		b.err = err
+		pl.broken.Store(true)
+		pl.w.nc.Close() // the reader's read fails at once
+	}
+	pl.sent <- b
+	if pl.broken.Load() {
+		c.leaveWire()
 	}
 }
 
-func (c *combiner) dropWire() {
-	c.wire.close()
+// gate holds the next write, while replies are outstanding, until a
+// batch is answered or flushWait has passed since the last write: on a
+// fast link the replies come first and the next batch carries what
+// queued meanwhile (fewer writes, less CPU for us and Redis); on a slow
+// one writes go on every flushWait without waiting a round trip.
+func (c *combiner) gate() {
+	pl := c.wire
+	if pl == nil || pl.inFlight.Load() == 0 {
+		return
+	}
+	wait := flushWait - time.Since(pl.lastWrite)
+	if wait <= 0 {
+		return
+	}
+	if c.gateTimer == nil {
+		c.gateTimer = time.NewTimer(wait)
+	} else {
+		c.gateTimer.Reset(wait)
+	}
+	select {
+	case <-pl.progress:
+	case <-c.gateTimer.C:
+	}
+	c.gateTimer.Stop()
+}
+
+// leaveWire stops writing on the connection: its reader reads what is in
+// flight, then closes it.
+func (c *combiner) leaveWire() {
+	close(c.wire.sent)
 	c.wire = nil
 }
 
-// execRedis is exec through go-redis. A cluster pipeline runs its
-// commands node by node, in no order across nodes: the acks go after the
-// replies they follow, in a round trip of their own.
-func (c *combiner) execRedis(ctx context.Context, batch []*pendingCmd, acks []respCmd) {
+// shutdown leaves the connection and waits until every batch in flight
+// on it is completed; nil does nothing.
+func (pl *pipeline) shutdown() {
+	if pl == nil {
+		return
+	}
+	close(pl.sent)
+	<-pl.done
+}
+
+// read is the reader of pl: it reads each batch's replies in the order
+// the batches were written. When the connection fails, every batch in
+// flight on it fails with the error, or, if it died while idle (the
+// first failed batch was written after idling, and this is no timeout),
+// is retried once on a new connection: a command that did reach Redis is
+// then sent twice, which at-least-once delivery already allows (a
+// reply's caller takes the first, a request runs twice).
+func (c *combiner) read(pl *pipeline) {
+	defer close(pl.done)
+	defer pl.w.close()
+	var failed error
+	retry := false
+	for b := range pl.sent {
+		if failed != nil {
+			// Written on a connection already failed.
+			b.fail(failed)
+		} else if err := c.readBatch(pl, b); err != nil {
+			failed = err
+			pl.broken.Store(true)
+			pl.w.nc.Close()
+			var ne net.Error
+			// A timeout is a server that does not answer, not a
+			// connection that died while idle: fail now, do not wait
+			// for it once more.
+			retry = b.afterIdle && !(errors.As(err, &ne) && ne.Timeout())
+		}
+		pl.inFlight.Add(-1)
+		select {
+		case pl.progress <- struct{}{}:
+		default:
+		}
+		if failed != nil && retry && !b.retried && c.requeue(b) {
+			continue
+		}
+		c.complete(b)
+	}
+}
+
+// readBatch reads b's replies on pl; on a failure, the commands whose
+// replies were read keep their outcome, the others get the error.
+func (c *combiner) readBatch(pl *pipeline, b *batch) error {
+	if b.err != nil {
+		b.fail(b.err)
+		return b.err
+	}
+	if err := pl.w.readBatch(b); err != nil {
+		return err
+	}
+	pl.answered.Store(true)
+	for _, p := range b.cmds {
+		if p.err != nil && lostMaster(p.err) {
+			// Sentinel moved the master: the next batch dials the
+			// new one.
+			pl.broken.Store(true)
+			break
+		}
+	}
+	return nil
+}
+
+// requeue queues b to be written once more, on a new connection, unless
+// the combiner is closed.
+func (c *combiner) requeue(b *batch) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	b.retried, b.err = true, nil
+	c.retry = append(c.retry, b)
+	c.startLocked()
+	return true
+}
+
+// execRedis runs b through go-redis. A cluster pipeline runs its commands
+// node by node, in no order across nodes: the acks go after the replies
+// they follow, in a round trip of their own.
+func (c *combiner) execRedis(ctx context.Context, b *batch) {
 	p := c.rdb.Pipeline()
-	if len(batch) > 0 {
-		cmds := make([]*redis.Cmd, len(batch))
-		for i, pc := range batch {
+	if len(b.cmds) > 0 {
+		cmds := make([]*redis.Cmd, len(b.cmds))
+		for i, pc := range b.cmds {
 			cmds[i] = redis.NewCmd(ctx, pc.cmd.args()...)
 			p.Process(ctx, cmds[i])
 		}
 		p.Exec(ctx)
-		for i, pc := range batch {
+		for i, pc := range b.cmds {
 			pc.err = cmds[i].Err()
 		}
 	}
-	if len(acks) > 0 {
-		for i := range acks {
-			p.Process(ctx, redis.NewCmd(ctx, acks[i].args()...))
+	if len(b.acks) > 0 {
+		for i := range b.acks {
+			p.Process(ctx, redis.NewCmd(ctx, b.acks[i].args()...))
 		}
 		p.Exec(ctx)
 	}
 }
 
-// idleLocked ends a flushing turn; c.mu is held. The owned connection is
-// touched only by the flusher, or here when no flush runs.
-func (c *combiner) idleLocked() {
+// idleLocked ends a flushing turn; c.mu is held. Once the combiner is
+// closed it returns the connection to shut down (after c.mu is released:
+// its reader completes batches, which takes c.mu). The connection is
+// written only by the flusher, or here when no flush runs.
+func (c *combiner) idleLocked() *pipeline {
 	c.flushing = false
 	if c.closed && c.wire != nil {
-		c.dropWire()
+		pl := c.wire
+		c.wire = nil
+		return pl
 	}
+	return nil
 }
 
-// close sends what is queued, then releases the owned connection.
+// close sends what is queued, then waits for the replies in flight and
+// releases the owned connection.
 func (c *combiner) close() {
 	c.mu.Lock()
 	c.closed = true
+	var pl *pipeline
 	if !c.flushing {
-		c.idleLocked()
+		pl = c.idleLocked()
 	}
 	close(c.wake) // the flusher ends after its turn
 	c.mu.Unlock()
+	pl.shutdown()
 	<-c.finished
+	if c.clusterQueue != nil {
+		close(c.clusterQueue)
+		c.workers.Wait()
+	}
 }
 
 // isRedisError reports an error the server answered with (the connection

@@ -14,8 +14,8 @@ import (
 
 // wireConn is a connection to one Redis server (or to the master
 // Sentinel names) on which the bus writes commands as RESP and reads
-// their replies itself: the combiner's (roundTrip) and each blocking
-// reader's (exchange). Through go-redis a pipelined XADD cost a command
+// their replies itself: the combiner's (writeBatch, readBatch) and each
+// blocking reader's (exchange). Through go-redis a pipelined XADD cost a command
 // object, a boxed value per argument, its pipeline's hooks and a parsed
 // reply nobody reads, and a raw stream read a growing buffer: together
 // about 65 of a call's 110 allocations, and a quarter of its CPU time.
@@ -35,8 +35,6 @@ type wireConn struct {
 
 	readTimeout, writeTimeout time.Duration
 	readBy, writeBy           time.Time // the deadlines set on nc
-
-	reused bool // a round trip went through: a failure may mean it went stale
 
 	closeOnce sync.Once
 }
@@ -172,47 +170,46 @@ func deadline(set func(time.Time) error, by *time.Time, timeout time.Duration) e
 	return set(*by)
 }
 
-// roundTrip writes the batch's commands and then the acks, and reads a
-// reply for each: a command's server error goes to its pendingCmd; a
-// failure of the connection is returned (and given to every command whose
-// reply was not read).
-func (w *wireConn) roundTrip(batch []*pendingCmd, acks []respCmd) error {
-	fail := func(err error, from int) error {
-		for _, p := range batch[from:] {
-			p.err = err
-		}
+// writeBatch writes the batch's commands and then its acks.
+func (w *wireConn) writeBatch(b *batch) error {
+	if err := deadline(w.nc.SetWriteDeadline, &w.writeBy, w.writeTimeout); err != nil {
 		return err
 	}
-	if err := deadline(w.nc.SetWriteDeadline, &w.writeBy, w.writeTimeout); err != nil {
-		return fail(err, 0)
-	}
-	for _, p := range batch {
+	for _, p := range b.cmds {
 		w.w.Write(p.cmd.bytes())
 	}
-	for i := range acks {
-		w.w.Write(acks[i].bytes())
+	for i := range b.acks {
+		w.w.Write(b.acks[i].bytes())
 	}
-	if err := w.w.Flush(); err != nil {
-		return fail(err, 0)
-	}
+	return w.w.Flush()
+}
+
+// readBatch reads a reply for each of the batch's commands and acks: a
+// command's server error goes to its pendingCmd; a failure of the
+// connection is returned (and given to every command whose reply was not
+// read).
+func (w *wireConn) readBatch(b *batch) error {
 	if err := deadline(w.nc.SetReadDeadline, &w.readBy, w.readTimeout); err != nil {
-		return fail(err, 0)
+		b.fail(err)
+		return err
 	}
-	for i, p := range batch {
+	for i, p := range b.cmds {
 		replyErr, err := readReplyErr(w.r)
 		if err != nil {
-			return fail(err, i)
+			for _, q := range b.cmds[i:] {
+				q.err = err
+			}
+			return err
 		}
 		p.err = replyErr
 	}
-	for range acks {
+	for range b.acks {
 		// An ack's failure (NOGROUP: the stream was deleted) leaves its
 		// entry pending, which is all an ack can do.
 		if _, err := readReplyErr(w.r); err != nil {
 			return err
 		}
 	}
-	w.reused = true
 	return nil
 }
 

@@ -28,7 +28,7 @@ func benchmarkCall(b *testing.B, bs bus.Bus) {
 	done := make(chan struct{})
 	go func() { svc.Run(ctx, bs); close(done) }()
 	defer func() { stop(); <-done; bs.Close() }()
-	<-svc.Started()
+	<-svc.Started() // callers check the registry, which it announces to
 	c, err := client.New(bs, client.Config{})
 	if err != nil {
 		b.Fatal(err)

@@ -29,6 +29,9 @@ type Options struct {
 	Duration    time.Duration // of the throughput phase
 	Sequential  int           // sequential calls for latency
 	RedisURL    string        // "" for the in-memory bus
+	// NoStatus turns the status records of sends off (StatusTTL -1 on
+	// the client and the service), to tell their cost from the bus's.
+	NoStatus bool
 }
 
 // Result of one run.
@@ -123,7 +126,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	defer closeAll()
 	service := fmt.Sprintf("bench%d", time.Now().UnixNano())
 	var processed atomic.Int64
-	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: quiet, Concurrency: max(64, o.Concurrency)})
+	var statusTTL time.Duration
+	if o.NoStatus {
+		statusTTL = -1
+	}
+	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: quiet, Concurrency: max(64, o.Concurrency), StatusTTL: statusTTL})
 	handlers.Register(svc, "add", func(_ context.Context, a args) (result, error) {
 		processed.Add(1)
 		return result{a.A + a.B}, nil
@@ -144,7 +151,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	c, err := client.New(cb, client.Config{Logger: quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	c, err := client.New(cb, client.Config{Logger: quiet, StatusTTL: statusTTL, Breaker: client.BreakerConfig{Disabled: true}})
 	if err != nil {
 		return Result{}, err
 	}

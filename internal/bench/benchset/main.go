@@ -1,18 +1,34 @@
-// Command benchset runs the performance set in one session against one
-// Redis: fnmesh call and send, the bare-Redis references written here
-// (raw-call, raw-send), and, when ../shared/peers is there, its raw,
-// rawpipe and rawsend modes; then it prints each target as a ratio of
-// figures from this same run.
+// Command benchset measures fnmesh against the bare Redis loops of
+// ../shared/peers in one session, against one Redis, at three distances:
+// loopback, and through a proxy that delays every byte 0.25 ms and 1 ms
+// each way (0.5 ms and 2 ms round trip, internal/bench/netdelay). At each
+// distance it alternates fnmesh and peers runs for a number of rounds and
+// prints, per distance, the median of each ratio:
+//
+//   - calls/s at 64 in flight, fnmesh call vs peers rawpipe (rueidis,
+//     auto-pipelined);
+//   - processed sends/s, fnmesh send vs peers rawsend, and the same with
+//     the status records of sends turned off (peers keeps none);
+//   - sequential p50, fnmesh call vs peers raw (go-redis, one call at a
+//     time).
+//
+// The proxy runs in a process of its own (this command, re-run with
+// --serve-proxy), so that its CPU time is neither fnmesh's nor the peers'.
 //
 //	go run ./internal/redistest/withredis -- go run ./internal/bench/benchset
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -22,90 +38,153 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fnmesh/fnmesh/internal/bench"
+	"github.com/fnmesh/fnmesh/internal/bench/netdelay"
 )
 
 func main() {
-	url := flag.String("redis", os.Getenv("REDIS_URL"), "Redis URL")
-	peers := flag.String("peers", "../shared/peers", "directory of the peers harness ('' to skip)")
-	dur := flag.Duration("d", 3*time.Second, "duration of each throughput phase")
-	pairs := flag.Int("pairs", 5, "then alternate fnmesh calls and peers rawpipe this many times and print the median ratio (0: skip)")
+	redisURL := flag.String("redis", os.Getenv("REDIS_URL"), "Redis URL")
+	peers := flag.String("peers", "../shared/peers", "directory of the peers harness")
+	dur := flag.Duration("d", 2*time.Second, "duration of each throughput phase")
+	rounds := flag.Int("rounds", 3, "rounds of alternating fnmesh and peers runs at each distance")
+	seq := flag.Int("n", 300, "sequential calls for the p50")
+	delays := flag.String("delays", "0,250us,1ms", "one-way delays to measure at (0: loopback)")
+	serveProxy := flag.String("serve-proxy", "", "internal: run a delaying proxy to this address, print its address, stop at EOF on stdin")
+	oneWay := flag.Duration("one-way", 0, "internal: the proxy's one-way delay")
 	flag.Parse()
-	if *url == "" {
-		fmt.Fprintln(os.Stderr, "benchset: set REDIS_URL or --redis")
-		os.Exit(2)
-	}
-	ctx := context.Background()
-	run := func(mode string, conc int) bench.Result {
-		r, err := bench.Run(ctx, bench.Options{Mode: mode, Replicas: 2, Concurrency: conc, Duration: *dur, RedisURL: *url})
-		if err != nil {
-			fmt.Fprintln(os.Stderr, mode, err)
-			os.Exit(1)
-		}
-		fmt.Printf("%-28s %s\n", fmt.Sprintf("fnmesh bench %s c=%d:", mode, conc), r)
-		return r
-	}
-	call := run("call", 64)
-	rawCall := run("raw-call", 64)
-	send := run("send", 64)
-	rawSend := run("raw-send", 64)
-
-	peer := map[string]peerResult{}
-	if *peers != "" {
-		if _, err := os.Stat(*peers); err == nil {
-			opt, _ := redis.ParseURL(*url)
-			for _, mode := range []string{"raw", "rawpipe", "rawsend"} {
-				p, err := runPeer(*peers, mode, opt.Addr, *dur)
-				if err != nil {
-					fmt.Fprintln(os.Stderr, "peers", mode, err)
-					continue
-				}
-				peer[mode] = p
-				fmt.Printf("%-28s %s\n", "peers -mode "+mode+":", p.line)
-			}
-		}
-	}
-	fmt.Println()
-	fmt.Println("target                                        measured   goal")
-	row := func(name string, v float64, goal string) { fmt.Printf("%-45s %6.2fx   %s\n", name, v, goal) }
-	row("call/s vs fnmesh raw-call", call.PerSecond/rawCall.PerSecond, ">= 0.7 (issue 2)")
-	row("call p50 vs fnmesh raw-call", float64(call.P50)/float64(rawCall.P50), "<= 1.5 (issue 2), <= 1.1 sequential (issue 7)")
-	row("processed sends/s vs fnmesh raw-send", send.PerSecond/rawSend.PerSecond, "")
-	if p, ok := peer["raw"]; ok {
-		row("call/s vs peers raw", call.PerSecond/p.perSecond, ">= 0.7")
-		row("call p50 vs peers raw", float64(call.P50.Microseconds())/p.p50, "<= 1.2 at c=64 run, <= 1.1 sequential")
-	}
-	if p, ok := peer["rawpipe"]; ok {
-		row("call/s vs peers rawpipe", call.PerSecond/p.perSecond, ">= 1.0 (issue 7)")
-	}
-	if p, ok := peer["rawsend"]; ok {
-		row("processed sends/s vs peers rawsend", send.PerSecond/p.perSecond, ">= 1.0 (issue 7)")
-	}
-	fmt.Printf("%-45s %6.2fx   %s\n", "CPU per call (process) vs fnmesh raw-call", float64(call.CPUPerCall)/float64(rawCall.CPUPerCall), "lower is better")
-	fmt.Printf("%-45s %6.2fx   %s\n", "CPU per call (Redis) vs fnmesh raw-call", float64(call.RedisCPUPerCall)/float64(rawCall.RedisCPUPerCall), "lower is better")
-
-	// The set measures rawpipe a while after fnmesh; on a shared machine
-	// whose speed drifts, one such ratio can land either side of a goal.
-	// Pairs measured back to back, alternating, give a steadier median.
-	if _, ok := peer["rawpipe"]; !ok || *pairs <= 0 {
+	if *serveProxy != "" {
+		runProxy(*serveProxy, *oneWay)
 		return
 	}
-	opt, _ := redis.ParseURL(*url)
-	var ratios []float64
-	fmt.Println()
-	for i := 0; i < *pairs; i++ {
-		c := run("call", 64)
-		p, err := runPeer(*peers, "rawpipe", opt.Addr, *dur)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "peers rawpipe", err)
-			return
-		}
-		fmt.Printf("%-28s %s\n", "peers -mode rawpipe:", p.line)
-		ratios = append(ratios, c.PerSecond/p.perSecond)
+	if *redisURL == "" {
+		fatal(errors.New("set REDIS_URL or --redis"))
 	}
-	sort.Float64s(ratios)
-	n := len(ratios)
-	median := (ratios[(n-1)/2] + ratios[n/2]) / 2
-	fmt.Printf("%-45s %6.2fx   %s (%d alternating pairs, %.2f-%.2fx)\n", "call/s vs peers rawpipe, median", median, ">= 1.0 (issue 7)", n, ratios[0], ratios[n-1])
+	opt, err := redis.ParseURL(*redisURL)
+	if err != nil {
+		fatal(err)
+	}
+	var ds []time.Duration
+	for _, s := range strings.Split(*delays, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil {
+			fatal(fmt.Errorf("--delays: %w", err))
+		}
+		ds = append(ds, d)
+	}
+	peersBin, cleanup, err := buildPeers(*peers)
+	if err != nil {
+		fatal(fmt.Errorf("peers harness: %w", err))
+	}
+	defer cleanup()
+
+	fmt.Printf("load average at start: %s\n", loadAvg())
+	s := set{dur: *dur, seq: *seq, peersBin: peersBin}
+	var rows []row
+	for _, d := range ds {
+		addr, stop, err := proxyFor(opt.Addr, d)
+		if err != nil {
+			fatal(err)
+		}
+		r, err := s.distance(d, withAddr(*redisURL, addr), addr, *rounds)
+		stop()
+		if err != nil {
+			fatal(err)
+		}
+		rows = append(rows, r)
+	}
+	fmt.Printf("\nload average at end: %s\n\n", loadAvg())
+	fmt.Printf("medians of %d rounds (range); fnmesh and peers alternate, same redis-server\n", *rounds)
+	const format = "%-24s %-20s %-20s %-28s %-20s\n"
+	fmt.Printf(format, "distance (RTT added)", "calls/s vs rawpipe", "sends/s vs rawsend", "sends/s, no status records", "seq p50 vs raw")
+	for _, r := range rows {
+		fmt.Printf(format, r.name, r.call, r.send, r.sendNoStatus, r.p50)
+	}
+	fmt.Printf(format, "goal", ">= 1.00x", ">= 1.00x (loopback)", "", "<= 1.10x (network)")
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "benchset:", err)
+	os.Exit(1)
+}
+
+type set struct {
+	dur      time.Duration
+	seq      int
+	peersBin string
+}
+
+type row struct{ name, call, send, sendNoStatus, p50 string }
+
+// distance runs the rounds at one distance: fnmesh through url, the peers
+// through addr.
+func (s set) distance(d time.Duration, url, addr string, rounds int) (row, error) {
+	name := "loopback"
+	if d > 0 {
+		name = fmt.Sprintf("%v each way (%v)", d, 2*d)
+	}
+	fmt.Printf("\n== %s\n", name)
+	var call, send, sendNoStatus, p50 []float64
+	for i := 0; i < rounds; i++ {
+		// Who goes first alternates too: a machine whose speed drifts
+		// favours neither.
+		var steps []func() error
+		var fc, fs, fn bench.Result
+		var pp, ps, pr peerResult
+		fnCall := func() (err error) {
+			fc, err = s.fnmesh("call", url, false)
+			return err
+		}
+		fnSend := func() (err error) {
+			if fs, err = s.fnmesh("send", url, false); err != nil {
+				return err
+			}
+			fn, err = s.fnmesh("send", url, true)
+			return err
+		}
+		peer := func(mode string, into *peerResult, dur time.Duration) func() error {
+			return func() (err error) {
+				*into, err = s.peer(mode, addr, dur)
+				return err
+			}
+		}
+		// peers raw is run for its sequential p50; its throughput phase
+		// is kept short.
+		if i%2 == 0 {
+			steps = []func() error{fnCall, peer("rawpipe", &pp, s.dur), fnSend, peer("rawsend", &ps, s.dur), peer("raw", &pr, 500*time.Millisecond)}
+		} else {
+			steps = []func() error{peer("raw", &pr, 500*time.Millisecond), peer("rawpipe", &pp, s.dur), fnCall, peer("rawsend", &ps, s.dur), fnSend}
+		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return row{}, err
+			}
+		}
+		call = append(call, fc.PerSecond/pp.perSecond)
+		send = append(send, fs.PerSecond/ps.perSecond)
+		sendNoStatus = append(sendNoStatus, fn.PerSecond/ps.perSecond)
+		p50 = append(p50, float64(fc.P50.Microseconds())/pr.p50)
+		fmt.Printf("round %d: calls %.2fx  sends %.2fx (no status records %.2fx)  seq p50 %.2fx\n", i+1, call[i], send[i], sendNoStatus[i], p50[i])
+	}
+	return row{name: name, call: median(call), send: median(send), sendNoStatus: median(sendNoStatus), p50: median(p50)}, nil
+}
+
+func median(v []float64) string {
+	sort.Float64s(v)
+	n := len(v)
+	m := (v[(n-1)/2] + v[n/2]) / 2
+	return fmt.Sprintf("%.2fx (%.2f-%.2f)", m, v[0], v[n-1])
+}
+
+func (s set) fnmesh(mode, url string, noStatus bool) (bench.Result, error) {
+	r, err := bench.Run(context.Background(), bench.Options{Mode: mode, Replicas: 2, Concurrency: 64, Duration: s.dur, Sequential: s.seq, RedisURL: url, NoStatus: noStatus})
+	if err != nil {
+		return r, fmt.Errorf("fnmesh %s: %w", mode, err)
+	}
+	name := "fnmesh " + mode + ":"
+	if noStatus {
+		name = "fnmesh " + mode + " (no status):"
+	}
+	fmt.Printf("  %-26s %s\n", name, r)
+	return r, nil
 }
 
 type peerResult struct {
@@ -119,24 +198,106 @@ var (
 	reTput = regexp.MustCompile(`(?:throughput_per_s|processed_per_s)=(\d+)`)
 )
 
-func runPeer(dir, mode, addr string, d time.Duration) (peerResult, error) {
-	cmd := exec.Command("go", "run", ".", "-mode", mode, "-redis", addr, "-d", d.String())
-	cmd.Dir = dir
+func (s set) peer(mode, addr string, d time.Duration) (peerResult, error) {
+	cmd := exec.Command(s.peersBin, "-mode", mode, "-redis", addr, "-d", d.String(), "-n", strconv.Itoa(s.seq))
+	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return peerResult{}, err
+		return peerResult{}, fmt.Errorf("peers -mode %s: %w", mode, err)
 	}
 	line := strings.TrimSpace(string(out))
 	if i := strings.LastIndex(line, "\n"); i >= 0 {
 		line = line[i+1:]
 	}
-	var p peerResult
-	p.line = line
+	p := peerResult{line: line}
 	if m := reP50.FindStringSubmatch(line); m != nil {
 		p.p50, _ = strconv.ParseFloat(m[1], 64)
 	}
-	if m := reTput.FindStringSubmatch(line); m != nil {
-		p.perSecond, _ = strconv.ParseFloat(m[1], 64)
+	m := reTput.FindStringSubmatch(line)
+	if m == nil {
+		return p, fmt.Errorf("peers -mode %s: no figure in %q", mode, line)
 	}
+	p.perSecond, _ = strconv.ParseFloat(m[1], 64)
+	fmt.Printf("  %-26s %s\n", "peers "+mode+":", line)
 	return p, nil
+}
+
+// buildPeers builds the peers harness once, so that no run pays for go run.
+func buildPeers(dir string) (string, func(), error) {
+	tmp, err := os.MkdirTemp("", "benchset")
+	if err != nil {
+		return "", nil, err
+	}
+	bin := filepath.Join(tmp, "peers")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		os.RemoveAll(tmp)
+		return "", nil, err
+	}
+	return bin, func() { os.RemoveAll(tmp) }, nil
+}
+
+// proxyFor returns the address to reach target at one-way delay d: target
+// itself for 0, else a proxy's in a process of its own.
+func proxyFor(target string, d time.Duration) (string, func(), error) {
+	if d == 0 {
+		return target, func() {}, nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(self, "--serve-proxy", target, "--one-way", d.String())
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	addr, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		stdin.Close()
+		cmd.Wait()
+		return "", nil, fmt.Errorf("proxy: %w", err)
+	}
+	return strings.TrimSpace(addr), func() { stdin.Close(); cmd.Wait() }, nil
+}
+
+func runProxy(target string, d time.Duration) {
+	p, err := netdelay.Start(target, d)
+	if err != nil {
+		fatal(err)
+	}
+	fmt.Println(p.Addr())
+	io.Copy(io.Discard, os.Stdin) // until the parent closes it, or exits
+	p.Close()
+}
+
+// withAddr is the Redis URL u with its host and port replaced by addr.
+func withAddr(u, addr string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		fatal(err)
+	}
+	p.Host = addr
+	return p.String()
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -142,12 +141,8 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		}
 	}()
 	for c := range queue {
-		// Not a timer: the runtime wakes an idle process's timers no
-		// sooner than 1 ms, which would turn 250us into 1 ms. nanosleep
-		// blocks this goroutine's thread for the time asked.
-		for wait := time.Until(c.due); wait > 0; wait = time.Until(c.due) {
-			ts := syscall.NsecToTimespec(wait.Nanoseconds())
-			syscall.Nanosleep(&ts, nil)
+		if wait := time.Until(c.due); wait > 0 {
+			sleep(wait)
 		}
 		if _, err := dst.Write(c.b); err != nil {
 			break
