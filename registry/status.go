@@ -88,8 +88,9 @@ type RedisStatusStore struct {
 	rdb redis.UniversalClient
 
 	mu      sync.Mutex
-	backlog []statusWrite
-	writing bool // a writer goroutine runs; it ends when backlog is empty
+	backlog []*statusWrite
+	waiting map[string]*statusWrite // the records in backlog, by request id
+	writing bool                    // a writer goroutine runs; it ends when backlog is empty
 	dropped atomic.Uint64
 	ended   chan struct{} // closed when the running writer ends (Flush)
 }
@@ -108,6 +109,22 @@ const maxStatusBacklog = 16384
 
 // maxStatusBatch bounds the records written in one round trip.
 const maxStatusBatch = 512
+
+// statusLinger is how long the writer lets records gather before a batch.
+const statusLinger = time.Millisecond
+
+// merge folds later news of the same request into w, not yet written:
+// a replica's state replaces a caller's queued (which never overwrites
+// one), dead_lettered is final, otherwise the later state wins.
+func (w *statusWrite) merge(later statusWrite) {
+	switch {
+	case later.queued && !w.queued:
+		return // the replica's record, already here, stays
+	case !w.queued && w.st.State == StateDeadLettered:
+		return
+	}
+	*w = later
+}
 
 // NewRedisStatusStore returns the status store on rdb.
 func NewRedisStatusStore(rdb redis.UniversalClient) *RedisStatusStore {
@@ -136,11 +153,23 @@ return 1
 func (s *RedisStatusStore) enqueue(w statusWrite) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if p := s.waiting[w.id]; p != nil {
+		// News of a request whose last record is not written yet: one
+		// write carries both (a quick send's running and done, one
+		// round trip of records later, are one).
+		p.merge(w)
+		return nil
+	}
 	if len(s.backlog) >= maxStatusBacklog {
 		s.dropped.Add(1)
 		return ErrStatusBacklogFull
 	}
-	s.backlog = append(s.backlog, w)
+	if s.waiting == nil {
+		s.waiting = map[string]*statusWrite{}
+	}
+	rec := &w
+	s.backlog = append(s.backlog, rec)
+	s.waiting[w.id] = rec
 	if !s.writing {
 		s.writing = true
 		s.ended = make(chan struct{})
@@ -180,6 +209,9 @@ func (s *RedisStatusStore) Flush(ctx context.Context) error {
 func (s *RedisStatusStore) writeLoop(ended chan struct{}) {
 	var batch []statusWrite
 	for {
+		// Let news gather for a moment: more records per round trip,
+		// and those of one request merged.
+		time.Sleep(statusLinger)
 		s.mu.Lock()
 		n := min(len(s.backlog), maxStatusBatch)
 		if n == 0 {
@@ -189,7 +221,11 @@ func (s *RedisStatusStore) writeLoop(ended chan struct{}) {
 			s.mu.Unlock()
 			return
 		}
-		batch = append(batch[:0], s.backlog[:n]...)
+		batch = batch[:0]
+		for _, w := range s.backlog[:n] {
+			batch = append(batch, *w)
+			delete(s.waiting, w.id)
+		}
 		s.backlog = s.backlog[n:]
 		s.mu.Unlock()
 		if err := s.writeBatch(batch); err != nil {
