@@ -89,8 +89,8 @@ func delayedCombiner(t *testing.T, oneWay, readTimeout time.Duration) (*combiner
 	t.Cleanup(func() { rdb.Close() })
 	log := &wireLog{wrote: make(chan struct{}, 1)}
 	d := singleWireDialer(*rdb.Options())
-	inner := d.inner
-	d.inner = func(ctx context.Context, network, addr string) (net.Conn, error) {
+	inner := d.dial1
+	d.dial1 = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		nc, err := inner(ctx, network, addr)
 		if err != nil {
 			return nil, err

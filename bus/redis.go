@@ -341,10 +341,15 @@ func (r *Redis) newBlockingReader() *blockingReader {
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
 		opt.Protocol, opt.ReadTimeout = 2, r.readerTimeout(opt.ReadTimeout)
+		userHook := opt.OnConnect
 		opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect(""))
 		rc := redis.NewClient(&opt)
 		br.UniversalClient = rc
-		br.dialer = singleWireDialer(*rc.Options())
+		// The raw reader's own connection learns its CLIENT ID as it is
+		// set up; only the user's hook, if any, keeps it on go-redis.
+		raw := *rc.Options()
+		raw.OnConnect = userHook
+		br.dialer = singleWireDialer(raw)
 	case *redis.ClusterClient:
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
@@ -441,6 +446,7 @@ func (br *blockingReader) readRaw(ctx context.Context) ([]entry, error) {
 			return nil, ErrClosed
 		}
 		br.wire = w
+		br.ids[""] = w.id // for CLIENT UNBLOCK
 		br.mu.Unlock()
 	}
 	maxField := maxBulkLen

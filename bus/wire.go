@@ -5,7 +5,9 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -23,15 +25,19 @@ import (
 // (respCmd); the combiner reads only each reply's error, a reader each
 // reply into one buffer of its size.
 //
-// go-redis still dials and sets the connection up (TLS, AUTH, SELECT,
-// Sentinel's master): a client of one connection of its own dials it,
-// checks it out for good, and hands the net.Conn over.
+// It dials and sets the connection up itself, from the go-redis options
+// the bus was given: go-redis's dialer (TCP, TLS), then AUTH, SELECT,
+// CLIENT SETNAME, CLIENT ID (which CLIENT UNBLOCK needs) and, for the
+// master Sentinel names, ROLE, all in one round trip. A client whose set-up
+// it cannot repeat (an OnConnect hook, streaming credentials) goes through
+// go-redis instead (newWireDialer).
 type wireConn struct {
-	client *redis.Client // the client that dialled nc; closed with it
-	held   *redis.Conn   // keeps nc checked out, so go-redis never uses it
-	nc     net.Conn
-	r      *bufio.Reader
-	w      *bufio.Writer
+	nc net.Conn
+	r  *bufio.Reader
+	w  *bufio.Writer
+	id int64 // CLIENT ID
+
+	release func() // closes the go-redis client that dialled it, if one did
 
 	readTimeout, writeTimeout time.Duration
 	readBy, writeBy           time.Time // the deadlines set on nc
@@ -41,17 +47,29 @@ type wireConn struct {
 
 type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
-// wireDialer makes wireConns: inner dials a connection; newClient returns
-// a client of one connection that dials through the dialer it is given.
+// wireDialer makes wireConns to one server, or to the master a set of
+// sentinels names.
 type wireDialer struct {
-	inner     dialFunc
-	newClient func(dial dialFunc) *redis.Client
+	dial1       dialFunc                                          // TCP and TLS
+	addr        func(ctx context.Context) (string, error)         // where to dial
+	credentials func(ctx context.Context) (string, string, error) // user, password; nil: none
+	db          int
+	name        string
+	master      bool // check ROLE: a master the sentinels named may be demoted since
+	dialTimeout time.Duration
+
+	readTimeout, writeTimeout time.Duration
+
+	// viaClient, when set, makes a go-redis client of one connection that
+	// dials through dial: dial then lets it set the connection up and
+	// takes the connection over (failoverWireDialer).
+	viaClient func(dial dialFunc) *redis.Client
 }
 
 // newWireDialer returns how the combiner of r dials, or nil if it must go
-// through go-redis: a cluster (its commands go to the node of their key)
-// or a client passed in whose options cannot make another (a Sentinel
-// client, an unknown kind).
+// through go-redis: a cluster (its commands go to the node of their key),
+// a client passed in whose options cannot make another (a Sentinel
+// client, an unknown kind), or one whose set-up a wireDialer cannot repeat.
 func (r *Redis) newWireDialer() *wireDialer {
 	c, ok := r.rdb.(*redis.Client)
 	switch {
@@ -84,39 +102,159 @@ func boundTimeout(d time.Duration) time.Duration {
 	return d
 }
 
+// repeatable reports whether a wireDialer can set a connection up as a
+// client with these options would.
+func repeatable(onConnect func(context.Context, *redis.Conn) error, streaming bool) bool {
+	return onConnect == nil && !streaming
+}
+
 // singleWireDialer dials as a client with options opt would, opt taken
-// from a client (so initialised: its Dialer is set).
+// from a client (so initialised: its Dialer is set); nil if it cannot.
 func singleWireDialer(opt redis.Options) *wireDialer {
-	return &wireDialer{inner: opt.Dialer, newClient: func(dial dialFunc) *redis.Client {
-		o := opt
-		o.Dialer = dial
-		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.Protocol = 1, 0, 1, 2
-		return redis.NewClient(&o)
-	}}
-}
-
-// failoverWireDialer dials the master the sentinels of fo name.
-func failoverWireDialer(fo redis.FailoverOptions) *wireDialer {
-	inner := fo.Dialer
-	if inner == nil {
-		// What go-redis dials the master with when no dialer is set.
-		inner = redis.NewDialer(&redis.Options{DialTimeout: cmp.Or(fo.DialTimeout, 5*time.Second), TLSConfig: fo.TLSConfig})
+	if !repeatable(opt.OnConnect, opt.StreamingCredentialsProvider != nil) || opt.Dialer == nil {
+		return nil
 	}
-	return &wireDialer{inner: inner, newClient: func(dial dialFunc) *redis.Client {
-		o := fo
-		o.Dialer = dial
-		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.Protocol = 1, 0, 1, 2
-		return redis.NewFailoverClient(&o)
-	}}
+	d := &wireDialer{
+		dial1: opt.Dialer, db: opt.DB, name: opt.ClientName, dialTimeout: cmp.Or(opt.DialTimeout, 5*time.Second),
+		readTimeout: opt.ReadTimeout, writeTimeout: opt.WriteTimeout,
+		addr: func(context.Context) (string, error) { return opt.Addr, nil },
+	}
+	d.credentials = credentialsOf(opt.Username, opt.Password, opt.CredentialsProvider, opt.CredentialsProviderContext)
+	return d
 }
 
-// dial opens a wireConn: a client of one connection dials and sets it up
-// (its PING proves it works), and keeps it checked out.
+// failoverWireDialer dials the master the sentinels of fo name. Here
+// go-redis still dials and sets the connection up: a Sentinel client of
+// one connection dials it, checks it out for good and hands the net.Conn
+// over, and closes it when the sentinels announce a new master, which
+// ends a read blocked on the old one (Redis 7.0 does not).
+func failoverWireDialer(fo redis.FailoverOptions) *wireDialer {
+	dial1 := fo.Dialer
+	if dial1 == nil {
+		// What go-redis dials the master with when no dialer is set.
+		dial1 = redis.NewDialer(&redis.Options{DialTimeout: cmp.Or(fo.DialTimeout, 5*time.Second), TLSConfig: fo.TLSConfig})
+	}
+	return &wireDialer{dial1: dial1, dialTimeout: cmp.Or(fo.DialTimeout, 5*time.Second),
+		readTimeout: fo.ReadTimeout, writeTimeout: fo.WriteTimeout,
+		viaClient: func(dial dialFunc) *redis.Client {
+			o := fo
+			o.Dialer = dial
+			o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.Protocol = 1, 0, 1, 2
+			return redis.NewFailoverClient(&o)
+		}}
+}
+
+// credentialsOf returns what to AUTH with, as go-redis would choose it;
+// nil when there is nothing to send.
+func credentialsOf(user, pass string, p func() (string, string), pc func(context.Context) (string, string, error)) func(context.Context) (string, string, error) {
+	switch {
+	case pc != nil:
+		return pc
+	case p != nil:
+		return func(context.Context) (string, string, error) { u, pw := p(); return u, pw, nil }
+	case pass != "":
+		return func(context.Context) (string, string, error) { return user, pass, nil }
+	}
+	return nil
+}
+
+// dial opens a wireConn and sets it up in one round trip: AUTH, SELECT,
+// CLIENT SETNAME, ROLE (a Sentinel's master), CLIENT ID.
 func (d *wireDialer) dial(ctx context.Context) (*wireConn, error) {
+	if d.viaClient != nil {
+		return d.dialVia(ctx)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.dialTimeout)
+	defer cancel()
+	addr, err := d.addr(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := d.dial1(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	w := &wireConn{nc: nc, r: bufio.NewReaderSize(nc, 32<<10), w: bufio.NewWriterSize(nc, 32<<10),
+		readTimeout: d.readTimeout, writeTimeout: d.writeTimeout}
+	if err := d.setUp(ctx, w); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (d *wireDialer) setUp(ctx context.Context, w *wireConn) error {
+	var cmds []respCmd
+	add := func(args ...string) {
+		var c respCmd
+		c.reset()
+		for _, a := range args {
+			c.arg(a)
+		}
+		cmds = append(cmds, c)
+	}
+	if d.credentials != nil {
+		user, pass, err := d.credentials(ctx)
+		if err != nil {
+			return err
+		}
+		if user != "" {
+			add("AUTH", user, pass)
+		} else {
+			add("AUTH", pass)
+		}
+	}
+	if d.db != 0 {
+		add("SELECT", strconv.Itoa(d.db))
+	}
+	if d.name != "" {
+		add("CLIENT", "SETNAME", d.name)
+	}
+	add("CLIENT", "ID")
+	if d.master {
+		add("ROLE")
+	}
+	by, _ := ctx.Deadline()
+	w.nc.SetDeadline(by)
+	defer w.nc.SetDeadline(time.Time{})
+	for i := range cmds {
+		w.w.Write(cmds[i].bytes())
+	}
+	if err := w.w.Flush(); err != nil {
+		return err
+	}
+	for i := range cmds {
+		raw, err := readRawReplyMax(w.r, maxErrorLen)
+		if err != nil {
+			return err
+		}
+		r := respReader{b: raw}
+		t, body, err := r.line()
+		if err != nil {
+			return err
+		}
+		switch {
+		case t == '-':
+			return serverError(body)
+		case i == len(cmds)-1 && d.master:
+			// ROLE: *N, then the role's name first.
+			if role, _, err := r.bulk(); err != nil || role != "master" {
+				return fmt.Errorf("bus: %s is not a master (role %q)", w.nc.RemoteAddr(), role)
+			}
+		case t == ':':
+			w.id, _ = strconv.ParseInt(string(body), 10, 64)
+		}
+	}
+	return nil
+}
+
+// dialVia opens a wireConn that a go-redis client dials and sets up (its
+// PING proves it works), and keeps checked out.
+func (d *wireDialer) dialVia(ctx context.Context) (*wireConn, error) {
 	var mu sync.Mutex
 	var got net.Conn
-	client := d.newClient(func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := d.inner(ctx, network, addr)
+	client := d.viaClient(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := d.dial1(ctx, network, addr)
 		if err == nil {
 			mu.Lock()
 			got = nc
@@ -125,7 +263,8 @@ func (d *wireDialer) dial(ctx context.Context) (*wireConn, error) {
 		return nc, err
 	})
 	held := client.Conn()
-	if err := held.Ping(ctx).Err(); err != nil {
+	id, err := held.ClientID(ctx).Result()
+	if err != nil {
 		held.Close()
 		client.Close()
 		return nil, err
@@ -136,13 +275,12 @@ func (d *wireDialer) dial(ctx context.Context) (*wireConn, error) {
 	if nc == nil {
 		held.Close()
 		client.Close()
-		return nil, errors.New("bus: the combiner's connection was not dialled")
+		return nil, errors.New("bus: the connection was not dialled")
 	}
-	opt := client.Options()
 	return &wireConn{
-		client: client, held: held, nc: nc,
-		r: bufio.NewReaderSize(nc, 32<<10), w: bufio.NewWriterSize(nc, 32<<10),
-		readTimeout: opt.ReadTimeout, writeTimeout: opt.WriteTimeout,
+		nc: nc, r: bufio.NewReaderSize(nc, 32<<10), w: bufio.NewWriterSize(nc, 32<<10), id: id,
+		readTimeout: d.readTimeout, writeTimeout: d.writeTimeout,
+		release: func() { held.Close(); client.Close() },
 	}, nil
 }
 
@@ -151,8 +289,9 @@ func (d *wireDialer) dial(ctx context.Context) (*wireConn, error) {
 func (w *wireConn) close() {
 	w.closeOnce.Do(func() {
 		w.nc.Close()
-		w.held.Close()
-		w.client.Close()
+		if w.release != nil {
+			w.release()
+		}
 	})
 }
 
