@@ -339,16 +339,7 @@ func TestDocumentedReplicaACLServesPython(t *testing.T) {
 	t.Cleanup(srv.Close)
 	argv := []string{pythonBin, pythonInterop(t), "serve", "math", "py-acl"}
 	startForeignReplicaEnv(t, "python", "py-acl", argv, []string{"REDIS_URL=" + userURL(srv.URL, "math", "math-secret")}, 30*time.Second, 15*time.Second)
-	b, err := bus.NewRedis(bus.RedisConfig{URL: srv.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	c, err := client.New(b, client.Config{Logger: meshtest.Quiet, SkipRegistryCheck: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := newClientOn(t, bus.RedisConfig{URL: srv.URL}, client.Config{SkipRegistryCheck: true})
 	var out struct{ Value float64 }
 	if err := c.Call(context.Background(), "math.add", map[string]int{"a": 1, "b": 2}, &out, client.WithTimeout(10*time.Second)); err != nil || out.Value != 3 {
 		t.Fatalf("Python replica under the documented ACL: %v %+v", err, out)

@@ -9,7 +9,9 @@ import (
 
 func newRedisBus(t testing.TB, cfg bus.RedisConfig) *bus.Redis {
 	t.Helper()
-	cfg.URL = redisURL
+	if cfg.URL == "" {
+		cfg.URL = redisURL
+	}
 	b, err := bus.NewRedis(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -105,10 +105,7 @@ func TestNodeReplicaReadsOverTLS(t *testing.T) {
 	argv := []string{"node", filepath.Join(nodeJS(t), "dist", "tools", "interop.js"), "serve", name, name + "-1"}
 	startForeignReplicaEnv(t, "node", name+"-1", argv, []string{"REDIS_URL=" + srv.URL, "NODE_EXTRA_CA_CERTS=" + files.CAFile}, 20*time.Second, 10*time.Second)
 
-	b, err := bus.NewRedis(bus.RedisConfig{URL: srv.URL, TLS: srv.TLSConfig})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newRedisBus(t, bus.RedisConfig{URL: srv.URL, TLS: srv.TLSConfig})
 	t.Cleanup(func() { b.Close() })
 	c, err := client.New(b, client.Config{Logger: meshtest.Quiet, SkipRegistryCheck: true})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/meshtest"
 )
@@ -15,7 +16,14 @@ import (
 // newClient returns a client on its own Redis connection.
 func newClient(t testing.TB, cfg client.Config) *client.Client {
 	t.Helper()
-	b := newRedisBus(t, busConfig())
+	return newClientOn(t, busConfig(), cfg)
+}
+
+// newClientOn is newClient on a bus of its own with bcfg (its URL: the
+// test server's if empty).
+func newClientOn(t testing.TB, bcfg bus.RedisConfig, cfg client.Config) *client.Client {
+	t.Helper()
+	b := newRedisBus(t, bcfg)
 	t.Cleanup(func() { b.Close() })
 	if cfg.Logger == nil {
 		cfg.Logger = meshtest.Quiet
