@@ -132,10 +132,12 @@ func TestAddingAReplicaAddsCapacity(t *testing.T) {
 		})
 	}()
 	time.Sleep(500 * time.Millisecond) // a stretch of load on one replica
-	startWorker(t, workerSpec{Service: service, Replica: "second", Concurrency: 4})
+	// Phase two begins before the second replica starts: it serves as
+	// soon as it is in the group, before startWorker has read its ready.
 	mu.Lock()
 	phase = "two"
 	mu.Unlock()
+	startWorker(t, workerSpec{Service: service, Replica: "second", Concurrency: 4})
 	time.Sleep(time.Second) // a stretch of load on two
 	close(stop)
 	if failed := <-done; len(failed) > 0 {
