@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"strconv"
 	"sync"
@@ -27,8 +26,9 @@ import (
 //
 // It dials and sets the connection up itself, from the go-redis options
 // the bus was given: go-redis's dialer (TCP, TLS), then AUTH, SELECT,
-// CLIENT SETNAME, CLIENT ID (which CLIENT UNBLOCK needs) and, for the
-// master Sentinel names, ROLE, all in one round trip. A client whose set-up
+// CLIENT SETNAME and CLIENT ID (which CLIENT UNBLOCK needs), all in one
+// round trip; a Sentinel master's comes from go-redis
+// (failoverWireDialer). A client whose set-up
 // it cannot repeat (an OnConnect hook, streaming credentials) goes through
 // go-redis instead (newWireDialer).
 type wireConn struct {
@@ -51,11 +51,10 @@ type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error
 // sentinels names.
 type wireDialer struct {
 	dial1       dialFunc                                          // TCP and TLS
-	addr        func(ctx context.Context) (string, error)         // where to dial
+	addr        string                                            // where to dial
 	credentials func(ctx context.Context) (string, string, error) // user, password; nil: none
 	db          int
 	name        string
-	master      bool // check ROLE: a master the sentinels named may be demoted since
 	dialTimeout time.Duration
 
 	readTimeout, writeTimeout time.Duration
@@ -102,22 +101,16 @@ func boundTimeout(d time.Duration) time.Duration {
 	return d
 }
 
-// repeatable reports whether a wireDialer can set a connection up as a
-// client with these options would.
-func repeatable(onConnect func(context.Context, *redis.Conn) error, streaming bool) bool {
-	return onConnect == nil && !streaming
-}
-
 // singleWireDialer dials as a client with options opt would, opt taken
-// from a client (so initialised: its Dialer is set); nil if it cannot.
+// from a client (so initialised: its Dialer is set); nil if it cannot
+// repeat the client's set-up (an OnConnect hook, streaming credentials).
 func singleWireDialer(opt redis.Options) *wireDialer {
-	if !repeatable(opt.OnConnect, opt.StreamingCredentialsProvider != nil) || opt.Dialer == nil {
+	if opt.OnConnect != nil || opt.StreamingCredentialsProvider != nil || opt.Dialer == nil {
 		return nil
 	}
 	d := &wireDialer{
-		dial1: opt.Dialer, db: opt.DB, name: opt.ClientName, dialTimeout: cmp.Or(opt.DialTimeout, 5*time.Second),
+		dial1: opt.Dialer, addr: opt.Addr, db: opt.DB, name: opt.ClientName, dialTimeout: cmp.Or(opt.DialTimeout, 5*time.Second),
 		readTimeout: opt.ReadTimeout, writeTimeout: opt.WriteTimeout,
-		addr: func(context.Context) (string, error) { return opt.Addr, nil },
 	}
 	d.credentials = credentialsOf(opt.Username, opt.Password, opt.CredentialsProvider, opt.CredentialsProviderContext)
 	return d
@@ -134,8 +127,7 @@ func failoverWireDialer(fo redis.FailoverOptions) *wireDialer {
 		// What go-redis dials the master with when no dialer is set.
 		dial1 = redis.NewDialer(&redis.Options{DialTimeout: cmp.Or(fo.DialTimeout, 5*time.Second), TLSConfig: fo.TLSConfig})
 	}
-	return &wireDialer{dial1: dial1, dialTimeout: cmp.Or(fo.DialTimeout, 5*time.Second),
-		readTimeout: fo.ReadTimeout, writeTimeout: fo.WriteTimeout,
+	return &wireDialer{dial1: dial1, readTimeout: fo.ReadTimeout, writeTimeout: fo.WriteTimeout,
 		viaClient: func(dial dialFunc) *redis.Client {
 			o := fo
 			o.Dialer = dial
@@ -159,18 +151,14 @@ func credentialsOf(user, pass string, p func() (string, string), pc func(context
 }
 
 // dial opens a wireConn and sets it up in one round trip: AUTH, SELECT,
-// CLIENT SETNAME, ROLE (a Sentinel's master), CLIENT ID.
+// CLIENT SETNAME, CLIENT ID.
 func (d *wireDialer) dial(ctx context.Context) (*wireConn, error) {
 	if d.viaClient != nil {
 		return d.dialVia(ctx)
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.dialTimeout)
 	defer cancel()
-	addr, err := d.addr(ctx)
-	if err != nil {
-		return nil, err
-	}
-	nc, err := d.dial1(ctx, "tcp", addr)
+	nc, err := d.dial1(ctx, "tcp", d.addr)
 	if err != nil {
 		return nil, err
 	}
@@ -211,9 +199,6 @@ func (d *wireDialer) setUp(ctx context.Context, w *wireConn) error {
 		add("CLIENT", "SETNAME", d.name)
 	}
 	add("CLIENT", "ID")
-	if d.master {
-		add("ROLE")
-	}
 	by, _ := ctx.Deadline()
 	w.nc.SetDeadline(by)
 	defer w.nc.SetDeadline(time.Time{})
@@ -223,7 +208,7 @@ func (d *wireDialer) setUp(ctx context.Context, w *wireConn) error {
 	if err := w.w.Flush(); err != nil {
 		return err
 	}
-	for i := range cmds {
+	for range cmds {
 		raw, err := readRawReplyMax(w.r, maxErrorLen)
 		if err != nil {
 			return err
@@ -233,15 +218,10 @@ func (d *wireDialer) setUp(ctx context.Context, w *wireConn) error {
 		if err != nil {
 			return err
 		}
-		switch {
-		case t == '-':
+		switch t {
+		case '-':
 			return serverError(body)
-		case i == len(cmds)-1 && d.master:
-			// ROLE: *N, then the role's name first.
-			if role, _, err := r.bulk(); err != nil || role != "master" {
-				return fmt.Errorf("bus: %s is not a master (role %q)", w.nc.RemoteAddr(), role)
-			}
-		case t == ':':
+		case ':': // CLIENT ID, the only integer reply
 			w.id, _ = strconv.ParseInt(string(body), 10, 64)
 		}
 	}

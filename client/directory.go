@@ -93,18 +93,14 @@ func (d *directory) close() {
 	if d == nil {
 		return
 	}
-	if f, ok := d.status.(statusFlusher); ok {
+	if d.status != nil {
 		// The last sends' queued records, written in the background,
 		// land before a process that exits after Close (the CLI) is gone.
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		f.Flush(ctx)
+		d.status.Flush(ctx)
 		cancel()
 	}
 	if d.owned {
 		d.w.Close()
 	}
 }
-
-// statusFlusher is a status store that writes in the background
-// (registry.RedisStatusStore).
-type statusFlusher interface{ Flush(context.Context) error }

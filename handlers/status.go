@@ -47,21 +47,12 @@ func (r *statusRecorder) update(st registry.Status) {
 // flush waits, a little, for records written in the background
 // (registry.RedisStatusStore) before the replica is gone.
 func (r *statusRecorder) flush() {
-	f, ok := r.storeFlusher()
-	if !ok {
+	if r == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	f.Flush(ctx)
-}
-
-func (r *statusRecorder) storeFlusher() (interface{ Flush(context.Context) error }, bool) {
-	if r == nil {
-		return nil, false
-	}
-	f, ok := r.store.(interface{ Flush(context.Context) error })
-	return f, ok
+	r.store.Flush(ctx)
 }
 
 // running records that this replica runs the send req.

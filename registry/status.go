@@ -58,6 +58,9 @@ type StatusStore interface {
 	// Get returns the request's status; State is unknown when there is
 	// no record.
 	Get(ctx context.Context, id string) (Status, error)
+	// Flush waits until the records made before it are written (or
+	// dropped), or ctx ends: a process calls it before it exits.
+	Flush(ctx context.Context) error
 }
 
 // StatusKey is the Redis key of a request's status record (a hash).
@@ -90,9 +93,8 @@ type RedisStatusStore struct {
 	mu      sync.Mutex
 	backlog []*statusWrite
 	waiting map[string]*statusWrite // the records in backlog, by request id
-	writing bool                    // a writer goroutine runs; it ends when backlog is empty
 	dropped atomic.Uint64
-	ended   chan struct{} // closed when the running writer ends (Flush)
+	ended   chan struct{} // while a writer goroutine runs (until backlog is empty): closed when it ends
 }
 
 // statusWrite is one record to write: Queued's (queued) or Update's.
@@ -170,8 +172,7 @@ func (s *RedisStatusStore) enqueue(w statusWrite) error {
 	rec := &w
 	s.backlog = append(s.backlog, rec)
 	s.waiting[w.id] = rec
-	if !s.writing {
-		s.writing = true
+	if s.ended == nil {
 		s.ended = make(chan struct{})
 		go s.writeLoop(s.ended)
 	}
@@ -186,14 +187,12 @@ var ErrStatusBacklogFull = errors.New("registry: status records back up; record 
 // failed.
 func (s *RedisStatusStore) Dropped() uint64 { return s.dropped.Load() }
 
-// Flush waits until every record made before it was written or dropped,
-// or ctx ends. A process that exits after its last send (the CLI) calls
-// it first.
+// Flush implements StatusStore.
 func (s *RedisStatusStore) Flush(ctx context.Context) error {
 	s.mu.Lock()
-	writing, ended := s.writing, s.ended
+	ended := s.ended
 	s.mu.Unlock()
-	if !writing {
+	if ended == nil {
 		return nil
 	}
 	select {
@@ -215,7 +214,7 @@ func (s *RedisStatusStore) writeLoop(ended chan struct{}) {
 		s.mu.Lock()
 		n := min(len(s.backlog), maxStatusBatch)
 		if n == 0 {
-			s.writing = false
+			s.ended = nil
 			s.backlog = nil
 			close(ended)
 			s.mu.Unlock()
@@ -395,6 +394,9 @@ func (s *memoryStatus) Update(_ context.Context, st Status, ttl time.Duration) e
 	s.write(st.ID, st.State, ttl, fields...)
 	return nil
 }
+
+// Flush implements StatusStore: records are written as they are made.
+func (s *memoryStatus) Flush(context.Context) error { return nil }
 
 func (s *memoryStatus) Get(_ context.Context, id string) (Status, error) {
 	s.mu.Lock()
