@@ -9,6 +9,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // foreignReplica is a replica process written in another language (the
@@ -105,5 +108,30 @@ func (r *foreignReplica) kill9(t testing.TB) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 		t.Fatalf("%s replica %s: %v, want killed by SIGKILL", r.lang, r.id, err)
+	}
+}
+
+// goAndForeignReplicasShareTheLoad runs a Go replica process and one of
+// another language (start) for one service: a Go caller's calls spread
+// over both.
+func goAndForeignReplicasShareTheLoad(t *testing.T, lang string, start func(t testing.TB, service, replica string, args ...string) *foreignReplica) {
+	t.Parallel()
+	service := meshtest.Name("mix" + lang)
+	foreign := lang + "-replica"
+	// Each replica runs at most 4 calls of 10 ms at once; 16 callers keep
+	// both saturated, so each answers about half, whichever reads faster.
+	startWorker(t, workerSpec{Service: service, Replica: "go-replica", Concurrency: 4})
+	start(t, service, foreign, "--concurrency", "4")
+	c := newClient(t, client.Config{})
+	const calls = 400
+	per := spread(t, c, service+".sleep", SleepIn{Ms: 10}, 16, calls)
+	t.Logf("calls per replica: %v", per)
+	for _, r := range []string{"go-replica", foreign} {
+		if per[r] < calls/4 {
+			t.Errorf("replica %s answered %d of %d calls, want at least a quarter", r, per[r], calls)
+		}
+	}
+	if len(per) != 2 {
+		t.Errorf("answered by %v, want exactly the two replicas", per)
 	}
 }

@@ -167,24 +167,7 @@ func foreignCallerGoReplica(t *testing.T, lang, service string, call func(t test
 // One service, one Go replica process and one Node replica process: the
 // calls of a Go caller spread over both.
 func TestGoAndNodeReplicasShareTheLoad(t *testing.T) {
-	t.Parallel()
-	service := meshtest.Name("mixed")
-	// Each replica runs at most 4 calls of 10 ms at once; 16 callers keep
-	// both saturated, so each answers about half, whichever reads faster.
-	startWorker(t, workerSpec{Service: service, Replica: "go-replica", Concurrency: 4})
-	startNodeReplica(t, service, "node-replica", "--concurrency", "4")
-	c := newClient(t, client.Config{})
-	const calls = 400
-	per := spread(t, c, service+".sleep", SleepIn{Ms: 10}, 16, calls)
-	t.Logf("calls per replica: %v", per)
-	for _, r := range []string{"go-replica", "node-replica"} {
-		if per[r] < calls/4 {
-			t.Errorf("replica %s answered %d of %d calls, want at least a quarter", r, per[r], calls)
-		}
-	}
-	if len(per) != 2 {
-		t.Errorf("answered by %v, want exactly the two replicas", per)
-	}
+	goAndForeignReplicasShareTheLoad(t, "node", startNodeReplica)
 }
 
 // Sends cross languages too: Go sends run once each on a Node replica,

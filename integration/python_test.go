@@ -192,24 +192,7 @@ func TestPythonCallerGoReplica(t *testing.T) {
 // One service, one Go replica process and one Python replica process: the
 // calls of a Go caller spread over both.
 func TestGoAndPythonReplicasShareTheLoad(t *testing.T) {
-	t.Parallel()
-	service := meshtest.Name("gopymix")
-	// Each replica runs at most 4 calls of 10 ms at once; 16 callers keep
-	// both saturated, so each answers about half, whichever reads faster.
-	startWorker(t, workerSpec{Service: service, Replica: "go-replica", Concurrency: 4})
-	startPythonReplica(t, service, "py-replica", "--concurrency", "4")
-	c := newClient(t, client.Config{})
-	const calls = 400
-	per := spread(t, c, service+".sleep", SleepIn{Ms: 10}, 16, calls)
-	t.Logf("calls per replica: %v", per)
-	for _, r := range []string{"go-replica", "py-replica"} {
-		if per[r] < calls/4 {
-			t.Errorf("replica %s answered %d of %d calls, want at least a quarter", r, per[r], calls)
-		}
-	}
-	if len(per) != 2 {
-		t.Errorf("answered by %v, want exactly the two replicas", per)
-	}
+	goAndForeignReplicasShareTheLoad(t, "py", startPythonReplica)
 }
 
 // A Python replica killed with kill -9 while it runs sends: every send
