@@ -24,6 +24,7 @@ import (
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
+	"github.com/fnmesh/fnmesh/internal/bench"
 	"github.com/fnmesh/fnmesh/meshtest"
 	"github.com/fnmesh/fnmesh/registry"
 )
@@ -264,18 +265,4 @@ func procsCPU(t *testing.T, procs []*exec.Cmd) time.Duration {
 	return total
 }
 
-func redisCPUOf(b *bus.Redis) time.Duration {
-	info, err := b.Client().Info(context.Background(), "cpu").Result()
-	if err != nil {
-		return 0
-	}
-	var total float64
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
-			f, _ := strconv.ParseFloat(v, 64)
-			total += f
-		}
-	}
-	return time.Duration(total * float64(time.Second))
-}
+func redisCPUOf(b *bus.Redis) time.Duration { return bench.RedisCPU(b.Client()) }

@@ -38,6 +38,12 @@ func redisCPU(rdb *redis.Client) time.Duration {
 	if rdb == nil {
 		return 0
 	}
+	return RedisCPU(rdb)
+}
+
+// RedisCPU is the CPU time the Redis server rdb talks to has used, user
+// and system (INFO cpu); 0 if it cannot be read.
+func RedisCPU(rdb redis.UniversalClient) time.Duration {
 	info, err := rdb.Info(context.Background(), "cpu").Result()
 	if err != nil {
 		return 0
