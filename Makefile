@@ -92,10 +92,10 @@ fuzz:
 	$(GO) test ./security -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./security -run '^$$' -fuzz '^FuzzParseJWKS$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./security -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./bus -run '^$$' -fuzz '^FuzzRESPReadersAgainstGoRedis$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./bus -run '^$$' -fuzz '^FuzzReadRawReply$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./bus -run '^$$' -fuzz '^FuzzReadReplyErr$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./bus -run '^$$' -fuzz '^FuzzParseStreamReply$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzRESPReadersAgainstGoRedis$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzReadRawReply$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzReadReplyErr$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzParseStreamReply$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./bus -run '^$$' -fuzz '^FuzzDecodeRequestEntry$$' -fuzztime $(FUZZTIME)
 
 build:

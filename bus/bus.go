@@ -293,7 +293,7 @@ const (
 )
 
 // IdempotencyStore records which idempotency keys of a service are being
-// run or were run, for a window. Owner is the id of the request entry
+// run or were run, for a window. Owner is the id of the request wire.Entry
 // running the key, so that a redelivery of the same entry is told apart
 // from a second request with the same key.
 type IdempotencyStore interface {

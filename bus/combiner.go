@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/fnmesh/fnmesh/internal/wire"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -32,7 +33,7 @@ import (
 // (doInline, doSettled) goes out with it.
 type combiner struct {
 	rdb    redis.UniversalClient
-	dialer *wireDialer   // nil: through go-redis (a cluster)
+	dialer *wire.Dialer  // nil: through go-redis (a cluster)
 	wire   *pipeline     // the connection of a single-node client; only the flusher writes it
 	wake   chan struct{} // starts the flusher's turn; sent and closed under mu
 	// gateTimer is the flusher's, for gate.
@@ -57,7 +58,7 @@ type combiner struct {
 // pendingCmd is a command on its way: made by command, given to do,
 // doAsync, doInline or doSettled, which own it from then on.
 type pendingCmd struct {
-	cmd    respCmd
+	cmd    wire.Cmd
 	err    error // the command's outcome, set by the round trip
 	done   chan struct{}
 	failed func(error) // set by doAsync: told of a failure instead of done
@@ -77,15 +78,13 @@ var pendingPool = sync.Pool{New: func() any { return &pendingCmd{done: make(chan
 // command returns an empty command to fill (p.cmd) and run.
 func (c *combiner) command() *pendingCmd {
 	p := pendingPool.Get().(*pendingCmd)
-	p.cmd.reset()
+	p.cmd.Reset()
 	return p
 }
 
 func (p *pendingCmd) release() {
 	p.err, p.failed, p.settles, p.delivery, p.request, p.replica, p.then = nil, nil, nil, Delivery{}, false, "", nil
-	if cap(p.cmd.b) > 64<<10 {
-		p.cmd.b = nil // do not keep a large payload's buffer
-	}
+	p.cmd.Shrink(64 << 10)
 	pendingPool.Put(p)
 }
 
@@ -311,7 +310,7 @@ func (c *combiner) pendingLocked() bool {
 // the releasers told once the XACKs are through. Batches are reused.
 type batch struct {
 	cmds     []*pendingCmd
-	acks     []respCmd
+	acks     []wire.Cmd
 	released []releasedEntry
 	err      error // the write failed: every command fails with it
 	// afterIdle: written when nothing else was in flight on a connection
@@ -357,17 +356,17 @@ func (c *combiner) flushOnce() {
 			continue
 		}
 		if len(acks) == cap(acks) {
-			acks = append(acks, respCmd{})
+			acks = append(acks, wire.Cmd{})
 		} else {
 			acks = acks[:len(acks)+1]
 		}
 		a := &acks[len(acks)-1]
-		a.reset()
-		a.arg("xack")
-		a.arg(topic)
-		a.arg(Group)
+		a.Reset()
+		a.Arg("xack")
+		a.Arg(topic)
+		a.Arg(Group)
 		for _, id := range ids {
-			a.arg(id)
+			a.Arg(id)
 		}
 		c.acks[topic] = ids[:0]
 		if cap(ids) > 4096 {
@@ -391,7 +390,7 @@ func (c *combiner) complete(b *batch) {
 	for i, p := range b.cmds {
 		b.cmds[i] = nil
 		if p.request && errors.Is(p.err, redis.Nil) {
-			p.err = notServed(p.cmd.stream())
+			p.err = notServed(p.cmd.Stream())
 		}
 		if p.settles != nil {
 			c.replyWritten(p)
@@ -420,6 +419,42 @@ func (c *combiner) complete(b *batch) {
 	batchPool.Put(b)
 }
 
+// writeBatch writes the batch's commands and then its acks on w.
+func writeBatch(w *wire.Conn, b *batch) error {
+	for _, p := range b.cmds {
+		w.Queue(p.cmd.Bytes())
+	}
+	for i := range b.acks {
+		w.Queue(b.acks[i].Bytes())
+	}
+	return w.Flush()
+}
+
+// readBatch reads a reply on w for each of the batch's commands and
+// acks: a command's server error goes to its pendingCmd; a failure of
+// the connection is returned (and given to every command whose reply was
+// not read).
+func readBatch(w *wire.Conn, b *batch) error {
+	for i, p := range b.cmds {
+		replyErr, err := w.ReadReplyErr()
+		if err != nil {
+			for _, q := range b.cmds[i:] {
+				q.err = err
+			}
+			return err
+		}
+		p.err = replyErr
+	}
+	for range b.acks {
+		// An ack's failure (NOGROUP: the stream was deleted) leaves its
+		// entry pending, which is all an ack can do.
+		if _, err := w.ReadReplyErr(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (b *batch) fail(err error) {
 	for _, p := range b.cmds {
 		p.err = err
@@ -430,7 +465,7 @@ func (b *batch) fail(err error) {
 // not one per flush, which would grow its stack again through go-redis's
 // pipeline code on every flush. On a cluster, clusterWorkers goroutines
 // run the batches through go-redis.
-func newCombiner(rdb redis.UniversalClient, dialer *wireDialer, deadMaxLen int64) *combiner {
+func newCombiner(rdb redis.UniversalClient, dialer *wire.Dialer, deadMaxLen int64) *combiner {
 	c := &combiner{rdb: rdb, dialer: dialer, deadMaxLen: deadMaxLen, wake: make(chan struct{}, 1), finished: make(chan struct{})}
 	go func() {
 		defer close(c.finished)
@@ -474,7 +509,7 @@ func (c *combiner) flushAll() {
 // batches went out and completes them. Writes go on while replies are
 // outstanding, up to maxInFlight batches.
 type pipeline struct {
-	w    *wireConn
+	w    *wire.Conn
 	sent chan *batch   // written, replies not read yet; closed by the writer when it leaves the connection
 	done chan struct{} // closed when the reader has ended (and closed the connection)
 	// broken: the connection failed, or its server is no longer the
@@ -488,7 +523,7 @@ type pipeline struct {
 	lastWrite time.Time // of the last batch; the writer's
 }
 
-// send writes b: on the connection of its own (wire.go) for a single
+// send writes b: on a wire.Conn of its own for a single
 // server, through go-redis for a cluster. Only one flusher runs at a
 // time, so only one goroutine writes.
 func (c *combiner) send(b *batch) {
@@ -503,7 +538,7 @@ func (c *combiner) send(b *batch) {
 	}
 	if pl == nil {
 		// No deadline of its own: the dialer's timeout bounds it.
-		w, err := c.dialer.dial(context.Background())
+		w, err := c.dialer.Dial(context.Background())
 		if err != nil {
 			b.fail(err)
 			c.complete(b)
@@ -519,10 +554,10 @@ func (c *combiner) send(b *batch) {
 	default:
 	}
 	pl.lastWrite = time.Now()
-	if err := pl.w.writeBatch(b); err != nil {
+	if err := writeBatch(pl.w, b); err != nil {
 		b.err = err
 		pl.broken.Store(true)
-		pl.w.nc.Close() // the reader's read fails at once
+		pl.w.Close() // the reader's read fails at once
 	}
 	pl.sent <- b
 	if pl.broken.Load() {
@@ -582,7 +617,7 @@ func (pl *pipeline) shutdown() {
 // reply's caller takes the first, a request runs twice).
 func (c *combiner) read(pl *pipeline) {
 	defer close(pl.done)
-	defer pl.w.close()
+	defer pl.w.Close()
 	var failed error
 	retry := false
 	for b := range pl.sent {
@@ -592,7 +627,7 @@ func (c *combiner) read(pl *pipeline) {
 		} else if err := c.readBatch(pl, b); err != nil {
 			failed = err
 			pl.broken.Store(true)
-			pl.w.nc.Close()
+			pl.w.Close()
 			var ne net.Error
 			// A timeout is a server that does not answer, not a
 			// connection that died while idle: fail now, do not wait
@@ -618,7 +653,7 @@ func (c *combiner) readBatch(pl *pipeline, b *batch) error {
 		b.fail(b.err)
 		return b.err
 	}
-	if err := pl.w.readBatch(b); err != nil {
+	if err := readBatch(pl.w, b); err != nil {
 		return err
 	}
 	pl.answered.Store(true)
@@ -655,7 +690,7 @@ func (c *combiner) execRedis(ctx context.Context, b *batch) {
 	if len(b.cmds) > 0 {
 		cmds := make([]*redis.Cmd, len(b.cmds))
 		for i, pc := range b.cmds {
-			cmds[i] = redis.NewCmd(ctx, pc.cmd.args()...)
+			cmds[i] = redis.NewCmd(ctx, pc.cmd.Args()...)
 			p.Process(ctx, cmds[i])
 		}
 		p.Exec(ctx)
@@ -665,7 +700,7 @@ func (c *combiner) execRedis(ctx context.Context, b *batch) {
 	}
 	if len(b.acks) > 0 {
 		for i := range b.acks {
-			p.Process(ctx, redis.NewCmd(ctx, b.acks[i].args()...))
+			p.Process(ctx, redis.NewCmd(ctx, b.acks[i].Args()...))
 		}
 		p.Exec(ctx)
 	}
@@ -709,4 +744,40 @@ func (c *combiner) close() {
 func isRedisError(err error) bool {
 	var re redis.Error
 	return errors.As(err, &re) || errors.Is(err, redis.Nil)
+}
+
+// newWireDialer returns how the combiner of r dials, or nil if it must go
+// through go-redis: a cluster (its commands go to the node of their key),
+// a client passed in whose options cannot make another (a Sentinel
+// client, an unknown kind), or one whose set-up a wire.Dialer cannot repeat.
+func (r *Redis) newWireDialer() *wire.Dialer {
+	c, ok := r.rdb.(*redis.Client)
+	switch {
+	case !ok:
+		return nil
+	case r.failover != nil:
+		fo := *r.failover
+		fo.DialTimeout, fo.ReadTimeout, fo.WriteTimeout = boundTimeout(fo.DialTimeout), boundTimeout(fo.ReadTimeout), boundTimeout(fo.WriteTimeout)
+		return wire.NewFailoverDialer(fo)
+	case c.Options().Addr == "FailoverClient":
+		return nil
+	}
+	opt := *c.Options()
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = boundTimeout(opt.DialTimeout), boundTimeout(opt.ReadTimeout), boundTimeout(opt.WriteTimeout)
+	return wire.NewDialer(opt)
+}
+
+// combinerTimeout bounds the combiner's dial and each of its round trips
+// (below a client's own, longer, timeouts): when Redis hangs or is gone,
+// calls and sends fail with unavailable within about a second, so callers
+// can back off, instead of waiting out their deadline.
+const combinerTimeout = time.Second
+
+// boundTimeout is a timeout no longer than combinerTimeout; a negative one
+// (none) is kept.
+func boundTimeout(d time.Duration) time.Duration {
+	if d == 0 || d > combinerTimeout {
+		return combinerTimeout
+	}
+	return d
 }

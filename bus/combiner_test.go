@@ -13,6 +13,7 @@ import (
 
 	"github.com/fnmesh/fnmesh/internal/bench/netdelay"
 	"github.com/fnmesh/fnmesh/internal/redistest"
+	"github.com/fnmesh/fnmesh/internal/wire"
 )
 
 // wireLog records, in order, the writes and the reads that returned
@@ -88,15 +89,8 @@ func delayedCombiner(t *testing.T, oneWay, readTimeout time.Duration) (*combiner
 	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ReadTimeout: readTimeout, WriteTimeout: 5 * time.Second})
 	t.Cleanup(func() { rdb.Close() })
 	log := &wireLog{wrote: make(chan struct{}, 1)}
-	d := singleWireDialer(*rdb.Options())
-	inner := d.dial1
-	d.dial1 = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := inner(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return loggedConn{nc, log}, nil
-	}
+	d := wire.NewDialer(*rdb.Options())
+	d.WrapConns(func(nc net.Conn) net.Conn { return loggedConn{nc, log} })
 	c := newCombiner(rdb, d, 0)
 	t.Cleanup(c.close)
 	return c, log, srv
@@ -104,8 +98,8 @@ func delayedCombiner(t *testing.T, oneWay, readTimeout time.Duration) (*combiner
 
 func incr(c *combiner, key string) *pendingCmd {
 	p := c.command()
-	p.cmd.arg("incr")
-	p.cmd.arg(key)
+	p.cmd.Arg("incr")
+	p.cmd.Arg(key)
 	return p
 }
 

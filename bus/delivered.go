@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/fnmesh/fnmesh/internal/wire"
 )
 
 // RequestSubscriber is implemented by the group subscribers of NewRedis
@@ -33,7 +34,7 @@ type DeliveredRequest struct {
 	Delivery  Delivery
 
 	by   requestSettler   // the subscription that delivered it; nil: none
-	x    entry            // the stream entry it was read from (Redis)
+	x    wire.Entry       // the stream entry it was read from (Redis)
 	item *memItem         // the queue item it came from (Memory)
 	msg  *message.Message // the message it was read from (FromMessage)
 
@@ -48,7 +49,7 @@ const (
 )
 
 // requestSettler is a group subscription that delivers DeliveredRequests:
-// it frees the request's slot once settled, acks its entry, or delivers
+// it frees the request's slot once settled, acks its wire.Entry, or delivers
 // it again. sent tells that the ack already went out with a reply.
 type requestSettler interface {
 	settleRequest(r *DeliveredRequest, ok, sent bool)
@@ -113,8 +114,8 @@ func (r *DeliveredRequest) Message() *message.Message {
 		return r.msg
 	case r.item != nil:
 		return r.item.message()
-	case r.x.id != "":
-		return r.x.message()
+	case r.x.ID != "":
+		return messageOf(r.x)
 	}
 	return r.Request.Message()
 }

@@ -2,13 +2,14 @@ package bus
 
 import (
 	"fmt"
+	"github.com/fnmesh/fnmesh/internal/wire"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 )
 
-// FuzzDecodeRequestEntry: a request decoded straight from a stream entry
+// FuzzDecodeRequestEntry: a request decoded straight from a stream wire.Entry
 // is the request DecodeRequestInto reads from the entry's message, error
 // included, whatever the fields (repeated, unknown, cut short, empty).
 func FuzzDecodeRequestEntry(f *testing.F) {
@@ -20,16 +21,16 @@ func FuzzDecodeRequestEntry(f *testing.F) {
 	f.Add("id=a\nfn=add\ntoo_large=p 10", "")
 	f.Add("fn=add\nv=", "")
 	f.Fuzz(func(t *testing.T, fields, tooLarge string) {
-		var c respCmd
+		var kv []string
 		for _, line := range strings.Split(fields, "\n") {
 			k, v, _ := strings.Cut(line, "=")
-			c.arg(k)
-			c.arg(v)
+			kv = append(kv, k, v)
 		}
-		e := entry{id: "1-1", fields: c.b, n: c.n, tooLarge: tooLarge}
+		e := wire.NewEntry("1-1", kv...)
+		e.TooLarge = tooLarge
 		var direct, viaMessage Request
 		errDirect := decodeRequestEntry(e, &direct)
-		errMessage := DecodeRequestInto(e.message(), &viaMessage)
+		errMessage := DecodeRequestInto(messageOf(e), &viaMessage)
 		if fmt.Sprint(errDirect) != fmt.Sprint(errMessage) {
 			t.Fatalf("error %v, through a message %v", errDirect, errMessage)
 		}

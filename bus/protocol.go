@@ -7,10 +7,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/internal/wire"
 )
 
 // ProtocolVersion is the value of the "v" field this code writes and reads.
@@ -38,7 +40,7 @@ func FunctionTopic(service, function string) string {
 }
 
 // functionTopicParts is FunctionTopic in parts, for a caller that writes
-// them out without making the string (respCmd.argConcat).
+// them out without making the string (wire.Cmd.argConcat).
 func functionTopicParts(service, function string) [4]string {
 	if strings.Contains(function, "@") {
 		return [4]string{"fnmesh:{", service, "}:req:", function}
@@ -130,7 +132,7 @@ const (
 
 // TooLargePrefix is how much of a field too large to read a message
 // (and so its dead letter) keeps.
-const TooLargePrefix = 4 << 10
+const TooLargePrefix = wire.TooLargePrefix
 
 // requestFieldOrder is the order in which a Redis publisher writes known
 // fields, so entries read well in redis-cli.
@@ -168,61 +170,61 @@ type Request struct {
 
 // appendFields appends r's stream fields and values to an XADD, in
 // protocol order: no message, no map.
-func (r *Request) appendFields(c *respCmd) {
-	c.arg(FieldVersion)
-	c.arg(ProtocolVersion)
-	c.arg(FieldID)
-	c.arg(r.ID)
-	c.arg(FieldFunction)
-	c.arg(r.Function)
+func (r *Request) appendFields(c *wire.Cmd) {
+	c.Arg(FieldVersion)
+	c.Arg(ProtocolVersion)
+	c.Arg(FieldID)
+	c.Arg(r.ID)
+	c.Arg(FieldFunction)
+	c.Arg(r.Function)
 	appendIf(c, FieldReplyTo, r.ReplyTo)
 	if !r.Deadline.IsZero() {
-		c.arg(FieldDeadline)
-		c.argInt(r.Deadline.UnixMilli())
+		c.Arg(FieldDeadline)
+		c.ArgInt(r.Deadline.UnixMilli())
 	}
 	appendIf(c, FieldCaller, r.Caller)
 	appendIf(c, FieldIdempotency, r.IdempotencyKey)
 	appendIf(c, FieldTraceParent, r.TraceParent)
 	appendIf(c, FieldToken, r.Token)
 	if len(r.Payload) > 0 {
-		c.arg(FieldPayload)
-		c.argBytes(r.Payload)
+		c.Arg(FieldPayload)
+		c.ArgBytes(r.Payload)
 	}
 }
 
-func appendIf(c *respCmd, k, v string) {
+func appendIf(c *wire.Cmd, k, v string) {
 	if v != "" {
-		c.arg(k)
-		c.arg(v)
+		c.Arg(k)
+		c.Arg(v)
 	}
 }
 
 // appendFields appends a reply's stream fields and values to an XADD.
-func (r *Reply) appendFields(c *respCmd) {
-	c.arg(FieldID)
-	c.arg(r.ID)
+func (r *Reply) appendFields(c *wire.Cmd) {
+	c.Arg(FieldID)
+	c.Arg(r.ID)
 	appendIf(c, FieldReplica, r.Replica)
 	if r.Err != nil {
-		c.arg(FieldCode)
-		c.arg(string(r.Err.Code))
-		c.arg(FieldMessage)
-		c.arg(r.Err.Message)
+		c.Arg(FieldCode)
+		c.Arg(string(r.Err.Code))
+		c.Arg(FieldMessage)
+		c.Arg(r.Err.Message)
 		if len(r.Err.Fields) > 0 {
 			b, _ := json.Marshal(wireDetails{Fields: r.Err.Fields})
-			c.arg(FieldDetails)
-			c.argBytes(b)
+			c.Arg(FieldDetails)
+			c.ArgBytes(b)
 		}
 		return
 	}
-	c.arg(FieldPayload)
-	c.argBytes(r.Payload)
+	c.Arg(FieldPayload)
+	c.ArgBytes(r.Payload)
 }
 
 // decodeReply reads a reply from a stream entry.
-func decodeReply(e entry) (*Reply, error) {
+func decodeReply(e wire.Entry) (*Reply, error) {
 	r := &Reply{}
 	var code, msg, det, payload string
-	e.each(func(k, v string) bool { // one pass; a field given twice counts once
+	e.Each(func(k, v string) bool { // one pass; a field given twice counts once
 		var to *string
 		switch k {
 		case FieldID:
@@ -318,12 +320,12 @@ func DecodeRequestInto(m *message.Message, r *Request) error {
 	return f.decode(r)
 }
 
-// decodeRequestEntry is DecodeRequestInto straight from a stream entry,
+// decodeRequestEntry is DecodeRequestInto straight from a stream wire.Entry,
 // with no message between: the strings share the entry's memory. A field
 // given twice counts with its last value, as in a message's Metadata.
-func decodeRequestEntry(e entry, r *Request) error {
-	f := requestFields{tooLarge: e.tooLarge}
-	e.each(func(k, v string) bool {
+func decodeRequestEntry(e wire.Entry, r *Request) error {
+	f := requestFields{tooLarge: e.TooLarge}
+	e.Each(func(k, v string) bool {
 		switch k {
 		case FieldPayload:
 			f.r.Payload = bytesOf(v)
@@ -346,7 +348,7 @@ func decodeRequestEntry(e entry, r *Request) error {
 		case FieldVersion:
 			f.version, f.hasVersion = v, true
 		case FieldTooLarge:
-			if e.tooLarge == "" { // the reader's mark wins over a sender's
+			if e.TooLarge == "" { // the reader's mark wins over a sender's
 				f.tooLarge = v
 			}
 		}
@@ -536,4 +538,13 @@ func decodeDeadLetter(entryID string, fields map[string]string, payload []byte) 
 		}
 	}
 	return d
+}
+
+// bytesOf returns s's bytes without copying: for payloads that are only
+// read (decoded), never written.
+func bytesOf(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fnmesh/fnmesh"
+	"github.com/fnmesh/fnmesh/internal/wire"
 )
 
 // RedisConfig configures NewRedis. Zero values take the defaults written
@@ -286,7 +287,7 @@ func (r *Redis) isClosed() bool {
 // blockingReader is a client of one connection for blocking reads
 // (XREADGROUP/XREAD BLOCK), which a context cannot interrupt (go-redis
 // #2556). unblock ends a waiting read with CLIENT UNBLOCK; close closes
-// the connection. On a single node it reads on a wireConn of its own
+// the connection. On a single node it reads on a wire.Conn of its own
 // (readRaw). A cluster reader has one connection per node it has read
 // from (a stream moves with its slot on failover or resharding).
 type blockingReader struct {
@@ -294,13 +295,13 @@ type blockingReader struct {
 	owner *Redis
 	own   bool // false: shares the bus's client (unknown kind)
 
-	// On one server (or a Sentinel master) reads go on a wireConn: the
+	// On one server (or a Sentinel master) reads go on a wire.Conn: the
 	// read loop writes the command and reads the reply's RESP itself
 	// (readRaw). dialer is nil otherwise.
-	dialer   *wireDialer
-	wire     *wireConn // set by the read loop, under mu
-	cmd      respCmd   // the read loop's command buffer
-	maxField int       // above 0: the longest field read whole (GroupConfig.MaxFieldBytes)
+	dialer   *wire.Dialer
+	wire     *wire.Conn // set by the read loop, under mu
+	cmd      wire.Cmd   // the read loop's command buffer
+	maxField int        // above 0: the longest field read whole (GroupConfig.MaxFieldBytes)
 
 	mu     sync.Mutex
 	closed bool
@@ -327,7 +328,7 @@ func (r *Redis) newBlockingReader() *blockingReader {
 			opt.Protocol, opt.ReadTimeout = 2, r.readerTimeout(opt.ReadTimeout)
 			opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect(""))
 			br.UniversalClient = redis.NewFailoverClient(&opt)
-			br.dialer = failoverWireDialer(opt)
+			br.dialer = wire.NewFailoverDialer(opt)
 			break
 		}
 		if c.Options().Addr == "FailoverClient" {
@@ -349,7 +350,7 @@ func (r *Redis) newBlockingReader() *blockingReader {
 		// set up; only the user's hook, if any, keeps it on go-redis.
 		raw := *rc.Options()
 		raw.OnConnect = userHook
-		br.dialer = singleWireDialer(raw)
+		br.dialer = wire.NewDialer(raw)
 	case *redis.ClusterClient:
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
@@ -373,7 +374,7 @@ func (r *Redis) newBlockingReader() *blockingReader {
 
 // readerTimeout is a reader connection's read timeout: above the block
 // time, since raw reads do not get go-redis's allowance for BLOCK. (A
-// reader connection speaks RESP2, which resp.go parses.)
+// reader connection speaks RESP2, which internal/wire parses.)
 func (r *Redis) readerTimeout(d time.Duration) time.Duration {
 	return max(d, r.cfg.BlockTime+10*time.Second)
 }
@@ -381,15 +382,15 @@ func (r *Redis) readerTimeout(d time.Duration) time.Duration {
 // readGroup reads up to count entries for consumer: XREADGROUP GROUP
 // fnmesh consumer COUNT count [BLOCK block] STREAMS key start. A block
 // below 0 does not block. A nil reply is redis.Nil.
-func (br *blockingReader) readGroup(ctx context.Context, consumer, key, start string, count int64, block time.Duration) ([]entry, error) {
+func (br *blockingReader) readGroup(ctx context.Context, consumer, key, start string, count int64, block time.Duration) ([]wire.Entry, error) {
 	if br.raw() {
 		c := &br.cmd
-		c.reset()
-		c.arg("xreadgroup")
-		c.arg("group")
-		c.arg(Group)
-		c.arg(consumer)
-		c.readTail(count, block, key, start)
+		c.Reset()
+		c.Arg("xreadgroup")
+		c.Arg("group")
+		c.Arg(Group)
+		c.Arg(consumer)
+		c.ReadTail(count, block, key, start)
 		return br.readRaw(ctx)
 	}
 	res, err := br.XReadGroup(ctx, &redis.XReadGroupArgs{
@@ -400,71 +401,57 @@ func (br *blockingReader) readGroup(ctx context.Context, consumer, key, start st
 
 // read reads up to count entries after last: XREAD COUNT count BLOCK
 // block STREAMS key last.
-func (br *blockingReader) read(ctx context.Context, key, last string, count int64, block time.Duration) ([]entry, error) {
+func (br *blockingReader) read(ctx context.Context, key, last string, count int64, block time.Duration) ([]wire.Entry, error) {
 	if br.raw() {
 		c := &br.cmd
-		c.reset()
-		c.arg("xread")
-		c.readTail(count, block, key, last)
+		c.Reset()
+		c.Arg("xread")
+		c.ReadTail(count, block, key, last)
 		return br.readRaw(ctx)
 	}
 	res, err := br.XRead(ctx, &redis.XReadArgs{Streams: []string{key, last}, Count: count, Block: block}).Result()
 	return fromXStreams(res), err
 }
 
-// readTail appends what XREAD and XREADGROUP end with: COUNT count,
-// BLOCK block (unless below 0), STREAMS key id.
-func (c *respCmd) readTail(count int64, block time.Duration, key, id string) {
-	c.arg("count")
-	c.argInt(count)
-	if block >= 0 {
-		c.arg("block")
-		c.argInt(block.Milliseconds())
-	}
-	c.arg("streams")
-	c.arg(key)
-	c.arg(id)
-}
-
-// raw reports whether reads go on a wireConn and parse RESP themselves:
+// raw reports whether reads go on a wire.Conn and parse RESP themselves:
 // on a client of our own for one server (or a Sentinel master). A cluster
 // reads typed: go-redis must see MOVED and ASK replies to follow slots.
 func (br *blockingReader) raw() bool { return br.dialer != nil }
 
-// readRaw runs the stream read in br.cmd and parses its reply (resp.go):
+// readRaw runs the stream read in br.cmd and parses its reply (wire.ParseStreamReply):
 // one buffer per reply, which the entries read from it share.
-func (br *blockingReader) readRaw(ctx context.Context) ([]entry, error) {
+func (br *blockingReader) readRaw(ctx context.Context) ([]wire.Entry, error) {
 	if br.wire == nil {
-		w, err := br.dialer.dial(ctx)
+		w, err := br.dialer.Dial(ctx)
 		if err != nil {
 			return nil, err
 		}
 		br.mu.Lock()
 		if br.closed {
 			br.mu.Unlock()
-			w.close()
+			w.Close()
 			return nil, ErrClosed
 		}
 		br.wire = w
-		br.ids[""] = w.id // for CLIENT UNBLOCK
+		br.ids[""] = w.ID() // for CLIENT UNBLOCK
 		br.mu.Unlock()
 	}
-	maxField := maxBulkLen
+	maxField := wire.MaxBulkLen
 	if br.maxField > 0 {
 		maxField = br.maxField
 	}
-	raw, err := br.wire.exchange(br.cmd.bytes(), maxField)
+	raw, err := br.wire.Exchange(br.cmd.Bytes(), maxField)
 	if err != nil {
 		return nil, err
 	}
-	return parseStreamReply(raw)
+	return wire.ParseStreamReply(raw)
 }
 
-func fromXStreams(res []redis.XStream) []entry {
-	var out []entry
+func fromXStreams(res []redis.XStream) []wire.Entry {
+	var out []wire.Entry
 	for _, st := range res {
 		for _, x := range st.Messages {
-			out = append(out, fromXMessage(x))
+			out = append(out, wire.FromXMessage(x))
 		}
 	}
 	return out
@@ -478,7 +465,7 @@ func (br *blockingReader) failed(err error) {
 	}
 	if br.wire != nil {
 		br.mu.Lock()
-		br.wire.close()
+		br.wire.Close()
 		br.wire = nil
 		br.mu.Unlock()
 	}
@@ -526,7 +513,7 @@ func (br *blockingReader) close() {
 	br.mu.Lock()
 	br.closed = true
 	if br.wire != nil {
-		br.wire.close() // ends a read still in progress
+		br.wire.Close() // ends a read still in progress
 	}
 	br.mu.Unlock()
 	if br.own {
@@ -658,11 +645,11 @@ func isKnownField(k string) bool {
 	return false
 }
 
-// message turns a stream entry into a message: every field but the
+// messageOf turns a stream entry into a message: every field but the
 // payload becomes metadata.
-func (e entry) message() *message.Message {
-	m := message.NewMessage(e.id, nil)
-	e.each(func(k, v string) bool {
+func messageOf(e wire.Entry) *message.Message {
+	m := message.NewMessage(e.ID, nil)
+	e.Each(func(k, v string) bool {
 		if k == FieldPayload {
 			m.Payload = bytesOf(v)
 		} else {
@@ -670,10 +657,10 @@ func (e entry) message() *message.Message {
 		}
 		return true
 	})
-	if e.tooLarge != "" {
+	if e.TooLarge != "" {
 		// After the entry's fields: a sender's too_large must not hide
 		// the reader's.
-		m.Metadata[FieldTooLarge] = e.tooLarge
+		m.Metadata[FieldTooLarge] = e.TooLarge
 	}
 	return m
 }
@@ -720,36 +707,16 @@ func (r *Redis) ensureGroup(ctx context.Context, topic string) error {
 	return nil
 }
 
-// xadd starts c as an XADD to stream (NOMKSTREAM if noMkStream, MAXLEN
-// ~ maxLen if above 0, id *); the caller appends the fields.
-func (c *respCmd) xadd(stream string, noMkStream bool, maxLen int64) {
-	c.arg("xadd")
-	c.arg(stream)
-	c.xaddOptions(noMkStream, maxLen)
-}
-
 // xaddRequest starts c as an XADD NOMKSTREAM of a request for function
-// of service: xadd to FunctionTopic(service, function), without making
+// of service: XAdd to FunctionTopic(service, function), without making
 // that string.
-func (c *respCmd) xaddRequest(service, function string, maxLen int64) {
-	c.arg("xadd")
+func xaddRequest(c *wire.Cmd, service, function string, maxLen int64) {
+	c.Arg("xadd")
 	parts := functionTopicParts(service, function)
-	c.argConcat(parts[:]...)
+	c.ArgConcat(parts[:]...)
 	// NOMKSTREAM: only a replica makes a service's stream (with its
 	// group); a request for a service nobody serves creates no key.
-	c.xaddOptions(true, maxLen)
-}
-
-func (c *respCmd) xaddOptions(noMkStream bool, maxLen int64) {
-	if noMkStream {
-		c.arg("nomkstream")
-	}
-	if maxLen > 0 {
-		c.arg("maxlen")
-		c.arg("~")
-		c.argInt(maxLen)
-	}
-	c.arg("*")
+	c.XAddOptions(true, maxLen)
 }
 
 // yieldBatch is the largest batch after which a read loop yields to the

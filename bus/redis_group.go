@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/fnmesh/fnmesh/internal/wire"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -166,7 +167,7 @@ type groupSubscription struct {
 }
 
 type delivery struct {
-	x     entry
+	x     wire.Entry
 	count int
 }
 
@@ -225,7 +226,7 @@ func (g *groupSubscription) awaitAck(ctx context.Context, m *message.Message, d 
 	case <-m.Nacked():
 		g.settled(ctx, d, false, false)
 	case <-g.s.r.done:
-		g.release(d.x.id) // stays pending; claimed by another replica later
+		g.release(d.x.ID) // stays pending; claimed by another replica later
 	}
 }
 
@@ -234,7 +235,7 @@ func (g *groupSubscription) awaitAck(ctx context.Context, m *message.Message, d 
 func (g *groupSubscription) settled(ctx context.Context, d delivery, ok, async bool) {
 	switch {
 	case ok:
-		g.s.r.comb.ackThen(g.topic, d.x.id, g)
+		g.s.r.comb.ackThen(g.topic, d.x.ID, g)
 	case async:
 		go g.redeliver(ctx, d)
 	default:
@@ -246,7 +247,7 @@ func (g *groupSubscription) settled(ctx context.Context, d delivery, ok, async b
 // in a goroutine of its own if it is delivered again.
 func (g *groupSubscription) settleRequest(r *DeliveredRequest, ok, sent bool) {
 	if sent {
-		g.release(r.x.id)
+		g.release(r.x.ID)
 		return
 	}
 	g.settled(g.ctx, delivery{r.x, r.Delivery.Count}, ok, true)
@@ -258,7 +259,7 @@ func (g *groupSubscription) redeliver(ctx context.Context, d delivery) {
 	select {
 	case <-time.After(nackDelay(d.count)):
 	case <-ctx.Done():
-		g.handBack(d.x.id, d.count)
+		g.handBack(d.x.ID, d.count)
 		return
 	}
 	d.count++
@@ -340,10 +341,10 @@ func nextID(id string) string {
 	return strconv.FormatUint(ms, 10) + "-" + strconv.FormatUint(seq+1, 10)
 }
 
-func entryIDs(es []entry) []string {
+func entryIDs(es []wire.Entry) []string {
 	ids := make([]string, len(es))
 	for i, e := range es {
-		ids[i] = e.id
+		ids[i] = e.ID
 	}
 	return ids
 }

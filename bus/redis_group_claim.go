@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fnmesh/fnmesh/internal/wire"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -65,13 +66,13 @@ func (g *groupSubscription) claim(ctx context.Context, cursor string) string {
 	counts := g.deliveryCounts(ctx, ids)
 	queued := false
 	for _, xm := range msgs {
-		x := fromXMessage(xm)
-		if x.gone {
-			g.s.r.comb.ack(g.topic, x.id)
+		x := wire.FromXMessage(xm)
+		if x.Gone {
+			g.s.r.comb.ack(g.topic, x.ID)
 			continue
 		}
-		count := max(counts[x.id], 1)
-		if !g.take(x.id, count) {
+		count := max(counts[x.ID], 1)
+		if !g.take(x.ID, count) {
 			continue
 		}
 		g.again <- delivery{x, count} // never blocks: it holds a slot

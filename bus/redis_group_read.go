@@ -76,15 +76,15 @@ func (g *groupSubscription) readLoop(ctx context.Context) {
 			counts = g.deliveryCounts(ctx, entryIDs(msgs))
 		}
 		for _, x := range msgs {
-			if x.gone { // pending entry trimmed away
-				g.s.r.comb.ack(g.topic, x.id)
+			if x.Gone { // pending entry trimmed away
+				g.s.r.comb.ack(g.topic, x.ID)
 				continue
 			}
 			count := 1
 			if history {
-				count = max(counts[x.id], 1)
+				count = max(counts[x.ID], 1)
 			}
-			if !g.take(x.id, count) {
+			if !g.take(x.ID, count) {
 				continue
 			}
 			if !g.send(ctx, delivery{x, count}) {
@@ -121,19 +121,19 @@ func (g *groupSubscription) deliverAgain(ctx context.Context) bool {
 	}
 }
 
-// send hands one entry, which already holds a slot, to the output channel
+// send hands one wire.Entry, which already holds a slot, to the output channel
 // and arranges its ack.
 func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
 	if g.requests != nil {
 		return g.sendRequest(ctx, d)
 	}
-	m := d.x.message()
-	md := Delivery{EntryID: d.x.id, Count: d.count, topic: g.topic}
+	m := messageOf(d.x)
+	md := Delivery{EntryID: d.x.ID, Count: d.count, topic: g.topic}
 	direct := g.s.cfg.SettleDirect
 	if direct {
 		md.settle = func(ok, sent bool) {
 			if sent {
-				g.release(d.x.id)
+				g.release(d.x.ID)
 				return
 			}
 			g.settled(ctx, d, ok, true)
@@ -145,7 +145,7 @@ func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
 	select {
 	case g.out <- m:
 	case <-ctx.Done():
-		g.handBack(d.x.id, d.count)
+		g.handBack(d.x.ID, d.count)
 		return false
 	}
 	if !direct {
@@ -158,13 +158,13 @@ func (g *groupSubscription) send(ctx context.Context, d delivery) bool {
 // decoded straight into the DeliveredRequest, with no message, and its
 // Ack or Nack settles it.
 func (g *groupSubscription) sendRequest(ctx context.Context, d delivery) bool {
-	r := &DeliveredRequest{by: g, x: d.x, Delivery: Delivery{EntryID: d.x.id, Count: d.count, topic: g.topic}}
+	r := &DeliveredRequest{by: g, x: d.x, Delivery: Delivery{EntryID: d.x.ID, Count: d.count, topic: g.topic}}
 	r.DecodeErr = decodeRequestEntry(d.x, &r.Request)
 	select {
 	case g.requests <- r:
 		return true
 	case <-ctx.Done():
-		g.handBack(d.x.id, d.count)
+		g.handBack(d.x.ID, d.count)
 		return false
 	}
 }

@@ -93,8 +93,8 @@ func (in *redisInbox) read(ctx context.Context, last string) {
 		}
 		backoff = 50 * time.Millisecond
 		for _, e := range es {
-			last = e.id
-			if _, hello := e.get("hello"); hello {
+			last = e.ID
+			if _, hello := e.Get("hello"); hello {
 				continue
 			}
 			if rep, err := decodeReply(e); err == nil {
@@ -136,7 +136,7 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 		return ErrClosed
 	}
 	p := r.comb.command()
-	p.cmd.xaddRequest(service, req.Function, r.cfg.RequestMaxLen)
+	xaddRequest(&p.cmd, service, req.Function, r.cfg.RequestMaxLen)
 	req.appendFields(&p.cmd)
 	p.request = true
 	switch {
@@ -159,7 +159,7 @@ func (r *Redis) SendRequest(ctx context.Context, service string, req *Request) e
 
 // doDirect runs p on its own round trip (NoAutoPipeline).
 func (r *Redis) doDirect(ctx context.Context, p *pendingCmd) error {
-	err := r.rdb.Do(ctx, p.cmd.args()...).Err()
+	err := r.rdb.Do(ctx, p.cmd.Args()...).Err()
 	p.release()
 	return err
 }
@@ -172,7 +172,7 @@ func (r *Redis) SendReply(ctx context.Context, inbox string, rep *Reply) error {
 	// The reply stream belongs to its caller: if it is gone, so is the
 	// caller, and the reply must not recreate the key.
 	p := r.comb.command()
-	p.cmd.xadd(inbox, true, r.cfg.ReplyMaxLen)
+	p.cmd.XAdd(inbox, true, r.cfg.ReplyMaxLen)
 	rep.appendFields(&p.cmd)
 	req := answeredBy(rep)
 	d := req.delivery()
@@ -277,11 +277,11 @@ func (c *combiner) replyWritten(p *pendingCmd) {
 	case err == nil || errors.Is(err, redis.Nil):
 		req.ackSent(d)
 	case unwritable(err) && serviceOfTopic(d.topic) != "":
-		dl := deadLetterMessage(req.message(), d, p.cmd.stream(), p.replica, err)
+		dl := deadLetterMessage(req.message(), d, p.cmd.Stream(), p.replica, err)
 		q := c.command()
-		q.cmd.xadd(DeadLetterTopic(serviceOfTopic(d.topic)), false, c.deadMaxLen)
+		q.cmd.XAdd(DeadLetterTopic(serviceOfTopic(d.topic)), false, c.deadMaxLen)
 		for _, v := range entryValues(dl.Metadata, dl.Payload) {
-			q.cmd.argAny(v)
+			q.cmd.ArgAny(v)
 		}
 		// Runs on the flushing goroutine: the dead letter goes out with
 		// the next round trip, and settles m after it.
@@ -304,9 +304,9 @@ func (r *Redis) xadd(ctx context.Context, a *redis.XAddArgs) error {
 		return r.rdb.XAdd(ctx, a).Err()
 	}
 	p := r.comb.command()
-	p.cmd.xadd(a.Stream, a.NoMkStream, a.MaxLen)
+	p.cmd.XAdd(a.Stream, a.NoMkStream, a.MaxLen)
 	for _, v := range a.Values.([]any) {
-		p.cmd.argAny(v)
+		p.cmd.ArgAny(v)
 	}
 	return r.comb.do(ctx, p)
 }

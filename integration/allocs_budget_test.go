@@ -5,7 +5,7 @@ package integration
 // redisAllocBudget is TestAllocationBudgetRedis's bound: client and
 // replica together, about 2.6 kB per call (BenchmarkCallRedis). It was
 // 175 before raw stream reads and callback replies, 110 before the bus
-// wrote and read RESP itself on connections of its own (wire.go: 73, then
+// wrote and read RESP itself on connections of its own (internal/wire: 73, then
 // 45 with the readers), 41 before pooled JSON decoders (internal/jsondec:
 // 33), pooled waiters, entries read in place, requests kept in the
 // Invocation (27), replies that settle their requests without a closure

@@ -1,4 +1,4 @@
-package bus
+package wire
 
 import (
 	"bufio"
@@ -20,23 +20,23 @@ import (
 // it with the small parser below; entry ids, fields and payloads point
 // into that buffer, which their messages keep alive.
 
-// entry is one stream entry: its id, and its fields and values in order
-// as the RESP bulk strings they came in, read when needed (each): no slice
+// Entry is one stream entry: its id, and its fields and values in order
+// as the RESP bulk strings they came in, read when needed (Each): no slice
 // of strings per entry.
-type entry struct {
-	id     string
+type Entry struct {
+	ID     string
 	fields []byte // name, value, name, value... as RESP bulk strings
 	n      int    // fields and values in fields
-	gone   bool   // a pending entry whose data was trimmed away
-	// tooLarge, "NAME SIZE", names a field cut short by the reader
-	// (GroupConfig.MaxFieldBytes).
-	tooLarge string
+	Gone   bool   // a pending entry whose data was trimmed away
+	// TooLarge, "NAME SIZE", names a field cut short by the reader
+	// (ReadRawReplyMax).
+	TooLarge string
 }
 
-// each calls f with each field and value, strings that share the reply's
+// Each calls f with each field and value, strings that share the reply's
 // memory.
-func (e entry) each(f func(name, value string) bool) {
-	r := respReader{b: e.fields}
+func (e Entry) Each(f func(name, value string) bool) {
+	r := reader{b: e.fields}
 	for i := 0; i+1 < e.n; i += 2 {
 		k, _, err1 := r.bulk()
 		v, _, err2 := r.bulk()
@@ -46,8 +46,8 @@ func (e entry) each(f func(name, value string) bool) {
 	}
 }
 
-func (e entry) get(name string) (value string, found bool) {
-	e.each(func(k, v string) bool {
+func (e Entry) Get(name string) (value string, found bool) {
+	e.Each(func(k, v string) bool {
 		if k == name {
 			value, found = v, true
 			return false
@@ -57,28 +57,37 @@ func (e entry) get(name string) (value string, found bool) {
 	return value, found
 }
 
-// fromXMessage makes an entry of a message go-redis parsed (a cluster's
+// NewEntry makes an entry of its id and its fields and values in order.
+func NewEntry(id string, fieldsAndValues ...string) Entry {
+	var c Cmd
+	for _, s := range fieldsAndValues {
+		c.Arg(s)
+	}
+	return Entry{ID: id, fields: c.b, n: c.n}
+}
+
+// FromXMessage makes an entry of a message go-redis parsed (a cluster's
 // typed reads).
-func fromXMessage(x redis.XMessage) entry {
-	e := entry{id: x.ID, gone: x.Values == nil}
-	var c respCmd
+func FromXMessage(x redis.XMessage) Entry {
+	e := Entry{ID: x.ID, Gone: x.Values == nil}
+	var c Cmd
 	for k, v := range x.Values {
 		s, _ := v.(string)
-		c.arg(k)
-		c.arg(s)
+		c.Arg(k)
+		c.Arg(s)
 	}
 	e.fields, e.n = c.b, c.n
 	return e
 }
 
-// errRESP is wrapped by every parse error.
-var errRESP = errors.New("bus: unexpected stream reply")
+// ErrRESP is wrapped by every parse error.
+var ErrRESP = errors.New("bus: unexpected stream reply")
 
-// parseStreamReply reads an XREAD or XREADGROUP reply (RESP2) for one
-// stream. A nil reply (the block timed out, or CLIENT UNBLOCK) returns
+// ParseStreamReply reads an XREAD or XREADGROUP reply (RESP2) for one
+// Stream. A nil reply (the block timed out, or CLIENT UNBLOCK) returns
 // redis.Nil; an error reply returns it as a redis error.
-func parseStreamReply(raw []byte) ([]entry, error) {
-	r := respReader{b: raw}
+func ParseStreamReply(raw []byte) ([]Entry, error) {
+	r := reader{b: raw}
 	n, err := r.arrayLen()
 	if err != nil {
 		return nil, err
@@ -86,7 +95,7 @@ func parseStreamReply(raw []byte) ([]entry, error) {
 	if n <= 0 {
 		return nil, redis.Nil
 	}
-	var out []entry
+	var out []Entry
 	for s := 0; s < n; s++ {
 		if k, err := r.arrayLen(); err != nil || k != 2 {
 			return nil, r.fail("stream pair", err)
@@ -99,7 +108,7 @@ func parseStreamReply(raw []byte) ([]entry, error) {
 			return nil, err
 		}
 		if out == nil && m > 0 {
-			out = make([]entry, 0, m)
+			out = make([]Entry, 0, m)
 		}
 		for i := 0; i < m; i++ {
 			if k, err := r.arrayLen(); err != nil || k != 2 {
@@ -113,9 +122,9 @@ func parseStreamReply(raw []byte) ([]entry, error) {
 			if err != nil {
 				return nil, err
 			}
-			e := entry{id: id}
+			e := Entry{ID: id}
 			if f < 0 {
-				e.gone = true
+				e.Gone = true
 			} else {
 				start := r.i
 				name := ""
@@ -126,8 +135,8 @@ func parseStreamReply(raw []byte) ([]entry, error) {
 					}
 					if j%2 == 0 {
 						name = s
-					} else if size >= 0 && e.tooLarge == "" {
-						e.tooLarge = name + " " + strconv.Itoa(size)
+					} else if size >= 0 && e.TooLarge == "" {
+						e.TooLarge = name + " " + strconv.Itoa(size)
 					}
 				}
 				e.fields, e.n = r.b[start:r.i:r.i], f
@@ -138,31 +147,31 @@ func parseStreamReply(raw []byte) ([]entry, error) {
 	return out, nil
 }
 
-// serverError is an error reply of the server (e.g. NOGROUP); it is a
+// ServerError is an error reply of the server (e.g. NOGROUP); it is a
 // redis.Error, as go-redis's own are.
-type serverError string
+type ServerError string
 
-func (e serverError) Error() string { return string(e) }
+func (e ServerError) Error() string { return string(e) }
 
-// RedisError marks serverError as a redis.Error.
-func (serverError) RedisError() {}
+// RedisError marks ServerError as a redis.Error.
+func (ServerError) RedisError() {}
 
-var _ redis.Error = serverError("")
+var _ redis.Error = ServerError("")
 
-type respReader struct {
+type reader struct {
 	b []byte
 	i int
 }
 
-func (r *respReader) fail(what string, err error) error {
+func (r *reader) fail(what string, err error) error {
 	if err != nil {
 		return err
 	}
-	return fmt.Errorf("%w: bad %s at byte %d", errRESP, what, r.i)
+	return fmt.Errorf("%w: bad %s at byte %d", ErrRESP, what, r.i)
 }
 
 // line returns the type byte and the rest of the next line.
-func (r *respReader) line() (byte, []byte, error) {
+func (r *reader) line() (byte, []byte, error) {
 	start := r.i
 	for j := start; j+1 < len(r.b); j++ {
 		if r.b[j] == '\r' && r.b[j+1] == '\n' {
@@ -177,7 +186,7 @@ func (r *respReader) line() (byte, []byte, error) {
 }
 
 // arrayLen reads an array header; -1 for a nil array.
-func (r *respReader) arrayLen() (int, error) {
+func (r *reader) arrayLen() (int, error) {
 	t, l, err := r.line()
 	if err != nil {
 		return 0, err
@@ -192,20 +201,20 @@ func (r *respReader) arrayLen() (int, error) {
 	case '_': // RESP3 null
 		return -1, nil
 	case '-':
-		return 0, serverError(string(l))
+		return 0, ServerError(string(l))
 	}
 	return 0, r.fail("array", nil)
 }
 
 // bulk reads a bulk string as a string that shares the reply's memory.
-func (r *respReader) bulk() (string, bool, error) {
+func (r *reader) bulk() (string, bool, error) {
 	s, isNil, _, err := r.bulkSized()
 	return s, isNil, err
 }
 
 // bulkSized is bulk that also returns the size of a bulk string
-// readRawReplyMax cut short ("$KEPT;SIZE"), or -1.
-func (r *respReader) bulkSized() (string, bool, int, error) {
+// ReadRawReplyMax cut short ("$KEPT;SIZE"), or -1.
+func (r *reader) bulkSized() (string, bool, int, error) {
 	t, l, err := r.line()
 	if err != nil {
 		return "", false, -1, err
@@ -222,10 +231,10 @@ func (r *respReader) bulkSized() (string, bool, int, error) {
 	return s, isNil, size, err
 }
 
-func (r *respReader) bulkBody(t byte, l []byte) (string, bool, error) {
+func (r *reader) bulkBody(t byte, l []byte) (string, bool, error) {
 	if t != '$' {
 		if t == '-' {
-			return "", false, serverError(string(l))
+			return "", false, ServerError(string(l))
 		}
 		return "", false, r.fail("bulk string", nil)
 	}
@@ -265,20 +274,11 @@ func atoi(b []byte) (int, bool) {
 	return n, true
 }
 
-// bytesOf returns s's bytes without copying: for payloads that are only
-// read (decoded), never written.
-func bytesOf(s string) []byte {
-	if s == "" {
-		return nil
-	}
-	return unsafe.Slice(unsafe.StringData(s), len(s))
-}
-
-// respCmd is a command encoded as RESP (an array of bulk strings) by the
+// Cmd is a command encoded as RESP (an array of bulk strings) by the
 // goroutine that makes it: no boxed arguments, no command object. The
-// combiner writes it as it is to a connection of its own (wire.go), or,
+// bus writes it as it is to a connection of its own (Conn), or,
 // on a cluster, hands its arguments to go-redis (args).
-type respCmd struct {
+type Cmd struct {
 	b []byte // headRoom bytes for the array header, then the arguments
 	n int    // arguments so far
 }
@@ -286,13 +286,13 @@ type respCmd struct {
 // headRoom fits any array header: "*", up to 9 digits, CRLF.
 const headRoom = 12
 
-func (c *respCmd) reset() {
+func (c *Cmd) Reset() {
 	c.b = append(c.b[:0], "            "...)
 	c.n = 0
 }
 
-// arg appends one argument.
-func (c *respCmd) arg(s string) {
+// Arg appends one argument.
+func (c *Cmd) Arg(s string) {
 	c.b = append(c.b, '$')
 	c.b = strconv.AppendInt(c.b, int64(len(s)), 10)
 	c.b = append(c.b, '\r', '\n')
@@ -301,8 +301,8 @@ func (c *respCmd) arg(s string) {
 	c.n++
 }
 
-// argConcat appends one argument made of parts, without making it.
-func (c *respCmd) argConcat(parts ...string) {
+// ArgConcat appends one argument made of parts, without making it.
+func (c *Cmd) ArgConcat(parts ...string) {
 	n := 0
 	for _, p := range parts {
 		n += len(p)
@@ -317,42 +317,50 @@ func (c *respCmd) argConcat(parts ...string) {
 	c.n++
 }
 
-func (c *respCmd) argBytes(p []byte) { c.arg(unsafe.String(unsafe.SliceData(p), len(p))) }
+func (c *Cmd) ArgBytes(p []byte) { c.Arg(unsafe.String(unsafe.SliceData(p), len(p))) }
 
-// argInt appends an integer argument without making a string of it.
-func (c *respCmd) argInt(i int64) {
+// ArgInt appends an integer argument without making a string of it.
+func (c *Cmd) ArgInt(i int64) {
 	var d [20]byte
-	c.argBytes(strconv.AppendInt(d[:0], i, 10))
+	c.ArgBytes(strconv.AppendInt(d[:0], i, 10))
 }
 
-// argAny appends a string, []byte or integer argument.
-func (c *respCmd) argAny(v any) {
+// ArgAny appends a string, []byte or integer argument.
+func (c *Cmd) ArgAny(v any) {
 	switch v := v.(type) {
 	case string:
-		c.arg(v)
+		c.Arg(v)
 	case []byte:
-		c.argBytes(v)
+		c.ArgBytes(v)
 	case int64:
-		c.argInt(v)
+		c.ArgInt(v)
 	case int:
-		c.argInt(int64(v))
+		c.ArgInt(int64(v))
 	default:
-		c.arg(fmt.Sprint(v))
+		c.Arg(fmt.Sprint(v))
 	}
 }
 
-// stream returns the command's second argument (an XADD's key), for
+// Stream returns the command's second argument (an XADD's key), for
 // error messages.
-func (c *respCmd) stream() string {
-	r := respReader{b: c.b[headRoom:]}
+func (c *Cmd) Stream() string {
+	r := reader{b: c.b[headRoom:]}
 	r.bulk()
 	s, _, _ := r.bulk()
 	return string(s)
 }
 
-// bytes returns the encoded command, writing its array header into the
+// Shrink forgets c's buffer if it grew above max bytes: a pooled command
+// does not keep a large payload's buffer.
+func (c *Cmd) Shrink(max int) {
+	if cap(c.b) > max {
+		c.b = nil
+	}
+}
+
+// Bytes returns the encoded command, writing its array header into the
 // room left for it.
-func (c *respCmd) bytes() []byte {
+func (c *Cmd) Bytes() []byte {
 	var h [headRoom]byte
 	head := strconv.AppendInt(append(h[:0], '*'), int64(c.n), 10)
 	head = append(head, '\r', '\n')
@@ -361,16 +369,16 @@ func (c *respCmd) bytes() []byte {
 	return c.b[start:]
 }
 
-// args returns the command's arguments, for go-redis (a cluster, which
+// Args returns the command's arguments, for go-redis (a cluster, which
 // routes each command by its key, or NoAutoPipeline). The strings share
 // c's buffer: use them before c is reset.
-func (c *respCmd) args() []any {
+func (c *Cmd) Args() []any {
 	out := make([]any, 0, c.n)
-	r := respReader{b: c.b[headRoom:]}
+	r := reader{b: c.b[headRoom:]}
 	for i := 0; i < c.n; i++ {
 		s, _, err := r.bulk()
 		if err != nil {
-			panic("bus: respCmd does not parse: " + err.Error())
+			panic("bus: Cmd does not parse: " + err.Error())
 		}
 		out = append(out, s)
 	}
@@ -382,9 +390,9 @@ func (c *respCmd) args() []any {
 // a faulty server, or anyone in the path of a plain redis:// connection,
 // cannot make the process allocate what it has not sent.
 const (
-	// maxBulkLen is Redis's own limit on a bulk string
+	// MaxBulkLen is Redis's own limit on a bulk string
 	// (proto-max-bulk-len, 512 MB).
-	maxBulkLen = 512 << 20
+	MaxBulkLen = 512 << 20
 	// maxAggregateLen bounds an array's (map's, set's) element count:
 	// Redis's limit on a multibulk request.
 	maxAggregateLen = 1 << 30
@@ -393,12 +401,15 @@ const (
 	maxDepth = 64
 	// chunkSize is the most a reader allocates ahead of bytes received.
 	chunkSize = 64 << 10
-	// maxErrorLen bounds what is kept of a blob error's text.
-	maxErrorLen = 4 << 10
+	// MaxErrorLen bounds what is kept of a blob error's text.
+	MaxErrorLen = 4 << 10
+	// TooLargePrefix is how much of a bulk string above a reader's limit
+	// is kept (ReadRawReplyMax).
+	TooLargePrefix = 4 << 10
 )
 
 // errTooDeep: a reply nests deeper than maxDepth.
-var errTooDeep = fmt.Errorf("%w: replies nested deeper than %d", errRESP, maxDepth)
+var errTooDeep = fmt.Errorf("%w: replies nested deeper than %d", ErrRESP, maxDepth)
 
 // respHeader reads a reply's first line, its CRLF included: its type t,
 // the text after the type, and n: a bulk string's length, an aggregate's
@@ -406,7 +417,7 @@ var errTooDeep = fmt.Errorf("%w: replies nested deeper than %d", errRESP, maxDep
 // null, 0 for a simple reply.
 func respHeader(line []byte) (t byte, n int, body []byte, err error) {
 	if len(line) < 3 || line[len(line)-2] != '\r' || line[len(line)-1] != '\n' {
-		return 0, 0, nil, fmt.Errorf("%w: bad reply line %q", errRESP, line)
+		return 0, 0, nil, fmt.Errorf("%w: bad reply line %q", ErrRESP, line)
 	}
 	t, body = line[0], line[1:len(line)-2]
 	switch t {
@@ -417,31 +428,31 @@ func respHeader(line []byte) (t byte, n int, body []byte, err error) {
 	case '$', '!', '=', '*', '~', '>', '%', '|':
 		n, ok := atoi(body)
 		if !ok {
-			return 0, 0, nil, fmt.Errorf("%w: bad length %q", errRESP, body)
+			return 0, 0, nil, fmt.Errorf("%w: bad length %q", ErrRESP, body)
 		}
-		if isBulk(t) && n > maxBulkLen {
-			return 0, 0, nil, fmt.Errorf("%w: bulk length %d above %d", errRESP, n, maxBulkLen)
+		if isBulk(t) && n > MaxBulkLen {
+			return 0, 0, nil, fmt.Errorf("%w: bulk length %d above %d", ErrRESP, n, MaxBulkLen)
 		}
 		if !isBulk(t) && n > maxAggregateLen {
-			return 0, 0, nil, fmt.Errorf("%w: aggregate length %d above %d", errRESP, n, maxAggregateLen)
+			return 0, 0, nil, fmt.Errorf("%w: aggregate length %d above %d", ErrRESP, n, maxAggregateLen)
 		}
 		if n > 0 && (t == '%' || t == '|') {
 			n *= 2
 		}
 		return t, n, body, nil
 	}
-	return 0, 0, nil, fmt.Errorf("%w: unknown reply type %q", errRESP, t)
+	return 0, 0, nil, fmt.Errorf("%w: unknown reply type %q", ErrRESP, t)
 }
 
 // isBulk reports whether t is a bulk string's type (its length follows
 // in n; an aggregate's n counts replies).
 func isBulk(t byte) bool { return t == '$' || t == '!' || t == '=' }
 
-// readReplyErr reads one reply from br and returns what the combiner
-// needs of it: replyErr is the server's error reply (serverError), or
+// ReadReplyErr reads one reply from br and returns what the combiner
+// needs of it: replyErr is the server's error reply (ServerError), or
 // redis.Nil for a null; err is a failure to read (the connection is
 // unusable). Arrays and maps are read to their end and dropped.
-func readReplyErr(br *bufio.Reader) (replyErr, err error) {
+func ReadReplyErr(br *bufio.Reader) (replyErr, err error) {
 	return readReplyErrAt(br, 0)
 }
 
@@ -458,11 +469,11 @@ func readReplyErrAt(br *bufio.Reader, depth int) (replyErr, err error) {
 	case err != nil:
 		return nil, err
 	case t == '-':
-		return serverError(string(body)), nil
+		return ServerError(string(body)), nil
 	case n < 0:
 		return redis.Nil, nil
 	case t == '!':
-		keep := min(n, maxErrorLen)
+		keep := min(n, MaxErrorLen)
 		msg := make([]byte, keep)
 		if _, err := io.ReadFull(br, msg); err != nil {
 			return nil, err
@@ -470,7 +481,7 @@ func readReplyErrAt(br *bufio.Reader, depth int) (replyErr, err error) {
 		if _, err := br.Discard(n - keep); err != nil {
 			return nil, err
 		}
-		return serverError(msg), readCRLF(br)
+		return ServerError(msg), readCRLF(br)
 	case isBulk(t):
 		if _, err := br.Discard(n); err != nil {
 			return nil, err
@@ -496,7 +507,7 @@ func readCRLF(br *bufio.Reader) error {
 		return err
 	}
 	if crlf != [2]byte{'\r', '\n'} {
-		return fmt.Errorf("%w: bulk string not ended by CRLF", errRESP)
+		return fmt.Errorf("%w: bulk string not ended by CRLF", ErrRESP)
 	}
 	return nil
 }
@@ -507,7 +518,7 @@ var errIncomplete = errors.New("bus: incomplete reply")
 // respEnd returns where the reply that starts at b[i] ends, or
 // errIncomplete if b stops before.
 func respEnd(b []byte, i int) (int, error) {
-	return respEndAt(b, i, 0, maxBulkLen)
+	return respEndAt(b, i, 0, MaxBulkLen)
 }
 
 // respEndAt is respEnd at nesting depth; a bulk string longer than
@@ -535,7 +546,7 @@ func respEndAt(b []byte, i, depth, maxField int) (int, error) {
 			return 0, errIncomplete
 		}
 		if b[end-2] != '\r' || b[end-1] != '\n' {
-			return 0, fmt.Errorf("%w: bulk string at byte %d not ended by CRLF", errRESP, i)
+			return 0, fmt.Errorf("%w: bulk string at byte %d not ended by CRLF", ErrRESP, i)
 		}
 		return end, nil
 	}
@@ -547,19 +558,19 @@ func respEndAt(b []byte, i, depth, maxField int) (int, error) {
 	return next, nil
 }
 
-// readRawReply reads one whole reply from r into a buffer of its own,
+// ReadRawReply reads one whole reply from r into a buffer of its own,
 // allocated once at its size (go-redis's raw reads grow one, about a
 // quarter of the bytes a call allocated). It reads nothing past the
 // reply.
-func readRawReply(r *bufio.Reader) ([]byte, error) {
-	return readRawReplyMax(r, maxBulkLen)
+func ReadRawReply(r *bufio.Reader) ([]byte, error) {
+	return ReadRawReplyMax(r, MaxBulkLen)
 }
 
-// readRawReplyMax is readRawReply that reads no bulk string longer than
+// ReadRawReplyMax is ReadRawReply that reads no bulk string longer than
 // maxField: it keeps the first TooLargePrefix bytes of one, skips the
 // rest as it arrives, and writes its header as "$KEPT;SIZE" (which only
-// respReader.bulk reads).
-func readRawReplyMax(r *bufio.Reader, maxField int) ([]byte, error) {
+// reader.bulk reads).
+func ReadRawReplyMax(r *bufio.Reader, maxField int) ([]byte, error) {
 	for {
 		buf, _ := r.Peek(r.Buffered())
 		end, err := respEndAt(buf, 0, 0, maxField)
@@ -586,7 +597,7 @@ func readRawReplyMax(r *bufio.Reader, maxField int) ([]byte, error) {
 
 // appendReply reads a reply longer than r's buffer, line by line and
 // bulk string by bulk string, skipping what a bulk string holds past
-// maxField (readRawReplyMax).
+// maxField (ReadRawReplyMax).
 func appendReply(r *bufio.Reader, out []byte, depth, maxField int) ([]byte, error) {
 	if depth > maxDepth {
 		return nil, errTooDeep
@@ -626,7 +637,7 @@ func appendReply(r *bufio.Reader, out []byte, depth, maxField int) ([]byte, erro
 			return nil, err
 		}
 		if out[len(out)-2] != '\r' || out[len(out)-1] != '\n' {
-			return nil, fmt.Errorf("%w: bulk string not ended by CRLF", errRESP)
+			return nil, fmt.Errorf("%w: bulk string not ended by CRLF", ErrRESP)
 		}
 	default:
 		for k := 0; k < n; k++ {

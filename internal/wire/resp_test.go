@@ -1,4 +1,4 @@
-package bus
+package wire
 
 import (
 	"bufio"
@@ -17,23 +17,23 @@ func TestParseStreamReply(t *testing.T) {
 		"*2\r\n$3\r\n1-1\r\n*4\r\n$2\r\nid\r\n$1\r\na\r\n$1\r\np\r\n$7\r\n{\"x\":1}\r\n" +
 		"*2\r\n$3\r\n1-2\r\n*-1\r\n" +
 		"*2\r\n$3\r\n1-3\r\n*2\r\n$1\r\nk\r\n$0\r\n\r\n"
-	es, err := parseStreamReply([]byte(raw))
+	es, err := ParseStreamReply([]byte(raw))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(es) != 3 || es[0].id != "1-1" || !es[1].gone || es[2].id != "1-3" {
+	if len(es) != 3 || es[0].ID != "1-1" || !es[1].Gone || es[2].ID != "1-3" {
 		t.Fatalf("%+v", es)
 	}
-	if p, _ := es[0].get("p"); p != `{"x":1}` {
+	if p, _ := es[0].Get("p"); p != `{"x":1}` {
 		t.Fatalf("payload %q", p)
 	}
-	if v, ok := es[2].get("k"); !ok || v != "" {
+	if v, ok := es[2].Get("k"); !ok || v != "" {
 		t.Fatalf("empty value: %q %v", v, ok)
 	}
-	if _, err := parseStreamReply([]byte("*-1\r\n")); !errors.Is(err, redis.Nil) {
+	if _, err := ParseStreamReply([]byte("*-1\r\n")); !errors.Is(err, redis.Nil) {
 		t.Fatalf("nil reply: %v", err)
 	}
-	_, err = parseStreamReply([]byte("-NOGROUP No such key\r\n"))
+	_, err = ParseStreamReply([]byte("-NOGROUP No such key\r\n"))
 	var re redis.Error
 	if !errors.As(err, &re) || !strings.HasPrefix(err.Error(), "NOGROUP") {
 		t.Fatalf("error reply: %v", err)
@@ -46,41 +46,41 @@ func FuzzParseStreamReply(f *testing.F) {
 	f.Add([]byte("*1\r\n*2\r\n$3\r\nkey\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*-1\r\n"))
 	f.Add([]byte("$5\r\nab"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		parseStreamReply(b) // must not panic, whatever the bytes
+		ParseStreamReply(b) // must not panic, whatever the bytes
 	})
 }
 
 func TestRespCmd(t *testing.T) {
-	var c respCmd
-	c.reset()
-	c.arg("xadd")
-	c.arg("k")
-	c.argInt(-12)
-	c.argBytes([]byte("a\r\nb"))
-	c.arg("")
+	var c Cmd
+	c.Reset()
+	c.Arg("xadd")
+	c.Arg("k")
+	c.ArgInt(-12)
+	c.ArgBytes([]byte("a\r\nb"))
+	c.Arg("")
 	want := "*5\r\n$4\r\nxadd\r\n$1\r\nk\r\n$3\r\n-12\r\n$4\r\na\r\nb\r\n$0\r\n\r\n"
-	if got := string(c.bytes()); got != want {
+	if got := string(c.Bytes()); got != want {
 		t.Fatalf("encoded %q, want %q", got, want)
 	}
-	args := c.args()
+	args := c.Args()
 	if len(args) != 5 || args[0] != "xadd" || args[2] != "-12" || args[3] != "a\r\nb" || args[4] != "" {
 		t.Fatalf("args %q", args)
 	}
 	// A header of more digits, and a reset that reuses the buffer.
-	c.reset()
+	c.Reset()
 	for i := 0; i < 1234; i++ {
-		c.argAny(i)
+		c.ArgAny(i)
 	}
-	b := c.bytes()
+	b := c.Bytes()
 	if !strings.HasPrefix(string(b), "*1234\r\n$1\r\n0\r\n") {
 		t.Fatalf("encoded %q...", b[:20])
 	}
-	if args := c.args(); len(args) != 1234 || args[1233] != "1233" {
+	if args := c.Args(); len(args) != 1234 || args[1233] != "1233" {
 		t.Fatalf("%d args, last %v", len(args), args[len(args)-1])
 	}
 }
 
-// readReplyErr reads each kind of reply to its end, so that the next one
+// ReadReplyErr reads each kind of reply to its end, so that the next one
 // starts where it should, and reports errors and nulls.
 func TestReadReplyErr(t *testing.T) {
 	replies := []struct {
@@ -105,7 +105,7 @@ func TestReadReplyErr(t *testing.T) {
 	}
 	br := bufio.NewReader(strings.NewReader(all))
 	for _, r := range replies {
-		replyErr, err := readReplyErr(br)
+		replyErr, err := ReadReplyErr(br)
 		if err != nil {
 			t.Fatalf("%q: %v", r.raw, err)
 		}
@@ -124,11 +124,11 @@ func TestReadReplyErr(t *testing.T) {
 			t.Errorf("%q: got %q, want %q", r.raw, got, r.want)
 		}
 	}
-	if _, err := readReplyErr(br); !errors.Is(err, io.EOF) {
+	if _, err := ReadReplyErr(br); !errors.Is(err, io.EOF) {
 		t.Fatalf("after the last reply: %v, want EOF", err)
 	}
 	for _, bad := range []string{"?x\r\n", "$x\r\n", "+OK\n", "*2\r\n:1\r\n"} {
-		if _, err := readReplyErr(bufio.NewReader(strings.NewReader(bad))); err == nil {
+		if _, err := ReadReplyErr(bufio.NewReader(strings.NewReader(bad))); err == nil {
 			t.Errorf("%q: no error", bad)
 		}
 	}
@@ -140,14 +140,14 @@ func FuzzReadReplyErr(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		br := bufio.NewReader(bytes.NewReader(b))
 		for i := 0; i < 100; i++ {
-			if _, err := readReplyErr(br); err != nil {
+			if _, err := ReadReplyErr(br); err != nil {
 				return // must end in an error, not a panic, whatever the bytes
 			}
 		}
 	})
 }
 
-// readRawReply returns each reply's bytes, exactly, whether the reply
+// ReadRawReply returns each reply's bytes, exactly, whether the reply
 // fits in the reader's buffer or not and however the bytes arrive.
 func TestReadRawReply(t *testing.T) {
 	long := strings.Repeat("x", 100)
@@ -166,17 +166,17 @@ func TestReadRawReply(t *testing.T) {
 			}
 			br := bufio.NewReaderSize(src, size)
 			for _, want := range replies {
-				got, err := readRawReply(br)
+				got, err := ReadRawReply(br)
 				if err != nil || string(got) != want {
 					t.Fatalf("size %d, one byte %v: %q, %v; want %q", size, oneByte, got, err, want)
 				}
 			}
-			if _, err := readRawReply(br); !errors.Is(err, io.EOF) {
+			if _, err := ReadRawReply(br); !errors.Is(err, io.EOF) {
 				t.Fatalf("after the last reply: %v", err)
 			}
 		}
 	}
-	if _, err := readRawReply(bufio.NewReader(strings.NewReader("*1\r\n?\r\n"))); !errors.Is(err, errRESP) {
+	if _, err := ReadRawReply(bufio.NewReader(strings.NewReader("*1\r\n?\r\n"))); !errors.Is(err, ErrRESP) {
 		t.Fatalf("bad reply: %v", err)
 	}
 }
@@ -189,7 +189,7 @@ func FuzzReadRawReply(f *testing.F) {
 		if small {
 			size = 16
 		}
-		out, err := readRawReply(bufio.NewReaderSize(bytes.NewReader(b), size))
+		out, err := ReadRawReply(bufio.NewReaderSize(bytes.NewReader(b), size))
 		if err != nil {
 			return
 		}
@@ -200,25 +200,4 @@ func FuzzReadRawReply(f *testing.F) {
 			t.Fatalf("reply %q: end %d, %v", out, end, err)
 		}
 	})
-}
-
-// A request's XADD names its stream without making the name, names
-// the same stream as FunctionTopic, and never creates it (NOMKSTREAM).
-func TestXAddRequestStream(t *testing.T) {
-	for _, c := range []struct{ service, function, want string }{
-		{"math", "add", "fnmesh:{math}:req"},
-		{"math", "add@v2", "fnmesh:{math}:req:add@v2"},
-	} {
-		if got := FunctionTopic(c.service, c.function); got != c.want {
-			t.Errorf("FunctionTopic(%q, %q) = %q, want %q", c.service, c.function, got, c.want)
-		}
-		var a, b respCmd
-		a.reset()
-		a.xaddRequest(c.service, c.function, 7)
-		b.reset()
-		b.xadd(c.want, true, 7) // NOMKSTREAM: only a replica makes the stream
-		if string(a.bytes()) != string(b.bytes()) {
-			t.Errorf("%s: %q, want %q", c.want, a.bytes(), b.bytes())
-		}
-	}
 }

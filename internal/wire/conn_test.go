@@ -1,4 +1,4 @@
-package bus
+package wire
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 // database, names itself, and knows its CLIENT ID. A wrong password is
 // the server's error, and a client with an OnConnect hook, which it
 // cannot repeat, is left to go-redis.
-func TestWireConnSetsItselfUp(t *testing.T) {
+func TestConnSetsItselfUp(t *testing.T) {
 	srv, err := redistest.Start(redistest.Options{Users: []string{"hot on >hot-secret ~* &* +@all"}})
 	if err != nil {
 		t.Fatal(err)
@@ -25,24 +25,24 @@ func TestWireConnSetsItselfUp(t *testing.T) {
 	ctx := context.Background()
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "hot", Password: "hot-secret", DB: 3, ClientName: "fnmesh-hot"})
 	t.Cleanup(func() { rdb.Close() })
-	d := singleWireDialer(*rdb.Options())
+	d := NewDialer(*rdb.Options())
 	if d == nil {
 		t.Fatal("no dialer for a plain client")
 	}
-	w, err := d.dial(ctx)
+	w, err := d.Dial(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.close()
-	var info respCmd
-	info.reset()
-	info.arg("CLIENT")
-	info.arg("INFO")
-	raw, err := w.exchange(info.bytes(), maxBulkLen)
+	defer w.Close()
+	var info Cmd
+	info.Reset()
+	info.Arg("CLIENT")
+	info.Arg("INFO")
+	raw, err := w.Exchange(info.Bytes(), MaxBulkLen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := respReader{b: raw}
+	r := reader{b: raw}
 	line, _, err := r.bulk()
 	if err != nil {
 		t.Fatalf("CLIENT INFO: %q %v", raw, err)
@@ -55,12 +55,12 @@ func TestWireConnSetsItselfUp(t *testing.T) {
 
 	bad := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "hot", Password: "wrong"})
 	t.Cleanup(func() { bad.Close() })
-	if _, err := singleWireDialer(*bad.Options()).dial(ctx); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
+	if _, err := NewDialer(*bad.Options()).Dial(ctx); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
 		t.Fatalf("wrong password: %v", err)
 	}
 	hooked := redis.NewClient(&redis.Options{Addr: srv.Addr, OnConnect: func(context.Context, *redis.Conn) error { return nil }})
 	t.Cleanup(func() { hooked.Close() })
-	if singleWireDialer(*hooked.Options()) != nil {
+	if NewDialer(*hooked.Options()) != nil {
 		t.Fatal("a client with an OnConnect hook got a wire dialer")
 	}
 }

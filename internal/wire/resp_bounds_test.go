@@ -1,4 +1,4 @@
-package bus
+package wire
 
 import (
 	"bufio"
@@ -64,8 +64,8 @@ func allocated(f func()) uint64 {
 func TestRESPReadersBoundDeclaredLengths(t *testing.T) {
 	const sent = 8 << 20 // what the fake server really sends
 	readers := map[string]func(*bufio.Reader) error{
-		"readRawReply": func(br *bufio.Reader) error { _, err := readRawReply(br); return err },
-		"readReplyErr": func(br *bufio.Reader) error { _, err := readReplyErr(br); return err },
+		"ReadRawReply": func(br *bufio.Reader) error { _, err := ReadRawReply(br); return err },
+		"ReadReplyErr": func(br *bufio.Reader) error { _, err := ReadReplyErr(br); return err },
 	}
 	for _, c := range []struct {
 		reply    string
@@ -90,7 +90,7 @@ func TestRESPReadersBoundDeclaredLengths(t *testing.T) {
 				t.Errorf("%s(%q): no error", name, c.reply)
 				continue
 			}
-			if c.tooLarge && !errors.Is(err, errRESP) {
+			if c.tooLarge && !errors.Is(err, ErrRESP) {
 				t.Errorf("%s(%q): %v, want a protocol error", name, c.reply, err)
 			}
 			if !c.tooLarge && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
@@ -107,19 +107,19 @@ func TestRESPReadersBoundDeclaredLengths(t *testing.T) {
 // growth with the depth a server declares.
 func TestRESPReadersBoundNesting(t *testing.T) {
 	deep := strings.Repeat("*1\r\n", 1_000_000) + ":1\r\n"
-	if _, err := readRawReply(bufio.NewReader(strings.NewReader(deep))); !errors.Is(err, errRESP) {
-		t.Errorf("readRawReply: %v, want a protocol error", err)
+	if _, err := ReadRawReply(bufio.NewReader(strings.NewReader(deep))); !errors.Is(err, ErrRESP) {
+		t.Errorf("ReadRawReply: %v, want a protocol error", err)
 	}
-	if _, err := readReplyErr(bufio.NewReader(strings.NewReader(deep))); !errors.Is(err, errRESP) {
-		t.Errorf("readReplyErr: %v, want a protocol error", err)
+	if _, err := ReadReplyErr(bufio.NewReader(strings.NewReader(deep))); !errors.Is(err, ErrRESP) {
+		t.Errorf("ReadReplyErr: %v, want a protocol error", err)
 	}
-	if _, err := respEnd([]byte(deep), 0); !errors.Is(err, errRESP) {
+	if _, err := respEnd([]byte(deep), 0); !errors.Is(err, ErrRESP) {
 		t.Errorf("respEnd: %v, want a protocol error", err)
 	}
 	// maxDepth itself is fine.
 	ok := strings.Repeat("*1\r\n", maxDepth) + ":1\r\n"
-	if out, err := readRawReply(bufio.NewReader(strings.NewReader(ok))); err != nil || string(out) != ok {
-		t.Errorf("readRawReply at depth %d: %v", maxDepth, err)
+	if out, err := ReadRawReply(bufio.NewReader(strings.NewReader(ok))); err != nil || string(out) != ok {
+		t.Errorf("ReadRawReply at depth %d: %v", maxDepth, err)
 	}
 }
 
@@ -144,7 +144,7 @@ func fakeRedis(c net.Conn, raw []byte) {
 	defer c.Close()
 	br := bufio.NewReader(c)
 	for {
-		cmd, err := readRawReply(br)
+		cmd, err := ReadRawReply(br)
 		if err != nil {
 			return
 		}
@@ -181,17 +181,17 @@ func FuzzRESPReadersAgainstGoRedis(f *testing.F) {
 		if len(b) > 1<<16 {
 			return
 		}
-		raw, rawErr := readRawReply(bufio.NewReader(bytes.NewReader(b)))
+		raw, rawErr := ReadRawReply(bufio.NewReader(bytes.NewReader(b)))
 		br := bufio.NewReader(bytes.NewReader(b))
-		_, errErr := readReplyErr(br)
+		_, errErr := ReadReplyErr(br)
 		if (rawErr == nil) != (errErr == nil) {
-			t.Fatalf("readRawReply: %v; readReplyErr: %v", rawErr, errErr)
+			t.Fatalf("ReadRawReply: %v; ReadReplyErr: %v", rawErr, errErr)
 		}
 		if rawErr != nil {
 			return
 		}
 		if consumed := len(b) - br.Buffered(); consumed != len(raw) {
-			t.Fatalf("readRawReply read %d bytes, readReplyErr %d", len(raw), consumed)
+			t.Fatalf("ReadRawReply read %d bytes, ReadReplyErr %d", len(raw), consumed)
 		}
 		if raw[0] == '_' || raw[0] == ',' || raw[0] == '#' || raw[0] == '(' || raw[0] == '=' || raw[0] == '~' || raw[0] == '%' || raw[0] == '|' || raw[0] == '>' || raw[0] == '!' || bytes.ContainsAny(raw, "_,#(=~%|>!") {
 			// RESP3 types: go-redis reads them only after HELLO 3.

@@ -1,4 +1,4 @@
-package bus
+package wire
 
 import (
 	"bufio"
@@ -13,7 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// wireConn is a connection to one Redis server (or to the master
+// Conn is a connection to one Redis server (or to the master
 // Sentinel names) on which the bus writes commands as RESP and reads
 // their replies itself: the combiner's (writeBatch, readBatch) and each
 // blocking reader's (exchange). Through go-redis a pipelined XADD cost a command
@@ -21,17 +21,17 @@ import (
 // reply nobody reads, and a raw stream read a growing buffer: together
 // about 65 of a call's 110 allocations, and a quarter of its CPU time.
 // Here a command is encoded once, by the goroutine that makes it
-// (respCmd); the combiner reads only each reply's error, a reader each
+// (Cmd); the combiner reads only each reply's error, a reader each
 // reply into one buffer of its size.
 //
 // It dials and sets the connection up itself, from the go-redis options
 // the bus was given: go-redis's dialer (TCP, TLS), then AUTH, SELECT,
 // CLIENT SETNAME and CLIENT ID (which CLIENT UNBLOCK needs), all in one
 // round trip; a Sentinel master's comes from go-redis
-// (failoverWireDialer). A client whose set-up
+// (NewFailoverDialer). A client whose set-up
 // it cannot repeat (an OnConnect hook, streaming credentials) goes through
 // go-redis instead (newWireDialer).
-type wireConn struct {
+type Conn struct {
 	nc net.Conn
 	r  *bufio.Reader
 	w  *bufio.Writer
@@ -47,9 +47,9 @@ type wireConn struct {
 
 type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
-// wireDialer makes wireConns to one server, or to the master a set of
+// Dialer makes Conns to one server, or to the master a set of
 // sentinels names.
-type wireDialer struct {
+type Dialer struct {
 	dial1       dialFunc                                          // TCP and TLS
 	addr        string                                            // where to dial
 	credentials func(ctx context.Context) (string, string, error) // user, password; nil: none
@@ -61,54 +61,31 @@ type wireDialer struct {
 
 	// viaClient, when set, makes a go-redis client of one connection that
 	// dials through dial: dial then lets it set the connection up and
-	// takes the connection over (failoverWireDialer).
+	// takes the connection over (NewFailoverDialer).
 	viaClient func(dial dialFunc) *redis.Client
 }
 
-// newWireDialer returns how the combiner of r dials, or nil if it must go
-// through go-redis: a cluster (its commands go to the node of their key),
-// a client passed in whose options cannot make another (a Sentinel
-// client, an unknown kind), or one whose set-up a wireDialer cannot repeat.
-func (r *Redis) newWireDialer() *wireDialer {
-	c, ok := r.rdb.(*redis.Client)
-	switch {
-	case !ok:
-		return nil
-	case r.failover != nil:
-		fo := *r.failover
-		fo.DialTimeout, fo.ReadTimeout, fo.WriteTimeout = boundTimeout(fo.DialTimeout), boundTimeout(fo.ReadTimeout), boundTimeout(fo.WriteTimeout)
-		return failoverWireDialer(fo)
-	case c.Options().Addr == "FailoverClient":
-		return nil
+// WrapConns makes every connection d dials go through wrap (a test logs
+// or delays what crosses it).
+func (d *Dialer) WrapConns(wrap func(net.Conn) net.Conn) {
+	inner := d.dial1
+	d.dial1 = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := inner(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return wrap(nc), nil
 	}
-	opt := *c.Options()
-	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = boundTimeout(opt.DialTimeout), boundTimeout(opt.ReadTimeout), boundTimeout(opt.WriteTimeout)
-	return singleWireDialer(opt)
 }
 
-// combinerTimeout bounds the combiner's dial and each of its round trips
-// (below a client's own, longer, timeouts): when Redis hangs or is gone,
-// calls and sends fail with unavailable within about a second, so callers
-// can back off, instead of waiting out their deadline.
-const combinerTimeout = time.Second
-
-// boundTimeout is a timeout no longer than combinerTimeout; a negative one
-// (none) is kept.
-func boundTimeout(d time.Duration) time.Duration {
-	if d == 0 || d > combinerTimeout {
-		return combinerTimeout
-	}
-	return d
-}
-
-// singleWireDialer dials as a client with options opt would, opt taken
+// NewDialer dials as a client with options opt would, opt taken
 // from a client (so initialised: its Dialer is set); nil if it cannot
 // repeat the client's set-up (an OnConnect hook, streaming credentials).
-func singleWireDialer(opt redis.Options) *wireDialer {
+func NewDialer(opt redis.Options) *Dialer {
 	if opt.OnConnect != nil || opt.StreamingCredentialsProvider != nil || opt.Dialer == nil {
 		return nil
 	}
-	d := &wireDialer{
+	d := &Dialer{
 		dial1: opt.Dialer, addr: opt.Addr, db: opt.DB, name: opt.ClientName, dialTimeout: cmp.Or(opt.DialTimeout, 5*time.Second),
 		readTimeout: opt.ReadTimeout, writeTimeout: opt.WriteTimeout,
 	}
@@ -116,18 +93,18 @@ func singleWireDialer(opt redis.Options) *wireDialer {
 	return d
 }
 
-// failoverWireDialer dials the master the sentinels of fo name. Here
+// NewFailoverDialer dials the master the sentinels of fo name. Here
 // go-redis still dials and sets the connection up: a Sentinel client of
 // one connection dials it, checks it out for good and hands the net.Conn
 // over, and closes it when the sentinels announce a new master, which
 // ends a read blocked on the old one (Redis 7.0 does not).
-func failoverWireDialer(fo redis.FailoverOptions) *wireDialer {
+func NewFailoverDialer(fo redis.FailoverOptions) *Dialer {
 	dial1 := fo.Dialer
 	if dial1 == nil {
 		// What go-redis dials the master with when no dialer is set.
 		dial1 = redis.NewDialer(&redis.Options{DialTimeout: cmp.Or(fo.DialTimeout, 5*time.Second), TLSConfig: fo.TLSConfig})
 	}
-	return &wireDialer{dial1: dial1, readTimeout: fo.ReadTimeout, writeTimeout: fo.WriteTimeout,
+	return &Dialer{dial1: dial1, readTimeout: fo.ReadTimeout, writeTimeout: fo.WriteTimeout,
 		viaClient: func(dial dialFunc) *redis.Client {
 			o := fo
 			o.Dialer = dial
@@ -150,9 +127,9 @@ func credentialsOf(user, pass string, p func() (string, string), pc func(context
 	return nil
 }
 
-// dial opens a wireConn and sets it up in one round trip: AUTH, SELECT,
+// dial opens a Conn and sets it up in one round trip: AUTH, SELECT,
 // CLIENT SETNAME, CLIENT ID.
-func (d *wireDialer) dial(ctx context.Context) (*wireConn, error) {
+func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 	if d.viaClient != nil {
 		return d.dialVia(ctx)
 	}
@@ -162,7 +139,7 @@ func (d *wireDialer) dial(ctx context.Context) (*wireConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &wireConn{nc: nc, r: bufio.NewReaderSize(nc, 32<<10), w: bufio.NewWriterSize(nc, 32<<10),
+	w := &Conn{nc: nc, r: bufio.NewReaderSize(nc, 32<<10), w: bufio.NewWriterSize(nc, 32<<10),
 		readTimeout: d.readTimeout, writeTimeout: d.writeTimeout}
 	if err := d.setUp(ctx, w); err != nil {
 		nc.Close()
@@ -171,13 +148,13 @@ func (d *wireDialer) dial(ctx context.Context) (*wireConn, error) {
 	return w, nil
 }
 
-func (d *wireDialer) setUp(ctx context.Context, w *wireConn) error {
-	var cmds []respCmd
+func (d *Dialer) setUp(ctx context.Context, w *Conn) error {
+	var cmds []Cmd
 	add := func(args ...string) {
-		var c respCmd
-		c.reset()
+		var c Cmd
+		c.Reset()
 		for _, a := range args {
-			c.arg(a)
+			c.Arg(a)
 		}
 		cmds = append(cmds, c)
 	}
@@ -203,24 +180,24 @@ func (d *wireDialer) setUp(ctx context.Context, w *wireConn) error {
 	w.nc.SetDeadline(by)
 	defer w.nc.SetDeadline(time.Time{})
 	for i := range cmds {
-		w.w.Write(cmds[i].bytes())
+		w.w.Write(cmds[i].Bytes())
 	}
 	if err := w.w.Flush(); err != nil {
 		return err
 	}
 	for range cmds {
-		raw, err := readRawReplyMax(w.r, maxErrorLen)
+		raw, err := ReadRawReplyMax(w.r, MaxErrorLen)
 		if err != nil {
 			return err
 		}
-		r := respReader{b: raw}
+		r := reader{b: raw}
 		t, body, err := r.line()
 		if err != nil {
 			return err
 		}
 		switch t {
 		case '-':
-			return serverError(body)
+			return ServerError(body)
 		case ':': // CLIENT ID, the only integer reply
 			w.id, _ = strconv.ParseInt(string(body), 10, 64)
 		}
@@ -228,9 +205,9 @@ func (d *wireDialer) setUp(ctx context.Context, w *wireConn) error {
 	return nil
 }
 
-// dialVia opens a wireConn that a go-redis client dials and sets up (its
+// dialVia opens a Conn that a go-redis client dials and sets up (its
 // PING proves it works), and keeps checked out.
-func (d *wireDialer) dialVia(ctx context.Context) (*wireConn, error) {
+func (d *Dialer) dialVia(ctx context.Context) (*Conn, error) {
 	var mu sync.Mutex
 	var got net.Conn
 	client := d.viaClient(func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -257,16 +234,16 @@ func (d *wireDialer) dialVia(ctx context.Context) (*wireConn, error) {
 		client.Close()
 		return nil, errors.New("bus: the connection was not dialled")
 	}
-	return &wireConn{
+	return &Conn{
 		nc: nc, r: bufio.NewReaderSize(nc, 32<<10), w: bufio.NewWriterSize(nc, 32<<10), id: id,
 		readTimeout: d.readTimeout, writeTimeout: d.writeTimeout,
 		release: func() { held.Close(); client.Close() },
 	}, nil
 }
 
-// close closes the connection; a reader's may be closed twice (by Close,
+// Close closes the connection; a reader's may be closed twice (by Close,
 // to end a read in progress, and by its read loop).
-func (w *wireConn) close() {
+func (w *Conn) Close() {
 	w.closeOnce.Do(func() {
 		w.nc.Close()
 		if w.release != nil {
@@ -289,53 +266,34 @@ func deadline(set func(time.Time) error, by *time.Time, timeout time.Duration) e
 	return set(*by)
 }
 
-// writeBatch writes the batch's commands and then its acks.
-func (w *wireConn) writeBatch(b *batch) error {
+// Queue adds cmd to what the next Flush writes.
+func (w *Conn) Queue(cmd []byte) { w.w.Write(cmd) }
+
+// Flush writes what is queued.
+func (w *Conn) Flush() error {
 	if err := deadline(w.nc.SetWriteDeadline, &w.writeBy, w.writeTimeout); err != nil {
 		return err
-	}
-	for _, p := range b.cmds {
-		w.w.Write(p.cmd.bytes())
-	}
-	for i := range b.acks {
-		w.w.Write(b.acks[i].bytes())
 	}
 	return w.w.Flush()
 }
 
-// readBatch reads a reply for each of the batch's commands and acks: a
-// command's server error goes to its pendingCmd; a failure of the
-// connection is returned (and given to every command whose reply was not
-// read).
-func (w *wireConn) readBatch(b *batch) error {
+// ReadReplyErr reads the next reply and returns what a pipeline needs of
+// it (see ReadReplyErr): replyErr, the server's error or redis.Nil; err,
+// a failure of the connection, which is then unusable.
+func (w *Conn) ReadReplyErr() (replyErr, err error) {
 	if err := deadline(w.nc.SetReadDeadline, &w.readBy, w.readTimeout); err != nil {
-		b.fail(err)
-		return err
+		return nil, err
 	}
-	for i, p := range b.cmds {
-		replyErr, err := readReplyErr(w.r)
-		if err != nil {
-			for _, q := range b.cmds[i:] {
-				q.err = err
-			}
-			return err
-		}
-		p.err = replyErr
-	}
-	for range b.acks {
-		// An ack's failure (NOGROUP: the stream was deleted) leaves its
-		// entry pending, which is all an ack can do.
-		if _, err := readReplyErr(w.r); err != nil {
-			return err
-		}
-	}
-	return nil
+	return ReadReplyErr(w.r)
 }
 
-// exchange writes one command and reads its whole reply, for a reader
+// ID is the connection's CLIENT ID, for CLIENT UNBLOCK.
+func (w *Conn) ID() int64 { return w.id }
+
+// Exchange writes one command and reads its whole reply, for a reader
 // connection, which has one command in flight at a time. A bulk string
-// longer than maxField is cut short (readRawReplyMax).
-func (w *wireConn) exchange(cmd []byte, maxField int) ([]byte, error) {
+// longer than maxField is cut short (ReadRawReplyMax).
+func (w *Conn) Exchange(cmd []byte, maxField int) ([]byte, error) {
 	if err := deadline(w.nc.SetWriteDeadline, &w.writeBy, w.writeTimeout); err != nil {
 		return nil, err
 	}
@@ -346,5 +304,5 @@ func (w *wireConn) exchange(cmd []byte, maxField int) ([]byte, error) {
 	if err := deadline(w.nc.SetReadDeadline, &w.readBy, w.readTimeout); err != nil {
 		return nil, err
 	}
-	return readRawReplyMax(w.r, maxField)
+	return ReadRawReplyMax(w.r, maxField)
 }
