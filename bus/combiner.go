@@ -796,7 +796,7 @@ func (r *Redis) newWireDialer() *wire.Dialer {
 	case r.failover != nil:
 		fo := *r.failover
 		fo.DialTimeout, fo.ReadTimeout, fo.WriteTimeout = boundTimeout(fo.DialTimeout), boundTimeout(fo.ReadTimeout), boundTimeout(fo.WriteTimeout)
-		return wire.NewFailoverDialer(fo)
+		return r.sentinels.NewFailoverDialer(fo)
 	case c.Options().Addr == "FailoverClient":
 		return nil
 	}

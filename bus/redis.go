@@ -169,7 +169,10 @@ type Redis struct {
 	// is a failover client of its own, so that it too drops its
 	// connection when the sentinels switch masters.
 	failover *redis.FailoverOptions
-	user     string // the ACL user it logs in as
+	// sentinels name the master the bus's own connections dial, and
+	// close them when they switch masters; nil without a Sentinel URL.
+	sentinels *wire.Sentinels
+	user      string // the ACL user it logs in as
 
 	mu     sync.Mutex
 	closed bool
@@ -212,6 +215,9 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		r.rdb = u.NewClient()
 		r.ownsRDB = true
 		r.failover = u.Failover
+		if u.Failover != nil {
+			r.sentinels = wire.NewSentinels(*u.Failover)
+		}
 	}
 	r.comb = newCombiner(r.rdb, r.newWireDialer(), cfg.DeadLetterMaxLen)
 	r.user = usernameOf(r.rdb)
@@ -269,6 +275,9 @@ func (r *Redis) Close() error {
 	}
 	close(r.done)
 	r.comb.close() // sends the last acks
+	if r.sentinels != nil {
+		r.sentinels.Close()
+	}
 	if r.ownsRDB {
 		return r.rdb.Close()
 	}
@@ -328,7 +337,7 @@ func (r *Redis) newBlockingReader() *blockingReader {
 			opt.Protocol, opt.ReadTimeout = 2, r.readerTimeout(opt.ReadTimeout)
 			opt.OnConnect = chainOnConnect(opt.OnConnect, onConnect(""))
 			br.UniversalClient = redis.NewFailoverClient(&opt)
-			br.dialer = wire.NewFailoverDialer(opt)
+			br.dialer = r.sentinels.NewFailoverDialer(opt)
 			break
 		}
 		if c.Options().Addr == "FailoverClient" {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"cmp"
 	"context"
-	"errors"
 	"net"
 	"strconv"
 	"sync"
@@ -15,8 +14,8 @@ import (
 
 // Conn is a connection to one Redis server (or to the master
 // Sentinel names) on which the bus writes commands as RESP and reads
-// their replies itself: the combiner's (writeBatch, readBatch) and each
-// blocking reader's (exchange). Through go-redis a pipelined XADD cost a command
+// their replies itself: the combiner's (Queue, Flush, ReadReplyErr) and
+// each blocking reader's (Exchange). Through go-redis a pipelined XADD cost a command
 // object, a boxed value per argument, its pipeline's hooks and a parsed
 // reply nobody reads, and a raw stream read a growing buffer: together
 // about 65 of a call's 110 allocations, and a quarter of its CPU time.
@@ -27,17 +26,17 @@ import (
 // It dials and sets the connection up itself, from the go-redis options
 // the bus was given: go-redis's dialer (TCP, TLS), then AUTH, SELECT,
 // CLIENT SETNAME and CLIENT ID (which CLIENT UNBLOCK needs), all in one
-// round trip; a Sentinel master's comes from go-redis
-// (NewFailoverDialer). A client whose set-up
-// it cannot repeat (an OnConnect hook, streaming credentials) goes through
-// go-redis instead (newWireDialer).
+// round trip; a Sentinel master's address comes from the sentinels
+// (Sentinels). A client whose set-up it cannot repeat (an OnConnect hook,
+// streaming credentials) goes through go-redis instead.
 type Conn struct {
 	nc net.Conn
 	r  *bufio.Reader
 	w  *bufio.Writer
 	id int64 // CLIENT ID
 
-	release func() // closes the go-redis client that dialled it, if one did
+	addr    string // the server's address
+	release func() // told when it is closed, once
 
 	readTimeout, writeTimeout time.Duration
 	readBy, writeBy           time.Time // the deadlines set on nc
@@ -59,10 +58,9 @@ type Dialer struct {
 
 	readTimeout, writeTimeout time.Duration
 
-	// viaClient, when set, makes a go-redis client of one connection that
-	// dials through dial: dial then lets it set the connection up and
-	// takes the connection over (NewFailoverDialer).
-	viaClient func(dial dialFunc) *redis.Client
+	// sentinels, when set, name the address to dial, and close the
+	// connection when they name another master (NewFailoverDialer).
+	sentinels *Sentinels
 }
 
 // WrapConns makes every connection d dials go through wrap (a test logs
@@ -93,26 +91,6 @@ func NewDialer(opt redis.Options) *Dialer {
 	return d
 }
 
-// NewFailoverDialer dials the master the sentinels of fo name. Here
-// go-redis still dials and sets the connection up: a Sentinel client of
-// one connection dials it, checks it out for good and hands the net.Conn
-// over, and closes it when the sentinels announce a new master, which
-// ends a read blocked on the old one (Redis 7.0 does not).
-func NewFailoverDialer(fo redis.FailoverOptions) *Dialer {
-	dial1 := fo.Dialer
-	if dial1 == nil {
-		// What go-redis dials the master with when no dialer is set.
-		dial1 = redis.NewDialer(&redis.Options{DialTimeout: cmp.Or(fo.DialTimeout, 5*time.Second), TLSConfig: fo.TLSConfig})
-	}
-	return &Dialer{dial1: dial1, readTimeout: fo.ReadTimeout, writeTimeout: fo.WriteTimeout,
-		viaClient: func(dial dialFunc) *redis.Client {
-			o := fo
-			o.Dialer = dial
-			o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.Protocol = 1, 0, 1, 2
-			return redis.NewFailoverClient(&o)
-		}}
-}
-
 // credentialsOf returns what to AUTH with, as go-redis would choose it;
 // nil when there is nothing to send.
 func credentialsOf(user, pass string, p func() (string, string), pc func(context.Context) (string, string, error)) func(context.Context) (string, string, error) {
@@ -130,20 +108,28 @@ func credentialsOf(user, pass string, p func() (string, string), pc func(context
 // dial opens a Conn and sets it up in one round trip: AUTH, SELECT,
 // CLIENT SETNAME, CLIENT ID.
 func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
-	if d.viaClient != nil {
-		return d.dialVia(ctx)
-	}
 	ctx, cancel := context.WithTimeout(ctx, d.dialTimeout)
 	defer cancel()
-	nc, err := d.dial1(ctx, "tcp", d.addr)
+	addr, epoch := d.addr, uint64(0)
+	if d.sentinels != nil {
+		var err error
+		if addr, epoch, err = d.sentinels.masterAddr(ctx); err != nil {
+			return nil, err
+		}
+	}
+	nc, err := d.dial1(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	w := &Conn{nc: nc, r: bufio.NewReaderSize(nc, 32<<10), w: bufio.NewWriterSize(nc, 32<<10),
-		readTimeout: d.readTimeout, writeTimeout: d.writeTimeout}
+		addr: addr, readTimeout: d.readTimeout, writeTimeout: d.writeTimeout}
 	if err := d.setUp(ctx, w); err != nil {
 		nc.Close()
 		return nil, err
+	}
+	if d.sentinels != nil && !d.sentinels.track(w, epoch) {
+		w.Close()
+		return nil, errMasterSwitched
 	}
 	return w, nil
 }
@@ -203,42 +189,6 @@ func (d *Dialer) setUp(ctx context.Context, w *Conn) error {
 		}
 	}
 	return nil
-}
-
-// dialVia opens a Conn that a go-redis client dials and sets up (its
-// PING proves it works), and keeps checked out.
-func (d *Dialer) dialVia(ctx context.Context) (*Conn, error) {
-	var mu sync.Mutex
-	var got net.Conn
-	client := d.viaClient(func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := d.dial1(ctx, network, addr)
-		if err == nil {
-			mu.Lock()
-			got = nc
-			mu.Unlock()
-		}
-		return nc, err
-	})
-	held := client.Conn()
-	id, err := held.ClientID(ctx).Result()
-	if err != nil {
-		held.Close()
-		client.Close()
-		return nil, err
-	}
-	mu.Lock()
-	nc := got
-	mu.Unlock()
-	if nc == nil {
-		held.Close()
-		client.Close()
-		return nil, errors.New("bus: the connection was not dialled")
-	}
-	return &Conn{
-		nc: nc, r: bufio.NewReaderSize(nc, 32<<10), w: bufio.NewWriterSize(nc, 32<<10), id: id,
-		readTimeout: d.readTimeout, writeTimeout: d.writeTimeout,
-		release: func() { held.Close(); client.Close() },
-	}, nil
 }
 
 // Close closes the connection; a reader's may be closed twice (by Close,
