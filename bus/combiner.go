@@ -498,7 +498,8 @@ func (b *batch) fail(err error) {
 // newCombiner starts the combiner's flusher: one goroutine for its life,
 // not one per flush, which would grow its stack again through go-redis's
 // pipeline code on every flush. On a cluster, clusterWorkers goroutines
-// run the batches through go-redis.
+// run batches at once, each on connections of its own to the masters
+// (combiner_cluster.go); on another client passed in, through go-redis.
 func newCombiner(rdb redis.UniversalClient, dialer *wire.Dialer, deadMaxLen int64) *combiner {
 	c := &combiner{rdb: rdb, dialer: dialer, deadMaxLen: deadMaxLen, wake: make(chan struct{}, 1), finished: make(chan struct{})}
 	go func() {
@@ -513,9 +514,18 @@ func newCombiner(rdb redis.UniversalClient, dialer *wire.Dialer, deadMaxLen int6
 			c.workers.Add(1)
 			go func() {
 				defer c.workers.Done()
+				var own *clusterWire
+				if cc, ok := rdb.(*redis.ClusterClient); ok {
+					own = &clusterWire{cc: cc}
+					defer own.close()
+				}
 				for b := range c.clusterQueue {
 					sent := time.Now()
-					c.execRedis(context.Background(), b)
+					if own != nil {
+						own.exec(context.Background(), b)
+					} else {
+						c.execRedis(context.Background(), b)
+					}
 					c.rtt.observe(sent, time.Now())
 					c.complete(b)
 				}

@@ -7,3 +7,7 @@ package integration
 const redisAllocBudget = 35
 
 const redisAllocMeasured = "32 measured under -race"
+
+const clusterAllocBudget = 132
+
+const clusterAllocMeasured = "120 measured under -race"

@@ -15,3 +15,7 @@ package integration
 const redisAllocBudget = 22
 
 const redisAllocMeasured = "20 measured"
+
+const clusterAllocBudget = 110
+
+const clusterAllocMeasured = "100 measured"

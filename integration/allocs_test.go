@@ -13,14 +13,19 @@ import (
 // redisCallPath starts one replica of a trivial function and a client,
 // each on its own Redis connection, and returns one call.
 func redisCallPath(tb testing.TB) func() error {
+	return callPathOn(tb, func() *bus.Redis { return newRedisBus(tb, bus.RedisConfig{}) })
+}
+
+// callPathOn is redisCallPath on buses made by newBus.
+func callPathOn(tb testing.TB, newBus func() *bus.Redis) func() error {
 	service := meshtest.Name("allocs")
-	h := meshtest.NewHarness(tb, newRedisBus(tb, bus.RedisConfig{}))
+	h := meshtest.NewHarness(tb, newBus())
 	svc := handlers.NewService(service, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
 	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
 		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
 	h.Start(svc)
-	cb := newRedisBus(tb, bus.RedisConfig{})
+	cb := newBus()
 	tb.Cleanup(func() { cb.Close() })
 	c, err := client.New(cb, client.Config{Logger: meshtest.Quiet})
 	if err != nil {
@@ -76,5 +81,26 @@ func TestAllocationBudgetRedis(t *testing.T) {
 	t.Logf("allocations per call over Redis (client + replica): %.1f", allocs)
 	if allocs > redisAllocBudget {
 		t.Fatalf("%.1f allocations per call, budget %d (%s)", allocs, redisAllocBudget, redisAllocMeasured)
+	}
+}
+
+// Allocations per call on a Redis Cluster, client and replica together:
+// the combiner writes each command as the RESP it was encoded in, on
+// connections of its own to the masters, as on one server, not as a
+// go-redis command made again from its arguments.
+func TestAllocationBudgetCluster(t *testing.T) {
+	url := sharedCluster(t).URL
+	call := callPathOn(t, func() *bus.Redis { return busAt(t, url, bus.RedisConfig{}) })
+	for i := 0; i < 200; i++ {
+		call()
+	}
+	allocs := testing.AllocsPerRun(2000, func() {
+		if err := call(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("allocations per call on a Cluster (client + replica): %.1f", allocs)
+	if allocs > clusterAllocBudget {
+		t.Fatalf("%.1f allocations per call, budget %d (%s)", allocs, clusterAllocBudget, clusterAllocMeasured)
 	}
 }
