@@ -292,15 +292,20 @@ func (s *RedisStatusStore) writeBatch(batch []statusWrite) (dropped int) {
 	}
 	cmds, _ := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		start := 0
+		var ttl time.Duration
+		var px any // ttl in ms, boxed once for the records that share it
 		for i := range batch {
 			w := &batch[i]
 			key, rec := s.buf[start:ends[2*i]], s.buf[ends[2*i]:ends[2*i+1]]
 			start = ends[2*i+1]
+			if px == nil || w.ttl != ttl {
+				ttl, px = w.ttl, w.ttl.Milliseconds()
+			}
 			mode := "get"
 			if w.queued {
 				mode = "nx"
 			}
-			pipe.Do(ctx, "set", key, rec, "px", w.ttl.Milliseconds(), mode)
+			pipe.Do(ctx, "set", key, rec, "px", px, mode)
 		}
 		return nil
 	})
