@@ -171,7 +171,7 @@ func (s *RedisStatusStore) enqueue(w statusWrite) error {
 // be written.
 var ErrStatusBacklogFull = errors.New("registry: status records back up; record dropped")
 
-// Dropped is how many records were dropped: backlog full, or their batch
+// Dropped is how many records were dropped: backlog full, or their write
 // failed.
 func (s *RedisStatusStore) Dropped() uint64 { return s.dropped.Load() }
 
