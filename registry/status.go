@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -63,8 +64,11 @@ type StatusStore interface {
 	Flush(ctx context.Context) error
 }
 
-// StatusKey is the Redis key of a request's status record (a hash).
-func StatusKey(id string) string { return "fnmesh:status:{" + id + "}" }
+// StatusKey is the Redis key of a request's status record: a string,
+// the record as JSON (docs/PROTOCOL.md §15).
+func StatusKey(id string) string { return statusKeyPrefix + id + "}" }
+
+const statusKeyPrefix = "fnmesh:status:{"
 
 // StatusStoreFor returns the status store that lives with b.
 func StatusStoreFor(b bus.Bus) (StatusStore, error) {
@@ -80,13 +84,13 @@ func StatusStoreFor(b bus.Bus) (StatusStore, error) {
 // RedisStatusStore keeps status records on Redis (see StatusKey).
 //
 // Queued and Update return at once: their records are written in the
-// background, in batches of one round trip each (MULTI/EXEC per slot), in
-// the order they were made. A send then costs no round trip of its own
-// for its record, and a replica none for each state it reports; a record
-// lands a round trip or so after the news it carries. At most
-// maxStatusBacklog records wait; beyond that, and when a batch fails, they
-// are dropped (a status record never fails or slows a request) and
-// counted in Dropped.
+// background, in batches of one round trip each (one SET per record,
+// pipelined), in the order they were made. A send then costs no round
+// trip of its own for its record, and a replica none for each state it
+// reports; a record lands a round trip or so after the news it carries.
+// At most maxStatusBacklog records wait; beyond that, and when a write
+// fails, they are dropped (a status record never fails or slows a
+// request) and counted in Dropped.
 type RedisStatusStore struct {
 	rdb redis.UniversalClient
 
@@ -95,6 +99,7 @@ type RedisStatusStore struct {
 	waiting map[string]*statusWrite // the records in backlog, by request id
 	dropped atomic.Uint64
 	ended   chan struct{} // while a writer goroutine runs (until backlog is empty): closed when it ends
+	buf     []byte        // the writer's: keys and records of a batch
 }
 
 // statusWrite is one record to write: Queued's (queued) or Update's.
@@ -104,6 +109,7 @@ type statusWrite struct {
 	st                    Status
 	ttl                   time.Duration
 	at                    time.Time
+	old                   string // writeBatch: a dead_lettered record to put back
 }
 
 // maxStatusBacklog bounds the records waiting to be written.
@@ -132,24 +138,6 @@ func (w *statusWrite) merge(later statusWrite) {
 func NewRedisStatusStore(rdb redis.UniversalClient) *RedisStatusStore {
 	return &RedisStatusStore{rdb: rdb}
 }
-
-// statusScript writes a record: ARGV mode ("queued" sets the state only
-// if none is set; others overwrite it unless it is dead_lettered),
-// ttl ms, then field/value pairs.
-var statusScript = redis.NewScript(`
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'dead_lettered' then return 0 end
-if ARGV[1] == 'queued' then
-  if not state then redis.call('HSET', KEYS[1], 'state', 'queued') end
-else
-  redis.call('HSET', KEYS[1], 'state', ARGV[1])
-end
-for i = 3, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-`)
 
 // enqueue adds w to the backlog and starts the writer if none runs.
 func (s *RedisStatusStore) enqueue(w statusWrite) error {
@@ -183,7 +171,7 @@ func (s *RedisStatusStore) enqueue(w statusWrite) error {
 // be written.
 var ErrStatusBacklogFull = errors.New("registry: status records back up; record dropped")
 
-// Dropped is how many records were dropped: backlog full, or their batch
+// Dropped is how many records were dropped: backlog full, or their write
 // failed.
 func (s *RedisStatusStore) Dropped() uint64 { return s.dropped.Load() }
 
@@ -227,69 +215,138 @@ func (s *RedisStatusStore) writeLoop(ended chan struct{}) {
 		}
 		s.backlog = s.backlog[n:]
 		s.mu.Unlock()
-		if err := s.writeBatch(batch); err != nil {
-			s.dropped.Add(uint64(len(batch)))
-		}
+		s.dropped.Add(uint64(s.writeBatch(batch)))
 	}
 }
 
-// writeBatch writes records in one round trip: a caller's queued records
-// with plain commands (its ACL allows HSETNX, HSET and PEXPIRE, no
-// scripts), a replica's with statusScript by its hash, or whole when
-// Redis does not have it (the replica ACL has EVAL, not SCRIPT LOAD).
-func (s *RedisStatusStore) writeBatch(batch []statusWrite) error {
+// statusRecord is a status record as Redis holds it: JSON, the value of
+// the string at StatusKey.
+type statusRecord struct {
+	State    string `json:"state"`
+	Service  string `json:"service,omitempty"`
+	Function string `json:"function,omitempty"`
+	Replica  string `json:"replica,omitempty"`
+	Attempt  int    `json:"attempt,omitempty"`
+	Code     string `json:"code,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	Updated  int64  `json:"updated"` // Unix ms
+}
+
+// appendRecord appends w's record to dst, as statusRecord marshals.
+func (w *statusWrite) appendRecord(dst []byte) []byte {
+	r := w.st
+	if w.queued {
+		r = Status{State: StateQueued, Service: w.service, Function: w.function}
+	}
+	dst = append(dst, `{"state":`...)
+	dst = appendJSONString(dst, r.State)
+	for _, f := range [...]struct{ name, v string }{
+		{`,"service":`, r.Service}, {`,"function":`, r.Function}, {`,"replica":`, r.Replica},
+	} {
+		if f.v != "" {
+			dst = appendJSONString(append(dst, f.name...), f.v)
+		}
+	}
+	if r.Attempt != 0 {
+		dst = strconv.AppendInt(append(dst, `,"attempt":`...), int64(r.Attempt), 10)
+	}
+	if r.Code != "" {
+		dst = appendJSONString(append(dst, `,"code":`...), r.Code)
+	}
+	if r.Reason != "" {
+		dst = appendJSONString(append(dst, `,"reason":`...), r.Reason)
+	}
+	dst = strconv.AppendInt(append(dst, `,"updated":`...), w.at.UnixMilli(), 10)
+	return append(dst, '}')
+}
+
+// appendJSONString appends v as a JSON string.
+func appendJSONString(dst []byte, v string) []byte {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			b, _ := json.Marshal(v) // a string: cannot fail
+			return append(dst, b...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, v...)
+	return append(dst, '"')
+}
+
+// writeBatch writes records in one round trip, one command each: a
+// caller's queued with SET NX (a replica's record, if first, stays), a
+// replica's with SET GET; one that replaced a dead_lettered record puts
+// it back (dead_lettered is final), in a second round trip.
+func (s *RedisStatusStore) writeBatch(batch []statusWrite) (dropped int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	run := func(whole bool) ([]redis.Cmder, error) {
-		return s.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			for i := range batch {
-				w := &batch[i]
-				key := StatusKey(w.id)
-				updated := strconv.FormatInt(w.at.UnixMilli(), 10)
-				if w.queued {
-					pipe.HSetNX(ctx, key, "state", StateQueued) // a replica's state, if first, stays
-					pipe.HSetNX(ctx, key, "updated", updated)
-					pipe.HSet(ctx, key, "service", w.service, "function", w.function)
-					pipe.PExpire(ctx, key, w.ttl)
-					continue
-				}
-				if whole {
-					statusScript.Eval(ctx, pipe, []string{key}, updateArgs(w.st, w.ttl, updated)...)
-				} else {
-					statusScript.EvalSha(ctx, pipe, []string{key}, updateArgs(w.st, w.ttl, updated)...)
-				}
+	// Keys and records of the batch, back to back in one buffer.
+	s.buf = s.buf[:0]
+	ends := make([]int, 0, 2*len(batch))
+	for i := range batch {
+		s.buf = append(append(s.buf, statusKeyPrefix...), batch[i].id...)
+		s.buf = append(s.buf, '}')
+		ends = append(ends, len(s.buf))
+		s.buf = batch[i].appendRecord(s.buf)
+		ends = append(ends, len(s.buf))
+	}
+	cmds, _ := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		start := 0
+		var ttl time.Duration
+		var px any // ttl in ms, boxed once for the records that share it
+		for i := range batch {
+			w := &batch[i]
+			key, rec := s.buf[start:ends[2*i]], s.buf[ends[2*i]:ends[2*i+1]]
+			start = ends[2*i+1]
+			if px == nil || w.ttl != ttl {
+				ttl, px = w.ttl, w.ttl.Milliseconds()
+			}
+			mode := "get"
+			if w.queued {
+				mode = "nx"
+			}
+			pipe.Do(ctx, "set", key, rec, "px", px, mode)
+		}
+		return nil
+	})
+	if len(cmds) < len(batch) {
+		return len(batch)
+	}
+	var again []statusWrite // to write over what SET found
+	for i, c := range cmds {
+		w := &batch[i]
+		old, err := c.(*redis.Cmd).Text()
+		switch {
+		case errors.Is(err, redis.Nil): // NX found a record, or GET none
+		case err != nil && !w.queued && strings.HasPrefix(err.Error(), "WRONGTYPE"):
+			// A hash, as releases before this layout wrote records: the
+			// replica's record replaces it.
+			again = append(again, statusWrite{id: w.id, ttl: w.ttl, old: string(s.buf[ends[2*i]:ends[2*i+1]])})
+		case err != nil:
+			dropped++
+		case !w.queued && strings.Contains(old, StateDeadLettered):
+			if r, err := parseRecord([]byte(old)); err == nil && r.State == StateDeadLettered {
+				again = append(again, statusWrite{id: w.id, ttl: w.ttl, old: old}) // final: put it back
+			}
+		}
+	}
+	if len(again) > 0 {
+		cmds, _ := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, w := range again {
+				pipe.Set(ctx, StatusKey(w.id), w.old, w.ttl)
 			}
 			return nil
 		})
-	}
-	cmds, err := run(false)
-	if err != nil && noScript(cmds) {
-		_, err = run(true) // loads it, for the next batches
-	}
-	return err
-}
-
-func noScript(cmds []redis.Cmder) bool {
-	for _, c := range cmds {
-		if err := c.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			return true
+		for _, c := range cmds {
+			if c.Err() != nil {
+				dropped++
+			}
 		}
 	}
-	return false
-}
-
-func updateArgs(st Status, ttl time.Duration, updated string) []any {
-	args := []any{st.State, ttl.Milliseconds(), "service", st.Service, "function", st.Function, "updated", updated}
-	if st.Replica != "" {
-		args = append(args, "replica", st.Replica)
+	if cap(s.buf) > 1<<20 {
+		s.buf = nil // a batch of long reasons: not kept
 	}
-	if st.Attempt > 0 {
-		args = append(args, "attempt", strconv.Itoa(st.Attempt))
-	}
-	if st.Code != "" {
-		args = append(args, "code", st.Code, "reason", st.Reason)
-	}
-	return args
+	return dropped
 }
 
 func now() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
@@ -306,11 +363,44 @@ func (s *RedisStatusStore) Update(_ context.Context, st Status, ttl time.Duratio
 
 // Get implements StatusStore.
 func (s *RedisStatusStore) Get(ctx context.Context, id string) (Status, error) {
-	m, err := s.rdb.HGetAll(ctx, StatusKey(id)).Result()
-	if err != nil {
+	v, err := s.rdb.Get(ctx, StatusKey(id)).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return Status{ID: id, State: StateUnknown}, nil
+	case err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE"):
+		// A hash: the fields of a record as releases before this layout
+		// wrote them.
+		m, err := s.rdb.HGetAll(ctx, StatusKey(id)).Result()
+		if err != nil {
+			return Status{}, err
+		}
+		return statusFrom(id, m), nil
+	case err != nil:
 		return Status{}, err
 	}
-	return statusFrom(id, m), nil
+	r, err := parseRecord(v)
+	if err != nil {
+		return Status{}, fmt.Errorf("registry: status record of %q: %w", id, err)
+	}
+	r.ID = id
+	return r, nil
+}
+
+// parseRecord reads a record as appendRecord writes it.
+func parseRecord(v []byte) (Status, error) {
+	var r statusRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return Status{}, err
+	}
+	st := Status{State: r.State, Service: r.Service, Function: r.Function, Replica: r.Replica,
+		Attempt: r.Attempt, Code: r.Code, Reason: r.Reason}
+	if st.State == "" {
+		st.State = StateUnknown
+	}
+	if r.Updated > 0 {
+		st.Updated = time.UnixMilli(r.Updated).UTC()
+	}
+	return st, nil
 }
 
 func statusFrom(id string, m map[string]string) Status {
