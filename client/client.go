@@ -487,13 +487,6 @@ func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Requ
 		c.waiters.Put(w)
 	}()
 
-	// The deadline bounds the whole call, the write to Redis included (the
-	// bus bounds a write it waits for by req.Deadline). A pooled timer,
-	// not a context per call: its timer, channel and context are most of
-	// what a call allocates on the caller's side.
-	deadline := deadlineTimers.Get().(*time.Timer)
-	deadline.Reset(time.Until(req.Deadline))
-	defer func() { deadline.Stop(); deadlineTimers.Put(deadline) }()
 	// The caller waits once, for the reply or for a failure to store the
 	// request, not first for the write and then for the reply.
 	req.Failed = w.failed
@@ -504,21 +497,39 @@ func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Requ
 				return nil, err
 			}
 		}
+		// The bus bounds a write it waits for by req.Deadline.
 		if err := c.publish(ctx, service, req); err != nil {
 			return nil, err
 		}
 	}
 	select {
+	case rep := <-w.ch: // a call run on this goroutine (handlers.Inline)
+		return replyOf(rep)
+	default:
+	}
+	// A pooled timer, not a context per call: its timer, channel and
+	// context are most of what a call allocates on the caller's side. It
+	// starts after the request is handed over, which the deadline bounds
+	// on its own, and only for a reply that is not here yet.
+	deadline := deadlineTimers.Get().(*time.Timer)
+	deadline.Reset(time.Until(req.Deadline))
+	defer func() { deadline.Stop(); deadlineTimers.Put(deadline) }()
+	select {
 	case rep := <-w.ch:
-		if rep.Err != nil {
-			return rep, rep.Err
-		}
-		return rep, nil
+		return replyOf(rep)
 	case <-deadline.C:
 		return nil, deadlineError(function)
 	case <-ctx.Done():
 		return nil, contextError(ctx, function)
 	}
+}
+
+// replyOf returns rep, and its error as the call's.
+func replyOf(rep *bus.Reply) (*bus.Reply, error) {
+	if rep.Err != nil {
+		return rep, rep.Err
+	}
+	return rep, nil
 }
 
 func errClosed() *fnmesh.Error { return fnmesh.NewError(fnmesh.CodeUnavailable, "client closed") }

@@ -85,6 +85,7 @@ type function struct {
 	public   bool
 	requires []func(ctx context.Context, c security.Claims) error
 	retry    *RetryPolicy
+	inline   bool    // co-located calls run on the caller's goroutine
 	handler  Handler // the full chain, built by Run
 
 	// In-process calls pass arguments and results as Go values when
@@ -122,6 +123,17 @@ func RequireClaims(check func(ctx context.Context, c security.Claims) error) Fun
 func WithRetry(p RetryPolicy) FunctionOption {
 	return func(f *function) { f.retry = &p }
 }
+
+// Inline runs the function's co-located calls on the caller's own
+// goroutine, as a plain Go function call, instead of on a replica worker
+// (calls over the bus are not affected). Give it to a function that
+// returns promptly, and promptly once its context ends: in exchange for
+// less cost per call (no hand-off to a worker and back), its co-located
+// caller waits for it to return, also past the call's deadline. Every
+// other step is the same: token check, access rules, validation, the
+// deadline as the context's deadline, panics as internal, metrics and
+// traces, idempotency keys, Info. See docs/PLACEMENT.md.
+func Inline() FunctionOption { return func(f *function) { f.inline = true } }
 
 // Register adds fn to s under name. In and Out are JSON-encoded on the
 // wire; In's validator tags are checked before fn runs. Registering after

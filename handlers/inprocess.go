@@ -66,6 +66,7 @@ type localEntry struct {
 type localJob struct {
 	req     *Request // its wire field holds the request as dispatched
 	deliver func(*bus.Reply)
+	inline  bool // run on its caller's goroutine
 }
 
 // Dispatch hands req, a request for s, to a replica of s running in this
@@ -74,7 +75,33 @@ type localJob struct {
 // It returns ErrNotServedHere when no replica here can take req now.
 // Dispatch copies req; the replica reads req.Payload until it delivers
 // the reply (a send: until it finishes), so the caller must not change it.
+//
+// A call of a function registered with Inline is the exception: it runs
+// on the calling goroutine, and Dispatch returns once deliver has its
+// reply (see DispatchInline).
 func (s *Service) Dispatch(req *bus.Request, deliver func(*bus.Reply)) error {
+	inline := false
+	if req.ReplyTo != "" {
+		f := s.funcs[req.Function] // read-only once a replica runs
+		inline = f != nil && f.inline
+	}
+	return s.dispatch(req, deliver, inline)
+}
+
+// DispatchInline is Dispatch running a call (req.ReplyTo set) of any of
+// s's functions on the calling goroutine, as a plain function call: it
+// returns once deliver has the reply, called on this goroutine before
+// DispatchInline returns. Every step a call takes on a replica worker is
+// taken (checks, chain, the deadline as the function's context deadline,
+// panics as internal, the replica's Concurrency bound and drain), but the
+// caller waits for the function to return: a function that ignores its
+// context holds its caller past the deadline (the caller then gets
+// deadline_exceeded). Sends are dispatched as by Dispatch.
+func (s *Service) DispatchInline(req *bus.Request, deliver func(*bus.Reply)) error {
+	return s.dispatch(req, deliver, req.ReplyTo != "")
+}
+
+func (s *Service) dispatch(req *bus.Request, deliver func(*bus.Reply), inline bool) error {
 	lr := &s.local
 	list := lr.entries()
 	n := len(list)
@@ -88,15 +115,24 @@ func (s *Service) Dispatch(req *bus.Request, deliver func(*bus.Reply)) error {
 		start = int(lr.next.Add(1) % uint32(n))
 	}
 	for i := 0; i < n; i++ {
-		if list[(start+i)%n].take(localJob{req: hr, deliver: deliver}) {
-			return nil
+		e := list[(start+i)%n]
+		if !e.admit() {
+			continue
 		}
+		j := localJob{req: hr, deliver: deliver, inline: inline}
+		if inline {
+			e.r.serveLocal(j)
+			e.done()
+		} else {
+			e.jobs <- j // never blocks: jobs holds max
+		}
+		return nil
 	}
 	return ErrNotServedHere
 }
 
-// take queues j unless the entry is full or closed.
-func (e *localEntry) take(j localJob) bool {
+// admit counts a request in unless the entry is full or closed.
+func (e *localEntry) admit() bool {
 	if e.closed.Load() {
 		return false
 	}
@@ -104,11 +140,10 @@ func (e *localEntry) take(j localJob) bool {
 		e.done()
 		return false
 	}
-	e.jobs <- j // never blocks: jobs holds max
 	return true
 }
 
-// done counts a job finished (or one take gave up).
+// done counts a job finished (or one admit gave up).
 func (e *localEntry) done() {
 	if e.inflight.Add(-1) == 0 && e.closed.Load() {
 		select {
@@ -128,7 +163,7 @@ func (r *replica) startLocal() *localEntry {
 		go func() {
 			defer e.workers.Done()
 			// One channel, not a select with quit: wait closes jobs once
-			// no take can send on it.
+			// no dispatch can send on it.
 			for j := range e.jobs {
 				r.serveLocal(j)
 				e.done()
@@ -173,7 +208,7 @@ func (e *localEntry) wait(d time.Duration) bool {
 		}
 	}
 	if finished {
-		// No take sends any more: each that passed its first closed check
+		// No dispatch sends any more: each that passed admit's first closed check
 		// counted itself in inflight, which is 0, or sees closed on its
 		// second check.
 		close(e.quit)
@@ -190,6 +225,14 @@ func (r *replica) serveLocal(j localJob) {
 	result, value, err := r.runLocal(j.req, async)
 	if async || errors.Is(err, errHandedBack) {
 		return
+	}
+	if j.inline && !breq.Deadline.IsZero() && !time.Now().Before(breq.Deadline) {
+		// The function held its caller past the deadline: as a caller
+		// waiting for a worker's reply would have, it gets no outcome but
+		// the deadline's. (The function ran; a result it stored under an
+		// idempotency key stays, as over the bus.)
+		err = fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "no result from %s.%s within its deadline", r.svc.name, breq.Function)
+		result, value = nil, nil
 	}
 	rep := &bus.Reply{ID: breq.ID, Replica: r.id, Payload: result, Value: value}
 	if err != nil {

@@ -170,6 +170,17 @@ func runLocal(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	o := bench.Options{Concurrency: c.Int("concurrency"), Duration: c.Duration("duration"), Sequential: c.Int("n")}
+	if path := c.String("cpuprofile"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rounds, med, err := bench.RunLocal(ctx, o, c.Int("rounds"))
 	if err != nil {
 		return err
