@@ -490,7 +490,7 @@ func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Requ
 	// The caller waits once, for the reply or for a failure to store the
 	// request, not first for the write and then for the reply.
 	req.Failed = w.failed
-	if local == nil || local.Dispatch(service, req, c.deliverFn) != nil {
+	if local == nil || local.Dispatch(ctx, service, req, c.deliverFn) != nil {
 		if local != nil {
 			// Not taken in-process: it waits in the bus like any call.
 			if err := c.admit.admit(ctx, service); err != nil {
@@ -504,6 +504,11 @@ func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Requ
 	}
 	select {
 	case rep := <-w.ch: // a call run on this goroutine (handlers.Inline)
+		if ctx.Err() != nil {
+			// Cancelled while it ran: the caller learns what it would
+			// have learnt waiting for a worker.
+			return nil, contextError(ctx, function)
+		}
 		return replyOf(rep)
 	default:
 	}

@@ -22,8 +22,10 @@ type LocalServices interface {
 	// Dispatch hands req to a replica of service in this process and
 	// returns at once; the reply of a call goes to deliver, once. An
 	// error means no replica here can take req now (none, full, or
-	// draining): the client then sends req over the bus.
-	Dispatch(service string, req *bus.Request, deliver func(*bus.Reply)) error
+	// draining): the client then sends req over the bus. A call of a
+	// function that runs on its caller's goroutine (handlers.Inline)
+	// returns once deliver has its reply; ctx, the caller's, cancels it.
+	Dispatch(ctx context.Context, service string, req *bus.Request, deliver func(*bus.Reply)) error
 }
 
 // local returns where inv runs in this process, or nil when it goes over
@@ -74,7 +76,7 @@ func (c *Client) transportLocal(ctx context.Context, inv *Invocation, l LocalSer
 		req.Payload = append([]byte(nil), req.Payload...)
 	}
 	if inv.Async {
-		if l.Dispatch(inv.Service, req, nil) == nil {
+		if l.Dispatch(ctx, inv.Service, req, nil) == nil {
 			return nil, nil
 		}
 		if err := c.admit.admit(ctx, inv.Service); err != nil {

@@ -15,9 +15,10 @@ import (
 // Done. Err reports the deadline as soon as it has passed either way.
 type callContext struct {
 	parent   context.Context
-	deadline time.Time // zero: the parent's
-	req      *Request  // for Info; its fields do not change during a run
-	attempt  int       // req.Attempt when the run began
+	caller   context.Context // nil, or an inline call's caller: its cancellation (not its values) ends the call
+	deadline time.Time       // zero: the parent's
+	req      *Request        // for Info; its fields do not change during a run
+	attempt  int             // req.Attempt when the run began
 
 	mu   sync.Mutex
 	done chan struct{} // made by Done
@@ -34,7 +35,14 @@ func newCallContext(parent context.Context, req *Request) *callContext {
 // init sets up a callContext that was never used, for a run of req.
 func (c *callContext) init(parent context.Context, req *Request) {
 	c.parent, c.deadline, c.req, c.attempt = parent, req.Deadline, req, req.Attempt
+	if req.caller != nil && req.caller.Done() != nil {
+		c.caller = req.caller
+	}
 }
+
+// own reports whether c ends by itself (a deadline, a caller), not only
+// with its parent.
+func (c *callContext) own() bool { return !c.deadline.IsZero() || c.caller != nil }
 
 // info is the CallInfo of the run.
 func (c *callContext) info() CallInfo {
@@ -62,7 +70,7 @@ func (c *callContext) Value(key any) any {
 }
 
 func (c *callContext) Done() <-chan struct{} {
-	if c.deadline.IsZero() {
+	if !c.own() {
 		return c.parent.Done()
 	}
 	c.mu.Lock()
@@ -75,14 +83,21 @@ func (c *callContext) Done() <-chan struct{} {
 		close(c.done)
 		return c.done
 	}
-	t := time.AfterFunc(time.Until(c.deadline), func() { c.cancel(context.DeadlineExceeded) })
 	stopParent := context.AfterFunc(c.parent, func() { c.cancel(c.parent.Err()) })
-	c.stop = func() { t.Stop(); stopParent() }
+	stopCaller := func() bool { return false }
+	if c.caller != nil {
+		stopCaller = context.AfterFunc(c.caller, func() { c.cancel(c.caller.Err()) })
+	}
+	stopTimer := func() bool { return false }
+	if !c.deadline.IsZero() {
+		stopTimer = time.AfterFunc(time.Until(c.deadline), func() { c.cancel(context.DeadlineExceeded) }).Stop
+	}
+	c.stop = func() { stopTimer(); stopParent(); stopCaller() }
 	return c.done
 }
 
 func (c *callContext) Err() error {
-	if c.deadline.IsZero() {
+	if !c.own() {
 		return c.parent.Err()
 	}
 	c.mu.Lock()
@@ -99,7 +114,9 @@ func (c *callContext) endedLocked() bool {
 	}
 	if err := c.parent.Err(); err != nil {
 		c.endLocked(err)
-	} else if !time.Now().Before(c.deadline) {
+	} else if c.caller != nil && c.caller.Err() != nil {
+		c.endLocked(c.caller.Err())
+	} else if !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
 		c.endLocked(context.DeadlineExceeded)
 	}
 	return c.err != nil
@@ -126,7 +143,7 @@ func (c *callContext) cancel(err error) {
 // end is called when the function has returned, as WithDeadline's cancel
 // would be: what it left waiting on its context is released.
 func (c *callContext) end() {
-	if !c.deadline.IsZero() {
+	if c.own() {
 		c.cancel(context.Canceled)
 	}
 }

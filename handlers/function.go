@@ -40,6 +40,9 @@ type Request struct {
 	wire     bus.Request
 	firstRun callContext
 	ran      bool
+	// caller is the context of a caller running the call on its own
+	// goroutine (DispatchInline), else nil.
+	caller context.Context
 }
 
 // Arg decodes the payload into the function's argument type, once, and

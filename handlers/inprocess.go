@@ -75,17 +75,18 @@ type localJob struct {
 // It returns ErrNotServedHere when no replica here can take req now.
 // Dispatch copies req; the replica reads req.Payload until it delivers
 // the reply (a send: until it finishes), so the caller must not change it.
+// ctx is the caller's: a request dispatched to a worker does not see it.
 //
 // A call of a function registered with Inline is the exception: it runs
 // on the calling goroutine, and Dispatch returns once deliver has its
 // reply (see DispatchInline).
-func (s *Service) Dispatch(req *bus.Request, deliver func(*bus.Reply)) error {
+func (s *Service) Dispatch(ctx context.Context, req *bus.Request, deliver func(*bus.Reply)) error {
 	inline := false
 	if req.ReplyTo != "" {
 		f := s.funcs[req.Function] // read-only once a replica runs
 		inline = f != nil && f.inline
 	}
-	return s.dispatch(req, deliver, inline)
+	return s.dispatch(ctx, req, deliver, inline)
 }
 
 // DispatchInline is Dispatch running a call (req.ReplyTo set) of any of
@@ -93,15 +94,18 @@ func (s *Service) Dispatch(req *bus.Request, deliver func(*bus.Reply)) error {
 // returns once deliver has the reply, called on this goroutine before
 // DispatchInline returns. Every step a call takes on a replica worker is
 // taken (checks, chain, the deadline as the function's context deadline,
-// panics as internal, the replica's Concurrency bound and drain), but the
-// caller waits for the function to return: a function that ignores its
-// context holds its caller past the deadline (the caller then gets
-// deadline_exceeded). Sends are dispatched as by Dispatch.
-func (s *Service) DispatchInline(req *bus.Request, deliver func(*bus.Reply)) error {
-	return s.dispatch(req, deliver, req.ReplyTo != "")
+// panics as internal, the replica's Concurrency bound and drain), and the
+// function's context ends also when ctx, the caller's, is cancelled (it
+// carries none of ctx's values). But the caller waits for the function
+// to return: a function that ignores its context holds its caller past
+// the deadline or the cancellation (the caller then gets
+// deadline_exceeded, or canceled from the client). Sends are dispatched as
+// by Dispatch.
+func (s *Service) DispatchInline(ctx context.Context, req *bus.Request, deliver func(*bus.Reply)) error {
+	return s.dispatch(ctx, req, deliver, req.ReplyTo != "")
 }
 
-func (s *Service) dispatch(req *bus.Request, deliver func(*bus.Reply), inline bool) error {
+func (s *Service) dispatch(ctx context.Context, req *bus.Request, deliver func(*bus.Reply), inline bool) error {
 	lr := &s.local
 	list := lr.entries()
 	n := len(list)
@@ -110,6 +114,9 @@ func (s *Service) dispatch(req *bus.Request, deliver func(*bus.Reply), inline bo
 	}
 	hr := &Request{wire: *req}
 	hr.wire.Failed = nil
+	if inline {
+		hr.caller = ctx
+	}
 	start := 0
 	if n > 1 {
 		start = int(lr.next.Add(1) % uint32(n))

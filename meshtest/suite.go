@@ -152,15 +152,15 @@ func (c *Colocated) get(service string) *handlers.Service {
 func (c *Colocated) Hosts(service string) bool { return c.get(service) != nil }
 
 // Dispatch implements client.LocalServices.
-func (c *Colocated) Dispatch(service string, req *bus.Request, deliver func(*bus.Reply)) error {
+func (c *Colocated) Dispatch(ctx context.Context, service string, req *bus.Request, deliver func(*bus.Reply)) error {
 	svc := c.get(service)
 	if svc == nil {
 		return handlers.ErrNotServedHere
 	}
 	if c.Inline {
-		return svc.DispatchInline(req, deliver)
+		return svc.DispatchInline(ctx, req, deliver)
 	}
-	return svc.Dispatch(req, deliver)
+	return svc.Dispatch(ctx, req, deliver)
 }
 
 // NewHarness wraps b; b is closed when the test ends.

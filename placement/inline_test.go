@@ -112,3 +112,45 @@ func TestInlinePanicAndDeadline(t *testing.T) {
 		t.Fatalf("%d requests went over the bus, want 0", n)
 	}
 }
+
+type callerKey struct{}
+
+// An inline call's function sees its caller's cancellation (so that the
+// caller, waiting for it, returns), but none of the caller's values.
+func TestInlineCallerCancellation(t *testing.T) {
+	b := bus.NewMemory()
+	t.Cleanup(func() { b.Close() })
+	svc := handlers.NewService("fast", handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	entered := make(chan struct{}, 1)
+	ended := make(chan error, 1)
+	handlers.Register(svc, "wait", func(ctx context.Context, _ struct{}) (int, error) {
+		if ctx.Value(callerKey{}) != nil {
+			return 0, fnmesh.NewError(fnmesh.CodeInternal, "the caller's value reached the function")
+		}
+		entered <- struct{}{}
+		<-ctx.Done()
+		ended <- ctx.Err()
+		return 1, nil
+	}, handlers.Inline())
+	p, err := placement.New(placement.Config{}, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p, b)
+	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), callerKey{}, "secret"))
+	go func() { <-entered; cancel() }()
+	began := time.Now()
+	err = c.Call(ctx, "fast.wait", struct{}{}, nil, client.WithTimeout(5*time.Second))
+	meshtest.WantCode(t, err, fnmesh.CodeCanceled)
+	if el := time.Since(began); el > 4*time.Second {
+		t.Fatalf("a cancelled inline call returned after %v", el)
+	}
+	if got := <-ended; got != context.Canceled {
+		t.Fatalf("the function's context ended with %v, want context.Canceled", got)
+	}
+}
