@@ -116,7 +116,7 @@ func (c *callContext) endedLocked() bool {
 		c.endLocked(err)
 	} else if c.caller != nil && c.caller.Err() != nil {
 		c.endLocked(c.caller.Err())
-	} else if !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
+	} else if !c.deadline.IsZero() && time.Until(c.deadline) <= 0 {
 		c.endLocked(context.DeadlineExceeded)
 	}
 	return c.err != nil

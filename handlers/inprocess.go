@@ -233,7 +233,7 @@ func (r *replica) serveLocal(j localJob) {
 	if async || errors.Is(err, errHandedBack) {
 		return
 	}
-	if j.inline && !breq.Deadline.IsZero() && !time.Now().Before(breq.Deadline) {
+	if j.inline && !breq.Deadline.IsZero() && time.Until(breq.Deadline) <= 0 {
 		// The function held its caller past the deadline: as a caller
 		// waiting for a worker's reply would have, it gets no outcome but
 		// the deadline's. (The function ran; a result it stored under an
@@ -272,7 +272,7 @@ func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
 	if f == nil {
 		return nil, nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeNotFound, "function %s.%s not found", r.svc.name, breq.Function))
 	}
-	if !breq.Deadline.IsZero() && !time.Now().Before(breq.Deadline) {
+	if !breq.Deadline.IsZero() && time.Until(breq.Deadline) <= 0 {
 		e := fnmesh.NewError(fnmesh.CodeDeadlineExceeded, "deadline passed before the request was run")
 		if async {
 			r.deadLetter(&bus.DeliveredRequest{Request: *breq}, e, 0)
