@@ -131,8 +131,7 @@ type Client struct {
 	invoker  Invoker  // interceptors around send
 	admit    *admission
 	dir      *directory // nil: calls are not checked against the registry
-	// deliverFn is c.deliver, made once: Dispatch of an in-process call
-	// takes it.
+	// deliverFn is c.deliver, made once: the inbox hands it every reply.
 	deliverFn func(*bus.Reply)
 }
 
@@ -162,6 +161,21 @@ type waiter struct {
 	in     atomic.Pointer[waitShard] // the shard holding it, while waiting
 	ch     chan *bus.Reply           // the reply, or the failure to queue the request
 	failed func(error)               // w.fail, made once
+	// An in-process replica hands the reply straight to the waiter
+	// (direct, w.take, made once), not through the shard. Such a waiter
+	// goes back to the pool only once took is set: before, the replica
+	// may still hand it a reply, which must not reach the next call.
+	direct func(*bus.Reply)
+	took   atomic.Bool
+}
+
+// take is the reply of the waiter's in-process call.
+func (w *waiter) take(rep *bus.Reply) {
+	select {
+	case w.ch <- rep:
+	default: // it has one already: Close failed the call
+	}
+	w.took.Store(true) // last: the waiter may be reused from here on
 }
 
 // fail hands the call a failure to store its request (Request.Failed).
@@ -195,7 +209,7 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 	}
 	c.waiters.New = func() any {
 		w := &waiter{c: c, ch: make(chan *bus.Reply, 1)}
-		w.failed = w.fail
+		w.failed, w.direct = w.fail, w.take
 		return w
 	}
 	c.deliverFn = c.deliver
@@ -474,23 +488,31 @@ func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Requ
 	w.id = req.ID
 	sh.m[req.ID] = w
 	sh.mu.Unlock()
+	inProcess := false
 	defer func() {
 		sh.mu.Lock()
 		delete(sh.m, req.ID)
 		w.id = ""
 		w.in.Store(nil)
 		sh.mu.Unlock()
+		if inProcess && !w.took.Load() {
+			return // its replica may still hand it the reply: not reused
+		}
 		select {
 		case <-w.ch: // a reply that came with the deadline
 		default:
 		}
+		w.took.Store(false)
 		c.waiters.Put(w)
 	}()
 
 	// The caller waits once, for the reply or for a failure to store the
 	// request, not first for the write and then for the reply.
 	req.Failed = w.failed
-	if local == nil || local.Dispatch(ctx, service, req, c.deliverFn) != nil {
+	// A call taken in-process is answered to w.direct; one handed to the
+	// bus later (its replica drained) is answered to the inbox, through
+	// the shard.
+	if inProcess = local != nil && local.Dispatch(ctx, service, req, w.direct) == nil; !inProcess {
 		if local != nil {
 			// Not taken in-process: it waits in the bus like any call.
 			if err := c.admit.admit(ctx, service); err != nil {
