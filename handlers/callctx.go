@@ -14,11 +14,10 @@ import (
 // their context, so here the timer starts only when someone asks for
 // Done. Err reports the deadline as soon as it has passed either way.
 type callContext struct {
-	parent   context.Context
-	caller   context.Context // nil, or an inline call's caller: its cancellation (not its values) ends the call
-	deadline time.Time       // zero: the parent's
-	req      *Request        // for Info; its fields do not change during a run
-	attempt  int             // req.Attempt when the run began
+	parent  context.Context
+	caller  context.Context // nil, or an inline call's caller: its cancellation (not its values) ends the call
+	req     *Request        // for Info and its Deadline (zero: the parent's); its fields do not change during a run
+	attempt int             // req.Attempt when the run began
 
 	mu   sync.Mutex
 	done chan struct{} // made by Done
@@ -34,15 +33,12 @@ func newCallContext(parent context.Context, req *Request) *callContext {
 
 // init sets up a callContext that was never used, for a run of req.
 func (c *callContext) init(parent context.Context, req *Request) {
-	c.parent, c.deadline, c.req, c.attempt = parent, req.Deadline, req, req.Attempt
-	if req.caller != nil && req.caller.Done() != nil {
-		c.caller = req.caller
-	}
+	c.parent, c.req, c.attempt = parent, req, req.Attempt
 }
 
 // own reports whether c ends by itself (a deadline, a caller), not only
 // with its parent.
-func (c *callContext) own() bool { return !c.deadline.IsZero() || c.caller != nil }
+func (c *callContext) own() bool { return !c.req.Deadline.IsZero() || c.caller != nil }
 
 // info is the CallInfo of the run.
 func (c *callContext) info() CallInfo {
@@ -55,10 +51,10 @@ func (c *callContext) info() CallInfo {
 
 func (c *callContext) Deadline() (time.Time, bool) {
 	pd, ok := c.parent.Deadline()
-	if c.deadline.IsZero() || ok && pd.Before(c.deadline) {
+	if c.req.Deadline.IsZero() || ok && pd.Before(c.req.Deadline) {
 		return pd, ok
 	}
-	return c.deadline, true
+	return c.req.Deadline, true
 }
 
 func (c *callContext) Value(key any) any {
@@ -89,8 +85,8 @@ func (c *callContext) Done() <-chan struct{} {
 		stopCaller = context.AfterFunc(c.caller, func() { c.cancel(c.caller.Err()) })
 	}
 	stopTimer := func() bool { return false }
-	if !c.deadline.IsZero() {
-		stopTimer = time.AfterFunc(time.Until(c.deadline), func() { c.cancel(context.DeadlineExceeded) }).Stop
+	if !c.req.Deadline.IsZero() {
+		stopTimer = time.AfterFunc(time.Until(c.req.Deadline), func() { c.cancel(context.DeadlineExceeded) }).Stop
 	}
 	c.stop = func() { stopTimer(); stopParent(); stopCaller() }
 	return c.done
@@ -116,7 +112,7 @@ func (c *callContext) endedLocked() bool {
 		c.endLocked(err)
 	} else if c.caller != nil && c.caller.Err() != nil {
 		c.endLocked(c.caller.Err())
-	} else if !c.deadline.IsZero() && time.Until(c.deadline) <= 0 {
+	} else if !c.req.Deadline.IsZero() && time.Until(c.req.Deadline) <= 0 {
 		c.endLocked(context.DeadlineExceeded)
 	}
 	return c.err != nil

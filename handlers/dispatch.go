@@ -206,7 +206,7 @@ var errFailed = errors.New("request failed")
 // when the first failed. A redelivery of the same entry (its replica
 // died) runs again unless it had finished.
 func (r *replica) runOnce(dr *bus.DeliveredRequest, f *function, req *Request, breq *bus.Request) error {
-	req.idem = idemRun{ctx: r.hardCtx, store: r.idem, owner: dr.Delivery.EntryID, window: r.svc.cfg.IdempotencyWindow}
+	req.idem = &idemRun{ctx: r.hardCtx, store: r.idem, owner: dr.Delivery.EntryID, window: r.svc.cfg.IdempotencyWindow}
 	hooks := outcomeHooks{
 		beforeFail:    func() { req.idem.settle(r.svc.name, r.log, false, nil) },
 		beforeSuccess: func(result []byte) { req.idem.settle(r.svc.name, r.log, true, result) },

@@ -22,6 +22,8 @@ type Request struct {
 	Caller   string    // caller's name, may be ""
 	Deadline time.Time // zero when the caller set none
 	Async    bool      // sent with Send: nobody waits for the result
+	decoded  bool      // Arg ran (here, not below: a Request fits 512 bytes)
+	ran      bool      // the first run began
 	Attempt  int       // 1 on the first run of this request
 	Replica  string    // replica running it
 	// TraceParent is the caller's W3C traceparent, "" if none.
@@ -29,20 +31,15 @@ type Request struct {
 	// IdempotencyKey is the caller's key for this request, "" if none.
 	IdempotencyKey string
 
-	fn      *function
-	idem    idemRun // set by the path that dispatches a request with a key
-	arg     any
-	argErr  error
-	decoded bool
+	fn     *function
+	idem   *idemRun // set by the path that dispatches a request with a key
+	arg    any
+	argErr error
 
 	// The request as it came, and the context of its first run: kept in
 	// the Request so that a request is one allocation, not three.
 	wire     bus.Request
 	firstRun callContext
-	ran      bool
-	// caller is the context of a caller running the call on its own
-	// goroutine (DispatchInline), else nil.
-	caller context.Context
 }
 
 // Arg decodes the payload into the function's argument type, once, and

@@ -114,8 +114,8 @@ func (s *Service) dispatch(ctx context.Context, req *bus.Request, deliver func(*
 	}
 	hr := &Request{wire: *req}
 	hr.wire.Failed = nil
-	if inline {
-		hr.caller = ctx
+	if inline && ctx.Done() != nil {
+		hr.firstRun.caller = ctx // the run's context ends with the caller's
 	}
 	start := 0
 	if n > 1 {
@@ -346,7 +346,7 @@ func encodeLocal(out any) ([]byte, error) {
 // requests that came over the bus. The key is settled before the caller
 // learns the outcome.
 func (r *replica) callOnceLocal(f *function, req *Request, breq *bus.Request) ([]byte, error) {
-	req.idem = idemRun{ctx: r.hardCtx, store: r.idem, owner: localOwner(breq), window: r.svc.cfg.IdempotencyWindow}
+	req.idem = &idemRun{ctx: r.hardCtx, store: r.idem, owner: localOwner(breq), window: r.svc.cfg.IdempotencyWindow}
 	out, err := r.callLocal(f, req)
 	if errors.Is(err, errStopping) {
 		req.idem.settle(r.svc.name, r.log, false, nil) // the bus replica takes the key
