@@ -3,6 +3,8 @@ package placement_test
 import (
 	"context"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -150,4 +152,53 @@ func BenchmarkInlineCallParallel(b *testing.B) {
 }
 func BenchmarkMemoryBusCallParallel(b *testing.B) {
 	benchParallel(b, colocated(b, false, false), "math.add")
+}
+
+// BenchmarkPaths runs b.N calls on each path in turn, 64 in flight, and
+// reports in one run what the goal compares: calls per second of
+// the co-located path (on a replica worker) and of the inline opt-in over
+// those of the in-memory bus (x-bus), and CPU per call of each. The
+// direct call is BenchmarkDirect.
+func BenchmarkPaths(b *testing.B) {
+	paths := []struct {
+		name     string
+		c        *client.Client
+		function string
+	}{
+		{"bus", colocated(b, false, false), "math.add"},
+		{"colocated", colocated(b, true, false), "math.add"},
+		{"inline", colocated(b, true, false), "math.addinline"},
+	}
+	perSecond := map[string]float64{}
+	b.ResetTimer()
+	for _, p := range paths {
+		elapsed, cpu := inFlight(b, p.c, p.function, b.N, 64)
+		perSecond[p.name] = float64(b.N) / elapsed.Seconds()
+		b.ReportMetric(float64(cpu)/float64(b.N), p.name+"-cpu-ns/call")
+	}
+	b.ReportMetric(perSecond["colocated"]/perSecond["bus"], "colocated-x-bus")
+	b.ReportMetric(perSecond["inline"]/perSecond["bus"], "inline-x-bus")
+}
+
+// inFlight makes n calls with callers goroutines and returns the time
+// they took and the process CPU they used.
+func inFlight(b *testing.B, c *client.Client, function string, n, callers int) (time.Duration, time.Duration) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	t0, cpu0 := time.Now(), processCPU()
+	for g := 0; g < callers; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var out benchOut
+			for next.Add(1) <= int64(n) {
+				if err := c.Call(context.Background(), function, benchIn{A: 1, B: 2}, &out); err != nil || out.Sum != 3 {
+					b.Errorf("%s: %v", function, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(t0), processCPU() - cpu0
 }
