@@ -381,11 +381,12 @@ func (c *Client) Call(ctx context.Context, function string, in, out any, opts ..
 	if timeout <= 0 {
 		timeout = c.cfg.Timeout
 	}
-	inv.begun = time.Now()
-	inv.Deadline = inv.begun.Add(timeout)
+	begun := time.Now()
+	inv.Deadline = begun.Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(inv.Deadline) {
 		inv.Deadline = dl
 	}
+	inv.allowed = inv.Deadline.Sub(begun)
 	result, err := c.invoker(ctx, inv)
 	if o.info != nil {
 		*o.info = ReplyInfo{RequestID: inv.ID, Replica: inv.Replica}

@@ -55,7 +55,7 @@ func (c *Client) sendLocal(ctx context.Context, inv *Invocation, l LocalServices
 		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", inv.Function, berr)
 	}
 	result, err := c.transportLocal(ctx, inv, l)
-	if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && inv.Deadline.Sub(inv.begun) < c.cfg.Breaker.MinTimeout {
+	if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && !inv.Async && inv.allowed < c.cfg.Breaker.MinTimeout {
 		done(errNotCounted) // the caller allowed too little time to tell
 	} else {
 		done(err)
