@@ -130,20 +130,26 @@ func runLocalRound(ctx context.Context, o Options) (LocalResult, error) {
 			return out, err
 		}
 	}
-	// Throughput in turns, the bus between the co-located ways, so that a
-	// change in the machine's load shows in the ratios less.
-	lr, err := throughput(ctx, o, via(local, "benchopen.add"))
-	if err != nil {
-		return out, err
+	// Throughput in short turns, the three ways one after the other, ten
+	// times over: a change in the machine's load then falls on all three
+	// alike, not on whichever ran during it.
+	ways := []caller{via(local, "benchopen.add"), via(remote, "benchopen.add"), via(local, "benchopen.addinline")}
+	var spans [3]span
+	for _, call := range ways {
+		if err := warmUp(ctx, call); err != nil {
+			return out, err
+		}
 	}
-	mr, err := throughput(ctx, o, via(remote, "benchopen.add"))
-	if err != nil {
-		return out, err
+	for turn := 0; turn < localTurns; turn++ {
+		for k, call := range ways {
+			sp, err := throughput(ctx, o.Concurrency, o.Duration/localTurns, call)
+			if err != nil {
+				return out, err
+			}
+			spans[k].add(sp)
+		}
 	}
-	ir, err := throughput(ctx, o, via(local, "benchopen.addinline"))
-	if err != nil {
-		return out, err
-	}
+	lr, mr, ir := spans[0].result(), spans[1].result(), spans[2].result()
 	if out.MemoryP50, err = sequentialP50(ctx, o.Sequential, via(remote, "benchopen.add")); err != nil {
 		return out, err
 	}
@@ -154,25 +160,59 @@ func runLocalRound(ctx context.Context, o Options) (LocalResult, error) {
 	return out, nil
 }
 
-// throughput runs o.Concurrency callers of call for o.Duration. Unlike
-// measure, a caller does not read the clock after each call (a clock read
-// costs about 0.2 us on the development VM, a tenth of a co-located call):
-// a timer ends the run.
-func throughput(ctx context.Context, o Options, call caller) (Result, error) {
+// localTurns is how many turns --mode local's throughput phase takes
+// per way, each a tenth of --duration.
+const localTurns = 10
+
+// span is calls made in some time, with the process CPU and allocations
+// they took.
+type span struct {
+	calls   int64
+	elapsed time.Duration
+	cpu     time.Duration
+	mallocs uint64
+}
+
+func (s *span) add(o span) {
+	s.calls += o.calls
+	s.elapsed += o.elapsed
+	s.cpu += o.cpu
+	s.mallocs += o.mallocs
+}
+
+func (s span) result() Result {
+	r := Result{Calls: s.calls}
+	if s.calls > 0 && s.elapsed > 0 {
+		r.PerSecond = float64(s.calls) / s.elapsed.Seconds()
+		r.CPUPerCall = s.cpu / time.Duration(s.calls)
+		r.AllocsPerCall = float64(s.mallocs) / float64(s.calls)
+	}
+	return r
+}
+
+func warmUp(ctx context.Context, call caller) error {
 	for i := 0; i < 200; i++ {
 		if _, err := call(ctx, args{i, 1}); err != nil {
-			return Result{}, fmt.Errorf("warm-up: %w", err)
+			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
+	return nil
+}
+
+// throughput runs callers goroutines calling call for d. Unlike measure,
+// a caller does not read the clock after each call (a clock read costs
+// about 0.1 us on the development VM, a tenth of a co-located call): a
+// timer ends the run.
+func throughput(ctx context.Context, callers int, d time.Duration, call caller) (span, error) {
 	var stop atomic.Bool
 	var done atomic.Int64
 	var failed atomic.Value
 	var wg sync.WaitGroup
 	meter := startCPU("")
 	t0 := time.Now()
-	timer := time.AfterFunc(o.Duration, func() { stop.Store(true) })
+	timer := time.AfterFunc(d, func() { stop.Store(true) })
 	defer timer.Stop()
-	for w := 0; w < o.Concurrency; w++ {
+	for w := 0; w < callers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -195,11 +235,9 @@ func throughput(ctx context.Context, o Options, call caller) (Result, error) {
 	elapsed := time.Since(t0)
 	meter.stop()
 	if err, _ := failed.Load().(error); err != nil {
-		return Result{}, err
+		return span{}, err
 	}
-	r := Result{PerSecond: float64(done.Load()) / elapsed.Seconds(), Calls: done.Load()}
-	r.perCall(meter, done.Load())
-	return r, nil
+	return span{calls: done.Load(), elapsed: elapsed, cpu: meter.selfCPU, mallocs: meter.mallocs}, nil
 }
 
 // sequentialP50 times n sequential calls after a warm-up.
