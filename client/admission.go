@@ -22,18 +22,12 @@ type admission struct {
 	views    sync.Map // service -> *backlogView
 }
 
-// backlogView is one service's backlog as last read. Every call reads
-// it, on all cores at once: the read takes no lock.
 type backlogView struct {
-	snap       atomic.Pointer[backlogSnap] // nil until the first read
-	first      sync.Mutex                  // the first read, which callers wait for
-	refreshing atomic.Bool
-	added      atomic.Int64 // requests this client added since the snapshot was read
-}
-
-type backlogSnap struct {
-	backlog bus.Backlog
-	readAt  time.Time
+	mu         sync.Mutex
+	backlog    bus.Backlog
+	readAt     time.Time
+	refreshing bool
+	added      atomic.Int64 // requests this client added since readAt
 }
 
 func newAdmission(b bus.Bus, interval time.Duration) *admission {
@@ -65,22 +59,19 @@ func (a *admission) decide(ctx context.Context, service string, count bool) erro
 		v = got.(*backlogView)
 	}
 
-	snap := v.snap.Load()
-	if snap == nil {
+	v.mu.Lock()
+	switch {
+	case v.readAt.IsZero():
 		// First call to this service: read before deciding.
-		v.first.Lock()
-		if snap = v.snap.Load(); snap == nil {
-			a.refresh(ctx, service, v)
-			snap = v.snap.Load()
-		}
-		v.first.Unlock()
-	} else if time.Since(snap.readAt) > a.interval && v.refreshing.CompareAndSwap(false, true) {
-		go func() {
-			a.refresh(context.WithoutCancel(ctx), service, v)
-			v.refreshing.Store(false)
-		}()
+		v.mu.Unlock()
+		a.refresh(ctx, service, v)
+		v.mu.Lock()
+	case time.Since(v.readAt) > a.interval && !v.refreshing:
+		v.refreshing = true
+		go a.refresh(context.WithoutCancel(ctx), service, v)
 	}
-	b := snap.backlog
+	b := v.backlog
+	v.mu.Unlock()
 	if b.MaxBacklog > 0 && b.Waiting+v.added.Load() >= b.MaxBacklog {
 		return fnmesh.Errorf(fnmesh.CodeResourceExhausted, "service %s has %d requests waiting, its bound is %d", service, b.Waiting+v.added.Load(), b.MaxBacklog)
 	}
@@ -94,14 +85,14 @@ func (a *admission) refresh(ctx context.Context, service string, v *backlogView)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	b, err := a.bus.Backlog(ctx, service)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.refreshing = false
 	if err != nil {
 		// Keep the last view; the transport reports the outage itself.
-		if last := v.snap.Load(); last != nil {
-			b = last.backlog
-		}
-		v.snap.Store(&backlogSnap{backlog: b, readAt: time.Now()})
+		v.readAt = time.Now()
 		return
 	}
-	v.snap.Store(&backlogSnap{backlog: b, readAt: time.Now()})
+	v.backlog, v.readAt = b, time.Now()
 	v.added.Store(0)
 }

@@ -64,7 +64,7 @@ func (c *Client) sendLocal(ctx context.Context, inv *Invocation, l LocalServices
 }
 
 func (c *Client) transportLocal(ctx context.Context, inv *Invocation, l LocalServices) (json.RawMessage, error) {
-	req := &inv.wire // Dispatch copies it
+	req := &inv.wire // Dispatch copies it, or runs it before it returns
 	*req = bus.Request{
 		ID: inv.ID, Function: inv.Name, Payload: inv.Args, Deadline: inv.Deadline, Token: inv.Token,
 		Caller: c.cfg.Name, TraceParent: inv.TraceParent, IdempotencyKey: inv.IdempotencyKey,

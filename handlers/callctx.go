@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -14,15 +15,42 @@ import (
 // their context, so here the timer starts only when someone asks for
 // Done. Err reports the deadline as soon as it has passed either way.
 type callContext struct {
-	parent  context.Context
-	caller  context.Context // nil, or an inline call's caller: its cancellation (not its values) ends the call
-	req     *Request        // for Info and its Deadline (zero: the parent's); its fields do not change during a run
-	attempt int             // req.Attempt when the run began
+	parent context.Context
+	caller context.Context // nil, or an inline call's caller: its cancellation (not its values) ends the call
+	req    *Request        // for Info and its Deadline (zero: the parent's); its fields do not change during a run
 
-	mu   sync.Mutex
-	done chan struct{} // made by Done
-	err  error
-	stop func() // stops what Done started
+	done    chan struct{} // made by Done
+	stop    func()        // stops what Done started
+	mu      sync.Mutex
+	attempt int32 // req.Attempt when the run began
+	ended   ended // why c ended, once it has; under mu
+}
+
+// ended is why a callContext ended: its Err, one of the two a context
+// reports, kept in a byte (the context is part of every request).
+type ended uint8
+
+const (
+	running ended = iota
+	endedCanceled
+	endedDeadline
+)
+
+func endedBy(err error) ended {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return endedDeadline
+	}
+	return endedCanceled
+}
+
+func (e ended) err() error {
+	switch e {
+	case endedDeadline:
+		return context.DeadlineExceeded
+	case endedCanceled:
+		return context.Canceled
+	}
+	return nil
 }
 
 func newCallContext(parent context.Context, req *Request) *callContext {
@@ -33,7 +61,7 @@ func newCallContext(parent context.Context, req *Request) *callContext {
 
 // init sets up a callContext that was never used, for a run of req.
 func (c *callContext) init(parent context.Context, req *Request) {
-	c.parent, c.req, c.attempt = parent, req, req.Attempt
+	c.parent, c.req, c.attempt = parent, req, int32(req.Attempt)
 }
 
 // own reports whether c ends by itself (a deadline, a caller), not only
@@ -45,7 +73,7 @@ func (c *callContext) info() CallInfo {
 	r := c.req
 	return CallInfo{
 		Service: r.Service, Function: r.Function, RequestID: r.ID, Caller: r.Caller,
-		Replica: r.Replica, Async: r.Async, Attempt: c.attempt, IdempotencyKey: r.IdempotencyKey,
+		Replica: r.Replica, Async: r.Async, Attempt: int(c.attempt), IdempotencyKey: r.IdempotencyKey,
 	}
 }
 
@@ -99,13 +127,13 @@ func (c *callContext) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.endedLocked()
-	return c.err
+	return c.ended.err()
 }
 
 // endedLocked reports whether c has ended, noting the parent's end or the
-// deadline's passing in c.err (and closing Done, if made); c.mu is held.
+// deadline's passing in c.ended (and closing Done, if made); c.mu is held.
 func (c *callContext) endedLocked() bool {
-	if c.err != nil {
+	if c.ended != running {
 		return true
 	}
 	if err := c.parent.Err(); err != nil {
@@ -115,11 +143,11 @@ func (c *callContext) endedLocked() bool {
 	} else if !c.req.Deadline.IsZero() && time.Until(c.req.Deadline) <= 0 {
 		c.endLocked(context.DeadlineExceeded)
 	}
-	return c.err != nil
+	return c.ended != running
 }
 
 func (c *callContext) endLocked(err error) {
-	c.err = err
+	c.ended = endedBy(err)
 	if c.done != nil {
 		close(c.done)
 	}
@@ -131,7 +159,7 @@ func (c *callContext) endLocked(err error) {
 func (c *callContext) cancel(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err == nil {
+	if c.ended == running {
 		c.endLocked(err)
 	}
 }

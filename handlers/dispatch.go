@@ -47,8 +47,8 @@ func (r *replica) track(dr *bus.DeliveredRequest) error {
 // Every other outcome, bad input included, is answered and acked.
 func (r *replica) handle(dr *bus.DeliveredRequest) error {
 	d := dr.Delivery
-	req := &Request{wire: dr.Request}
-	breq := &req.wire
+	req := &Request{wire: &dr.Request}
+	breq := req.wire
 	if err := dr.DecodeErr; err != nil {
 		return r.reject(dr, breq, fnmesh.Wrap(fnmesh.CodeInvalidArgument, err))
 	}

@@ -36,9 +36,10 @@ type Request struct {
 	arg    any
 	argErr error
 
-	// The request as it came, and the context of its first run: kept in
-	// the Request so that a request is one allocation, not three.
-	wire     bus.Request
+	// The request as it came (read from the bus, or the in-process
+	// caller's, which outlives the run), and the context of its first
+	// run, kept in the Request so that a request is one allocation.
+	wire     *bus.Request
 	firstRun callContext
 }
 
@@ -50,7 +51,7 @@ func (r *Request) Arg() (any, error) {
 	}
 	r.decoded = true
 	r.arg = r.fn.newArg()
-	if v := r.wire.Value; v != nil && r.fn.argPlain && r.fn.setArg(r.arg, v) {
+	if r.wire != nil && r.wire.Value != nil && r.fn.argPlain && r.fn.setArg(r.arg, r.wire.Value) {
 		return r.arg, nil // in-process: the caller's value, as JSON would give it
 	}
 	if len(r.Payload) > 0 {

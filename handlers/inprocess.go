@@ -112,8 +112,17 @@ func (s *Service) dispatch(ctx context.Context, req *bus.Request, deliver func(*
 	if n == 0 {
 		return ErrNotServedHere
 	}
-	hr := &Request{wire: *req}
-	hr.wire.Failed = nil
+	var hr *Request
+	if inline {
+		// The caller waits on this goroutine: the run reads its request.
+		hr = &Request{wire: req}
+	} else {
+		// The caller may give up and go on before the run ends: the run
+		// gets its own copy, in the same allocation.
+		o := &ownedRequest{own: *req}
+		o.own.Failed = nil
+		o.wire, hr = &o.own, &o.Request
+	}
 	if inline && ctx.Done() != nil {
 		hr.firstRun.caller = ctx // the run's context ends with the caller's
 	}
@@ -136,6 +145,12 @@ func (s *Service) dispatch(ctx context.Context, req *bus.Request, deliver func(*
 		return nil
 	}
 	return ErrNotServedHere
+}
+
+// ownedRequest is a Request with its own copy of the request it runs.
+type ownedRequest struct {
+	Request
+	own bus.Request
 }
 
 // admit counts a request in unless the entry is full or closed.
@@ -227,7 +242,7 @@ func (e *localEntry) wait(d time.Duration) bool {
 
 // serveLocal runs one in-process request to its end.
 func (r *replica) serveLocal(j localJob) {
-	breq := &j.req.wire
+	breq := j.req.wire
 	async := breq.ReplyTo == ""
 	result, value, err := r.runLocal(j.req, async)
 	if async || errors.Is(err, errHandedBack) {
@@ -260,7 +275,7 @@ func wireError(err error) *fnmesh.Error {
 // retried and dead-lettered as over the bus. A call's result of a plain
 // type comes back as its Go value instead (plainType).
 func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
-	breq := &req.wire
+	breq := req.wire
 	if len(breq.Payload) > r.svc.cfg.MaxPayloadBytes {
 		return nil, nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeInvalidArgument,
 			"arguments of %d bytes exceed the limit of %d", len(breq.Payload), r.svc.cfg.MaxPayloadBytes))
@@ -322,7 +337,7 @@ var errHandedBack = errors.New("handed to the bus")
 // it and answers the caller's inbox, where the caller waits.
 func (r *replica) handBack(breq *bus.Request) error {
 	req := *breq
-	req.Value = nil
+	req.Value, req.Failed = nil, nil
 	if err := r.bus.SendRequest(context.WithoutCancel(r.hardCtx), r.svc.name, &req); err != nil {
 		return fnmesh.Errorf(fnmesh.CodeUnavailable, "replica %s stopped before %s.%s finished, and the bus refused it: %v", r.id, r.svc.name, breq.Function, err)
 	}
