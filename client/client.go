@@ -131,8 +131,7 @@ type Client struct {
 	invoker  Invoker  // interceptors around send
 	admit    *admission
 	dir      *directory // nil: calls are not checked against the registry
-	// deliverFn is c.deliver, made once: Dispatch of an in-process call
-	// takes it.
+	// deliverFn is c.deliver, made once: the inbox hands it every reply.
 	deliverFn func(*bus.Reply)
 }
 
@@ -162,6 +161,21 @@ type waiter struct {
 	in     atomic.Pointer[waitShard] // the shard holding it, while waiting
 	ch     chan *bus.Reply           // the reply, or the failure to queue the request
 	failed func(error)               // w.fail, made once
+	// An in-process replica hands the reply straight to the waiter
+	// (direct, w.take, made once), not through the shard. Such a waiter
+	// goes back to the pool only once took is set: before, the replica
+	// may still hand it a reply, which must not reach the next call.
+	direct func(*bus.Reply)
+	took   atomic.Bool
+}
+
+// take is the reply of the waiter's in-process call.
+func (w *waiter) take(rep *bus.Reply) {
+	select {
+	case w.ch <- rep:
+	default: // it has one already: Close failed the call
+	}
+	w.took.Store(true) // last: the waiter may be reused from here on
 }
 
 // fail hands the call a failure to store its request (Request.Failed).
@@ -195,7 +209,7 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 	}
 	c.waiters.New = func() any {
 		w := &waiter{c: c, ch: make(chan *bus.Reply, 1)}
-		w.failed = w.fail
+		w.failed, w.direct = w.fail, w.take
 		return w
 	}
 	c.deliverFn = c.deliver
@@ -367,11 +381,12 @@ func (c *Client) Call(ctx context.Context, function string, in, out any, opts ..
 	if timeout <= 0 {
 		timeout = c.cfg.Timeout
 	}
-	inv.begun = time.Now()
-	inv.Deadline = inv.begun.Add(timeout)
+	begun := time.Now()
+	inv.Deadline = begun.Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(inv.Deadline) {
 		inv.Deadline = dl
 	}
+	inv.allowed = inv.Deadline.Sub(begun)
 	result, err := c.invoker(ctx, inv)
 	if o.info != nil {
 		*o.info = ReplyInfo{RequestID: inv.ID, Replica: inv.Replica}
@@ -474,51 +489,75 @@ func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Requ
 	w.id = req.ID
 	sh.m[req.ID] = w
 	sh.mu.Unlock()
+	inProcess := false
 	defer func() {
 		sh.mu.Lock()
 		delete(sh.m, req.ID)
 		w.id = ""
 		w.in.Store(nil)
 		sh.mu.Unlock()
+		if inProcess && !w.took.Load() {
+			return // its replica may still hand it the reply: not reused
+		}
 		select {
 		case <-w.ch: // a reply that came with the deadline
 		default:
 		}
+		w.took.Store(false)
 		c.waiters.Put(w)
 	}()
 
-	// The deadline bounds the whole call, the write to Redis included (the
-	// bus bounds a write it waits for by req.Deadline). A pooled timer,
-	// not a context per call: its timer, channel and context are most of
-	// what a call allocates on the caller's side.
-	deadline := deadlineTimers.Get().(*time.Timer)
-	deadline.Reset(time.Until(req.Deadline))
-	defer func() { deadline.Stop(); deadlineTimers.Put(deadline) }()
 	// The caller waits once, for the reply or for a failure to store the
 	// request, not first for the write and then for the reply.
 	req.Failed = w.failed
-	if local == nil || local.Dispatch(service, req, c.deliverFn) != nil {
+	// A call taken in-process is answered to w.direct; one handed to the
+	// bus later (its replica drained) is answered to the inbox, through
+	// the shard.
+	if inProcess = local != nil && local.Dispatch(ctx, service, req, w.direct) == nil; !inProcess {
 		if local != nil {
 			// Not taken in-process: it waits in the bus like any call.
 			if err := c.admit.admit(ctx, service); err != nil {
 				return nil, err
 			}
 		}
+		// The bus bounds a write it waits for by req.Deadline.
 		if err := c.publish(ctx, service, req); err != nil {
 			return nil, err
 		}
 	}
 	select {
-	case rep := <-w.ch:
-		if rep.Err != nil {
-			return rep, rep.Err
+	case rep := <-w.ch: // a call run on this goroutine (handlers.Inline)
+		if ctx.Err() != nil {
+			// Cancelled while it ran: the caller learns what it would
+			// have learnt waiting for a worker.
+			return nil, contextError(ctx, function)
 		}
-		return rep, nil
+		return replyOf(rep)
+	default:
+	}
+	// A pooled timer, not a context per call: its timer, channel and
+	// context are most of what a call allocates on the caller's side. It
+	// starts after the request is handed over, which the deadline bounds
+	// on its own, and only for a reply that is not here yet.
+	deadline := deadlineTimers.Get().(*time.Timer)
+	deadline.Reset(time.Until(req.Deadline))
+	defer func() { deadline.Stop(); deadlineTimers.Put(deadline) }()
+	select {
+	case rep := <-w.ch:
+		return replyOf(rep)
 	case <-deadline.C:
 		return nil, deadlineError(function)
 	case <-ctx.Done():
 		return nil, contextError(ctx, function)
 	}
+}
+
+// replyOf returns rep, and its error as the call's.
+func replyOf(rep *bus.Reply) (*bus.Reply, error) {
+	if rep.Err != nil {
+		return rep, rep.Err
+	}
+	return rep, nil
 }
 
 func errClosed() *fnmesh.Error { return fnmesh.NewError(fnmesh.CodeUnavailable, "client closed") }

@@ -21,20 +21,21 @@ type Invocation struct {
 	IdempotencyKey string          // may be empty
 	Deadline       time.Time       // zero for a Send without WithTimeout
 	Async          bool            // a Send
-	Replica        string          // set once a reply arrived: who ran it
+	// argsBorrowed: Args are the caller's own bytes (json.RawMessage or
+	// []byte), which an in-process replica must copy. (Here, in Async's
+	// padding: an Invocation fits 416 bytes.)
+	argsBorrowed bool
+	Replica      string // set once a reply arrived: who ran it
 
 	// wire is the request the innermost invoker sends, kept here so that
 	// a call is one allocation less. An Invocation is used by one
 	// goroutine at a time (an interceptor that retries calls next again
 	// after it returned).
 	wire bus.Request
-	// argsBorrowed: Args are the caller's own bytes (json.RawMessage or
-	// []byte), which an in-process replica must copy.
-	argsBorrowed bool
 	// argValue is the Go argument, resultValue the Go result of a call
 	// answered in-process (bus.Request.Value, bus.Reply.Value).
 	argValue, resultValue any
-	begun                 time.Time // when Call began
+	allowed               time.Duration // the time a Call was given, for the breaker
 }
 
 // Invoker carries an invocation on and returns the JSON result (nil for a

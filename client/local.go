@@ -22,8 +22,10 @@ type LocalServices interface {
 	// Dispatch hands req to a replica of service in this process and
 	// returns at once; the reply of a call goes to deliver, once. An
 	// error means no replica here can take req now (none, full, or
-	// draining): the client then sends req over the bus.
-	Dispatch(service string, req *bus.Request, deliver func(*bus.Reply)) error
+	// draining): the client then sends req over the bus. A call of a
+	// function that runs on its caller's goroutine (handlers.Inline)
+	// returns once deliver has its reply; ctx, the caller's, cancels it.
+	Dispatch(ctx context.Context, service string, req *bus.Request, deliver func(*bus.Reply)) error
 }
 
 // local returns where inv runs in this process, or nil when it goes over
@@ -53,7 +55,7 @@ func (c *Client) sendLocal(ctx context.Context, inv *Invocation, l LocalServices
 		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", inv.Function, berr)
 	}
 	result, err := c.transportLocal(ctx, inv, l)
-	if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && inv.Deadline.Sub(inv.begun) < c.cfg.Breaker.MinTimeout {
+	if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && !inv.Async && inv.allowed < c.cfg.Breaker.MinTimeout {
 		done(errNotCounted) // the caller allowed too little time to tell
 	} else {
 		done(err)
@@ -62,7 +64,7 @@ func (c *Client) sendLocal(ctx context.Context, inv *Invocation, l LocalServices
 }
 
 func (c *Client) transportLocal(ctx context.Context, inv *Invocation, l LocalServices) (json.RawMessage, error) {
-	req := &inv.wire // Dispatch copies it
+	req := &inv.wire // Dispatch copies it, or runs it before it returns
 	*req = bus.Request{
 		ID: inv.ID, Function: inv.Name, Payload: inv.Args, Deadline: inv.Deadline, Token: inv.Token,
 		Caller: c.cfg.Name, TraceParent: inv.TraceParent, IdempotencyKey: inv.IdempotencyKey,
@@ -74,7 +76,7 @@ func (c *Client) transportLocal(ctx context.Context, inv *Invocation, l LocalSer
 		req.Payload = append([]byte(nil), req.Payload...)
 	}
 	if inv.Async {
-		if l.Dispatch(inv.Service, req, nil) == nil {
+		if l.Dispatch(ctx, inv.Service, req, nil) == nil {
 			return nil, nil
 		}
 		if err := c.admit.admit(ctx, inv.Service); err != nil {

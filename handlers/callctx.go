@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -14,15 +15,42 @@ import (
 // their context, so here the timer starts only when someone asks for
 // Done. Err reports the deadline as soon as it has passed either way.
 type callContext struct {
-	parent   context.Context
-	deadline time.Time // zero: the parent's
-	req      *Request  // for Info; its fields do not change during a run
-	attempt  int       // req.Attempt when the run began
+	parent context.Context
+	caller context.Context // nil, or an inline call's caller: its cancellation (not its values) ends the call
+	req    *Request        // for Info and its Deadline (zero: the parent's); its fields do not change during a run
 
-	mu   sync.Mutex
-	done chan struct{} // made by Done
-	err  error
-	stop func() // stops what Done started
+	done    chan struct{} // made by Done
+	stop    func()        // stops what Done started
+	mu      sync.Mutex
+	attempt int32 // req.Attempt when the run began
+	ended   ended // why c ended, once it has; under mu
+}
+
+// ended is why a callContext ended: its Err, one of the two a context
+// reports, kept in a byte (the context is part of every request).
+type ended uint8
+
+const (
+	running ended = iota
+	endedCanceled
+	endedDeadline
+)
+
+func endedBy(err error) ended {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return endedDeadline
+	}
+	return endedCanceled
+}
+
+func (e ended) err() error {
+	switch e {
+	case endedDeadline:
+		return context.DeadlineExceeded
+	case endedCanceled:
+		return context.Canceled
+	}
+	return nil
 }
 
 func newCallContext(parent context.Context, req *Request) *callContext {
@@ -33,24 +61,28 @@ func newCallContext(parent context.Context, req *Request) *callContext {
 
 // init sets up a callContext that was never used, for a run of req.
 func (c *callContext) init(parent context.Context, req *Request) {
-	c.parent, c.deadline, c.req, c.attempt = parent, req.Deadline, req, req.Attempt
+	c.parent, c.req, c.attempt = parent, req, int32(req.Attempt)
 }
+
+// own reports whether c ends by itself (a deadline, a caller), not only
+// with its parent.
+func (c *callContext) own() bool { return !c.req.Deadline.IsZero() || c.caller != nil }
 
 // info is the CallInfo of the run.
 func (c *callContext) info() CallInfo {
 	r := c.req
 	return CallInfo{
 		Service: r.Service, Function: r.Function, RequestID: r.ID, Caller: r.Caller,
-		Replica: r.Replica, Async: r.Async, Attempt: c.attempt, IdempotencyKey: r.IdempotencyKey,
+		Replica: r.Replica, Async: r.Async, Attempt: int(c.attempt), IdempotencyKey: r.IdempotencyKey,
 	}
 }
 
 func (c *callContext) Deadline() (time.Time, bool) {
 	pd, ok := c.parent.Deadline()
-	if c.deadline.IsZero() || ok && pd.Before(c.deadline) {
+	if c.req.Deadline.IsZero() || ok && pd.Before(c.req.Deadline) {
 		return pd, ok
 	}
-	return c.deadline, true
+	return c.req.Deadline, true
 }
 
 func (c *callContext) Value(key any) any {
@@ -62,7 +94,7 @@ func (c *callContext) Value(key any) any {
 }
 
 func (c *callContext) Done() <-chan struct{} {
-	if c.deadline.IsZero() {
+	if !c.own() {
 		return c.parent.Done()
 	}
 	c.mu.Lock()
@@ -75,38 +107,47 @@ func (c *callContext) Done() <-chan struct{} {
 		close(c.done)
 		return c.done
 	}
-	t := time.AfterFunc(time.Until(c.deadline), func() { c.cancel(context.DeadlineExceeded) })
 	stopParent := context.AfterFunc(c.parent, func() { c.cancel(c.parent.Err()) })
-	c.stop = func() { t.Stop(); stopParent() }
+	stopCaller := func() bool { return false }
+	if c.caller != nil {
+		stopCaller = context.AfterFunc(c.caller, func() { c.cancel(c.caller.Err()) })
+	}
+	stopTimer := func() bool { return false }
+	if !c.req.Deadline.IsZero() {
+		stopTimer = time.AfterFunc(time.Until(c.req.Deadline), func() { c.cancel(context.DeadlineExceeded) }).Stop
+	}
+	c.stop = func() { stopTimer(); stopParent(); stopCaller() }
 	return c.done
 }
 
 func (c *callContext) Err() error {
-	if c.deadline.IsZero() {
+	if !c.own() {
 		return c.parent.Err()
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.endedLocked()
-	return c.err
+	return c.ended.err()
 }
 
 // endedLocked reports whether c has ended, noting the parent's end or the
-// deadline's passing in c.err (and closing Done, if made); c.mu is held.
+// deadline's passing in c.ended (and closing Done, if made); c.mu is held.
 func (c *callContext) endedLocked() bool {
-	if c.err != nil {
+	if c.ended != running {
 		return true
 	}
 	if err := c.parent.Err(); err != nil {
 		c.endLocked(err)
-	} else if !time.Now().Before(c.deadline) {
+	} else if c.caller != nil && c.caller.Err() != nil {
+		c.endLocked(c.caller.Err())
+	} else if !c.req.Deadline.IsZero() && time.Until(c.req.Deadline) <= 0 {
 		c.endLocked(context.DeadlineExceeded)
 	}
-	return c.err != nil
+	return c.ended != running
 }
 
 func (c *callContext) endLocked(err error) {
-	c.err = err
+	c.ended = endedBy(err)
 	if c.done != nil {
 		close(c.done)
 	}
@@ -118,7 +159,7 @@ func (c *callContext) endLocked(err error) {
 func (c *callContext) cancel(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err == nil {
+	if c.ended == running {
 		c.endLocked(err)
 	}
 }
@@ -126,7 +167,7 @@ func (c *callContext) cancel(err error) {
 // end is called when the function has returned, as WithDeadline's cancel
 // would be: what it left waiting on its context is released.
 func (c *callContext) end() {
-	if !c.deadline.IsZero() {
+	if c.own() {
 		c.cancel(context.Canceled)
 	}
 }

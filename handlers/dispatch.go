@@ -47,8 +47,8 @@ func (r *replica) track(dr *bus.DeliveredRequest) error {
 // Every other outcome, bad input included, is answered and acked.
 func (r *replica) handle(dr *bus.DeliveredRequest) error {
 	d := dr.Delivery
-	req := &Request{wire: dr.Request}
-	breq := &req.wire
+	req := &Request{wire: &dr.Request}
+	breq := req.wire
 	if err := dr.DecodeErr; err != nil {
 		return r.reject(dr, breq, fnmesh.Wrap(fnmesh.CodeInvalidArgument, err))
 	}
@@ -206,7 +206,7 @@ var errFailed = errors.New("request failed")
 // when the first failed. A redelivery of the same entry (its replica
 // died) runs again unless it had finished.
 func (r *replica) runOnce(dr *bus.DeliveredRequest, f *function, req *Request, breq *bus.Request) error {
-	req.idem = idemRun{ctx: r.hardCtx, store: r.idem, owner: dr.Delivery.EntryID, window: r.svc.cfg.IdempotencyWindow}
+	req.idem = &idemRun{ctx: r.hardCtx, store: r.idem, owner: dr.Delivery.EntryID, window: r.svc.cfg.IdempotencyWindow}
 	hooks := outcomeHooks{
 		beforeFail:    func() { req.idem.settle(r.svc.name, r.log, false, nil) },
 		beforeSuccess: func(result []byte) { req.idem.settle(r.svc.name, r.log, true, result) },

@@ -22,6 +22,8 @@ type Request struct {
 	Caller   string    // caller's name, may be ""
 	Deadline time.Time // zero when the caller set none
 	Async    bool      // sent with Send: nobody waits for the result
+	decoded  bool      // Arg ran (here, not below: a Request fits 512 bytes)
+	ran      bool      // the first run began
 	Attempt  int       // 1 on the first run of this request
 	Replica  string    // replica running it
 	// TraceParent is the caller's W3C traceparent, "" if none.
@@ -29,17 +31,16 @@ type Request struct {
 	// IdempotencyKey is the caller's key for this request, "" if none.
 	IdempotencyKey string
 
-	fn      *function
-	idem    idemRun // set by the path that dispatches a request with a key
-	arg     any
-	argErr  error
-	decoded bool
+	fn     *function
+	idem   *idemRun // set by the path that dispatches a request with a key
+	arg    any
+	argErr error
 
-	// The request as it came, and the context of its first run: kept in
-	// the Request so that a request is one allocation, not three.
-	wire     bus.Request
+	// The request as it came (read from the bus, or the in-process
+	// caller's, which outlives the run), and the context of its first
+	// run, kept in the Request so that a request is one allocation.
+	wire     *bus.Request
 	firstRun callContext
-	ran      bool
 }
 
 // Arg decodes the payload into the function's argument type, once, and
@@ -50,7 +51,7 @@ func (r *Request) Arg() (any, error) {
 	}
 	r.decoded = true
 	r.arg = r.fn.newArg()
-	if v := r.wire.Value; v != nil && r.fn.argPlain && r.fn.setArg(r.arg, v) {
+	if r.wire != nil && r.wire.Value != nil && r.fn.argPlain && r.fn.setArg(r.arg, r.wire.Value) {
 		return r.arg, nil // in-process: the caller's value, as JSON would give it
 	}
 	if len(r.Payload) > 0 {
@@ -85,6 +86,7 @@ type function struct {
 	public   bool
 	requires []func(ctx context.Context, c security.Claims) error
 	retry    *RetryPolicy
+	inline   bool    // co-located calls run on the caller's goroutine
 	handler  Handler // the full chain, built by Run
 
 	// In-process calls pass arguments and results as Go values when
@@ -122,6 +124,17 @@ func RequireClaims(check func(ctx context.Context, c security.Claims) error) Fun
 func WithRetry(p RetryPolicy) FunctionOption {
 	return func(f *function) { f.retry = &p }
 }
+
+// Inline runs the function's co-located calls on the caller's own
+// goroutine, as a plain Go function call, instead of on a replica worker
+// (calls over the bus are not affected). Give it to a function that
+// returns promptly, and promptly once its context ends: in exchange for
+// less cost per call (no hand-off to a worker and back), its co-located
+// caller waits for it to return, also past the call's deadline. Every
+// other step is the same: token check, access rules, validation, the
+// deadline as the context's deadline, panics as internal, metrics and
+// traces, idempotency keys, Info. See docs/PLACEMENT.md.
+func Inline() FunctionOption { return func(f *function) { f.inline = true } }
 
 // Register adds fn to s under name. In and Out are JSON-encoded on the
 // wire; In's validator tags are checked before fn runs. Registering after

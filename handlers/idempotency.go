@@ -48,11 +48,11 @@ func idempotency(service string) Middleware {
 			if req.IdempotencyKey == "" {
 				return next.Serve(ctx, req)
 			}
-			g := &req.idem
-			if g.held { // a retry of the run that holds the key
+			g := req.idem
+			if g != nil && g.held { // a retry of the run that holds the key
 				return next.Serve(ctx, req)
 			}
-			if g.store == nil {
+			if g == nil || g.store == nil {
 				return nil, fnmesh.Errorf(fnmesh.CodeInternal, "%s.%s: idempotency key sent on a path that keeps no idempotency store", service, req.Function)
 			}
 			var subject string

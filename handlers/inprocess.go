@@ -66,6 +66,7 @@ type localEntry struct {
 type localJob struct {
 	req     *Request // its wire field holds the request as dispatched
 	deliver func(*bus.Reply)
+	inline  bool // run on its caller's goroutine
 }
 
 // Dispatch hands req, a request for s, to a replica of s running in this
@@ -74,29 +75,86 @@ type localJob struct {
 // It returns ErrNotServedHere when no replica here can take req now.
 // Dispatch copies req; the replica reads req.Payload until it delivers
 // the reply (a send: until it finishes), so the caller must not change it.
-func (s *Service) Dispatch(req *bus.Request, deliver func(*bus.Reply)) error {
+// ctx is the caller's: a request dispatched to a worker does not see it.
+//
+// A call of a function registered with Inline is the exception: it runs
+// on the calling goroutine, and Dispatch returns once deliver has its
+// reply (see DispatchInline).
+func (s *Service) Dispatch(ctx context.Context, req *bus.Request, deliver func(*bus.Reply)) error {
+	inline := false
+	if req.ReplyTo != "" {
+		f := s.funcs[req.Function] // read-only once a replica runs
+		inline = f != nil && f.inline
+	}
+	return s.dispatch(ctx, req, deliver, inline)
+}
+
+// DispatchInline is Dispatch running a call (req.ReplyTo set) of any of
+// s's functions on the calling goroutine, as a plain function call: it
+// returns once deliver has the reply, called on this goroutine before
+// DispatchInline returns. Every step a call takes on a replica worker is
+// taken (checks, chain, the deadline as the function's context deadline,
+// panics as internal, the replica's Concurrency bound and drain), and the
+// function's context ends also when ctx, the caller's, is cancelled (it
+// carries none of ctx's values). But the caller waits for the function
+// to return: a function that ignores its context holds its caller past
+// the deadline or the cancellation (the caller then gets
+// deadline_exceeded, or canceled from the client). Sends are dispatched as
+// by Dispatch.
+func (s *Service) DispatchInline(ctx context.Context, req *bus.Request, deliver func(*bus.Reply)) error {
+	return s.dispatch(ctx, req, deliver, req.ReplyTo != "")
+}
+
+func (s *Service) dispatch(ctx context.Context, req *bus.Request, deliver func(*bus.Reply), inline bool) error {
 	lr := &s.local
 	list := lr.entries()
 	n := len(list)
 	if n == 0 {
 		return ErrNotServedHere
 	}
-	hr := &Request{wire: *req}
-	hr.wire.Failed = nil
+	var hr *Request
+	if inline {
+		// The caller waits on this goroutine: the run reads its request.
+		hr = &Request{wire: req}
+	} else {
+		// The caller may give up and go on before the run ends: the run
+		// gets its own copy, in the same allocation.
+		o := &ownedRequest{own: *req}
+		o.own.Failed = nil
+		o.wire, hr = &o.own, &o.Request
+	}
+	if inline && ctx.Done() != nil {
+		hr.firstRun.caller = ctx // the run's context ends with the caller's
+	}
 	start := 0
 	if n > 1 {
 		start = int(lr.next.Add(1) % uint32(n))
 	}
 	for i := 0; i < n; i++ {
-		if list[(start+i)%n].take(localJob{req: hr, deliver: deliver}) {
-			return nil
+		e := list[(start+i)%n]
+		if !e.admit() {
+			continue
 		}
+		j := localJob{req: hr, deliver: deliver, inline: inline}
+		if inline {
+			e.r.serveLocal(j)
+			e.done()
+		} else {
+			e.jobs <- j // never blocks: jobs holds max
+		}
+		return nil
 	}
 	return ErrNotServedHere
 }
 
-// take queues j unless the entry is full or closed.
-func (e *localEntry) take(j localJob) bool {
+// ownedRequest is a Request with its own copy of the request it runs.
+type ownedRequest struct {
+	Request
+	own bus.Request
+}
+
+// admit counts a request in unless the entry is full or closed.
+func (e *localEntry) admit() bool {
 	if e.closed.Load() {
 		return false
 	}
@@ -104,11 +162,10 @@ func (e *localEntry) take(j localJob) bool {
 		e.done()
 		return false
 	}
-	e.jobs <- j // never blocks: jobs holds max
 	return true
 }
 
-// done counts a job finished (or one take gave up).
+// done counts a job finished (or one admit gave up).
 func (e *localEntry) done() {
 	if e.inflight.Add(-1) == 0 && e.closed.Load() {
 		select {
@@ -128,7 +185,7 @@ func (r *replica) startLocal() *localEntry {
 		go func() {
 			defer e.workers.Done()
 			// One channel, not a select with quit: wait closes jobs once
-			// no take can send on it.
+			// no dispatch can send on it.
 			for j := range e.jobs {
 				r.serveLocal(j)
 				e.done()
@@ -173,7 +230,7 @@ func (e *localEntry) wait(d time.Duration) bool {
 		}
 	}
 	if finished {
-		// No take sends any more: each that passed its first closed check
+		// No dispatch sends any more: each that passed admit's first closed check
 		// counted itself in inflight, which is 0, or sees closed on its
 		// second check.
 		close(e.quit)
@@ -185,11 +242,19 @@ func (e *localEntry) wait(d time.Duration) bool {
 
 // serveLocal runs one in-process request to its end.
 func (r *replica) serveLocal(j localJob) {
-	breq := &j.req.wire
+	breq := j.req.wire
 	async := breq.ReplyTo == ""
 	result, value, err := r.runLocal(j.req, async)
 	if async || errors.Is(err, errHandedBack) {
 		return
+	}
+	if j.inline && !breq.Deadline.IsZero() && time.Until(breq.Deadline) <= 0 {
+		// The function held its caller past the deadline: as a caller
+		// waiting for a worker's reply would have, it gets no outcome but
+		// the deadline's. (The function ran; a result it stored under an
+		// idempotency key stays, as over the bus.)
+		err = fnmesh.Errorf(fnmesh.CodeDeadlineExceeded, "no result from %s.%s within its deadline", r.svc.name, breq.Function)
+		result, value = nil, nil
 	}
 	rep := &bus.Reply{ID: breq.ID, Replica: r.id, Payload: result, Value: value}
 	if err != nil {
@@ -210,7 +275,7 @@ func wireError(err error) *fnmesh.Error {
 // retried and dead-lettered as over the bus. A call's result of a plain
 // type comes back as its Go value instead (plainType).
 func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
-	breq := &req.wire
+	breq := req.wire
 	if len(breq.Payload) > r.svc.cfg.MaxPayloadBytes {
 		return nil, nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeInvalidArgument,
 			"arguments of %d bytes exceed the limit of %d", len(breq.Payload), r.svc.cfg.MaxPayloadBytes))
@@ -222,7 +287,7 @@ func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
 	if f == nil {
 		return nil, nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeNotFound, "function %s.%s not found", r.svc.name, breq.Function))
 	}
-	if !breq.Deadline.IsZero() && !time.Now().Before(breq.Deadline) {
+	if !breq.Deadline.IsZero() && time.Until(breq.Deadline) <= 0 {
 		e := fnmesh.NewError(fnmesh.CodeDeadlineExceeded, "deadline passed before the request was run")
 		if async {
 			r.deadLetter(&bus.DeliveredRequest{Request: *breq}, e, 0)
@@ -272,7 +337,7 @@ var errHandedBack = errors.New("handed to the bus")
 // it and answers the caller's inbox, where the caller waits.
 func (r *replica) handBack(breq *bus.Request) error {
 	req := *breq
-	req.Value = nil
+	req.Value, req.Failed = nil, nil
 	if err := r.bus.SendRequest(context.WithoutCancel(r.hardCtx), r.svc.name, &req); err != nil {
 		return fnmesh.Errorf(fnmesh.CodeUnavailable, "replica %s stopped before %s.%s finished, and the bus refused it: %v", r.id, r.svc.name, breq.Function, err)
 	}
@@ -296,7 +361,7 @@ func encodeLocal(out any) ([]byte, error) {
 // requests that came over the bus. The key is settled before the caller
 // learns the outcome.
 func (r *replica) callOnceLocal(f *function, req *Request, breq *bus.Request) ([]byte, error) {
-	req.idem = idemRun{ctx: r.hardCtx, store: r.idem, owner: localOwner(breq), window: r.svc.cfg.IdempotencyWindow}
+	req.idem = &idemRun{ctx: r.hardCtx, store: r.idem, owner: localOwner(breq), window: r.svc.cfg.IdempotencyWindow}
 	out, err := r.callLocal(f, req)
 	if errors.Is(err, errStopping) {
 		req.idem.settle(r.svc.name, r.log, false, nil) // the bus replica takes the key

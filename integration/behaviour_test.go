@@ -31,5 +31,11 @@ func TestRedisColocatedBehaviour(t *testing.T) {
 	meshtest.RunColocated(t, func(t *testing.T) bus.Bus { return newRedisBus(t, bus.RedisConfig{}) }, false)
 }
 
+// And with every co-located call run on its caller's goroutine
+// (handlers.Inline).
+func TestRedisColocatedInlineBehaviour(t *testing.T) {
+	meshtest.RunColocatedInline(t, func(t *testing.T) bus.Bus { return newRedisBus(t, bus.RedisConfig{}) })
+}
+
 // busConfig is the bus configuration tests use unless they need another.
 func busConfig() bus.RedisConfig { return bus.RedisConfig{} }

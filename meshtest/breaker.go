@@ -162,6 +162,16 @@ func testClosedClient(t *testing.T, h *Harness) {
 	}()
 	<-entered // the call's request runs: the call waits for its reply
 	c.Close()
+	if h.Local != nil && h.Local.Inline {
+		// The call runs on its caller's goroutine: Close fails it once the
+		// function returns.
+		select {
+		case err := <-result:
+			t.Fatalf("inline call returned %v while its function still ran", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		release <- struct{}{}
+	}
 	select {
 	case err := <-result:
 		WantCode(t, err, fnmesh.CodeUnavailable)

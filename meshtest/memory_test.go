@@ -25,3 +25,8 @@ func TestMemoryColocatedBehaviour(t *testing.T) {
 func TestMemoryColocatedSendsBehaviour(t *testing.T) {
 	meshtest.RunColocated(t, func(t *testing.T) bus.Bus { return bus.NewMemory() }, true)
 }
+
+// And with every call run on its caller's goroutine (handlers.Inline).
+func TestMemoryColocatedInlineBehaviour(t *testing.T) {
+	meshtest.RunColocatedInline(t, func(t *testing.T) bus.Bus { return bus.NewMemory() })
+}

@@ -45,6 +45,15 @@ func RunColocated(t *testing.T, newBus NewBus, localSends bool) {
 	run(t, newBus, &Colocated{LocalSends: localSends})
 }
 
+// RunColocatedInline runs every behaviour test on the co-located path
+// with every call run on its caller's goroutine (handlers.Inline,
+// Service.DispatchInline): the same expectations, except where a test's
+// function ignores its context, which holds an inline caller until it
+// returns.
+func RunColocatedInline(t *testing.T, newBus NewBus) {
+	run(t, newBus, &Colocated{Inline: true})
+}
+
 func run(t *testing.T, newBus NewBus, colocated *Colocated) {
 	tests := []struct {
 		name string
@@ -99,7 +108,7 @@ func run(t *testing.T, newBus NewBus, colocated *Colocated) {
 			t.Parallel()
 			h := NewHarness(t, newBus(t))
 			if colocated != nil {
-				h.Local = &Colocated{LocalSends: colocated.LocalSends}
+				h.Local = &Colocated{LocalSends: colocated.LocalSends, Inline: colocated.Inline}
 			}
 			tc.fn(t, h)
 		})
@@ -119,6 +128,7 @@ type Harness struct {
 // Colocated is the set of services a Harness hosts in-process.
 type Colocated struct {
 	LocalSends bool // clients also send in-process
+	Inline     bool // calls run on their caller's goroutine
 	mu         sync.Mutex
 	services   map[string]*handlers.Service
 }
@@ -142,12 +152,15 @@ func (c *Colocated) get(service string) *handlers.Service {
 func (c *Colocated) Hosts(service string) bool { return c.get(service) != nil }
 
 // Dispatch implements client.LocalServices.
-func (c *Colocated) Dispatch(service string, req *bus.Request, deliver func(*bus.Reply)) error {
+func (c *Colocated) Dispatch(ctx context.Context, service string, req *bus.Request, deliver func(*bus.Reply)) error {
 	svc := c.get(service)
 	if svc == nil {
 		return handlers.ErrNotServedHere
 	}
-	return svc.Dispatch(req, deliver)
+	if c.Inline {
+		return svc.DispatchInline(ctx, req, deliver)
+	}
+	return svc.Dispatch(ctx, req, deliver)
 }
 
 // NewHarness wraps b; b is closed when the test ends.

@@ -116,12 +116,12 @@ func (p *Process) Hosted() []string { return slices.Clone(p.names) }
 func (p *Process) Hosts(service string) bool { return p.hosted[service] != nil }
 
 // Dispatch implements client.LocalServices.
-func (p *Process) Dispatch(service string, req *bus.Request, deliver func(*bus.Reply)) error {
+func (p *Process) Dispatch(ctx context.Context, service string, req *bus.Request, deliver func(*bus.Reply)) error {
 	s := p.hosted[service]
 	if s == nil {
 		return handlers.ErrNotServedHere
 	}
-	return s.Dispatch(req, deliver)
+	return s.Dispatch(ctx, req, deliver)
 }
 
 // Run runs one replica of each hosted service on b until ctx ends, then

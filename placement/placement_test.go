@@ -326,3 +326,37 @@ func TestHostedServiceSkipsTheRegistryCheck(t *testing.T) {
 		t.Fatalf("call from a client that does not host math: %v, want not_found from the registry check", err)
 	}
 }
+
+// A reply that comes after its call gave up (the function outlived the
+// deadline) never reaches a later call of the same client: each gets
+// its own result.
+func TestLateInProcessReplyReachesNoOtherCall(t *testing.T) {
+	b := bus.NewMemory()
+	t.Cleanup(func() { b.Close() })
+	svc := handlers.NewService("echo", handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(svc, "echo", func(_ context.Context, in struct{ N, SleepMS int }) (int, error) {
+		time.Sleep(time.Duration(in.SleepMS) * time.Millisecond) // ignores its context
+		return in.N, nil
+	})
+	p, err := placement.New(placement.Config{}, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p, b)
+	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for round := 0; round < 5; round++ {
+		late := -1 - round
+		meshtest.WantCode(t, c.Call(context.Background(), "echo.echo", struct{ N, SleepMS int }{late, 30}, nil, client.WithTimeout(5*time.Millisecond)), fnmesh.CodeDeadlineExceeded)
+		until := time.Now().Add(60 * time.Millisecond) // past the late reply
+		for i := 0; time.Now().Before(until); i++ {
+			var got int
+			if err := c.Call(context.Background(), "echo.echo", struct{ N, SleepMS int }{i, 0}, &got); err != nil || got != i {
+				t.Fatalf("call %d got %d, %v (the late reply was %d)", i, got, err, late)
+			}
+		}
+	}
+}

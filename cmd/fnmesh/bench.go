@@ -32,9 +32,11 @@ func benchCommand() *cli.Command {
 			"flight (--concurrency) and prints calls/s and latency per replica count; with\n" +
 			"--rounds N it measures the counts N times in turn and prints the medians.\n\n" +
 			"--mode local compares, in one run, a Go function called directly, the same\n" +
-			"function co-located (in-process through the mesh) without and with an HS256\n" +
-			"token, and over the in-memory bus: p50 of sequential calls, calls/s with\n" +
-			"--concurrency in flight, and process CPU per call.",
+			"function co-located (in-process through the mesh: on a replica worker, the\n" +
+			"default, and on the caller's goroutine, handlers.Inline) without and with an\n" +
+			"HS256 token, and over the in-memory bus: p50 of sequential calls, calls/s\n" +
+			"with --concurrency in flight, ratios to the bus, and process CPU and\n" +
+			"allocations per call.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "mode", Value: "call", Usage: strings.Join(benchModes, ", ")},
 			&cli.StringFlag{Name: "work", Value: "io", Usage: "scale mode: what the function does, io (waits 20 ms) or cpu (hashes)"},
@@ -170,6 +172,17 @@ func runLocal(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	o := bench.Options{Concurrency: c.Int("concurrency"), Duration: c.Duration("duration"), Sequential: c.Int("n")}
+	if path := c.String("cpuprofile"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rounds, med, err := bench.RunLocal(ctx, o, c.Int("rounds"))
 	if err != nil {
 		return err
