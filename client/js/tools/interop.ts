@@ -1,6 +1,6 @@
 // A Node replica or caller for the Go interop tests (integration/interop_test.go).
 //
-//   node dist/tools/interop.js serve SERVICE REPLICA [--secret S] [--concurrency N]
+//   node dist/tools/interop.js serve SERVICE REPLICA [--secret S] [--concurrency N] [--claim-idle SECONDS]
 //     serves who, sleep, add, div, fail, boom, me, admin (role admin), ping
 //     (public) and record; prints "ready REPLICA" once in the group, and on
 //     SIGTERM drains and prints "stopped REPLICA".
@@ -67,6 +67,7 @@ async function runServe(service: string, replicaId: string, args: string[]): Pro
       url: process.env.REDIS_URL,
       replicaId,
       concurrency: Number(flag(args, "--concurrency") ?? 64),
+      ...(flag(args, "--claim-idle") ? { claimIdleMs: Math.round(Number(flag(args, "--claim-idle")) * 1000) } : {}),
       ...(secret ? { auth: { hmacSecret: secret } } : { allowUnauthenticated: true }),
       logger: { debug() {}, info() {}, warn: (m, a) => console.error("warn", m, a ?? ""), error: (m, a) => console.error("error", m, a ?? "") },
     },
