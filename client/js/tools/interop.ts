@@ -5,6 +5,8 @@
 //     (public) and record; prints "ready REPLICA" once in the group, and on
 //     SIGTERM drains and prints "stopped REPLICA".
 //   node dist/tools/interop.js call FN JSON [--timeout MS] [--token T]
+//     prints the outcome as JSON, with the process's peak RSS once
+//     connected (rss_before_kb) and after the call (rss_peak_kb)
 //   node dist/tools/interop.js send FN JSON [--token T]
 //     print one JSON line: {"ok":true,"result":...,"replica":...} or
 //     {"ok":false,"code":...,"message":...,"fields":[...]}.
@@ -84,19 +86,22 @@ async function runServe(service: string, replicaId: string, args: string[]): Pro
 
 async function runCaller(mode: "call" | "send", fn: string, json: string, args: string[]): Promise<void> {
   const client = await connect({ url: process.env.REDIS_URL, name: "node-interop" });
+  // Peak RSS (KB) once connected, and after the call: tests bound what a call costs.
+  const rss = { rss_before_kb: process.resourceUsage().maxRSS };
+  const peak = () => ({ ...rss, rss_peak_kb: process.resourceUsage().maxRSS });
   try {
     const token = flag(args, "--token");
     const timeout = flag(args, "--timeout");
     const parsed = json === "" ? undefined : JSON.parse(json);
     if (mode === "send") {
-      line({ ok: true, id: await client.send(fn, parsed, { token }) });
+      line({ ok: true, id: await client.send(fn, parsed, { token }), ...peak() });
       return;
     }
     const out = await client.callWithInfo(fn, parsed, { token, timeoutMs: timeout ? Number(timeout) : undefined });
-    line({ ok: true, result: out.result, replica: out.replica, id: out.id });
+    line({ ok: true, result: out.result, replica: out.replica, id: out.id, ...peak() });
   } catch (err) {
     if (!(err instanceof FnmeshError)) throw err;
-    line({ ok: false, code: err.code, message: err.message, fields: err.fields });
+    line({ ok: false, code: err.code, message: err.message, fields: err.fields, ...peak() });
   } finally {
     await client.close();
   }
