@@ -558,8 +558,8 @@ func (br *blockingReader) failed(err error) {
 				br.movedTo = addr
 			}
 		}
-		moved = strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ") ||
-			strings.HasPrefix(msg, "CLUSTERDOWN") || strings.HasPrefix(msg, "UNBLOCKED")
+		// UNBLOCKED: a blocked read on a master that became a replica.
+		moved = redirected(err) || strings.HasPrefix(msg, "UNBLOCKED")
 	}
 	if isRedisError(err) && !lostMaster(err) && !moved {
 		return
