@@ -301,8 +301,8 @@ func (r *Redis) isClosed() bool {
 // header: to the one server (or Sentinel master), or in a cluster to the
 // master that owns the slot of the key read, found again when the slot
 // moves. Where a wire.Conn cannot repeat the client's set-up (an
-// OnConnect hook, streaming credentials, a client passed in), it reads
-// through go-redis, whole.
+// OnConnect hook, streaming credentials, a Sentinel client passed in), it
+// reads through go-redis, whole.
 type blockingReader struct {
 	redis.UniversalClient
 	owner *Redis

@@ -66,8 +66,8 @@ func NewEntry(id string, fieldsAndValues ...string) Entry {
 	return Entry{ID: id, fields: c.b, n: c.n}
 }
 
-// FromXMessage makes an entry of a message go-redis parsed (a cluster's
-// typed reads).
+// FromXMessage makes an entry of a message go-redis parsed (reads through
+// go-redis, where a wire.Conn cannot repeat a client's set-up).
 func FromXMessage(x redis.XMessage) Entry {
 	e := Entry{ID: x.ID, Gone: x.Values == nil}
 	var c Cmd
