@@ -293,21 +293,30 @@ func (r *Redis) isClosed() bool {
 	}
 }
 
-// blockingReader is a client of one connection for blocking reads
-// (XREADGROUP/XREAD BLOCK), which a context cannot interrupt (go-redis
-// #2556). unblock ends a waiting read with CLIENT UNBLOCK; close closes
-// the connection. On a single node it reads on a wire.Conn of its own
-// (readRaw). A cluster reader has one connection per node it has read
-// from (a stream moves with its slot on failover or resharding).
+// blockingReader is a client of one connection for stream reads
+// (XREADGROUP/XREAD BLOCK, which a context cannot interrupt: go-redis
+// #2556; and XAUTOCLAIM). unblock ends a waiting read with CLIENT
+// UNBLOCK; close closes the connection. It reads on a wire.Conn of its
+// own (readRaw), which cuts fields above maxField short from their length
+// header: to the one server (or Sentinel master), or in a cluster to the
+// master that owns the slot of the key read, found again when the slot
+// moves. Where a wire.Conn cannot repeat the client's set-up (an
+// OnConnect hook, streaming credentials, a Sentinel client passed in), it
+// reads through go-redis, whole.
 type blockingReader struct {
 	redis.UniversalClient
 	owner *Redis
 	own   bool // false: shares the bus's client (unknown kind)
 
-	// On one server (or a Sentinel master) reads go on a wire.Conn: the
-	// read loop writes the command and reads the reply's RESP itself
-	// (readRaw). dialer is nil otherwise.
+	// Reads go on a wire.Conn: the read loop writes the command and reads
+	// the reply's RESP itself (readRaw). On one server (or a Sentinel
+	// master) dialer dials it; in a cluster, cluster (the bus's client)
+	// finds the master of the key and a dialer is made from that node's
+	// options. Both are nil when reads go through go-redis.
 	dialer   *wire.Dialer
+	cluster  *redis.ClusterClient
+	movedTo  string     // a cluster's MOVED target, dialled next
+	wireAddr string     // the node wire is connected to ("" for one server)
 	wire     *wire.Conn // set by the read loop, under mu
 	cmd      wire.Cmd   // the read loop's command buffer
 	maxField int        // above 0: the longest field read whole (GroupConfig.MaxFieldBytes)
@@ -364,6 +373,13 @@ func (r *Redis) newBlockingReader() *blockingReader {
 		opt := *c.Options()
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
 		opt.Protocol, opt.ReadTimeout = 2, r.readerTimeout(opt.ReadTimeout)
+		if opt.OnConnect == nil && opt.StreamingCredentialsProvider == nil {
+			// Raw reads on a wire.Conn to the key's master, dialled as the
+			// bus's client for that node would be (dialerFor); the bus's
+			// client gives the slot map, and is not closed by close.
+			br.cluster, br.UniversalClient = c, c
+			break
+		}
 		newNode := opt.NewClient
 		opt.NewClient = func(o *redis.Options) *redis.Client {
 			o.OnConnect = chainOnConnect(o.OnConnect, onConnect(o.Addr))
@@ -400,7 +416,7 @@ func (br *blockingReader) readGroup(ctx context.Context, consumer, key, start st
 		c.Arg(Group)
 		c.Arg(consumer)
 		c.ReadTail(count, block, key, start)
-		return br.readRaw(ctx)
+		return br.readRaw(ctx, key)
 	}
 	res, err := br.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: Group, Consumer: consumer, Streams: []string{key, start}, Count: count, Block: block,
@@ -416,22 +432,66 @@ func (br *blockingReader) read(ctx context.Context, key, last string, count int6
 		c.Reset()
 		c.Arg("xread")
 		c.ReadTail(count, block, key, last)
-		return br.readRaw(ctx)
+		return br.readRaw(ctx, key)
 	}
 	res, err := br.XRead(ctx, &redis.XReadArgs{Streams: []string{key, last}, Count: count, Block: block}).Result()
 	return fromXStreams(res), err
 }
 
-// raw reports whether reads go on a wire.Conn and parse RESP themselves:
-// on a client of our own for one server (or a Sentinel master). A cluster
-// reads typed: go-redis must see MOVED and ASK replies to follow slots.
-func (br *blockingReader) raw() bool { return br.dialer != nil }
+// autoClaim takes over up to count entries of key idle for minIdle
+// (XAUTOCLAIM key fnmesh consumer minIdle start COUNT count) and returns
+// them with the cursor to start from next time.
+func (br *blockingReader) autoClaim(ctx context.Context, consumer, key string, minIdle time.Duration, start string, count int64) ([]wire.Entry, string, error) {
+	if !br.raw() {
+		msgs, next, err := br.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+			Stream: key, Group: Group, Consumer: consumer, MinIdle: minIdle, Start: start, Count: count,
+		}).Result()
+		es := make([]wire.Entry, len(msgs))
+		for i, x := range msgs {
+			es[i] = wire.FromXMessage(x)
+		}
+		return es, next, err
+	}
+	c := &br.cmd
+	c.Reset()
+	c.Arg("xautoclaim")
+	c.Arg(key)
+	c.Arg(Group)
+	c.Arg(consumer)
+	c.ArgInt(minIdle.Milliseconds())
+	c.Arg(start)
+	c.Arg("count")
+	c.ArgInt(count)
+	raw, err := br.exchange(ctx, key)
+	if err != nil {
+		return nil, "", err
+	}
+	return wire.ParseAutoClaimReply(raw)
+}
 
-// readRaw runs the stream read in br.cmd and parses its reply (wire.ParseStreamReply):
+// raw reports whether reads go on a wire.Conn and parse RESP themselves.
+func (br *blockingReader) raw() bool { return br.dialer != nil || br.cluster != nil }
+
+// readRaw runs the stream read in br.cmd on key and parses its reply (wire.ParseStreamReply):
 // one buffer per reply, which the entries read from it share.
-func (br *blockingReader) readRaw(ctx context.Context) ([]wire.Entry, error) {
+func (br *blockingReader) readRaw(ctx context.Context, key string) ([]wire.Entry, error) {
+	raw, err := br.exchange(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return wire.ParseStreamReply(raw)
+}
+
+// exchange runs the command in br.cmd on the connection to key's node,
+// dialled first if there is none, and returns its reply, fields above
+// maxField cut short.
+func (br *blockingReader) exchange(ctx context.Context, key string) ([]byte, error) {
 	if br.wire == nil {
-		w, err := br.dialer.Dial(ctx)
+		d, addr, err := br.dialerFor(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		w, err := d.Dial(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -441,19 +501,39 @@ func (br *blockingReader) readRaw(ctx context.Context) ([]wire.Entry, error) {
 			w.Close()
 			return nil, ErrClosed
 		}
-		br.wire = w
-		br.ids[""] = w.ID() // for CLIENT UNBLOCK
+		br.wire, br.wireAddr = w, addr
+		br.ids[addr] = w.ID() // for CLIENT UNBLOCK
 		br.mu.Unlock()
 	}
 	maxField := wire.MaxBulkLen
 	if br.maxField > 0 {
 		maxField = br.maxField
 	}
-	raw, err := br.wire.Exchange(br.cmd.Bytes(), maxField)
-	if err != nil {
-		return nil, err
+	return br.wire.Exchange(br.cmd.Bytes(), maxField)
+}
+
+// dialerFor returns how to dial the node that serves key, and its
+// address ("" for one server): in a cluster, the address of the last
+// MOVED reply, or else the key's master in the slot map, with that node
+// client's options (TLS, credentials, timeouts).
+func (br *blockingReader) dialerFor(ctx context.Context, key string) (*wire.Dialer, string, error) {
+	if br.cluster == nil {
+		return br.dialer, "", nil
 	}
-	return wire.ParseStreamReply(raw)
+	node, err := br.cluster.MasterForKey(ctx, key)
+	if err != nil {
+		return nil, "", err
+	}
+	opt := *node.Options()
+	opt.ReadTimeout = br.owner.readerTimeout(opt.ReadTimeout)
+	if br.movedTo != "" {
+		opt.Addr, br.movedTo = br.movedTo, ""
+	}
+	d := wire.NewDialer(opt)
+	if d == nil {
+		return nil, "", fmt.Errorf("bus: cannot dial cluster node %s as its client does", opt.Addr)
+	}
+	return d, opt.Addr, nil
 }
 
 func fromXStreams(res []redis.XStream) []wire.Entry {
@@ -467,15 +547,31 @@ func fromXStreams(res []redis.XStream) []wire.Entry {
 }
 
 // failed drops the reader's connection after a network error (or a
-// master that is no longer one); the next read dials a new one.
+// master that is no longer one, or in a cluster a slot that moved); the
+// next read dials a new one. In a cluster the slot map is read again.
 func (br *blockingReader) failed(err error) {
-	if isRedisError(err) && !lostMaster(err) {
+	moved := false
+	if br.cluster != nil {
+		msg := err.Error()
+		if addr, ok := strings.CutPrefix(msg, "MOVED "); ok {
+			if _, addr, ok = strings.Cut(addr, " "); ok {
+				br.movedTo = addr
+			}
+		}
+		// UNBLOCKED: a blocked read on a master that became a replica.
+		moved = redirected(err) || strings.HasPrefix(msg, "UNBLOCKED")
+	}
+	if isRedisError(err) && !lostMaster(err) && !moved {
 		return
+	}
+	if br.cluster != nil && !errors.Is(err, ErrClosed) {
+		br.cluster.ReloadState(context.Background())
 	}
 	if br.wire != nil {
 		br.mu.Lock()
 		br.wire.Close()
 		br.wire = nil
+		delete(br.ids, br.wireAddr)
 		br.mu.Unlock()
 	}
 }
@@ -525,7 +621,7 @@ func (br *blockingReader) close() {
 		br.wire.Close() // ends a read still in progress
 	}
 	br.mu.Unlock()
-	if br.own {
+	if br.own && br.cluster == nil {
 		br.UniversalClient.Close()
 	}
 }

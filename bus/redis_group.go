@@ -80,9 +80,13 @@ func (s *redisGroupSubscriber) subscribe(ctx context.Context, topic string, requ
 	}
 	reader, ahead := s.r.newBlockingReader(), s.r.newBlockingReader()
 	reader.maxField, ahead.maxField = s.cfg.MaxFieldBytes, s.cfg.MaxFieldBytes
+	// XAUTOCLAIM on a connection of its own, as bounded as the readers':
+	// theirs are held by their blocking reads.
+	claimer := s.r.newBlockingReader()
+	claimer.maxField = s.cfg.MaxFieldBytes
 	ctx, cancel := context.WithCancel(ctx)
 	sub := &groupSubscription{
-		s: s, topic: topic, reader: reader, ahead: ahead, ctx: ctx,
+		s: s, topic: topic, reader: reader, ahead: ahead, claimer: claimer, ctx: ctx,
 		freed: make(chan struct{}, 1), freedAhead: make(chan struct{}, 1),
 		// Entries in it hold slots, so it never needs more room.
 		again:       make(chan delivery, s.cfg.Concurrency),
@@ -96,7 +100,7 @@ func (s *redisGroupSubscriber) subscribe(ctx context.Context, topic string, requ
 		sub.out = make(chan *message.Message)
 	}
 	s.mu.Lock()
-	s.readers = append(s.readers, reader, ahead)
+	s.readers = append(s.readers, reader, ahead, claimer)
 	s.cancels = append(s.cancels, cancel)
 	s.subs = append(s.subs, sub)
 	s.mu.Unlock()
@@ -146,11 +150,12 @@ func (s *redisGroupSubscriber) Close() error {
 }
 
 type groupSubscription struct {
-	s      *redisGroupSubscriber
-	topic  string
-	reader *blockingReader
-	ahead  *blockingReader // readAhead's
-	ctx    context.Context // the subscription's: ends when it closes
+	s       *redisGroupSubscriber
+	topic   string
+	reader  *blockingReader
+	ahead   *blockingReader // readAhead's
+	claimer *blockingReader // the claim loop's
+	ctx     context.Context // the subscription's: ends when it closes
 	// One of out and requests is the output; only readLoop sends on it.
 	out      chan *message.Message
 	requests chan *DeliveredRequest

@@ -7,9 +7,6 @@ import (
 	"context"
 	"strings"
 	"time"
-
-	"github.com/fnmesh/fnmesh/internal/wire"
-	"github.com/redis/go-redis/v9"
 )
 
 // claimLoop takes over entries other replicas left idle for ClaimIdle:
@@ -46,11 +43,9 @@ func (g *groupSubscription) claim(ctx context.Context, cursor string) string {
 	if free <= 0 {
 		return cursor
 	}
-	msgs, next, err := g.s.r.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-		Stream: g.topic, Group: Group, Consumer: g.s.cfg.Consumer,
-		MinIdle: g.s.r.cfg.ClaimIdle, Start: cursor, Count: int64(free),
-	}).Result()
+	msgs, next, err := g.claimer.autoClaim(ctx, g.s.cfg.Consumer, g.topic, g.s.r.cfg.ClaimIdle, cursor, int64(free))
 	if err != nil {
+		g.claimer.failed(err)
 		if strings.HasPrefix(err.Error(), "NOGROUP") {
 			g.s.r.ensureGroup(ctx, g.topic)
 		}
@@ -65,8 +60,7 @@ func (g *groupSubscription) claim(ctx context.Context, cursor string) string {
 	}
 	counts := g.deliveryCounts(ctx, ids)
 	queued := false
-	for _, xm := range msgs {
-		x := wire.FromXMessage(xm)
+	for _, x := range msgs {
 		if x.Gone {
 			g.s.r.comb.ack(g.topic, x.ID)
 			continue

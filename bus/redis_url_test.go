@@ -123,7 +123,8 @@ func TestNewRedisRejectsBadURL(t *testing.T) {
 }
 
 // The blocking reader gets a connection of its own for every topology it
-// can copy options from.
+// can copy options from, read raw (bounded); a cluster reader dials the
+// key's master itself and takes the slot map from the bus's client.
 func TestBlockingReaderPerTopology(t *testing.T) {
 	for _, raw := range []string{"redis://127.0.0.1:1", "redis+cluster://127.0.0.1:1", "redis+sentinel://127.0.0.1:1?master_name=m"} {
 		b, err := NewRedis(RedisConfig{URL: raw})
@@ -131,8 +132,11 @@ func TestBlockingReaderPerTopology(t *testing.T) {
 			t.Fatal(err)
 		}
 		br := b.newBlockingReader()
-		if !br.own || br.UniversalClient == b.rdb {
-			t.Errorf("%s: the blocking reader shares the bus's client", raw)
+		if !br.own || !br.raw() {
+			t.Errorf("%s: the blocking reader does not read on a connection of its own", raw)
+		}
+		if cluster := strings.HasPrefix(raw, "redis+cluster"); cluster != (br.cluster != nil) || cluster != (br.UniversalClient == b.rdb) {
+			t.Errorf("%s: the blocking reader's client is the bus's: %v", raw, br.UniversalClient == b.rdb)
 		}
 		switch c := br.UniversalClient.(type) {
 		case *redis.Client:
@@ -142,10 +146,6 @@ func TestBlockingReaderPerTopology(t *testing.T) {
 			// A Sentinel bus's reader is a failover client of its own.
 			if sentinel := strings.HasPrefix(raw, "redis+sentinel"); sentinel != (c.Options().Addr == "FailoverClient") {
 				t.Errorf("%s: reader dials %s", raw, c.Options().Addr)
-			}
-		case *redis.ClusterClient:
-			if c.Options().PoolSize != 1 {
-				t.Errorf("%s: reader pool %d", raw, c.Options().PoolSize)
 			}
 		}
 		br.close()

@@ -55,7 +55,7 @@ func nodeJS(t testing.TB) string {
 
 // startNodeReplica starts a Node replica (client/js/tools/interop.ts) of
 // service and waits until it has joined the group. args: --secret S,
-// --concurrency N.
+// --concurrency N, --claim-idle SECONDS.
 func startNodeReplica(t testing.TB, service, replica string, args ...string) *foreignReplica {
 	t.Helper()
 	argv := append([]string{"node", filepath.Join(nodeJS(t), "dist", "tools", "interop.js"), "serve", service, replica}, args...)

@@ -66,8 +66,8 @@ func NewEntry(id string, fieldsAndValues ...string) Entry {
 	return Entry{ID: id, fields: c.b, n: c.n}
 }
 
-// FromXMessage makes an entry of a message go-redis parsed (a cluster's
-// typed reads).
+// FromXMessage makes an entry of a message go-redis parsed (reads through
+// go-redis, where a wire.Conn cannot repeat a client's set-up).
 func FromXMessage(x redis.XMessage) Entry {
 	e := Entry{ID: x.ID, Gone: x.Values == nil}
 	var c Cmd
@@ -103,46 +103,81 @@ func ParseStreamReply(raw []byte) ([]Entry, error) {
 		if _, _, err := r.bulk(); err != nil { // the key
 			return nil, err
 		}
-		m, err := r.arrayLen()
+		if out, err = r.entries(out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// ParseAutoClaimReply reads an XAUTOCLAIM reply (RESP2: the next cursor,
+// the entries taken over as XREADGROUP returns them, the ids of entries
+// deleted meanwhile); an error reply returns it as a redis error.
+func ParseAutoClaimReply(raw []byte) (entries []Entry, next string, err error) {
+	r := reader{b: raw}
+	n, err := r.arrayLen()
+	if err != nil {
+		return nil, "", err
+	}
+	if n < 2 {
+		return nil, "", r.fail("XAUTOCLAIM reply", nil)
+	}
+	if next, _, err = r.bulk(); err != nil {
+		return nil, "", err
+	}
+	if entries, err = r.entries(nil); err != nil {
+		return nil, "", err
+	}
+	return entries, next, nil
+}
+
+// entries appends to out the entries of an array of [id, fields] pairs.
+// A pair that is a null (XAUTOCLAIM on Redis 6.2: an entry deleted
+// meanwhile) is skipped.
+func (r *reader) entries(out []Entry) ([]Entry, error) {
+	m, err := r.arrayLen()
+	if err != nil {
+		return nil, err
+	}
+	if out == nil && m > 0 {
+		out = make([]Entry, 0, m)
+	}
+	for i := 0; i < m; i++ {
+		k, err := r.arrayLen()
+		if k < 0 && err == nil {
+			continue
+		}
+		if err != nil || k != 2 {
+			return nil, r.fail("entry pair", err)
+		}
+		id, _, err := r.bulk()
 		if err != nil {
 			return nil, err
 		}
-		if out == nil && m > 0 {
-			out = make([]Entry, 0, m)
+		f, err := r.arrayLen()
+		if err != nil {
+			return nil, err
 		}
-		for i := 0; i < m; i++ {
-			if k, err := r.arrayLen(); err != nil || k != 2 {
-				return nil, r.fail("entry pair", err)
-			}
-			id, _, err := r.bulk()
-			if err != nil {
-				return nil, err
-			}
-			f, err := r.arrayLen()
-			if err != nil {
-				return nil, err
-			}
-			e := Entry{ID: id}
-			if f < 0 {
-				e.Gone = true
-			} else {
-				start := r.i
-				name := ""
-				for j := 0; j < f; j++ {
-					s, _, size, err := r.bulkSized()
-					if err != nil {
-						return nil, err
-					}
-					if j%2 == 0 {
-						name = s
-					} else if size >= 0 && e.TooLarge == "" {
-						e.TooLarge = name + " " + strconv.Itoa(size)
-					}
+		e := Entry{ID: id}
+		if f < 0 {
+			e.Gone = true
+		} else {
+			start := r.i
+			name := ""
+			for j := 0; j < f; j++ {
+				s, _, size, err := r.bulkSized()
+				if err != nil {
+					return nil, err
 				}
-				e.fields, e.n = r.b[start:r.i:r.i], f
+				if j%2 == 0 {
+					name = s
+				} else if size >= 0 && e.TooLarge == "" {
+					e.TooLarge = name + " " + strconv.Itoa(size)
+				}
 			}
-			out = append(out, e)
+			e.fields, e.n = r.b[start:r.i:r.i], f
 		}
+		out = append(out, e)
 	}
 	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -38,6 +39,46 @@ func TestParseStreamReply(t *testing.T) {
 	if !errors.As(err, &re) || !strings.HasPrefix(err.Error(), "NOGROUP") {
 		t.Fatalf("error reply: %v", err)
 	}
+}
+
+// An XAUTOCLAIM reply, its entries read as ReadRawReplyMax left them: a
+// field above the limit cut to its prefix and marked.
+func TestParseAutoClaimReply(t *testing.T) {
+	big := strings.Repeat("x", 3*TooLargePrefix)
+	reply := "*3\r\n$3\r\n2-0\r\n*2\r\n" +
+		"*2\r\n$3\r\n1-1\r\n*4\r\n$2\r\nid\r\n$1\r\na\r\n$1\r\np\r\n$" + strconv.Itoa(len(big)) + "\r\n" + big + "\r\n" +
+		"*-1\r\n" + // Redis 6.2: an entry deleted meanwhile
+		"*1\r\n$3\r\n1-0\r\n"
+	raw, err := ReadRawReplyMax(bufio.NewReaderSize(iotest.OneByteReader(strings.NewReader(reply)), 16), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	es, next, err := ParseAutoClaimReply(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next != "2-0" || len(es) != 1 || es[0].ID != "1-1" || es[0].TooLarge != "p "+strconv.Itoa(len(big)) {
+		t.Fatalf("next %q, entries %+v", next, es)
+	}
+	if p, _ := es[0].Get("p"); p != big[:TooLargePrefix] {
+		t.Fatalf("payload of %d bytes, want its first %d", len(p), TooLargePrefix)
+	}
+	_, _, err = ParseAutoClaimReply([]byte("-NOGROUP No such key\r\n"))
+	var re redis.Error
+	if !errors.As(err, &re) || !strings.HasPrefix(err.Error(), "NOGROUP") {
+		t.Fatalf("error reply: %v", err)
+	}
+	if _, _, err := ParseAutoClaimReply([]byte("*1\r\n$3\r\n0-0\r\n")); !errors.Is(err, ErrRESP) {
+		t.Fatalf("short reply: %v", err)
+	}
+}
+
+func FuzzParseAutoClaimReply(f *testing.F) {
+	f.Add([]byte("*3\r\n$3\r\n0-0\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$1\r\np\r\n$2\r\n{}\r\n*0\r\n"))
+	f.Add([]byte("*3\r\n$3\r\n0-0\r\n*1\r\n*-1\r\n*0\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ParseAutoClaimReply(b) // must not panic, whatever the bytes
+	})
 }
 
 func FuzzParseStreamReply(f *testing.F) {

@@ -3,6 +3,7 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 
+import { StreamConn } from "./streamconn.js";
 import { Conn, aclUser, defaultLogger, errorMessage, sleep, type Logger, type RedisOptions } from "./conn.js";
 import { Breaker, outcomeOf, type BreakerOptions, type BreakerState } from "./breaker.js";
 import { Directory } from "./directory.js";
@@ -19,6 +20,12 @@ export interface ClientOptions extends RedisOptions {
   timeoutMs?: number;
   /** Larger arguments are refused before sending. Default 1 MiB, as on the Go side. */
   maxPayloadBytes?: number;
+  /**
+   * A reply with a longer field (a result's JSON, an error's message)
+   * fails its call with resource_exhausted; the field's bytes are skipped
+   * as they arrive, never held. Default 16 MiB.
+   */
+  maxReplyBytes?: number;
   /** How long the inbox outlives a caller that died without close(). Default 60000 ms. */
   inboxTtlMs?: number;
   /** How often the inbox's TTL is renewed and its read replies trimmed. Default 2000 ms. */
@@ -102,10 +109,11 @@ export class Client {
   private readonly log: Logger;
   private readonly timeoutMs: number;
   private readonly maxPayload: number;
+  private readonly maxReply: number;
   private readonly ttlMs: number;
   private readonly refreshMs: number;
   private cmd?: Conn;
-  private reader?: Conn;
+  private reader?: StreamConn;
   private lastRead = "0-0";
   private seq = 0;
   private readonly waiting = new Map<string, Waiter>();
@@ -132,10 +140,11 @@ export class Client {
     this.log = opts.logger ?? defaultLogger;
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.maxPayload = opts.maxPayloadBytes ?? 1 << 20;
+    this.maxReply = opts.maxReplyBytes ?? 16 << 20;
     this.ttlMs = opts.inboxTtlMs ?? 60_000;
     this.refreshMs = opts.inboxRefreshMs ?? 2_000;
     this.admissionMs = opts.admissionIntervalMs ?? 100;
-    for (const [k, v] of Object.entries({ timeoutMs: this.timeoutMs, maxPayloadBytes: this.maxPayload, inboxTtlMs: this.ttlMs, inboxRefreshMs: this.refreshMs })) {
+    for (const [k, v] of Object.entries({ timeoutMs: this.timeoutMs, maxPayloadBytes: this.maxPayload, maxReplyBytes: this.maxReply, inboxTtlMs: this.ttlMs, inboxRefreshMs: this.refreshMs })) {
       if (!(v > 0)) throw new Error(`fnmesh: ClientOptions.${k} is ${v}, want more than 0`);
     }
     if (this.ttlMs < 1000) throw new Error(`fnmesh: ClientOptions.inboxTtlMs is ${this.ttlMs}, want at least 1000`);
@@ -170,7 +179,7 @@ export class Client {
   async open(): Promise<void> {
     try {
       this.cmd = await Conn.open(this.opts, this.log, "caller");
-      this.reader = await this.cmd.duplicate("caller inbox");
+      this.reader = await StreamConn.open(this.opts, this.log, "caller inbox", this.maxReply);
       this.lastRead = await this.createInbox();
     } catch (err) {
       await this.cmd?.close();
@@ -208,17 +217,29 @@ export class Client {
       for (const e of parseStreams(reply)) {
         this.lastRead = e.id;
         if (!e.present || "hello" in e.fields) continue;
-        this.deliver(e.fields);
+        this.deliver(e.fields, e.cut);
       }
     }
   }
 
-  /** Hands a reply to the call waiting for it; others are dropped (§4). */
-  private deliver(f: Record<string, string>): void {
-    const w = f.id === undefined ? undefined : this.waiting.get(f.id);
+  /**
+   * Hands a reply to the call waiting for it; others are dropped (§4).
+   * cut: the reader's "NAME SIZE" of a field above maxReplyBytes.
+   */
+  private deliver(f: Record<string, string>, cut?: string): void {
+    // A cut id is a prefix, and names no call.
+    const w = f.id === undefined || cut?.startsWith("id ") ? undefined : this.waiting.get(f.id);
     if (!w) return; // late, duplicate, or not ours
     this.waiting.delete(f.id);
     const replica = f.by ?? "";
+    if (cut !== undefined) {
+      const sp = cut.lastIndexOf(" ");
+      const [name, size] = [cut.slice(0, sp), cut.slice(sp + 1)];
+      const e = new FnmeshError(Codes.ResourceExhausted, `the reply's field ${JSON.stringify(name)} of ${size} bytes exceeds this client's limit of ${this.maxReply} (maxReplyBytes)`);
+      (e as { replica?: string }).replica = replica;
+      w.reject(e);
+      return;
+    }
     if (f.code !== undefined) {
       let fields: FieldViolation[] = [];
       if (f.det) {

@@ -1,5 +1,5 @@
-// Redis connections: one for commands, and one per blocking reader, as a
-// blocking XREAD would hold up every command queued behind it.
+// Redis connections for commands. Stream reads (blocking ones, and
+// XAUTOCLAIM's) go on connections of their own (streamconn.ts).
 
 import { createClient } from "redis";
 
@@ -49,7 +49,6 @@ interface RedisClient {
   connect(): Promise<unknown>;
   sendCommand(args: string[]): Promise<unknown>;
   multi(): { addCommand(args: string[]): any; exec(): Promise<unknown>; execAsPipeline(): Promise<unknown> };
-  duplicate(): RedisClient;
   readonly isReady: boolean;
   readonly isOpen: boolean;
   close(): Promise<void>;
@@ -85,14 +84,6 @@ export class Conn {
     }) as unknown as RedisClient;
     const c = new Conn(client, log, name);
     await client.connect();
-    await c.learnId();
-    return c;
-  }
-
-  /** A new connection to the same server. */
-  async duplicate(name: string): Promise<Conn> {
-    const c = new Conn(this.client.duplicate(), this.log, name);
-    await c.client.connect();
     await c.learnId();
     return c;
   }

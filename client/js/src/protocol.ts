@@ -48,6 +48,8 @@ export interface Entry {
   fields: Record<string, string>;
   /** False for a pending entry whose fields were trimmed away. */
   present: boolean;
+  /** Set by the reader when it cut a field short: "NAME SIZE" of the first (also in fields.too_large). */
+  cut?: string;
 }
 
 /** What a field too large to read keeps of its bytes (and so its dead letter): PROTOCOL.md, field too_large. */
@@ -59,6 +61,15 @@ export class TooLargeField {
     readonly prefix: string,
     readonly size: number,
   ) {}
+}
+
+/**
+ * Reads the RESP2 reply of XAUTOCLAIM (cursor, entries, deleted ids) into
+ * its next cursor and its entries, as parseStreams does.
+ */
+export function parseAutoClaim(key: string, reply: unknown): { cursor: string; entries: Entry[] } {
+  if (!Array.isArray(reply) || typeof reply[0] !== "string") throw new Error("protocol error: XAUTOCLAIM reply is not [cursor, entries, deleted]");
+  return { cursor: reply[0], entries: parseStreams([[key, reply[1]]]) };
 }
 
 /**
@@ -91,8 +102,10 @@ export function parseStreams(reply: unknown): Entry[] {
           fields[k] = v.prefix;
         } else fields[k] = String(v);
       }
-      if (tooLarge) fields.too_large = tooLarge;
-      out.push({ id, fields, present: true });
+      if (tooLarge) {
+        fields.too_large = tooLarge;
+        out.push({ id, fields, present: true, cut: tooLarge });
+      } else out.push({ id, fields, present: true });
     }
   }
   return out;

@@ -1,7 +1,8 @@
-// The connection of a replica's blocking reads: a socket of its own whose
-// replies are parsed here, so that a field longer than the replica's
-// payload limit is never held whole (a general-purpose client reads every
-// reply into memory before handing it over).
+// The connection of stream reads (a replica's blocking reads and its
+// take-overs, a caller's inbox): a socket of its own whose replies are
+// parsed here, so that a field longer than the reader's limit is never
+// held whole (a general-purpose client reads every reply into memory
+// before handing it over).
 
 import net from "node:net";
 import tls from "node:tls";
@@ -172,8 +173,8 @@ interface Pending {
 }
 
 /**
- * One connection, one command at a time, for a replica's blocking
- * XREADGROUP: authenticated (redis://user:password@), on database /N, with
+ * One connection, one command at a time, for stream reads (XREADGROUP,
+ * XAUTOCLAIM, XREAD): authenticated (redis://user:password@), on database /N, with
  * TLS for rediss:// (as the node-redis connections of conn.ts), and
  * connected again by the next command after it drops. Bulk strings above
  * maxField bytes arrive as TooLargeField.

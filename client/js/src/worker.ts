@@ -12,7 +12,7 @@ import { Codes, FnmeshError, validCode, type FieldViolation } from "./errors.js"
 import { jwtVerifier, rolesOf, type Claims, type JwtOptions, type Verifier } from "./jwt.js";
 import {
   FUNCTION_RE, GROUP, PROTOCOL_VERSION, REPLY_PREFIX, SERVICE_RE,
-  argsHash, compareIds, deadLetterKey, functionKey, idempotencyKey, idempotencyScope, limitsKey, nextId, parseStreams, requestKey, type Entry,
+  argsHash, compareIds, deadLetterKey, functionKey, idempotencyKey, idempotencyScope, limitsKey, nextId, parseAutoClaim, parseStreams, requestKey, type Entry,
 } from "./protocol.js";
 
 /** What a function learns about the call it serves. */
@@ -184,6 +184,8 @@ export class Replica {
   private readonly idemWindowMs: number;
   private cmd?: Conn;
   private reader?: StreamConn;
+  /** XAUTOCLAIM's connection: bounded as the reader, and never held up by its blocking read. */
+  private claimer?: StreamConn;
   /** Entries taken and not settled: id -> delivery count. */
   private readonly inflight = new Map<string, number>();
   private slotFreed?: () => void;
@@ -273,6 +275,7 @@ export class Replica {
     for (const v of this.versions) await v.start();
     this.cmd = await Conn.open(this.opts, this.log, "replica");
     this.reader = await StreamConn.open(this.opts, this.log, "replica reader", this.maxPayload);
+    this.claimer = await StreamConn.open(this.opts, this.log, "replica claimer", this.maxPayload);
     await this.ensureGroup();
     // §11: the last replica to start says what the bound is.
     if (!this.isVersion) {
@@ -403,9 +406,9 @@ export class Replica {
     if (free <= 0) return;
     this.claiming = true;
     try {
-      const reply = await this.cmd!.send<unknown[]>(["XAUTOCLAIM", this.key, GROUP, this.id, String(this.claimIdleMs), this.claimCursor, "COUNT", String(free)]);
-      this.claimCursor = String(reply[0]);
-      const entries = parseStreams([[this.key, reply[1]]]);
+      const reply = await this.claimer!.send(["XAUTOCLAIM", this.key, GROUP, this.id, String(this.claimIdleMs), this.claimCursor, "COUNT", String(free)]);
+      const { cursor, entries } = parseAutoClaim(this.key, reply);
+      this.claimCursor = cursor;
       if (entries.length && !this.stopping) this.dispatch(entries, await this.deliveryCounts(entries.map((e) => e.id)));
     } catch (err) {
       this.claimCursor = "0-0";
@@ -862,6 +865,7 @@ export class Replica {
     await within(1000, drained());
     for (const [id, count] of this.inflight) await this.handBack(id, count);
     await this.reader!.close();
+    await this.claimer!.close();
     await this.cmd!.close();
     await versions;
   }

@@ -8,7 +8,7 @@ import { after, describe, it } from "node:test";
 import { createClient } from "redis";
 
 import { Codes, FnmeshError, connect, serve } from "../src/index.js";
-import { TOO_LARGE_PREFIX, TooLargeField, deadLetterKey, parseStreams } from "../src/protocol.js";
+import { GROUP, TOO_LARGE_PREFIX, TooLargeField, deadLetterKey, parseAutoClaim, parseStreams, requestKey } from "../src/protocol.js";
 import { RespParser, ServerError } from "../src/streamconn.js";
 import { eventually, fieldsOf, quiet, raw, redisUrl, unique } from "./helpers.js";
 
@@ -140,5 +140,66 @@ describe("a replica's read connection", () => {
     for (const id of killed) await r.send(["CLIENT", "KILL", "ID", id]);
     for (let i = 0; i < 3; i++) assert.deepEqual(await c.call(`${service}.echo`, [i], { timeoutMs: 10_000 }), [i]);
     assert.ok((await readerIds()).every((id) => !killed.includes(id)));
+  });
+
+  it("takes over an oversized entry a dead replica left and refuses it from its header", async () => {
+    const r = await raw();
+    cleanups.push(() => r.close());
+    const service = unique("bigclaimjs");
+    const key = requestKey(service);
+    await r.send(["XGROUP", "CREATE", key, GROUP, "0", "MKSTREAM"]);
+    cleanups.push(async () => void (await r.send(["DEL", key, deadLetterKey(service)])));
+    // Delivered to a replica that died before running it: pending, taken over by XAUTOCLAIM only.
+    const size = 200_000;
+    await r.send(["EVAL", `redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', 'big-1', 'fn', 'echo', 'p', string.rep('z', tonumber(ARGV[1])))
+      return redis.call('XREADGROUP', 'GROUP', ARGV[2], 'dead', 'COUNT', '1', 'STREAMS', KEYS[1], '>') and 1`, "1", key, String(size), GROUP]);
+    const replica = await serve(service, { echo: (a: unknown) => a }, { url, allowUnauthenticated: true, logger: quiet, noDiscovery: true, maxPayloadBytes: 1000, claimIdleMs: 50, claimIntervalMs: 20 });
+    cleanups.push(() => replica.close());
+    await eventually("dead-lettered", async () => Number(await r.send(["XLEN", deadLetterKey(service)])) > 0);
+    const dead = (await r.send(["XRANGE", deadLetterKey(service), "-", "+"])) as [string, string[]][];
+    assert.equal(dead.length, 1);
+    const d = fieldsOf(dead[0][1]);
+    assert.equal(d.reason, `malformed entry: field "p" of ${size} bytes exceeds the replica's limit`);
+    assert.equal(d.code, Codes.InvalidArgument);
+    assert.equal(d.too_large, `p ${size}`);
+    assert.equal(d.p, "z".repeat(TOO_LARGE_PREFIX));
+    await eventually("acked", async () => Number((await r.send<unknown[]>(["XPENDING", key, GROUP]))[0]) === 0);
+  });
+
+  it("fails a call whose reply has a field above maxReplyBytes with resource_exhausted, and keeps serving", async () => {
+    const service = unique("bigreplyjs");
+    const replica = await serve(
+      service,
+      { echo: (a: unknown) => a, fail: (a: { msg: string }) => { throw new FnmeshError("app_error", a.msg); } },
+      { url, allowUnauthenticated: true, logger: quiet, noDiscovery: true },
+    );
+    cleanups.push(() => replica.close());
+    const c = await connect({ url, logger: quiet, skipRegistryCheck: true, maxReplyBytes: 1000 });
+    cleanups.push(() => c.close());
+    const big = "z".repeat(5000);
+    const size = Buffer.byteLength(JSON.stringify(big));
+    await assert.rejects(c.call(`${service}.echo`, big), (err: unknown) => {
+      assert.ok(err instanceof FnmeshError && err.code === Codes.ResourceExhausted, String(err));
+      assert.equal(err.message, `the reply's field "p" of ${size} bytes exceeds this client's limit of 1000 (maxReplyBytes)`);
+      return true;
+    });
+    await assert.rejects(c.call(`${service}.fail`, { msg: big }), (err: unknown) => {
+      assert.ok(err instanceof FnmeshError && err.code === Codes.ResourceExhausted, String(err));
+      assert.match(err.message, /^the reply's field "msg" of 5000 bytes exceeds/);
+      return true;
+    });
+    // At the limit, read whole; the client keeps working.
+    const fits = "y".repeat(998);
+    assert.equal(await c.call(`${service}.echo`, fits), fits);
+    await assert.rejects(c.call(`${service}.fail`, { msg: "small" }), (err: unknown) => err instanceof FnmeshError && err.code === "app_error");
+  });
+});
+
+describe("parseAutoClaim", () => {
+  it("reads the cursor and the entries, cut fields marked", () => {
+    const out = parseAutoClaim("k", ["0-0", [["1-1", ["id", "a", "p", new TooLargeField("zz", 9000)]]], []]);
+    assert.equal(out.cursor, "0-0");
+    assert.deepEqual(out.entries, [{ id: "1-1", fields: { id: "a", p: "zz", too_large: "p 9000" }, present: true, cut: "p 9000" }]);
+    assert.throws(() => parseAutoClaim("k", null), /protocol error/);
   });
 });

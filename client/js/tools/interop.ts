@@ -1,10 +1,12 @@
 // A Node replica or caller for the Go interop tests (integration/interop_test.go).
 //
-//   node dist/tools/interop.js serve SERVICE REPLICA [--secret S] [--concurrency N]
+//   node dist/tools/interop.js serve SERVICE REPLICA [--secret S] [--concurrency N] [--claim-idle SECONDS]
 //     serves who, sleep, add, div, fail, boom, me, admin (role admin), ping
 //     (public) and record; prints "ready REPLICA" once in the group, and on
 //     SIGTERM drains and prints "stopped REPLICA".
 //   node dist/tools/interop.js call FN JSON [--timeout MS] [--token T]
+//     prints the outcome as JSON, with the process's peak RSS once
+//     connected (rss_before_kb) and after the call (rss_peak_kb)
 //   node dist/tools/interop.js send FN JSON [--token T]
 //     print one JSON line: {"ok":true,"result":...,"replica":...} or
 //     {"ok":false,"code":...,"message":...,"fields":[...]}.
@@ -67,6 +69,7 @@ async function runServe(service: string, replicaId: string, args: string[]): Pro
       url: process.env.REDIS_URL,
       replicaId,
       concurrency: Number(flag(args, "--concurrency") ?? 64),
+      ...(flag(args, "--claim-idle") ? { claimIdleMs: Math.round(Number(flag(args, "--claim-idle")) * 1000) } : {}),
       ...(secret ? { auth: { hmacSecret: secret } } : { allowUnauthenticated: true }),
       logger: { debug() {}, info() {}, warn: (m, a) => console.error("warn", m, a ?? ""), error: (m, a) => console.error("error", m, a ?? "") },
     },
@@ -83,19 +86,22 @@ async function runServe(service: string, replicaId: string, args: string[]): Pro
 
 async function runCaller(mode: "call" | "send", fn: string, json: string, args: string[]): Promise<void> {
   const client = await connect({ url: process.env.REDIS_URL, name: "node-interop" });
+  // Peak RSS (KB) once connected, and after the call: tests bound what a call costs.
+  const rss = { rss_before_kb: process.resourceUsage().maxRSS };
+  const peak = () => ({ ...rss, rss_peak_kb: process.resourceUsage().maxRSS });
   try {
     const token = flag(args, "--token");
     const timeout = flag(args, "--timeout");
     const parsed = json === "" ? undefined : JSON.parse(json);
     if (mode === "send") {
-      line({ ok: true, id: await client.send(fn, parsed, { token }) });
+      line({ ok: true, id: await client.send(fn, parsed, { token }), ...peak() });
       return;
     }
     const out = await client.callWithInfo(fn, parsed, { token, timeoutMs: timeout ? Number(timeout) : undefined });
-    line({ ok: true, result: out.result, replica: out.replica, id: out.id });
+    line({ ok: true, result: out.result, replica: out.replica, id: out.id, ...peak() });
   } catch (err) {
     if (!(err instanceof FnmeshError)) throw err;
-    line({ ok: false, code: err.code, message: err.message, fields: err.fields });
+    line({ ok: false, code: err.code, message: err.message, fields: err.fields, ...peak() });
   } finally {
     await client.close();
   }

@@ -26,7 +26,7 @@ from .errors import (
     FnmeshError,
 )
 from .protocol import GROUP, PROTOCOL_VERSION, function_key, inbox_id, limits_key, next_id, reply_key, request_key, split_name
-from .redisconn import Batcher, connect_redis
+from .redisconn import Batcher, StreamReader, connect_redis
 from .schema import encode
 
 log = logging.getLogger("fnmesh")
@@ -66,12 +66,13 @@ class Client:
         token: str | None = None,
         timeout: float = 10.0,
         max_payload_bytes: int = 1 << 20,
+        max_reply_bytes: int = 16 << 20,
         inbox_ttl: float = 60.0,
         inbox_refresh: float = 2.0,
         admission_interval: float | None = 0.1,
     ) -> None:
-        if timeout <= 0 or max_payload_bytes <= 0 or inbox_refresh <= 0:
-            raise ValueError("fnmesh: connect: timeout, max_payload_bytes and inbox_refresh must be more than 0")
+        if timeout <= 0 or max_payload_bytes <= 0 or max_reply_bytes <= 0 or inbox_refresh <= 0:
+            raise ValueError("fnmesh: connect: timeout, max_payload_bytes, max_reply_bytes and inbox_refresh must be more than 0")
         if inbox_ttl < 1:
             raise ValueError(f"fnmesh: connect: inbox_ttl is {inbox_ttl}, want at least 1 s")
         self.inbox = inbox_id(url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379", secrets.token_hex(12))
@@ -81,11 +82,12 @@ class Client:
         self._token = token
         self._timeout = timeout
         self._max_payload = max_payload_bytes
+        self._max_reply = max_reply_bytes
         self._ttl_ms = int(inbox_ttl * 1000)
         self._refresh = min(inbox_refresh, inbox_ttl / 3)
         self._admission = admission_interval
         self._cmd: aioredis.Redis | None = None
-        self._reader: aioredis.Redis | None = None
+        self._reader: StreamReader | None = None
         self._out: Batcher | None = None
         self._last = "0-0"
         self._seq = 0
@@ -97,12 +99,12 @@ class Client:
     async def open(self) -> None:
         """Opens the connections and the inbox; connect() calls it."""
         self._cmd = connect_redis(self._url)
-        self._reader = connect_redis(self._url, single_connection=True)
+        self._reader = StreamReader(self._url, max_field=self._max_reply)
         try:
             self._last = await self._create_inbox()
         except Exception as e:
             await self._cmd.close(close_connection_pool=True)
-            await self._reader.close(close_connection_pool=True)
+            await self._reader.close()
             raise FnmeshError(UNAVAILABLE, f"cannot open the reply inbox: {e}") from e
         self._out = Batcher(self._cmd)
         self._tasks.append(asyncio.create_task(self._read()))
@@ -122,7 +124,7 @@ class Client:
         backoff = 0.05
         while not self._closed:
             try:
-                resp = await self._reader.xread({self.reply_key: self._last}, count=128, block=2000)
+                entries = await self._reader.xread(self.reply_key, self._last, 128, 2000)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -133,18 +135,26 @@ class Client:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
-            for _, entries in resp or []:
-                for eid, f in entries:
-                    self._last = eid
-                    if f and "hello" not in f:
-                        self._deliver(f)
+            for eid, f, cut in entries:
+                self._last = eid
+                if f and "hello" not in f:
+                    self._deliver(f, cut)
 
-    def _deliver(self, f: dict[str, str]) -> None:
-        """Hands a reply to the call waiting for it; others are dropped (§4)."""
+    def _deliver(self, f: dict[str, str], cut: str = "") -> None:
+        """Hands a reply to the call waiting for it; others are dropped (§4).
+        cut: the reader's "NAME SIZE" of a field above max_reply_bytes."""
+        if cut.startswith("id "):
+            return  # a cut id is a prefix, and names no call
         fut = self._waiting.pop(f.get("id", ""), None)
         if fut is None or fut.done():
             return  # late, duplicate, or not ours
         replica = f.get("by", "")
+        if cut:
+            name, _, size = cut.rpartition(" ")
+            e = FnmeshError(RESOURCE_EXHAUSTED, f"the reply's field \"{name}\" of {size} bytes exceeds this client's limit of {self._max_reply} (max_reply_bytes)")
+            e.replica = replica
+            fut.set_exception(e)
+            return
         if "code" in f:
             fields: list[FieldViolation] = []
             if f.get("det"):
@@ -360,7 +370,7 @@ class Client:
             await self._cmd.delete(self.reply_key)
         except Exception as e:
             log.debug("fnmesh: deleting the inbox failed: %s", e)
-        await self._reader.close(close_connection_pool=True)
+        await self._reader.close()
         await self._cmd.close(close_connection_pool=True)
 
     async def __aenter__(self) -> Client:
@@ -373,6 +383,8 @@ class Client:
 async def connect(**options: Any) -> Client:
     """Connects a caller: opens its inbox. Options: url (default $REDIS_URL),
     name, token, timeout (seconds, default 10), max_payload_bytes,
+    max_reply_bytes (a reply with a longer field fails its call with
+    resource_exhausted, its bytes skipped as they arrive; default 16 MiB),
     inbox_ttl, inbox_refresh, admission_interval (None: never check the
     backlog bound)."""
     c = Client(**options)

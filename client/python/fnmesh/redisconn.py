@@ -282,6 +282,11 @@ def _entry_fields(flat: list[Any]) -> dict[str, str]:
     """An entry's fields where some may be _Cut: each holds its prefix, and
     too_large names the first cut value ("NAME SIZE"), whatever the entry
     itself says."""
+    return _cut_fields(flat)[0]
+
+
+def _cut_fields(flat: list[Any]) -> tuple[dict[str, str], str]:
+    """_entry_fields, and the reader's "NAME SIZE" ("" if nothing was cut)."""
     out: dict[str, str] = {}
     too_large = ""
     for i in range(0, len(flat) - 1, 2):
@@ -295,6 +300,23 @@ def _entry_fields(flat: list[Any]) -> dict[str, str]:
         out[k] = v
     if too_large:
         out["too_large"] = too_large
+    return out, too_large
+
+
+def _entries(entries: Any, cut: bool) -> list[tuple[str, dict[str, str], str]]:
+    """The entries of a stream reply ([id, [field, value, ...]] each; fields
+    {} for one trimmed away), each with the reader's "NAME SIZE" of its
+    first cut field ("" if none); with cut, some values may be _Cut."""
+    out: list[tuple[str, dict[str, str], str]] = []
+    for e in entries or []:
+        if e is None:
+            continue
+        flat = e[1] or []
+        if cut:
+            fields, mark = _cut_fields(flat)
+            out.append((e[0].text() if isinstance(e[0], _Cut) else e[0], fields, mark))
+        else:
+            out.append((e[0], dict(zip(flat[::2], flat[1::2])), ""))
     return out
 
 
@@ -324,10 +346,12 @@ async def read_replies(conn: Any, n: int) -> list[Any]:
 
 
 class StreamReader:
-    """Reads XREADGROUP replies on a connection of its own, parsing RESP
-    itself: the blocking read of a replica, its hottest path, without
-    redis-py's per-element reply parser. The connection (and its
-    authentication, database and TLS) is redis-py's.
+    """Reads stream replies (XREADGROUP, XAUTOCLAIM, XREAD) on a
+    connection of its own, parsing RESP itself: the blocking reads of a
+    replica, its hottest path, without redis-py's per-element reply
+    parser, and reads that never hold a field above a limit. The
+    connection (and its authentication, database and TLS) is redis-py's.
+    One command at a time: callers wait their turn.
 
     A field longer than max_field bytes is never held whole: the entry
     keeps its first TOO_LARGE_PREFIX bytes, the rest is discarded as it
@@ -342,59 +366,72 @@ class StreamReader:
         self._r = connect_redis(url, single_connection=True, name=name)
         self._buf = b""
         self._max = max_field
+        self._turn = asyncio.Lock()
 
     async def xreadgroup(self, group: str, consumer: str, key: str, last: str, count: int, block: int | None) -> list[tuple[str, dict[str, str]]]:
         """The entries of one XREADGROUP on key (fields {} for an entry
         trimmed away); raises ResponseError for an error reply."""
-        conn = self._r.connection
-        if conn is None or not conn.is_connected:
-            await self._r.ping()  # connects (and authenticates)
-            conn = self._r.connection
-            self._buf = b""
-        assert conn is not None
         args: list[str] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", str(count)]
         if block is not None:
             args += ["BLOCK", str(block)]
         args += ["STREAMS", key, last]
-        cut = False
-        try:
-            await conn.send_packed_command(pack([tuple(args)]), check_health=False)
-            reader = conn._reader
-            assert reader is not None
-            while True:
-                if self._buf:
-                    try:
-                        reply, pos = _parse(self._buf, 0)
-                    except _Incomplete:
-                        if len(self._buf) > self._WHOLE:
-                            reply, cut = await self._read_bounded(reader)
-                            break
-                    else:
-                        if pos <= self._max:
-                            # No field of it can be above the limit.
-                            self._buf = self._buf[pos:]
+        reply, cut = await self._exchange(args)
+        return [(i, f) for _, entries in reply or [] for i, f, _ in _entries(entries, cut)]
+
+    async def xread(self, key: str, last: str, count: int, block: int) -> list[tuple[str, dict[str, str], str]]:
+        """The entries of one XREAD COUNT count BLOCK block on key after
+        last, each with the reader's "NAME SIZE" of its first field above
+        max_field ("" if none)."""
+        reply, cut = await self._exchange(["XREAD", "COUNT", str(count), "BLOCK", str(block), "STREAMS", key, last])
+        return [e for _, entries in reply or [] for e in _entries(entries, cut)]
+
+    async def xautoclaim(self, key: str, group: str, consumer: str, min_idle_ms: int, start: str, count: int) -> tuple[str, list[tuple[str, dict[str, str]]]]:
+        """XAUTOCLAIM: the next cursor and the entries taken over."""
+        reply, cut = await self._exchange(["XAUTOCLAIM", key, group, consumer, str(min_idle_ms), start, "COUNT", str(count)])
+        if not isinstance(reply, list) or len(reply) < 2 or not isinstance(reply[0], str):
+            raise ConnectionError("protocol error: XAUTOCLAIM reply is not [cursor, entries, deleted]")
+        return reply[0], [(i, f) for i, f, _ in _entries(reply[1], cut)]
+
+    async def _exchange(self, args: list[str]) -> tuple[Any, bool]:
+        """Sends one command and reads its reply; whether a field was cut."""
+        async with self._turn:
+            conn = self._r.connection
+            if conn is None or not conn.is_connected:
+                await self._r.ping()  # connects (and authenticates)
+                conn = self._r.connection
+                self._buf = b""
+            assert conn is not None
+            cut = False
+            try:
+                await conn.send_packed_command(pack([tuple(args)]), check_health=False)
+                reader = conn._reader
+                assert reader is not None
+                while True:
+                    if self._buf:
+                        try:
+                            reply, pos = _parse(self._buf, 0)
+                        except _Incomplete:
+                            if len(self._buf) > self._WHOLE:
+                                reply, cut = await self._read_bounded(reader)
+                                break
                         else:
-                            reply, cut = await self._read_bounded(reader)
-                        break
-                chunk = await reader.read(65536)
-                if not chunk:
-                    raise ConnectionError("connection closed by the server")
-                self._buf += chunk
-        except BaseException:
-            self._buf = b""
-            await conn.disconnect()
-            raise
+                            if pos <= self._max:
+                                # No field of it can be above the limit.
+                                self._buf = self._buf[pos:]
+                            else:
+                                reply, cut = await self._read_bounded(reader)
+                            break
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        raise ConnectionError("connection closed by the server")
+                    self._buf += chunk
+            except BaseException:
+                self._buf = b""
+                await conn.disconnect()
+                raise
         if isinstance(reply, ResponseError):
             raise reply
-        out: list[tuple[str, dict[str, str]]] = []
-        for _, entries in reply or []:
-            for e in entries:
-                flat = e[1] or []
-                if cut:
-                    out.append((e[0].text() if isinstance(e[0], _Cut) else e[0], _entry_fields(flat)))
-                else:
-                    out.append((e[0], dict(zip(flat[::2], flat[1::2]))))
-        return out
+        return reply, cut
 
     async def _read_bounded(self, reader: asyncio.StreamReader) -> tuple[Any, bool]:
         """The reply that starts self._buf, read as it arrives."""

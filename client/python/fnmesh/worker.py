@@ -299,6 +299,9 @@ class Replica:
         self._lanes = {k: _Lane(k) for k in sorted(keys)}
         self._cmd: aioredis.Redis | None = None
         self._out: Batcher | None = None
+        # XAUTOCLAIM's connection: bounded as the readers, and never held
+        # up by their blocking reads.
+        self._claimer: StreamReader | None = None
         self._stopping = False
         self._hard = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -346,10 +349,11 @@ class Replica:
             await self._out.close()
             await self._cmd.close(close_connection_pool=True)
             raise
+        # Named, so that operators see which replica a connection is.
+        me = re.sub(r"[^A-Za-z0-9_.:@-]", "_", self.id)
+        self._claimer = StreamReader(self._url, name="fnmesh-claimer-" + me, max_field=self._max_payload)
         for lane in self._lanes.values():
-            # Named, so that operators see which replica a blocked read is.
-            lane.reader = StreamReader(self._url, name="fnmesh-replica-" + re.sub(r"[^A-Za-z0-9_.:@-]", "_", self.id),
-                                       max_field=self._max_payload)
+            lane.reader = StreamReader(self._url, name="fnmesh-replica-" + me, max_field=self._max_payload)
             lane.task = asyncio.create_task(self._run(lane))
         self._every(self._trim_every, self._trim)
         self._every(self._claim_every, self._claim_all)
@@ -498,9 +502,8 @@ class Replica:
             return
         lane.claiming = True
         try:
-            reply = await self._cmd.xautoclaim(lane.key, GROUP, self.id, self._claim_idle_ms, lane.claim_cursor, count=free)
-            lane.claim_cursor = reply[0]
-            entries = [(e[0], _fields(e[1])) for e in reply[1] if e is not None]
+            assert self._claimer
+            lane.claim_cursor, entries = await self._claimer.xautoclaim(lane.key, GROUP, self.id, self._claim_idle_ms, lane.claim_cursor, free)
             if entries and not self._stopping:
                 self._dispatch(lane, entries, await self._delivery_counts(lane, [e[0] for e in entries]))
         except Exception as e:
@@ -1077,6 +1080,8 @@ class Replica:
             if lane.reader is not None:
                 # Its connection may hold a cancelled read: closed, never reused.
                 await lane.reader.close()
+        if self._claimer is not None:
+            await self._claimer.close()
         if self._announce:
             try:
                 await self._leave()
@@ -1121,16 +1126,6 @@ class Replica:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         await self.close()
-
-
-def _fields(flat: Any) -> dict[str, str]:
-    if isinstance(flat, dict):
-        return flat
-    out: dict[str, str] = {}
-    it = iter(flat or [])
-    for k in it:
-        out[k] = next(it)
-    return out
 
 
 def _log_ack_failure(fut: asyncio.Future[Any]) -> None:

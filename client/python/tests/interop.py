@@ -8,7 +8,8 @@
   python3 tests/interop.py call FN JSON [--timeout MS] [--token T]
   python3 tests/interop.py send FN JSON [--token T]
     print one JSON line: {"ok":true,"result":...,"replica":...} or
-    {"ok":false,"code":...,"message":...,"fields":[...]}.
+    {"ok":false,"code":...,"message":...,"fields":[...]}, with the peak
+    RSS in KB once connected (rss_before_kb) and after (rss_peak_kb).
 
 REDIS_URL names the server.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +116,8 @@ async def serve(service: str, replica_id: str, args: list[str]) -> None:
 
 async def caller(mode: str, fn: str, body: str, args: list[str]) -> None:
     c = await fnmesh.connect(url=os.environ["REDIS_URL"], name="python-interop")
+    # Peak RSS (KB) once connected, and after the call: tests bound what a call costs.
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         token = flag(args, "--token")
         timeout = flag(args, "--timeout")
@@ -127,6 +131,7 @@ async def caller(mode: str, fn: str, body: str, args: list[str]) -> None:
         out = {"ok": False, "code": e.code, "message": e.message, "fields": [v.to_json() for v in e.fields]}
     finally:
         await c.close()
+    out.update(rss_before_kb=before, rss_peak_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     print(json.dumps(out), flush=True)
 
 

@@ -149,3 +149,61 @@ def test_replica_refuses_a_field_above_its_limit_as_a_go_replica_does(raw: Any) 
             await r.close()
 
     run(main())
+
+
+def test_replica_takes_over_an_oversized_entry_and_refuses_it_from_its_header(raw: Any) -> None:
+    async def main() -> None:
+        svc = unique("bigclaim")
+        key = f"fnmesh:{{{svc}}}:req"
+        raw.xgroup_create(key, "fnmesh", "0", mkstream=True)
+        # Delivered to a replica that died before running it: pending, taken
+        # over by XAUTOCLAIM only.
+        size = 200_000
+        raw.eval("""redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', 'big-1', 'fn', 'f', 'p', string.rep('z', tonumber(ARGV[1])))
+            return redis.call('XREADGROUP', 'GROUP', 'fnmesh', 'dead', 'COUNT', '1', 'STREAMS', KEYS[1], '>') and 1""", 1, key, size)
+        r = await fnmesh.serve(svc, {"f": lambda a: a}, url=redis_url(), allow_unauthenticated=True, announce=False,
+                               max_payload_bytes=1000, claim_idle=0.05, claim_interval=0.02)
+        try:
+            await eventually("dead-lettered", lambda: raw.xlen(dead_letter_key(svc)) > 0)
+            dead = raw.xrange(dead_letter_key(svc))
+            assert len(dead) == 1
+            d = dead[0][1]
+            reason = f"malformed entry: field \"p\" of {size} bytes exceeds the replica's limit"
+            assert (d["code"], d["reason"], d["too_large"]) == ("invalid_argument", reason, f"p {size}")
+            assert d["p"] == "z" * TOO_LARGE_PREFIX
+            await eventually("acked", lambda: raw.xpending(key, "fnmesh")["pending"] == 0)
+        finally:
+            await r.close()
+            raw.delete(key, dead_letter_key(svc))
+
+    run(main())
+
+
+def test_caller_fails_a_call_whose_reply_field_is_above_max_reply_bytes(raw: Any) -> None:
+    def fail(a: Any) -> None:
+        raise fnmesh.FnmeshError("app_error", a["msg"])
+
+    async def main() -> None:
+        svc = unique("bigreply")
+        r = await fnmesh.serve(svc, {"echo": lambda a: a, "fail": fail}, url=redis_url(), allow_unauthenticated=True, announce=False)
+        c = await fnmesh.connect(url=redis_url(), max_reply_bytes=1000)
+        try:
+            big = "z" * 5000
+            with pytest.raises(fnmesh.FnmeshError) as e:
+                await c.call(f"{svc}.echo", big, timeout=10)
+            assert (e.value.code, e.value.message) == (
+                "resource_exhausted", f"the reply's field \"p\" of {len(json.dumps(big))} bytes exceeds this client's limit of 1000 (max_reply_bytes)")
+            with pytest.raises(fnmesh.FnmeshError) as e:
+                await c.call(f"{svc}.fail", {"msg": big}, timeout=10)
+            assert e.value.code == "resource_exhausted" and e.value.message.startswith("the reply's field \"msg\" of 5000 bytes exceeds")
+            # At the limit, read whole; the client keeps working.
+            fits = "y" * 998
+            assert await c.call(f"{svc}.echo", fits, timeout=10) == fits
+            with pytest.raises(fnmesh.FnmeshError) as e:
+                await c.call(f"{svc}.fail", {"msg": "small"}, timeout=10)
+            assert e.value.code == "app_error"
+        finally:
+            await c.close()
+            await r.close()
+
+    run(main())
