@@ -247,8 +247,14 @@ func decodeReply(e wire.Entry) (*Reply, error) {
 		}
 		return true
 	})
-	if r.ID == "" {
+	if r.ID == "" || strings.HasPrefix(e.TooLarge, FieldID+" ") {
 		return r, fmt.Errorf("%w: reply without %q", ErrMalformed, FieldID)
+	}
+	if e.TooLarge != "" {
+		// A field cut short by the inbox's reader (MaxReplyBytes).
+		name, size, _ := strings.Cut(e.TooLarge, " ")
+		r.Err = fnmesh.Errorf(fnmesh.CodeResourceExhausted, "the reply's field %q of %s bytes exceeds this caller's limit (RedisConfig.MaxReplyBytes)", name, size)
+		return r, nil
 	}
 	if code != "" {
 		r.Err = &fnmesh.Error{Code: fnmesh.Code(code), Message: msg}

@@ -70,6 +70,10 @@ type RedisConfig struct {
 	// ReadBatch is the most entries one XREADGROUP or XREAD takes.
 	// Default 128.
 	ReadBatch int64
+	// MaxReplyBytes bounds each field of a reply the bus's inboxes read:
+	// a longer one is skipped as it arrives, never buffered, and fails
+	// its call with resource_exhausted. Default 16 MiB.
+	MaxReplyBytes int
 	// DrainTimeout bounds how long Close waits for the acks and hand-backs
 	// of messages already delivered. Default 10s.
 	DrainTimeout time.Duration
@@ -111,6 +115,9 @@ func (c *RedisConfig) setDefaults() {
 	if c.BlockTime == 0 {
 		c.BlockTime = 2 * time.Second
 	}
+	if c.MaxReplyBytes == 0 {
+		c.MaxReplyBytes = 16 << 20
+	}
 	if c.ReadBatch == 0 {
 		c.ReadBatch = 128
 	}
@@ -139,7 +146,7 @@ func (c RedisConfig) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	for name, v := range map[string]int64{"RequestMaxLen": c.RequestMaxLen, "ReplyMaxLen": c.ReplyMaxLen, "DeadLetterMaxLen": c.DeadLetterMaxLen, "ReadBatch": c.ReadBatch} {
+	for name, v := range map[string]int64{"RequestMaxLen": c.RequestMaxLen, "ReplyMaxLen": c.ReplyMaxLen, "DeadLetterMaxLen": c.DeadLetterMaxLen, "ReadBatch": c.ReadBatch, "MaxReplyBytes": int64(c.MaxReplyBytes)} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("bus: RedisConfig.%s is %d, want 0 or more", name, v))
 		}

@@ -34,6 +34,7 @@ func (r *Redis) OpenInbox(ctx context.Context, topic string, deliver func(*Reply
 	}
 	in.setLast(first)
 	in.reader = r.newBlockingReader()
+	in.reader.maxField = r.cfg.MaxReplyBytes
 	ctx, in.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	r.track(in)
 	in.loops.Add(2)

@@ -219,3 +219,69 @@ func TestOversizedEntryCannotHideItsMark(t *testing.T) {
 		t.Fatalf("the function ran %d times, want once (the plain call)", n)
 	}
 }
+
+// A reply with a field above the caller's MaxReplyBytes fails its call
+// with resource_exhausted, read from the field's length header: the
+// caller allocates a small fraction of it, and keeps serving its other
+// calls.
+func TestCallerRefusesOversizedReply(t *testing.T) {
+	ctx := context.Background()
+	const size = 64 << 20
+	name := meshtest.Name("bigreply")
+	h := meshtest.NewHarness(t, newRedisBus(t, busConfig()))
+	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before the harness stops the replica
+	handlers.Register(svc, "wait", func(ctx context.Context, _ struct{}) (struct{}, error) {
+		select {
+		case <-ctx.Done():
+		case <-release:
+		}
+		return struct{}{}, nil
+	})
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
+	})
+	h.Start(svc)
+	c := h.Client(client.Config{Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	var out meshtest.AddOut
+	if err := c.Call(ctx, name+".add", meshtest.AddIn{A: 1, B: 1}, &out); err != nil {
+		t.Fatal(err)
+	}
+
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const id = "big-reply-1"
+	failed := make(chan error, 1)
+	go func() {
+		failed <- c.Call(ctx, name+".wait", struct{}{}, nil, client.WithRequestID(id), client.WithTimeout(60*time.Second))
+	}()
+	meshtest.Eventually(t, 30*time.Second, "the replica did not take the call", func() bool {
+		p, err := inspector(t).XPending(ctx, bus.RequestTopic(name), bus.Group).Result()
+		return err == nil && p.Count == 1
+	})
+	// Redis makes the reply itself (a Lua string.rep): this process
+	// never holds it, so what it allocates is the caller's.
+	if err := entryMaker(t).Eval(ctx, `return redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'by', 'the test', 'p', string.rep('x', tonumber(ARGV[2])))`,
+		[]string{c.Inbox()}, id, size).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-failed:
+		if fnmesh.CodeOf(err) != fnmesh.CodeResourceExhausted || !strings.Contains(err.Error(), "MaxReplyBytes") {
+			t.Fatalf("call answered with a %d MB reply: %v, want resource_exhausted naming MaxReplyBytes", size>>20, err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the call got no answer")
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > size/4 {
+		t.Fatalf("allocated %d MB while a %d MB reply was refused", n>>20, size>>20)
+	} else {
+		t.Logf("allocated %d KB while a %d MB reply was refused", n>>10, size>>20)
+	}
+	if err := c.Call(ctx, name+".add", meshtest.AddIn{A: 2, B: 2}, &out); err != nil || out.Sum != 4 {
+		t.Fatalf("after the refused reply: %+v %v", out, err)
+	}
+}
