@@ -439,16 +439,20 @@ func (c *Client) send(ctx context.Context, inv *Invocation) (json.RawMessage, er
 	if c.cfg.Breaker.Disabled {
 		return c.transport(ctx, inv)
 	}
-	done, berr := c.breaker(inv.Function).Allow()
-	if berr != nil {
-		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", inv.Function, berr)
-	}
-	start := time.Now()
-	result, err := c.transport(ctx, inv)
-	if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && inv.Deadline.Sub(start) < c.cfg.Breaker.MinTimeout {
-		done(errNotCounted) // the caller allowed too little time to tell
-	} else {
-		done(err)
+	var result json.RawMessage
+	var err error
+	ran := false
+	_, berr := c.breaker(inv.Function).Execute(func() (struct{}, error) {
+		ran = true
+		start := time.Now()
+		result, err = c.transport(ctx, inv)
+		if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && inv.Deadline.Sub(start) < c.cfg.Breaker.MinTimeout {
+			return struct{}{}, errNotCounted // the caller allowed too little time to tell
+		}
+		return struct{}{}, err
+	})
+	if !ran {
+		return nil, breakerOpen(inv.Function, berr)
 	}
 	return result, err
 }

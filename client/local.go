@@ -50,15 +50,19 @@ func (c *Client) sendLocal(ctx context.Context, inv *Invocation, l LocalServices
 	if c.cfg.Breaker.Disabled {
 		return c.transportLocal(ctx, inv, l)
 	}
-	done, berr := c.breaker(inv.Function).Allow()
-	if berr != nil {
-		return nil, fnmesh.Errorf(fnmesh.CodeUnavailable, "circuit breaker for %s: %w", inv.Function, berr)
-	}
-	result, err := c.transportLocal(ctx, inv, l)
-	if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && !inv.Async && inv.allowed < c.cfg.Breaker.MinTimeout {
-		done(errNotCounted) // the caller allowed too little time to tell
-	} else {
-		done(err)
+	var result json.RawMessage
+	var err error
+	ran := false
+	_, berr := c.breaker(inv.Function).Execute(func() (struct{}, error) {
+		ran = true
+		result, err = c.transportLocal(ctx, inv, l)
+		if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && !inv.Async && inv.allowed < c.cfg.Breaker.MinTimeout {
+			return struct{}{}, errNotCounted // the caller allowed too little time to tell
+		}
+		return struct{}{}, err
+	})
+	if !ran {
+		return nil, breakerOpen(inv.Function, berr)
 	}
 	return result, err
 }
