@@ -831,6 +831,28 @@ func xaddRequest(c *wire.Cmd, service, function string, maxLen int64) {
 	c.XAddOptions(true, maxLen)
 }
 
+// readBackoff paces a read loop's retries after failed reads: 50 ms,
+// doubling up to 2 s, and 50 ms again after a read that worked.
+type readBackoff struct{ d time.Duration }
+
+// wait waits out the next pause; false if ctx ended first.
+func (b *readBackoff) wait(ctx context.Context) bool {
+	if b.d == 0 {
+		b.d = 50 * time.Millisecond
+	}
+	t := time.NewTimer(b.d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return false
+	}
+	b.d = min(b.d*2, 2*time.Second)
+	return true
+}
+
+func (b *readBackoff) reset() { b.d = 0 }
+
 // yieldBatch is the largest batch after which a read loop yields to the
 // goroutines it just woke.
 const yieldBatch = 2

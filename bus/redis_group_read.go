@@ -32,7 +32,7 @@ func (g *groupSubscription) readLoop(ctx context.Context) {
 	// Own pending entries first: a replica restarted under the same name
 	// finishes what it had taken.
 	history := true
-	backoff := 50 * time.Millisecond
+	var backoff readBackoff
 	for ctx.Err() == nil {
 		if !g.deliverAgain(ctx) {
 			return
@@ -70,15 +70,12 @@ func (g *groupSubscription) readLoop(ctx context.Context) {
 				// The stream was deleted or Redis restarted empty.
 				g.s.r.ensureGroup(ctx, g.topic)
 			}
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			if !backoff.wait(ctx) {
 				return
 			}
-			backoff = min(backoff*2, 2*time.Second)
 			continue
 		}
-		backoff = 50 * time.Millisecond
+		backoff.reset()
 		var counts map[string]int
 		if history && len(msgs) > 0 {
 			counts = g.deliveryCounts(ctx, entryIDs(msgs))
@@ -137,7 +134,7 @@ func (g *groupSubscription) readAhead(ctx context.Context) {
 	case <-ctx.Done():
 		return
 	}
-	backoff := 50 * time.Millisecond
+	var backoff readBackoff
 	check := time.NewTimer(readAheadCheck)
 	defer check.Stop()
 	for ctx.Err() == nil {
@@ -170,15 +167,12 @@ func (g *groupSubscription) readAhead(ctx context.Context) {
 				return
 			}
 			g.ahead.failed(err)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			if !backoff.wait(ctx) {
 				return
 			}
-			backoff = min(backoff*2, 2*time.Second)
 			continue
 		}
-		backoff = 50 * time.Millisecond
+		backoff.reset()
 		for _, x := range msgs {
 			if x.Gone {
 				continue // only own pending entries can be gone

@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
@@ -76,7 +75,7 @@ func (in *redisInbox) create(ctx context.Context) (string, error) {
 
 func (in *redisInbox) read(ctx context.Context, last string) {
 	defer in.loops.Done()
-	backoff := 50 * time.Millisecond
+	var backoff readBackoff
 	for ctx.Err() == nil {
 		es, err := in.reader.read(ctx, in.topic, last, in.r.cfg.ReadBatch, in.r.cfg.BlockTime)
 		if err != nil {
@@ -84,15 +83,12 @@ func (in *redisInbox) read(ctx context.Context, last string) {
 				continue
 			}
 			in.reader.failed(err)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			if !backoff.wait(ctx) {
 				return
 			}
-			backoff = min(backoff*2, 2*time.Second)
 			continue
 		}
-		backoff = 50 * time.Millisecond
+		backoff.reset()
 		for _, e := range es {
 			last = e.ID
 			if _, hello := e.Get("hello"); hello {
