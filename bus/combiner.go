@@ -53,40 +53,7 @@ type combiner struct {
 
 	clusterQueue chan *batch // a cluster's batches, to its workers
 	workers      sync.WaitGroup
-
-	rtt linkRTT // of the batches' round trips
 }
-
-// linkRTT is the shortest round trip to Redis seen in the last window: the
-// link's latency, not the time commands queue in a busy server.
-type linkRTT struct {
-	mu          sync.Mutex
-	windowStart time.Time
-	windowMin   time.Duration
-	last        atomic.Int64 // the last full window's shortest, in ns
-}
-
-// rttWindow is how long linkRTT looks for the shortest round trip.
-const rttWindow = time.Second
-
-func (l *linkRTT) observe(sent, now time.Time) {
-	d := now.Sub(sent)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case l.windowStart.IsZero():
-		l.windowStart, l.windowMin = now, d
-		l.last.Store(int64(d))
-	case now.Sub(l.windowStart) > rttWindow:
-		l.last.Store(int64(min(l.windowMin, d)))
-		l.windowStart, l.windowMin = now, d
-	default:
-		l.windowMin = min(l.windowMin, d)
-	}
-}
-
-// get returns the link's round trip; 0 before any.
-func (l *linkRTT) get() time.Duration { return time.Duration(l.last.Load()) }
 
 // pendingCmd is a command on its way: made by command, given to do,
 // doAsync, doInline or doSettled, which own it from then on.
@@ -351,7 +318,6 @@ type batch struct {
 	// while idle (retried once).
 	afterIdle bool
 	retried   bool
-	sentAt    time.Time // when it was written
 }
 
 var batchPool = sync.Pool{New: func() any { return new(batch) }}
@@ -520,13 +486,11 @@ func newCombiner(rdb redis.UniversalClient, dialer *wire.Dialer, deadMaxLen int6
 					defer own.close()
 				}
 				for b := range c.clusterQueue {
-					sent := time.Now()
 					if own != nil {
 						own.exec(context.Background(), b)
 					} else {
 						c.execRedis(context.Background(), b)
 					}
-					c.rtt.observe(sent, time.Now())
 					c.complete(b)
 				}
 			}()
@@ -600,7 +564,6 @@ func (c *combiner) send(b *batch) {
 	default:
 	}
 	pl.lastWrite = time.Now()
-	b.sentAt = pl.lastWrite
 	if err := writeBatch(pl.w, b); err != nil {
 		b.err = err
 		pl.broken.Store(true)
@@ -703,7 +666,6 @@ func (c *combiner) readBatch(pl *pipeline, b *batch) error {
 	if err := readBatch(pl.w, b); err != nil {
 		return err
 	}
-	c.rtt.observe(b.sentAt, time.Now())
 	pl.answered.Store(true)
 	for _, p := range b.cmds {
 		if p.err != nil && lostMaster(p.err) {

@@ -78,16 +78,16 @@ func (s *redisGroupSubscriber) subscribe(ctx context.Context, topic string, requ
 	if err := s.r.ensureGroup(ctx, topic); err != nil {
 		return nil, err
 	}
-	reader, ahead := s.r.newBlockingReader(), s.r.newBlockingReader()
-	reader.maxField, ahead.maxField = s.cfg.MaxFieldBytes, s.cfg.MaxFieldBytes
+	reader := s.r.newBlockingReader()
+	reader.maxField = s.cfg.MaxFieldBytes
 	// XAUTOCLAIM on a connection of its own, as bounded as the readers':
 	// theirs are held by their blocking reads.
 	claimer := s.r.newBlockingReader()
 	claimer.maxField = s.cfg.MaxFieldBytes
 	ctx, cancel := context.WithCancel(ctx)
 	sub := &groupSubscription{
-		s: s, topic: topic, reader: reader, ahead: ahead, claimer: claimer, ctx: ctx,
-		freed: make(chan struct{}, 1), freedAhead: make(chan struct{}, 1),
+		s: s, topic: topic, reader: reader, claimer: claimer, ctx: ctx,
+		freed: make(chan struct{}, 1),
 		// Entries in it hold slots, so it never needs more room.
 		again:       make(chan delivery, s.cfg.Concurrency),
 		watch:       make(chan watched, 2*s.cfg.Concurrency),
@@ -100,7 +100,7 @@ func (s *redisGroupSubscriber) subscribe(ctx context.Context, topic string, requ
 		sub.out = make(chan *message.Message)
 	}
 	s.mu.Lock()
-	s.readers = append(s.readers, reader, ahead, claimer)
+	s.readers = append(s.readers, reader, claimer)
 	s.cancels = append(s.cancels, cancel)
 	s.subs = append(s.subs, sub)
 	s.mu.Unlock()
@@ -153,17 +153,14 @@ type groupSubscription struct {
 	s       *redisGroupSubscriber
 	topic   string
 	reader  *blockingReader
-	ahead   *blockingReader // readAhead's
 	claimer *blockingReader // the claim loop's
 	ctx     context.Context // the subscription's: ends when it closes
 	// One of out and requests is the output; only readLoop sends on it.
 	out      chan *message.Message
 	requests chan *DeliveredRequest
-	freed    chan struct{} // a slot came free (for readLoop)
-	// freedAhead is freed for readAhead.
-	freedAhead chan struct{}
-	again      chan delivery // nacked or claimed entries to deliver
-	watch      chan watched  // delivered messages, for the ack watchers
+	freed    chan struct{} // a slot came free
+	again    chan delivery // nacked or claimed entries to deliver
+	watch    chan watched  // delivered messages, for the ack watchers
 	// historyRead is closed once readLoop has read this consumer's own pending
 	// entries. Claiming waits for it: reading pending entries by id counts
 	// as a delivery in Redis, so an entry claimed before that read would
@@ -172,8 +169,6 @@ type groupSubscription struct {
 
 	mu       sync.Mutex
 	inflight map[string]int // entry id -> delivery count, for entries holding a slot
-	// reserved are slots that reads in progress may fill.
-	reserved int
 }
 
 type delivery struct {
@@ -200,31 +195,6 @@ func (g *groupSubscription) busy() int {
 	return len(g.inflight)
 }
 
-// readable is how many entries a read loop may ask for: slots neither
-// taken nor reserved by the other loop's read in progress, at most
-// ReadBatch, and, while both loops read (slow), at most half the slots,
-// so that one loop's read in flight leaves the other room.
-func (g *groupSubscription) readable(slow bool) int {
-	g.mu.Lock()
-	free := g.s.cfg.Concurrency - len(g.inflight) - g.reserved
-	g.mu.Unlock()
-	free = min(free, int(g.s.r.cfg.ReadBatch))
-	if slow {
-		free = min(free, (g.s.cfg.Concurrency+1)/2)
-	}
-	return free
-}
-
-// reserve adds n to the slots reserved by reads in progress.
-func (g *groupSubscription) reserve(n int) {
-	g.mu.Lock()
-	g.reserved += n
-	g.mu.Unlock()
-	if n < 0 {
-		g.signalFreed()
-	}
-}
-
 // take reserves a slot for an entry; false if it already holds one (a
 // claim of an entry this replica runs).
 func (g *groupSubscription) take(id string, count int) bool {
@@ -245,17 +215,8 @@ func (g *groupSubscription) release(id string) {
 		g.s.r.inflight.Done()
 	}
 	g.mu.Unlock()
-	g.signalFreed()
-}
-
-// signalFreed wakes both read loops if they wait for a free slot.
-func (g *groupSubscription) signalFreed() {
 	select {
 	case g.freed <- struct{}{}:
-	default:
-	}
-	select {
-	case g.freedAhead <- struct{}{}:
 	default:
 	}
 }

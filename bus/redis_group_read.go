@@ -8,7 +8,6 @@ import (
 	"errors"
 	"runtime"
 	"strings"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -16,19 +15,13 @@ import (
 // readLoop is a replica's read loop: it reads entries of the request
 // stream with XREADGROUP, as many as there are free slots, and hands each
 // to the output channel; nacked and claimed entries come back to it on
-// again. On a slow link a second loop reads ahead (readAhead). Together
-// they are the only senders on out, and close out and watch when they
-// end.
+// again. It is the only sender on out and closes out and watch when it
+// ends.
 func (g *groupSubscription) readLoop(ctx context.Context) {
 	defer g.s.wg.Done()
 	defer close(g.watch)
 	defer g.closeOutput()
-	ahead := make(chan struct{})
-	go func() {
-		defer close(ahead)
-		g.readAhead(ctx)
-	}()
-	defer func() { <-ahead }()
+	conc := g.s.cfg.Concurrency
 	// Own pending entries first: a replica restarted under the same name
 	// finishes what it had taken.
 	history := true
@@ -37,8 +30,7 @@ func (g *groupSubscription) readLoop(ctx context.Context) {
 		if !g.deliverAgain(ctx) {
 			return
 		}
-		slow := !history && g.s.r.comb.rtt.get() >= readAheadRTT
-		free := g.readable(slow)
+		free := conc - g.busy()
 		if free <= 0 {
 			select {
 			case <-g.freed:
@@ -51,13 +43,12 @@ func (g *groupSubscription) readLoop(ctx context.Context) {
 			}
 			continue
 		}
+		free = min(free, int(g.s.r.cfg.ReadBatch))
 		start, block := ">", g.s.r.cfg.BlockTime
 		if history {
 			start, block = "0", -1
 		}
-		g.reserve(free)
 		msgs, err := g.reader.readGroup(ctx, g.s.cfg.Consumer, g.topic, start, int64(free), block)
-		g.reserve(-free)
 		if err != nil {
 			if errors.Is(err, redis.Nil) {
 				continue
@@ -108,81 +99,6 @@ func (g *groupSubscription) readLoop(ctx context.Context) {
 			// reads return batches, the workers run on other threads
 			// anyway and the yield costs more than it saves.
 			runtime.Gosched()
-		}
-	}
-}
-
-// readAheadRTT is the round trip to Redis above which a second read loop
-// reads ahead: while the first loop's reply travels back and its next
-// read travels out, entries that arrive are read by the second, not left
-// waiting a round trip. On a fast link one loop suffices, and a second
-// would only split its batches.
-const readAheadRTT = 200 * time.Microsecond
-
-// readAheadCheck is how often an idle read-ahead loop looks at the
-// link's round trip again.
-const readAheadCheck = 100 * time.Millisecond
-
-// readAhead is the second read loop, on a connection of its own: it reads
-// new entries (never the consumer's own pending ones, nor entries handed
-// back or claimed, which are readLoop's) while the link's round trip is
-// above readAheadRTT. Slots are shared with readLoop: each read reserves
-// as many as it may return.
-func (g *groupSubscription) readAhead(ctx context.Context) {
-	select {
-	case <-g.historyRead:
-	case <-ctx.Done():
-		return
-	}
-	var backoff readBackoff
-	check := time.NewTimer(readAheadCheck)
-	defer check.Stop()
-	for ctx.Err() == nil {
-		if g.s.r.comb.rtt.get() < readAheadRTT {
-			check.Reset(readAheadCheck)
-			select {
-			case <-check.C:
-			case <-ctx.Done():
-				return
-			}
-			continue
-		}
-		free := g.readable(true)
-		if free <= 0 {
-			select {
-			case <-g.freedAhead:
-			case <-ctx.Done():
-				return
-			}
-			continue
-		}
-		g.reserve(free)
-		msgs, err := g.ahead.readGroup(ctx, g.s.cfg.Consumer, g.topic, ">", int64(free), g.s.r.cfg.BlockTime)
-		g.reserve(-free)
-		if err != nil {
-			if errors.Is(err, redis.Nil) {
-				continue
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			g.ahead.failed(err)
-			if !backoff.wait(ctx) {
-				return
-			}
-			continue
-		}
-		backoff.reset()
-		for _, x := range msgs {
-			if x.Gone {
-				continue // only own pending entries can be gone
-			}
-			if !g.take(x.ID, 1) {
-				continue
-			}
-			if !g.send(ctx, delivery{x, 1}) {
-				return
-			}
 		}
 	}
 }
