@@ -152,7 +152,7 @@ func RunScale(ctx context.Context, o ScaleOptions) ([]ScalePoint, error) {
 		work = fmt.Sprintf("hashes %d KiB, %.2f ms of one core", o.CPUBlocks, float64(time.Since(t0).Microseconds())/20/1000)
 	}
 	fmt.Fprintf(o.Out, "scale work=%s (the function %s per call), %d calls in flight, %v per point, %d cores, load average %s\n",
-		o.Work, work, o.Concurrency, o.Duration, numCPU(), loadAvg())
+		o.Work, work, o.Concurrency, o.Duration, numCPU(), LoadAvg())
 	fmt.Fprintf(o.Out, "%8s %10s %9s %9s %8s %7s\n", "replicas", "calls/s", "p50_ms", "p99_ms", "speedup", "failed")
 	var points []ScalePoint
 	perSecond := make([][]float64, len(o.Counts)) // by count, one per round
@@ -179,14 +179,18 @@ func RunScale(ctx context.Context, o ScaleOptions) ([]ScalePoint, error) {
 		fmt.Fprintf(o.Out, "median of %d rounds\n%8s %10s %8s %17s\n", o.Rounds, "replicas", "calls/s", "speedup", "speedup range")
 		for i, n := range o.Counts {
 			lo, hi := slices.Min(speedup[i]), slices.Max(speedup[i])
-			fmt.Fprintf(o.Out, "%8d %10.0f %7.2fx %8.2fx-%.2fx\n", n, median(perSecond[i]), median(speedup[i]), lo, hi)
+			fmt.Fprintf(o.Out, "%8d %10.0f %7.2fx %8.2fx-%.2fx\n", n, Median(perSecond[i]), Median(speedup[i]), lo, hi)
 		}
 	}
-	fmt.Fprintf(o.Out, "load average after: %s\n", loadAvg())
+	fmt.Fprintf(o.Out, "load average after: %s\n", LoadAvg())
 	return points, nil
 }
 
-func median(xs []float64) float64 {
+// Median is the median of xs (0 for none); xs is not changed.
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	if len(s)%2 == 1 {
@@ -204,7 +208,9 @@ func numCPU() int {
 	return n
 }
 
-func loadAvg() string {
+// LoadAvg is the machine's load average over 1, 5 and 15 minutes, as
+// /proc/loadavg has it, or "unknown".
+func LoadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return "unknown"

@@ -13,18 +13,16 @@
 //     time).
 //
 // The proxy runs in a process of its own (this command, re-run with
-// --serve-proxy), so that its CPU time is neither fnmesh's nor the peers'.
+// netdelay.StartProcess), so that its CPU time is neither fnmesh's nor the peers'.
 //
 //	go run ./internal/redistest/withredis -- go run ./internal/bench/benchset
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"os/exec"
@@ -42,19 +40,14 @@ import (
 )
 
 func main() {
+	netdelay.ServeIfChild()
 	redisURL := flag.String("redis", os.Getenv("REDIS_URL"), "Redis URL")
 	peers := flag.String("peers", "../shared/peers", "directory of the peers harness")
 	dur := flag.Duration("d", 2*time.Second, "duration of each throughput phase")
 	rounds := flag.Int("rounds", 3, "rounds of alternating fnmesh and peers runs at each distance")
 	seq := flag.Int("n", 300, "sequential calls for the p50")
 	delays := flag.String("delays", "0,250us,1ms", "one-way delays to measure at (0: loopback)")
-	serveProxy := flag.String("serve-proxy", "", "internal: run a delaying proxy to this address, print its address, stop at EOF on stdin")
-	oneWay := flag.Duration("one-way", 0, "internal: the proxy's one-way delay")
 	flag.Parse()
-	if *serveProxy != "" {
-		runProxy(*serveProxy, *oneWay)
-		return
-	}
 	if *redisURL == "" {
 		fatal(errors.New("set REDIS_URL or --redis"))
 	}
@@ -76,7 +69,7 @@ func main() {
 	}
 	defer cleanup()
 
-	fmt.Printf("load average at start: %s\n", loadAvg())
+	fmt.Printf("load average at start: %s\n", bench.LoadAvg())
 	s := set{dur: *dur, seq: *seq, peersBin: peersBin}
 	var rows []row
 	for _, d := range ds {
@@ -91,7 +84,7 @@ func main() {
 		}
 		rows = append(rows, r)
 	}
-	fmt.Printf("\nload average at end: %s\n\n", loadAvg())
+	fmt.Printf("\nload average at end: %s\n\n", bench.LoadAvg())
 	fmt.Printf("medians of %d rounds (range); fnmesh and peers alternate, same redis-server\n", *rounds)
 	const format = "%-24s %-20s %-20s %-28s %-20s\n"
 	fmt.Printf(format, "distance (RTT added)", "calls/s vs rawpipe", "sends/s vs rawsend", "sends/s, no status records", "seq p50 vs raw")
@@ -164,14 +157,13 @@ func (s set) distance(d time.Duration, url, addr string, rounds int) (row, error
 		p50 = append(p50, float64(fc.P50.Microseconds())/pr.p50)
 		fmt.Printf("round %d: calls %.2fx  sends %.2fx (no status records %.2fx)  seq p50 %.2fx\n", i+1, call[i], send[i], sendNoStatus[i], p50[i])
 	}
-	return row{name: name, call: median(call), send: median(send), sendNoStatus: median(sendNoStatus), p50: median(p50)}, nil
+	return row{name: name, call: medianRange(call), send: medianRange(send), sendNoStatus: medianRange(sendNoStatus), p50: medianRange(p50)}, nil
 }
 
-func median(v []float64) string {
+// medianRange is the median of v with its range, as a ratio.
+func medianRange(v []float64) string {
 	sort.Float64s(v)
-	n := len(v)
-	m := (v[(n-1)/2] + v[n/2]) / 2
-	return fmt.Sprintf("%.2fx (%.2f-%.2f)", m, v[0], v[n-1])
+	return fmt.Sprintf("%.2fx (%.2f-%.2f)", bench.Median(v), v[0], v[len(v)-1])
 }
 
 func (s set) fnmesh(mode, url string, noStatus bool) (bench.Result, error) {
@@ -244,40 +236,7 @@ func proxyFor(target string, d time.Duration) (string, func(), error) {
 	if d == 0 {
 		return target, func() {}, nil
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return "", nil, err
-	}
-	cmd := exec.Command(self, "--serve-proxy", target, "--one-way", d.String())
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return "", nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return "", nil, err
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return "", nil, err
-	}
-	addr, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		stdin.Close()
-		cmd.Wait()
-		return "", nil, fmt.Errorf("proxy: %w", err)
-	}
-	return strings.TrimSpace(addr), func() { stdin.Close(); cmd.Wait() }, nil
-}
-
-func runProxy(target string, d time.Duration) {
-	p, err := netdelay.Start(target, d)
-	if err != nil {
-		fatal(err)
-	}
-	fmt.Println(p.Addr())
-	io.Copy(io.Discard, os.Stdin) // until the parent closes it, or exits
-	p.Close()
+	return netdelay.StartProcess(target, d)
 }
 
 // withAddr is the Redis URL u with its host and port replaced by addr.
@@ -288,16 +247,4 @@ func withAddr(u, addr string) string {
 	}
 	p.Host = addr
 	return p.String()
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
 }

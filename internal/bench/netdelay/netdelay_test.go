@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"slices"
 	"testing"
@@ -12,6 +13,27 @@ import (
 
 	"github.com/fnmesh/fnmesh/internal/bench/netdelay"
 )
+
+func TestMain(m *testing.M) {
+	netdelay.ServeIfChild() // the proxy process of TestStartProcess
+	os.Exit(m.Run())
+}
+
+// dialThrough starts a proxy to an echo server at one-way delay oneWay
+// and returns a connection through it.
+func dialThrough(t *testing.T, oneWay time.Duration) net.Conn {
+	p, err := netdelay.Start(echo(t), oneWay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
 
 // echo serves a line-echo server and returns its address.
 func echo(t *testing.T) string {
@@ -75,17 +97,7 @@ func TestRoundTripTakesTwiceTheDelay(t *testing.T) {
 // Many writes in flight at once, as a pipelining client makes them,
 // arrive whole and in order.
 func TestPipelinedWritesArriveInOrder(t *testing.T) {
-	const oneWay = 10 * time.Millisecond
-	p, err := netdelay.Start(echo(t), oneWay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	c, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialThrough(t, 10*time.Millisecond)
 	want := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
 	go func() {
 		for off := 0; off < len(want); off += 4096 {
@@ -106,16 +118,7 @@ func TestPipelinedWritesArriveInOrder(t *testing.T) {
 // of 2.5 ms.
 func TestSubMillisecondDelay(t *testing.T) {
 	const oneWay = 250 * time.Microsecond
-	p, err := netdelay.Start(echo(t), oneWay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	c, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialThrough(t, oneWay)
 	r := bufio.NewReader(c)
 	lat := make([]time.Duration, 0, 101)
 	for range cap(lat) {
@@ -131,5 +134,33 @@ func TestSubMillisecondDelay(t *testing.T) {
 	// timer wake-ups of 1 ms give.
 	if p50 := lat[len(lat)/2]; p50 < 2*oneWay || p50 > 2*oneWay+time.Millisecond {
 		t.Fatalf("median round trip %v with %v each way, want %v to %v", p50, oneWay, 2*oneWay, 2*oneWay+time.Millisecond)
+	}
+}
+
+// A proxy in a process of its own forwards as one in this process does,
+// and ends with stop.
+func TestStartProcess(t *testing.T) {
+	const oneWay = 5 * time.Millisecond
+	addr, stop, err := netdelay.StartProcess(echo(t), oneWay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	c.Write([]byte("ping\n"))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "ping\n" {
+		t.Fatalf("through the proxy process: %q %v", line, err)
+	}
+	if rtt := time.Since(start); rtt < 2*oneWay {
+		t.Fatalf("round trip %v with %v each way", rtt, oneWay)
+	}
+	stop()
+	if _, err := net.Dial("tcp", addr); err == nil {
+		t.Fatal("the proxy still listens after stop")
 	}
 }

@@ -15,18 +15,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -41,11 +38,6 @@ var (
 	rounds   = flag.Int("rounds", 3, "alternating rounds")
 	dur      = flag.Duration("d", 2*time.Second, "duration of each throughput phase")
 	delays   = flag.String("delays", "0,250us,1ms", "one-way delays to measure at (0: loopback)")
-
-	// A proxy runs in a process of its own, so that the CPU it spends is
-	// not counted as the measured process's.
-	proxyTarget = flag.String("proxy-target", "", "(internal) serve a netdelay proxy to this address until stdin closes")
-	proxyDelay  = flag.Duration("proxy-delay", 0, "(internal) its one-way delay")
 )
 
 var paths = []string{"fnmesh call", "bus, own RESP", "bus on rueidis", "bus on rueidis, 20µs flush", "peers rawpipe"}
@@ -57,11 +49,10 @@ type sample struct {
 }
 
 func main() {
+	// A proxy runs in a process of its own, so that the CPU it spends is
+	// not counted as the measured process's.
+	netdelay.ServeIfChild()
 	flag.Parse()
-	if *proxyTarget != "" {
-		serveProxy()
-		return
-	}
 	if *redisURL == "" {
 		fmt.Fprintln(os.Stderr, "wirecompare: set REDIS_URL or --redis")
 		os.Exit(2)
@@ -88,7 +79,7 @@ func main() {
 		}
 		defer os.Remove(peersBin)
 	}
-	load0 := loadavg()
+	load0 := bench.LoadAvg()
 	ctx := context.Background()
 	// samples[delay][path] over rounds, and the ratios to that round's rawpipe
 	samples := make([]map[string][]sample, len(oneWays))
@@ -99,7 +90,10 @@ func main() {
 	for i, d := range oneWays {
 		urls[i] = *target
 		if d > 0 {
-			addr, stop := startProxy(target.Host, d)
+			addr, stop, err := netdelay.StartProcess(target.Host, d)
+			if err != nil {
+				fail(err)
+			}
 			defer stop()
 			urls[i].Host = addr
 		}
@@ -121,7 +115,7 @@ func main() {
 			}
 		}
 	}
-	fmt.Printf("\nload average before %s, after %s; %d rounds of %v at 64 in flight\n\n", load0, loadavg(), *rounds, *dur)
+	fmt.Printf("\nload average before %s, after %s; %d rounds of %v at 64 in flight\n\n", load0, bench.LoadAvg(), *rounds, *dur)
 	fmt.Println("| one-way delay | path | calls/s | vs rawpipe | p50 µs | p50 vs rawpipe | CPU µs/call | Redis CPU µs/call | allocs/call |")
 	fmt.Println("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 	for di, d := range oneWays {
@@ -152,9 +146,9 @@ func main() {
 			if d > 0 {
 				name = d.String()
 			}
-			fmt.Printf("| %s | %s | %.0f | %s | %.0f | %s | %s | %s | %s |\n", name, path, median(tput),
-				dash(median(rt), "%.2fx"), median(p50), dash(median(rp), "%.2fx"),
-				dash(median(cpu), "%.1f"), dash(median(rcpu), "%.1f"), dash(median(allocs), "%.1f"))
+			fmt.Printf("| %s | %s | %.0f | %s | %.0f | %s | %s | %s | %s |\n", name, path, bench.Median(tput),
+				dash(bench.Median(rt), "%.2fx"), bench.Median(p50), dash(bench.Median(rp), "%.2fx"),
+				dash(bench.Median(cpu), "%.1f"), dash(bench.Median(rcpu), "%.1f"), dash(bench.Median(allocs), "%.1f"))
 		}
 	}
 }
@@ -225,61 +219,6 @@ func rawpipe(bin, addr string, n int) (sample, error) {
 		return s, fmt.Errorf("peers rawpipe: no throughput in %q", out)
 	}
 	return s, nil
-}
-
-// startProxy runs this command as a netdelay proxy to target and
-// returns its address.
-func startProxy(target string, oneWay time.Duration) (addr string, stop func()) {
-	self, err := os.Executable()
-	if err != nil {
-		fail(err)
-	}
-	cmd := exec.Command(self, "-proxy-target", target, "-proxy-delay", oneWay.String())
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		fail(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		fail(err)
-	}
-	if err := cmd.Start(); err != nil {
-		fail(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		fail(fmt.Errorf("proxy: %w", err))
-	}
-	return strings.TrimSpace(line), func() { in.Close(); cmd.Wait() }
-}
-
-func serveProxy() {
-	p, err := netdelay.Start(*proxyTarget, *proxyDelay)
-	if err != nil {
-		fail(err)
-	}
-	fmt.Println(p.Addr())
-	io.Copy(io.Discard, os.Stdin) // until the parent closes it, or dies
-	p.Close()
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	v = append([]float64(nil), v...)
-	sort.Float64s(v)
-	return (v[(len(v)-1)/2] + v[len(v)/2]) / 2
-}
-
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 func fail(err error) {
