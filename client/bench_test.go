@@ -10,6 +10,7 @@ import (
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // BenchmarkCallMemory is the whole call path on the in-memory bus: client
@@ -78,10 +79,7 @@ func TestAllocationBudgetMemory(t *testing.T) {
 			t.Fatalf("call: %v %+v", err, out)
 		}
 	}
-	for i := 0; i < 200; i++ {
-		call()
-	}
-	allocs := testing.AllocsPerRun(2000, call)
+	allocs := meshtest.AllocsPerCall(call)
 	t.Logf("allocations per call on the in-memory bus: %.1f", allocs)
 	if allocs > budget {
 		t.Fatalf("%.1f allocations per call, budget %d (%s)", allocs, budget, memoryAllocMeasured)

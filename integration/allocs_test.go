@@ -69,15 +69,7 @@ func benchCalls(b *testing.B, call func() error) {
 // 10% over what was measured: a change that allocates more per call fails
 // here and must say why.
 func TestAllocationBudgetRedis(t *testing.T) {
-	call := redisCallPath(t)
-	for i := 0; i < 200; i++ { // warm-up: pools, buffers
-		call()
-	}
-	allocs := testing.AllocsPerRun(2000, func() {
-		if err := call(); err != nil {
-			t.Fatal(err)
-		}
-	})
+	allocs := allocsPerCall(t, redisCallPath(t))
 	t.Logf("allocations per call over Redis (client + replica): %.1f", allocs)
 	if allocs > redisAllocBudget {
 		t.Fatalf("%.1f allocations per call, budget %d (%s)", allocs, redisAllocBudget, redisAllocMeasured)
@@ -90,17 +82,19 @@ func TestAllocationBudgetRedis(t *testing.T) {
 // go-redis command made again from its arguments.
 func TestAllocationBudgetCluster(t *testing.T) {
 	url := sharedCluster(t).URL
-	call := callPathOn(t, func() *bus.Redis { return busAt(t, url, bus.RedisConfig{}) })
-	for i := 0; i < 200; i++ {
-		call()
-	}
-	allocs := testing.AllocsPerRun(2000, func() {
-		if err := call(); err != nil {
-			t.Fatal(err)
-		}
-	})
+	allocs := allocsPerCall(t, callPathOn(t, func() *bus.Redis { return busAt(t, url, bus.RedisConfig{}) }))
 	t.Logf("allocations per call on a Cluster (client + replica): %.1f", allocs)
 	if allocs > clusterAllocBudget {
 		t.Fatalf("%.1f allocations per call, budget %d (%s)", allocs, clusterAllocBudget, clusterAllocMeasured)
 	}
+}
+
+// allocsPerCall is meshtest.AllocsPerCall of call, failing t if a call
+// fails.
+func allocsPerCall(t *testing.T, call func() error) float64 {
+	return meshtest.AllocsPerCall(func() {
+		if err := call(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

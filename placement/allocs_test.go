@@ -3,6 +3,8 @@ package placement_test
 import (
 	"context"
 	"testing"
+
+	"github.com/fnmesh/fnmesh/meshtest"
 )
 
 // Allocations of a co-located call, caller and replica together, without
@@ -34,10 +36,7 @@ func TestAllocationBudgetColocated(t *testing.T) {
 					t.Fatalf("call: %v %+v", err, out)
 				}
 			}
-			for i := 0; i < 200; i++ {
-				call()
-			}
-			got := testing.AllocsPerRun(2000, call)
+			got := meshtest.AllocsPerCall(call)
 			t.Logf("%.1f allocations per co-located call (budget %.0f)", got, tc.budget)
 			if got > tc.budget {
 				t.Fatalf("%.1f allocations per co-located call, budget %.0f", got, tc.budget)
