@@ -77,35 +77,25 @@ func oversizedEntryIsNotBuffered(t *testing.T, b *bus.Redis, name string, maker 
 	const size = 64 << 20
 	h := meshtest.NewHarness(t, b)
 	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
-	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
-		return meshtest.AddOut{Sum: in.A + in.B}, nil
-	})
-	h.Start(svc)
-	c := h.Client(client.Config{Logger: meshtest.Quiet})
-	var out meshtest.AddOut
-	if err := c.Call(ctx, name+".add", meshtest.AddIn{A: 1, B: 1}, &out); err != nil {
-		t.Fatal(err)
-	}
+	c := startAdder(t, h, svc)
 
 	// Redis makes the entry itself (a Lua string.rep): this process never
 	// holds it, so what it allocates is the replica's. Taken over: the
 	// same script delivers it to a replica that then died.
-	runtime.GC()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	if err := maker.Eval(ctx, `local id = redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', 'big-1', 'fn', 'add', 'p', string.rep('x', tonumber(ARGV[1])))
+	var dls []bus.DeadLetter
+	n := allocatedBy(func() {
+		if err := maker.Eval(ctx, `local id = redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', 'big-1', 'fn', 'add', 'p', string.rep('x', tonumber(ARGV[1])))
 		if ARGV[2] == '1' then redis.call('XREADGROUP', 'GROUP', 'fnmesh', 'dead', 'COUNT', '1', 'STREAMS', KEYS[1], '>') end
 		return id`, []string{bus.RequestTopic(name)}, size, takenOver).Err(); err != nil {
-		t.Fatal(err)
-	}
-	var dls []bus.DeadLetter
-	meshtest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
-		var err error
-		dls, err = h.Bus.DeadLetters(ctx, name, 10)
-		return err == nil && len(dls) == 1
+			t.Fatal(err)
+		}
+		meshtest.Eventually(t, 30*time.Second, "oversized entry not dead-lettered", func() bool {
+			var err error
+			dls, err = h.Bus.DeadLetters(ctx, name, 10)
+			return err == nil && len(dls) == 1
+		})
 	})
-	runtime.ReadMemStats(&after)
-	if n := after.TotalAlloc - before.TotalAlloc; n > size/4 {
+	if n > size/4 {
 		t.Errorf("the replica allocated %d MB for a %d MB entry", n>>20, size>>20)
 	} else {
 		t.Logf("allocated %d KB while a %d MB entry was refused", n>>10, size>>20)
@@ -117,9 +107,36 @@ func oversizedEntryIsNotBuffered(t *testing.T, b *bus.Redis, name string, maker 
 	if string(d.Payload) != strings.Repeat("x", tooLargePrefix) || d.Fields[bus.FieldTooLarge] != "p 67108864" {
 		t.Fatalf("dead letter keeps %d bytes of the payload and too_large %q, want %d and %q", len(d.Payload), d.Fields[bus.FieldTooLarge], tooLargePrefix, "p 67108864")
 	}
+	var out meshtest.AddOut
 	if err := c.Call(ctx, name+".add", meshtest.AddIn{A: 2, B: 2}, &out); err != nil || out.Sum != 4 {
 		t.Fatalf("call after the oversized entry: %v %+v", err, out)
 	}
+}
+
+// startAdder registers meshtest's add on svc, starts svc on h, and returns
+// a client that has called it once.
+func startAdder(t *testing.T, h *meshtest.Harness, svc *handlers.Service) *client.Client {
+	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
+	})
+	h.Start(svc)
+	c := h.Client(client.Config{Logger: meshtest.Quiet})
+	var out meshtest.AddOut
+	if err := c.Call(context.Background(), svc.Name()+".add", meshtest.AddIn{A: 1, B: 1}, &out); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// allocatedBy returns the bytes this process allocated while f ran, after
+// a collection (so that nothing allocated before counts).
+func allocatedBy(f func()) uint64 {
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
 }
 
 // peakRSSKB reads a process's peak resident set size (VmHWM).
@@ -231,7 +248,7 @@ func TestCallerRefusesOversizedReply(t *testing.T) {
 	h := meshtest.NewHarness(t, newRedisBus(t, busConfig()))
 	svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
 	release := make(chan struct{})
-	t.Cleanup(func() { close(release) }) // before the harness stops the replica
+	defer close(release) // before the harness stops the replica (a cleanup)
 	handlers.Register(svc, "wait", func(ctx context.Context, _ struct{}) (struct{}, error) {
 		select {
 		case <-ctx.Done():
@@ -239,48 +256,40 @@ func TestCallerRefusesOversizedReply(t *testing.T) {
 		}
 		return struct{}{}, nil
 	})
-	handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
-		return meshtest.AddOut{Sum: in.A + in.B}, nil
-	})
-	h.Start(svc)
-	c := h.Client(client.Config{Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
-	var out meshtest.AddOut
-	if err := c.Call(ctx, name+".add", meshtest.AddIn{A: 1, B: 1}, &out); err != nil {
-		t.Fatal(err)
-	}
+	c := startAdder(t, h, svc)
 
-	runtime.GC()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
 	const id = "big-reply-1"
-	failed := make(chan error, 1)
-	go func() {
-		failed <- c.Call(ctx, name+".wait", struct{}{}, nil, client.WithRequestID(id), client.WithTimeout(60*time.Second))
-	}()
-	meshtest.Eventually(t, 30*time.Second, "the replica did not take the call", func() bool {
-		p, err := inspector(t).XPending(ctx, bus.RequestTopic(name), bus.Group).Result()
-		return err == nil && p.Count == 1
-	})
-	// Redis makes the reply itself (a Lua string.rep): this process
-	// never holds it, so what it allocates is the caller's.
-	if err := entryMaker(t).Eval(ctx, `return redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'by', 'the test', 'p', string.rep('x', tonumber(ARGV[2])))`,
-		[]string{c.Inbox()}, id, size).Err(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-failed:
-		if fnmesh.CodeOf(err) != fnmesh.CodeResourceExhausted || !strings.Contains(err.Error(), "MaxReplyBytes") {
-			t.Fatalf("call answered with a %d MB reply: %v, want resource_exhausted naming MaxReplyBytes", size>>20, err)
+	var callErr error
+	n := allocatedBy(func() {
+		failed := make(chan error, 1)
+		go func() {
+			failed <- c.Call(ctx, name+".wait", struct{}{}, nil, client.WithRequestID(id), client.WithTimeout(60*time.Second))
+		}()
+		meshtest.Eventually(t, 30*time.Second, "the replica did not take the call", func() bool {
+			p, err := inspector(t).XPending(ctx, bus.RequestTopic(name), bus.Group).Result()
+			return err == nil && p.Count == 1
+		})
+		// Redis makes the reply itself (a Lua string.rep): this process
+		// never holds it, so what it allocates is the caller's.
+		if err := entryMaker(t).Eval(ctx, `return redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'by', 'the test', 'p', string.rep('x', tonumber(ARGV[2])))`,
+			[]string{c.Inbox()}, id, size).Err(); err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the call got no answer")
+		select {
+		case callErr = <-failed:
+		case <-time.After(60 * time.Second):
+			t.Fatal("the call got no answer")
+		}
+	})
+	if fnmesh.CodeOf(callErr) != fnmesh.CodeResourceExhausted || !strings.Contains(callErr.Error(), "MaxReplyBytes") {
+		t.Fatalf("call answered with a %d MB reply: %v, want resource_exhausted naming MaxReplyBytes", size>>20, callErr)
 	}
-	runtime.ReadMemStats(&after)
-	if n := after.TotalAlloc - before.TotalAlloc; n > size/4 {
+	if n > size/4 {
 		t.Fatalf("allocated %d MB while a %d MB reply was refused", n>>20, size>>20)
 	} else {
 		t.Logf("allocated %d KB while a %d MB reply was refused", n>>10, size>>20)
 	}
+	var out meshtest.AddOut
 	if err := c.Call(ctx, name+".add", meshtest.AddIn{A: 2, B: 2}, &out); err != nil || out.Sum != 4 {
 		t.Fatalf("after the refused reply: %+v %v", out, err)
 	}
