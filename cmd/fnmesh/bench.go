@@ -69,17 +69,11 @@ func benchCommand() *cli.Command {
 				Mode: c.String("mode"), Replicas: c.Int("replicas"), Concurrency: c.Int("concurrency"),
 				Duration: c.Duration("duration"), Sequential: c.Int("n"), RedisURL: c.String("redis"),
 			}
-			if path := c.String("cpuprofile"); path != "" {
-				f, err := os.Create(path)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+			stopProfile, err := startCPUProfile(c.String("cpuprofile"))
+			if err != nil {
+				return err
 			}
+			defer stopProfile()
 			r, err := bench.Run(ctx, o)
 			if err != nil {
 				return err
@@ -166,23 +160,34 @@ func writeHeapProfile(path string) error {
 	return pprof.Lookup("allocs").WriteTo(f, 0)
 }
 
+// startCPUProfile writes a CPU profile to path until stop is called; with
+// no path it does nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
 // runLocal is --mode local: the co-located path against a direct call and
 // the in-memory bus, in one run.
 func runLocal(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	o := bench.Options{Concurrency: c.Int("concurrency"), Duration: c.Duration("duration"), Sequential: c.Int("n")}
-	if path := c.String("cpuprofile"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile(c.String("cpuprofile"))
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	rounds, med, err := bench.RunLocal(ctx, o, c.Int("rounds"))
 	if err != nil {
 		return err
