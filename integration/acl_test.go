@@ -270,15 +270,7 @@ func TestDocumentedACLsAreEnough(t *testing.T) {
 // rediss:// with the server's CA: a service and a caller over TLS; a
 // client that does not trust the CA cannot connect.
 func TestTLS(t *testing.T) {
-	files, err := redistest.NewTLSFiles(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := redistest.Start(redistest.Options{TLS: files})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
+	srv, files := tlsServer(t)
 	if !strings.HasPrefix(srv.URL, "rediss://") {
 		t.Fatalf("URL %s", srv.URL)
 	}
@@ -344,4 +336,19 @@ func TestDocumentedReplicaACLServesPython(t *testing.T) {
 	if err := c.Call(context.Background(), "math.add", map[string]int{"a": 1, "b": 2}, &out, client.WithTimeout(10*time.Second)); err != nil || out.Value != 3 {
 		t.Fatalf("Python replica under the documented ACL: %v %+v", err, out)
 	}
+}
+
+// tlsServer starts a redis-server that speaks only TLS, with certificates
+// of a CA of its own (files), stopped when the test ends.
+func tlsServer(t *testing.T) (*redistest.Server, *redistest.TLSFiles) {
+	files, err := redistest.NewTLSFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := redistest.Start(redistest.Options{TLS: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	return srv, files
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/fnmesh/fnmesh"
 	"github.com/fnmesh/fnmesh/bus"
 	"github.com/fnmesh/fnmesh/client"
-	"github.com/fnmesh/fnmesh/internal/redistest"
 	"github.com/fnmesh/fnmesh/meshtest"
 )
 
@@ -114,15 +113,7 @@ func refuseOversizedEntry(t *testing.T, lang string, start func(t testing.TB, se
 // the CAs Node does, NODE_EXTRA_CA_CERTS included): it serves a Go caller
 // over TLS and cuts an oversized field short there too.
 func TestNodeReplicaReadsOverTLS(t *testing.T) {
-	files, err := redistest.NewTLSFiles(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := redistest.Start(redistest.Options{TLS: files})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
+	srv, files := tlsServer(t)
 	name := meshtest.Name("tlsnode")
 	argv := []string{"node", filepath.Join(nodeJS(t), "dist", "tools", "interop.js"), "serve", name, name + "-1"}
 	startForeignReplicaEnv(t, "node", name+"-1", argv, []string{"REDIS_URL=" + srv.URL, "NODE_EXTRA_CA_CERTS=" + files.CAFile}, 20*time.Second, 10*time.Second)
