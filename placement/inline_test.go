@@ -12,7 +12,6 @@ import (
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/meshtest"
-	"github.com/fnmesh/fnmesh/placement"
 )
 
 // inlineService registers its functions with handlers.Inline: co-located
@@ -45,17 +44,7 @@ func inlineClient(t *testing.T, stacks chan<- string) (*client.Client, *counting
 	t.Helper()
 	b := &countingBus{Bus: bus.NewMemory()}
 	t.Cleanup(func() { b.Close() })
-	p, err := placement.New(placement.Config{}, inlineService(stacks))
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c, b
+	return localClient(t, b, inlineService(stacks)), b
 }
 
 // A function registered Inline runs on its co-located caller's own
@@ -132,20 +121,11 @@ func TestInlineCallerCancellation(t *testing.T) {
 		ended <- ctx.Err()
 		return 1, nil
 	}, handlers.Inline())
-	p, err := placement.New(placement.Config{}, svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := localClient(t, b, svc)
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), callerKey{}, "secret"))
 	go func() { <-entered; cancel() }()
 	began := time.Now()
-	err = c.Call(ctx, "fast.wait", struct{}{}, nil, client.WithTimeout(5*time.Second))
+	err := c.Call(ctx, "fast.wait", struct{}{}, nil, client.WithTimeout(5*time.Second))
 	meshtest.WantCode(t, err, fnmesh.CodeCanceled)
 	if el := time.Since(began); el > 4*time.Second {
 		t.Fatalf("a cancelled inline call returned after %v", el)

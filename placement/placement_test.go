@@ -56,6 +56,23 @@ func mailService(sent chan<- string) *handlers.Service {
 }
 
 // start runs p on b until the test ends.
+// localClient starts a process hosting svcs on b and returns a client
+// that calls them in-process (no breaker), closed when the test ends.
+func localClient(t *testing.T, b bus.Bus, svcs ...*handlers.Service) *client.Client {
+	t.Helper()
+	p, err := placement.New(placement.Config{}, svcs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p, b)
+	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func start(t *testing.T, p *placement.Process, b bus.Bus) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -157,16 +174,7 @@ func testSend(t *testing.T, local bool) {
 func TestPanicAndStuckFunctionInProcess(t *testing.T) {
 	b := &countingBus{Bus: bus.NewMemory()}
 	t.Cleanup(func() { b.Close() })
-	p, err := placement.New(placement.Config{}, mathService())
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := localClient(t, b, mathService())
 	fe := meshtest.WantCode(t, c.Call(context.Background(), "math.boom", struct{}{}, nil), fnmesh.CodeInternal)
 	if !strings.Contains(fe.Message, "panicked") {
 		t.Fatalf("message %q", fe.Message)
@@ -338,16 +346,7 @@ func TestLateInProcessReplyReachesNoOtherCall(t *testing.T) {
 		time.Sleep(time.Duration(in.SleepMS) * time.Millisecond) // ignores its context
 		return in.N, nil
 	})
-	p, err := placement.New(placement.Config{}, svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := localClient(t, b, svc)
 	for round := 0; round < 5; round++ {
 		late := -1 - round
 		meshtest.WantCode(t, c.Call(context.Background(), "echo.echo", struct{ N, SleepMS int }{late, 30}, nil, client.WithTimeout(5*time.Millisecond)), fnmesh.CodeDeadlineExceeded)
