@@ -767,13 +767,13 @@ func (r *Redis) newWireDialer() *wire.Dialer {
 		return nil
 	case r.failover != nil:
 		fo := *r.failover
-		fo.DialTimeout, fo.ReadTimeout, fo.WriteTimeout = boundTimeout(fo.DialTimeout), boundTimeout(fo.ReadTimeout), boundTimeout(fo.WriteTimeout)
+		boundTimeouts(&fo.DialTimeout, &fo.ReadTimeout, &fo.WriteTimeout)
 		return r.sentinels.NewFailoverDialer(fo)
 	case c.Options().Addr == "FailoverClient":
 		return nil
 	}
 	opt := *c.Options()
-	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = boundTimeout(opt.DialTimeout), boundTimeout(opt.ReadTimeout), boundTimeout(opt.WriteTimeout)
+	boundTimeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
 	return wire.NewDialer(opt)
 }
 
@@ -783,11 +783,12 @@ func (r *Redis) newWireDialer() *wire.Dialer {
 // can back off, instead of waiting out their deadline.
 const combinerTimeout = time.Second
 
-// boundTimeout is a timeout no longer than combinerTimeout; a negative one
-// (none) is kept.
-func boundTimeout(d time.Duration) time.Duration {
-	if d == 0 || d > combinerTimeout {
-		return combinerTimeout
+// boundTimeouts makes each timeout no longer than combinerTimeout; a
+// negative one (none) is kept.
+func boundTimeouts(ds ...*time.Duration) {
+	for _, d := range ds {
+		if *d == 0 || *d > combinerTimeout {
+			*d = combinerTimeout
+		}
 	}
-	return d
 }

@@ -123,7 +123,7 @@ func (w *clusterWire) connFor(ctx context.Context, cmd *wire.Cmd) (*wire.Conn, s
 		return conn, addr
 	}
 	opt := *node.Options()
-	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = boundTimeout(opt.DialTimeout), boundTimeout(opt.ReadTimeout), boundTimeout(opt.WriteTimeout)
+	boundTimeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
 	d := wire.NewDialer(opt)
 	if d == nil {
 		return nil, ""
