@@ -133,6 +133,14 @@ type Client struct {
 	dir      *directory // nil: calls are not checked against the registry
 	// deliverFn is c.deliver, made once: the inbox hands it every reply.
 	deliverFn func(*bus.Reply)
+	// inline is Config.Local when it tells which calls run on the
+	// caller's goroutine (placement.Process does).
+	inline inlineServices
+	// invocations recycles the Invocations of calls answered in-process
+	// when no interceptor of the caller's sees them (pooled is set):
+	// nothing else holds one once its call returned.
+	invocations sync.Pool
+	pooled      bool
 }
 
 const waitShards = 32
@@ -213,6 +221,9 @@ func New(b bus.Bus, cfg Config) (*Client, error) {
 		return w
 	}
 	c.deliverFn = c.deliver
+	c.inline, _ = cfg.Local.(inlineServices)
+	c.pooled = len(cfg.Interceptors) == 0
+	c.invocations.New = func() any { return new(Invocation) }
 	open, err := b.OpenInbox(context.Background(), c.inbox, c.deliverFn)
 	if err != nil {
 		return nil, fnmesh.Wrap(fnmesh.CodeUnavailable, fmt.Errorf("client: open reply inbox: %w", err))
@@ -344,11 +355,24 @@ func (c *Client) newInvocation(function string, in any, o *callOptions, async bo
 		var b [64]byte
 		id = string(strconv.AppendUint(append(b[:0], c.idPrefix...), c.seq.Add(1), 36))
 	}
-	return &Invocation{
+	inv := c.invocations.Get().(*Invocation)
+	*inv = Invocation{
 		ID: id, Function: function, Service: service, Name: fn, Args: payload,
 		Token: o.token, Async: async, IdempotencyKey: o.idempotencyKey,
 		argsBorrowed: borrowed, argValue: marshalled(in, borrowed),
-	}, nil
+	}
+	return inv, nil
+}
+
+// release recycles inv once its call returned, when nothing can still
+// hold it: no interceptor saw it, and its request went to a replica in
+// this process (which copies it, or ran it before Dispatch returned),
+// not to a bus that may still be writing it.
+func (c *Client) release(inv *Invocation) {
+	if c.pooled && inv.inProcess {
+		*inv = Invocation{}
+		c.invocations.Put(inv)
+	}
 }
 
 func (c *Client) options(opts []CallOption) callOptions {
@@ -391,8 +415,10 @@ func (c *Client) Call(ctx context.Context, function string, in, out any, opts ..
 	if o.info != nil {
 		*o.info = ReplyInfo{RequestID: inv.ID, Replica: inv.Replica}
 	}
-	if err == nil && inv.resultValue != nil {
-		return takeValue(function, inv.resultValue, out)
+	value := inv.resultValue
+	c.release(inv)
+	if err == nil && value != nil {
+		return takeValue(function, value, out)
 	}
 	if err != nil || out == nil {
 		return err
@@ -424,6 +450,7 @@ func (c *Client) Send(ctx context.Context, function string, in any, opts ...Call
 	if err == nil && o.info != nil {
 		*o.info = ReplyInfo{RequestID: inv.ID}
 	}
+	c.release(inv)
 	return err
 }
 
@@ -467,7 +494,7 @@ func (c *Client) transport(ctx context.Context, inv *Invocation) (json.RawMessag
 		return nil, c.publish(ctx, inv.Service, req)
 	}
 	req.ReplyTo = c.inbox
-	rep, err := c.roundTripVia(ctx, inv.Service, req, inv.Function, nil)
+	rep, _, err := c.roundTripVia(ctx, inv.Service, req, inv.Function, nil)
 	if rep != nil {
 		inv.Replica = rep.Replica
 	}
@@ -480,20 +507,35 @@ func (c *Client) transport(ctx context.Context, inv *Invocation) (json.RawMessag
 // roundTripVia publishes req, or hands it to local when a replica there
 // takes it, and waits for its reply. A reply carrying an error is
 // returned as that error.
-func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Request, function string, local LocalServices) (*bus.Reply, error) {
+func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Request, function string, local LocalServices) (_ *bus.Reply, inProcess bool, _ error) {
+	if local != nil && c.inline != nil && c.inline.Inline(service, req.Function) {
+		if rep, ran, err := c.callInline(ctx, service, req, function, local); ran {
+			return rep, true, err
+		}
+		// Not taken here: it waits in the bus like any call.
+		if err := c.admit.admit(ctx, service); err != nil {
+			return nil, false, err
+		}
+		local = nil
+	}
+	return c.roundTrip(ctx, service, req, function, local)
+}
+
+// roundTrip is roundTripVia for a call that takes a place among the
+// calls waiting for a reply.
+func (c *Client) roundTrip(ctx context.Context, service string, req *bus.Request, function string, local LocalServices) (_ *bus.Reply, inProcess bool, _ error) {
 	w := c.waiters.Get().(*waiter)
 	sh := c.shard(req.ID)
 	sh.mu.Lock()
 	if c.closed.Load() {
 		sh.mu.Unlock()
 		c.waiters.Put(w)
-		return nil, errClosed()
+		return nil, false, errClosed()
 	}
 	w.in.Store(sh) // before w.id: fail reads w.id only under w.in's lock
 	w.id = req.ID
 	sh.m[req.ID] = w
 	sh.mu.Unlock()
-	inProcess := false
 	defer func() {
 		sh.mu.Lock()
 		delete(sh.m, req.ID)
@@ -521,12 +563,12 @@ func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Requ
 		if local != nil {
 			// Not taken in-process: it waits in the bus like any call.
 			if err := c.admit.admit(ctx, service); err != nil {
-				return nil, err
+				return nil, false, err
 			}
 		}
 		// The bus bounds a write it waits for by req.Deadline.
 		if err := c.publish(ctx, service, req); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 	select {
@@ -534,9 +576,10 @@ func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Requ
 		if ctx.Err() != nil {
 			// Cancelled while it ran: the caller learns what it would
 			// have learnt waiting for a worker.
-			return nil, contextError(ctx, function)
+			return nil, inProcess, contextError(ctx, function)
 		}
-		return replyOf(rep)
+		rep, err := replyOf(rep)
+		return rep, inProcess, err
 	default:
 	}
 	// A pooled timer, not a context per call: its timer, channel and
@@ -548,11 +591,12 @@ func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Requ
 	defer func() { deadline.Stop(); deadlineTimers.Put(deadline) }()
 	select {
 	case rep := <-w.ch:
-		return replyOf(rep)
+		rep, err := replyOf(rep)
+		return rep, inProcess, err
 	case <-deadline.C:
-		return nil, deadlineError(function)
+		return nil, inProcess, deadlineError(function)
 	case <-ctx.Done():
-		return nil, contextError(ctx, function)
+		return nil, inProcess, contextError(ctx, function)
 	}
 }
 

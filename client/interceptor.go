@@ -25,7 +25,10 @@ type Invocation struct {
 	// []byte), which an in-process replica must copy. (Here, in Async's
 	// padding: an Invocation fits 416 bytes.)
 	argsBorrowed bool
-	Replica      string // set once a reply arrived: who ran it
+	// inProcess: a replica in this process took the request (and copied
+	// it, or ran it before Dispatch returned).
+	inProcess bool
+	Replica   string // set once a reply arrived: who ran it
 
 	// wire is the request the innermost invoker sends, kept here so that
 	// a call is one allocation less. An Invocation is used by one

@@ -28,6 +28,52 @@ type LocalServices interface {
 	Dispatch(ctx context.Context, service string, req *bus.Request, deliver func(*bus.Reply)) error
 }
 
+// inlineServices is implemented by LocalServices that know which calls
+// run on their caller's goroutine (handlers.Inline), so that Dispatch
+// returns with the reply: such a call takes no place among the calls
+// waiting for a reply. placement.Process implements it.
+type inlineServices interface {
+	// Inline reports whether a call of function of service, when
+	// Dispatch takes it, is answered before Dispatch returns. A call
+	// Dispatch refuses (an error) is not run, and goes over the bus.
+	Inline(service, function string) bool
+}
+
+// callInline runs a call of a function that runs on the caller's
+// goroutine. ran is false when no replica here took it: it goes over the
+// bus.
+func (c *Client) callInline(ctx context.Context, service string, req *bus.Request, function string, local LocalServices) (_ *bus.Reply, ran bool, _ error) {
+	if c.closed.Load() {
+		return nil, true, errClosed()
+	}
+	w := c.waiters.Get().(*waiter)
+	req.Failed = nil
+	if local.Dispatch(ctx, service, req, w.direct) != nil {
+		c.waiters.Put(w)
+		return nil, false, nil
+	}
+	var rep *bus.Reply
+	select {
+	case rep = <-w.ch:
+	default:
+		// Not answered on this goroutine after all: the waiter may still
+		// get the reply, so it is not reused.
+		return nil, true, fnmesh.Errorf(fnmesh.CodeInternal, "%s: the in-process replica returned before answering", function)
+	}
+	w.took.Store(false)
+	c.waiters.Put(w)
+	if c.closed.Load() {
+		return nil, true, errClosed() // as a call waiting for a reply when Close came
+	}
+	if ctx.Err() != nil {
+		// Cancelled while it ran: the caller learns what it would have
+		// learnt waiting for a worker.
+		return nil, true, contextError(ctx, function)
+	}
+	rep, err := replyOf(rep)
+	return rep, true, err
+}
+
 // local returns where inv runs in this process, or nil when it goes over
 // the bus: a Call to a hosted service, or a Send to one with
 // Config.LocalSends.
@@ -81,6 +127,7 @@ func (c *Client) transportLocal(ctx context.Context, inv *Invocation, l LocalSer
 	}
 	if inv.Async {
 		if l.Dispatch(ctx, inv.Service, req, nil) == nil {
+			inv.inProcess = true // Dispatch copied req
 			return nil, nil
 		}
 		if err := c.admit.admit(ctx, inv.Service); err != nil {
@@ -89,7 +136,8 @@ func (c *Client) transportLocal(ctx context.Context, inv *Invocation, l LocalSer
 		return nil, c.publish(ctx, inv.Service, req)
 	}
 	req.ReplyTo = c.inbox
-	rep, err := c.roundTripVia(ctx, inv.Service, req, inv.Function, l)
+	rep, inProcess, err := c.roundTripVia(ctx, inv.Service, req, inv.Function, l)
+	inv.inProcess = inProcess
 	if rep != nil {
 		inv.Replica = rep.Replica
 	}

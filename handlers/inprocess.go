@@ -101,8 +101,21 @@ func (s *Service) Dispatch(ctx context.Context, req *bus.Request, deliver func(*
 // the deadline or the cancellation (the caller then gets
 // deadline_exceeded, or canceled from the client). Sends are dispatched as
 // by Dispatch.
+//
+// A call cut short because the replica stopped (its drain timed out) is
+// not answered here: DispatchInline returns ErrNotServedHere, and the
+// caller, still waiting on this goroutine, sends it over the bus, where
+// another replica runs it. (Dispatch does the same for a function
+// registered with Inline.)
 func (s *Service) DispatchInline(ctx context.Context, req *bus.Request, deliver func(*bus.Reply)) error {
 	return s.dispatch(ctx, req, deliver, req.ReplyTo != "")
+}
+
+// Inline reports whether function was registered with Inline: a call of
+// it that Dispatch takes runs on the caller's goroutine.
+func (s *Service) Inline(function string) bool {
+	f := s.funcs[function] // read-only once a replica runs
+	return f != nil && f.inline
 }
 
 func (s *Service) dispatch(ctx context.Context, req *bus.Request, deliver func(*bus.Reply), inline bool) error {
@@ -137,8 +150,14 @@ func (s *Service) dispatch(ctx context.Context, req *bus.Request, deliver func(*
 		}
 		j := localJob{req: hr, deliver: deliver, inline: inline}
 		if inline {
-			e.r.serveLocal(j)
+			answered := e.r.serveLocal(j)
 			e.done()
+			// The caller may reuse its request once this returns; a
+			// function that kept its Request decodes Payload instead.
+			hr.wire = nil
+			if !answered {
+				return ErrNotServedHere // stopped mid-run: the caller sends it over the bus
+			}
 		} else {
 			e.jobs <- j // never blocks: jobs holds max
 		}
@@ -240,13 +259,18 @@ func (e *localEntry) wait(d time.Duration) bool {
 	return finished
 }
 
-// serveLocal runs one in-process request to its end.
-func (r *replica) serveLocal(j localJob) {
+// serveLocal runs one in-process request to its end. It reports whether
+// the request was answered here: an inline call cut short by the replica
+// stopping is not, its caller sends it over the bus.
+func (r *replica) serveLocal(j localJob) bool {
 	breq := j.req.wire
 	async := breq.ReplyTo == ""
-	result, value, err := r.runLocal(j.req, async)
+	result, value, err := r.runLocal(j.req, async, j.inline)
+	if errors.Is(err, errNotRun) {
+		return false
+	}
 	if async || errors.Is(err, errHandedBack) {
-		return
+		return true
 	}
 	if j.inline && !breq.Deadline.IsZero() && time.Until(breq.Deadline) <= 0 {
 		// The function held its caller past the deadline: as a caller
@@ -261,6 +285,7 @@ func (r *replica) serveLocal(j localJob) {
 		rep.Err, rep.Payload = wireError(err), nil
 	}
 	j.deliver(rep)
+	return true
 }
 
 // wireError is the error as its caller would receive it over the bus: a
@@ -274,7 +299,7 @@ func wireError(err error) *fnmesh.Error {
 // from the bus. A call returns its encoded result or error; a send is
 // retried and dead-lettered as over the bus. A call's result of a plain
 // type comes back as its Go value instead (plainType).
-func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
+func (r *replica) runLocal(req *Request, async, inline bool) ([]byte, any, error) {
 	breq := req.wire
 	if len(breq.Payload) > r.svc.cfg.MaxPayloadBytes {
 		return nil, nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeInvalidArgument,
@@ -303,12 +328,12 @@ func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
 		return nil, nil, nil
 	}
 	if breq.IdempotencyKey != "" {
-		result, err := r.callOnceLocal(f, req, breq)
+		result, err := r.callOnceLocal(f, req, breq, inline)
 		return result, nil, err
 	}
 	out, err := r.callLocal(f, req)
 	if errors.Is(err, errStopping) {
-		return nil, nil, r.handBack(breq)
+		return nil, nil, r.handBack(breq, inline)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -330,12 +355,21 @@ func (r *replica) callLocal(f *function, req *Request) (any, error) {
 }
 
 // errHandedBack: the call went to the bus, its reply comes from there.
-var errHandedBack = errors.New("handed to the bus")
+// errNotRun: an inline call was cut short; its caller sends it on.
+var (
+	errHandedBack = errors.New("handed to the bus")
+	errNotRun     = errors.New("not run here")
+)
 
 // handBack sends a call the drain timeout cut short over the bus, as a
 // replica reading the bus hands its request back: another replica runs
-// it and answers the caller's inbox, where the caller waits.
-func (r *replica) handBack(breq *bus.Request) error {
+// it and answers the caller's inbox, where the caller waits. An inline
+// call's caller is still here, on this goroutine: it sends the request
+// itself, having set up to wait for the reply from the bus first.
+func (r *replica) handBack(breq *bus.Request, inline bool) error {
+	if inline {
+		return errNotRun
+	}
 	req := *breq
 	req.Value, req.Failed = nil, nil
 	if err := r.bus.SendRequest(context.WithoutCancel(r.hardCtx), r.svc.name, &req); err != nil {
@@ -360,12 +394,12 @@ func encodeLocal(out any) ([]byte, error) {
 // with other arguments), in the same store, so a key is shared with
 // requests that came over the bus. The key is settled before the caller
 // learns the outcome.
-func (r *replica) callOnceLocal(f *function, req *Request, breq *bus.Request) ([]byte, error) {
+func (r *replica) callOnceLocal(f *function, req *Request, breq *bus.Request, inline bool) ([]byte, error) {
 	req.idem = &idemRun{ctx: r.hardCtx, store: r.idem, owner: localOwner(breq), window: r.svc.cfg.IdempotencyWindow}
 	out, err := r.callLocal(f, req)
 	if errors.Is(err, errStopping) {
 		req.idem.settle(r.svc.name, r.log, false, nil) // the bus replica takes the key
-		return nil, r.handBack(breq)
+		return nil, r.handBack(breq, inline)
 	}
 	if errors.Is(err, errIdemStore) {
 		// Over the bus the entry would be delivered again; here the

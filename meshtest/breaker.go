@@ -162,7 +162,7 @@ func testClosedClient(t *testing.T, h *Harness) {
 	}()
 	<-entered // the call's request runs: the call waits for its reply
 	c.Close()
-	if h.Local != nil && h.Local.Inline {
+	if h.Local != nil && h.Local.AllInline {
 		// The call runs on its caller's goroutine: Close fails it once the
 		// function returns.
 		select {

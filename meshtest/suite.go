@@ -51,7 +51,7 @@ func RunColocated(t *testing.T, newBus NewBus, localSends bool) {
 // function ignores its context, which holds an inline caller until it
 // returns.
 func RunColocatedInline(t *testing.T, newBus NewBus) {
-	run(t, newBus, &Colocated{Inline: true})
+	run(t, newBus, &Colocated{AllInline: true})
 }
 
 func run(t *testing.T, newBus NewBus, colocated *Colocated) {
@@ -108,7 +108,7 @@ func run(t *testing.T, newBus NewBus, colocated *Colocated) {
 			t.Parallel()
 			h := NewHarness(t, newBus(t))
 			if colocated != nil {
-				h.Local = &Colocated{LocalSends: colocated.LocalSends, Inline: colocated.Inline}
+				h.Local = &Colocated{LocalSends: colocated.LocalSends, AllInline: colocated.AllInline}
 			}
 			tc.fn(t, h)
 		})
@@ -128,7 +128,7 @@ type Harness struct {
 // Colocated is the set of services a Harness hosts in-process.
 type Colocated struct {
 	LocalSends bool // clients also send in-process
-	Inline     bool // calls run on their caller's goroutine
+	AllInline  bool // every call runs on its caller's goroutine (DispatchInline)
 	mu         sync.Mutex
 	services   map[string]*handlers.Service
 }
@@ -157,10 +157,18 @@ func (c *Colocated) Dispatch(ctx context.Context, service string, req *bus.Reque
 	if svc == nil {
 		return handlers.ErrNotServedHere
 	}
-	if c.Inline {
+	if c.AllInline {
 		return svc.DispatchInline(ctx, req, deliver)
 	}
 	return svc.Dispatch(ctx, req, deliver)
+}
+
+// Inline tells the client which calls Dispatch answers before it
+// returns: all of them with AllInline set, else those of functions
+// registered with handlers.Inline.
+func (c *Colocated) Inline(service, function string) bool {
+	svc := c.get(service)
+	return svc != nil && (c.AllInline || svc.Inline(function))
 }
 
 // NewHarness wraps b; b is closed when the test ends.

@@ -2,6 +2,7 @@ package placement_test
 
 import (
 	"context"
+	"encoding/json"
 	"runtime"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/fnmesh/fnmesh/client"
 	"github.com/fnmesh/fnmesh/handlers"
 	"github.com/fnmesh/fnmesh/meshtest"
+	"github.com/fnmesh/fnmesh/placement"
 )
 
 // inlineService registers its functions with handlers.Inline: co-located
@@ -132,5 +134,47 @@ func TestInlineCallerCancellation(t *testing.T) {
 	}
 	if got := <-ended; got != context.Canceled {
 		t.Fatalf("the function's context ended with %v, want context.Canceled", got)
+	}
+}
+
+// The Invocations of calls answered in-process are recycled, but not
+// those an interceptor of the caller's saw: it may keep them.
+func TestInterceptorKeepsItsInvocations(t *testing.T) {
+	b := bus.NewMemory()
+	t.Cleanup(func() { b.Close() }) // after the replicas stop
+	worker := handlers.NewService("slow", handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+	handlers.Register(worker, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+		return meshtest.AddOut{Sum: in.A + in.B}, nil
+	})
+	p, err := placement.New(placement.Config{}, inlineService(nil), worker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p, b)
+	var kept []*client.Invocation
+	var want []string
+	keep := func(next client.Invoker) client.Invoker {
+		return func(ctx context.Context, inv *client.Invocation) (json.RawMessage, error) {
+			kept = append(kept, inv)
+			want = append(want, inv.ID+" "+inv.Function)
+			return next(ctx, inv)
+		}
+	}
+	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Interceptors: []client.Interceptor{keep}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 100; i++ {
+		function := []string{"fast.add", "slow.add"}[i%2]
+		var out meshtest.AddOut
+		if err := c.Call(context.Background(), function, meshtest.AddIn{A: i, B: 1}, &out); err != nil || out.Sum != i+1 {
+			t.Fatalf("%s: %v %+v", function, err, out)
+		}
+	}
+	for i, inv := range kept {
+		if got := inv.ID + " " + inv.Function; got != want[i] {
+			t.Fatalf("invocation %d the interceptor kept is now %q, was %q: it was reused", i, got, want[i])
+		}
 	}
 }

@@ -124,6 +124,14 @@ func (p *Process) Dispatch(ctx context.Context, service string, req *bus.Request
 	return s.Dispatch(ctx, req, deliver)
 }
 
+// Inline reports whether a call of function of service runs on its
+// caller's goroutine (handlers.Inline): the client then needs no place
+// for it among the calls waiting for a reply.
+func (p *Process) Inline(service, function string) bool {
+	s := p.hosted[service]
+	return s != nil && s.Inline(function)
+}
+
 // Run runs one replica of each hosted service on b until ctx ends, then
 // drains them (handlers.Service.Run). It returns once all have stopped,
 // with the first error; if one fails to start, the others are stopped.
