@@ -468,15 +468,14 @@ func (c *Client) send(ctx context.Context, inv *Invocation) (json.RawMessage, er
 	}
 	var result json.RawMessage
 	var err error
-	ran := false
-	_, berr := c.breaker(inv.Function).Execute(func() (struct{}, error) {
-		ran = true
-		start := time.Now()
+	var start time.Time
+	ran, berr := c.breaker(inv.Function).guard(func() error {
+		start = time.Now()
 		result, err = c.transport(ctx, inv)
-		if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && inv.Deadline.Sub(start) < c.cfg.Breaker.MinTimeout {
-			return struct{}{}, errNotCounted // the caller allowed too little time to tell
-		}
-		return struct{}{}, err
+		return err
+	}, func(err error) bool {
+		// The caller allowed too little time to tell.
+		return fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && inv.Deadline.Sub(start) < c.cfg.Breaker.MinTimeout
 	})
 	if !ran {
 		return nil, breakerOpen(inv.Function, berr)

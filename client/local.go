@@ -98,14 +98,12 @@ func (c *Client) sendLocal(ctx context.Context, inv *Invocation, l LocalServices
 	}
 	var result json.RawMessage
 	var err error
-	ran := false
-	_, berr := c.breaker(inv.Function).Execute(func() (struct{}, error) {
-		ran = true
+	ran, berr := c.breaker(inv.Function).guard(func() error {
 		result, err = c.transportLocal(ctx, inv, l)
-		if fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && !inv.Async && inv.allowed < c.cfg.Breaker.MinTimeout {
-			return struct{}{}, errNotCounted // the caller allowed too little time to tell
-		}
-		return struct{}{}, err
+		return err
+	}, func(err error) bool {
+		// The caller allowed too little time to tell.
+		return fnmesh.CodeOf(err) == fnmesh.CodeDeadlineExceeded && !inv.Async && inv.allowed < c.cfg.Breaker.MinTimeout
 	})
 	if !ran {
 		return nil, breakerOpen(inv.Function, berr)

@@ -81,6 +81,52 @@ func testBreakerOpensAndRecovers(t *testing.T, h *Harness) {
 	}
 }
 
+// The breaker opens after failures in a row only: a success between
+// failures starts the count again, however many successes came before
+// and after.
+func testBreakerCountsFailuresInARow(t *testing.T, h *Harness) {
+	name := Name("flaky")
+	svc := openService(name)
+	handlers.Register(svc, "get", func(_ context.Context, in struct{ Fail bool }) (string, error) {
+		if in.Fail {
+			return "", errors.New("backend down")
+		}
+		return "ok", nil
+	})
+	h.Start(svc)
+	c := h.Client(client.Config{Breaker: client.BreakerConfig{ConsecutiveFailures: 3, OpenTimeout: time.Minute}})
+	target := fn(name, "get")
+	call := func(fail bool) {
+		t.Helper()
+		err := c.Call(context.Background(), target, struct{ Fail bool }{fail}, nil)
+		if fail {
+			WantCode(t, err, fnmesh.CodeInternal)
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for round := 0; round < 5; round++ {
+		for i := 0; i < 10; i++ {
+			call(false)
+		}
+		call(true)
+		call(true)
+		call(false)
+		call(true)
+		call(true)
+		if s := c.BreakerState(target); s != "closed" {
+			t.Fatalf("round %d: breaker %s after two failures in a row, want closed", round, s)
+		}
+	}
+	call(false)
+	for i := 0; i < 3; i++ {
+		call(true)
+	}
+	if s := c.BreakerState(target); s != "open" {
+		t.Fatalf("breaker %s after three failures in a row, want open", s)
+	}
+}
+
 func testBreakerIgnoresCallerErrors(t *testing.T, h *Harness) {
 	name := Name("strict")
 	svc, signer := securedService(t, name)

@@ -88,6 +88,7 @@ func run(t *testing.T, newBus NewBus, colocated *Colocated) {
 		{"ServiceIdentityAtTheCallSite", testServiceIdentity},
 		{"BreakerOpensAndRecovers", testBreakerOpensAndRecovers},
 		{"BreakerIgnoresCallerErrors", testBreakerIgnoresCallerErrors},
+		{"BreakerCountsFailuresInARow", testBreakerCountsFailuresInARow},
 		{"BreakerIgnoresShortTimeouts", testBreakerIgnoresShortTimeouts},
 		{"GracefulStopFinishesRunningCalls", testGracefulStop},
 		{"ClosedClientFailsWaitingCalls", testClosedClient},

@@ -22,7 +22,8 @@ import (
 // LocalResult compares, in one run, a function called directly, the
 // same function co-located (in-process, through the mesh) on a replica
 // worker (the default) and on the caller's goroutine (handlers.Inline),
-// each without and with an HS256 token, and over the in-memory bus.
+// each without and with an HS256 token, and over the in-memory bus. The
+// clients have the default configuration, circuit breakers included.
 type LocalResult struct {
 	DirectP50                               time.Duration
 	LocalP50, LocalTokenP50                 time.Duration // default co-located path
@@ -98,12 +99,12 @@ func runLocalRound(ctx context.Context, o Options) (LocalResult, error) {
 	if err := p.Started(ctx); err != nil {
 		return LocalResult{}, err
 	}
-	local, err := client.New(b, client.Config{Local: p, Token: token, Logger: quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	local, err := client.New(b, client.Config{Local: p, Token: token, Logger: quiet})
 	if err != nil {
 		return LocalResult{}, err
 	}
 	defer local.Close()
-	remote, err := client.New(b, client.Config{Logger: quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	remote, err := client.New(b, client.Config{Logger: quiet})
 	if err != nil {
 		return LocalResult{}, err
 	}
