@@ -22,12 +22,17 @@ type admission struct {
 	views    sync.Map // service -> *backlogView
 }
 
+// backlogView is what a client knows of one service's backlog. Every
+// call reads it, on every core: it takes no lock.
 type backlogView struct {
-	mu         sync.Mutex
-	backlog    bus.Backlog
-	readAt     time.Time
-	refreshing bool
-	added      atomic.Int64 // requests this client added since readAt
+	read       atomic.Pointer[backlogRead] // the last read; nil before the first
+	refreshing atomic.Bool
+	added      atomic.Int64 // requests this client added since the last read
+}
+
+type backlogRead struct {
+	backlog bus.Backlog
+	at      time.Time
 }
 
 func newAdmission(b bus.Bus, interval time.Duration) *admission {
@@ -59,19 +64,16 @@ func (a *admission) decide(ctx context.Context, service string, count bool) erro
 		v = got.(*backlogView)
 	}
 
-	v.mu.Lock()
+	r := v.read.Load()
 	switch {
-	case v.readAt.IsZero():
+	case r == nil:
 		// First call to this service: read before deciding.
-		v.mu.Unlock()
 		a.refresh(ctx, service, v)
-		v.mu.Lock()
-	case time.Since(v.readAt) > a.interval && !v.refreshing:
-		v.refreshing = true
+		r = v.read.Load()
+	case time.Since(r.at) > a.interval && v.refreshing.CompareAndSwap(false, true):
 		go a.refresh(context.WithoutCancel(ctx), service, v)
 	}
-	b := v.backlog
-	v.mu.Unlock()
+	b := r.backlog
 	if b.MaxBacklog > 0 && b.Waiting+v.added.Load() >= b.MaxBacklog {
 		return fnmesh.Errorf(fnmesh.CodeResourceExhausted, "service %s has %d requests waiting, its bound is %d", service, b.Waiting+v.added.Load(), b.MaxBacklog)
 	}
@@ -85,14 +87,15 @@ func (a *admission) refresh(ctx context.Context, service string, v *backlogView)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	b, err := a.bus.Backlog(ctx, service)
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	v.refreshing = false
+	defer v.refreshing.Store(false)
 	if err != nil {
 		// Keep the last view; the transport reports the outage itself.
-		v.readAt = time.Now()
+		if last := v.read.Load(); last != nil {
+			b = last.backlog
+		}
+		v.read.Store(&backlogRead{backlog: b, at: time.Now()})
 		return
 	}
-	v.backlog, v.readAt = b, time.Now()
+	v.read.Store(&backlogRead{backlog: b, at: time.Now()})
 	v.added.Store(0)
 }
