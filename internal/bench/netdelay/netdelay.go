@@ -141,9 +141,7 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		}
 	}()
 	for c := range queue {
-		if wait := time.Until(c.due); wait > 0 {
-			sleep(wait)
-		}
+		sleepUntil(c.due)
 		if _, err := dst.Write(c.b); err != nil {
 			break
 		}

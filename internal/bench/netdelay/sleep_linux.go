@@ -7,18 +7,25 @@ import (
 	"time"
 )
 
-// sleep waits about d with the kernel's timer precision: the Go runtime's
-// timers can fire a millisecond late when its threads are idle, which
-// turned a 0.25 ms delay into 1.1 ms. The kernel's sleeps overshoot too,
-// by a steady slack (about 0.1 ms on a virtual machine), measured once
-// and taken off. It blocks the thread, not only the goroutine; the proxy
-// has a few.
-func sleep(d time.Duration) {
-	d -= overshoot()
-	if d <= 0 {
-		return
+// sleepUntil waits until due with the kernel's timer precision: the Go
+// runtime's timers can fire a millisecond late when its threads are idle,
+// which turned a 0.25 ms delay into 1.1 ms. The kernel's sleeps overshoot
+// too, by a steady slack (about 0.1 ms on a virtual machine), measured
+// once and taken off; but it never returns before due, also when the
+// slack was measured on a busier machine than the one it runs on now.
+// It blocks the thread, not only the goroutine; the proxy has a few.
+func sleepUntil(due time.Time) {
+	for {
+		wait := time.Until(due)
+		if wait <= 0 {
+			return
+		}
+		if d := wait - overshoot(); d > 0 {
+			nanosleep(d)
+		} else {
+			nanosleep(wait)
+		}
 	}
-	nanosleep(d)
 }
 
 func nanosleep(d time.Duration) {

@@ -4,4 +4,4 @@ package netdelay
 
 import "time"
 
-func sleep(d time.Duration) { time.Sleep(d) }
+func sleepUntil(due time.Time) { time.Sleep(time.Until(due)) }
