@@ -29,7 +29,8 @@ import (
 	"github.com/fnmesh/fnmesh/registry"
 )
 
-// The shop example in three placements, changing only --local: the same
+// The shop example in three placements, changing only --local, and as one
+// process with every co-located call inline (FNMESH_INLINE): the same
 // scenario gives the same results and error codes in each, and the test
 // logs each placement's latency, throughput and CPU per request, measured
 // in one run (the table in docs/PLACEMENT.md):
@@ -47,16 +48,18 @@ func TestShopPlacements(t *testing.T) {
 	placements := []struct {
 		name      string
 		processes []string // --local of each process; "" hosts all
+		inline    string   // FNMESH_INLINE of each process
 	}{
-		{"one process", []string{""}},
-		{"one process per service", []string{"checkout", "pricing", "inventory", "mail"}},
-		{"mixed", []string{"checkout,pricing", "inventory,mail"}},
+		{"one process", []string{""}, ""},
+		{"one process per service", []string{"checkout", "pricing", "inventory", "mail"}, ""},
+		{"mixed", []string{"checkout,pricing", "inventory,mail"}, ""},
+		{"one process, inline", []string{""}, "checkout,pricing,inventory,mail"},
 	}
 	var results [][]string
 	var table []string
 	for i, pl := range placements {
 		db := redisDB(t, 10+i)
-		procs := startShop(t, shop, key, db, pl.processes)
+		procs := startShop(t, shop, key, db, pl.processes, pl.inline)
 		b, err := bus.NewRedis(bus.RedisConfig{URL: db})
 		if err != nil {
 			t.Fatal(err)
@@ -109,14 +112,14 @@ func shopToken(t *testing.T, key string) string {
 	return tok
 }
 
-func startShop(t *testing.T, shop, key, db string, locals []string) []*exec.Cmd {
+func startShop(t *testing.T, shop, key, db string, locals []string, inline string) []*exec.Cmd {
 	var procs []*exec.Cmd
 	for _, local := range locals {
 		cmd := exec.Command(shop, "--redis", db)
 		if local != "" {
 			cmd.Args = append(cmd.Args, "--local", local)
 		}
-		cmd.Env = append(os.Environ(), "FNMESH_JWT_SECRET="+key, "FNMESH_LOCAL=")
+		cmd.Env = append(os.Environ(), "FNMESH_JWT_SECRET="+key, "FNMESH_LOCAL=", "FNMESH_INLINE="+inline)
 		var logs meshtest.SyncBuffer
 		cmd.Stdout, cmd.Stderr = &logs, &logs
 		if err := cmd.Start(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,5 +177,71 @@ func TestInterceptorKeepsItsInvocations(t *testing.T) {
 		if got := inv.ID + " " + inv.Function; got != want[i] {
 			t.Fatalf("invocation %d the interceptor kept is now %q, was %q: it was reused", i, got, want[i])
 		}
+	}
+}
+
+// Config.Inline runs every co-located call of a service on its caller's
+// goroutine, whatever its functions were registered with; the other
+// services keep their workers.
+func TestInlineByConfiguration(t *testing.T) {
+	stacks := make(chan string, 1)
+	stackOf := func(name string) *handlers.Service {
+		svc := handlers.NewService(name, handlers.Config{AllowUnauthenticated: true, Logger: meshtest.Quiet})
+		handlers.Register(svc, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
+			buf := make([]byte, 64<<10)
+			stacks <- string(buf[:runtime.Stack(buf, false)])
+			return meshtest.AddOut{Sum: in.A + in.B}, nil
+		})
+		return svc
+	}
+	b := &countingBus{Bus: bus.NewMemory()}
+	t.Cleanup(func() { b.Close() })
+	p, err := placement.New(placement.Config{Inline: []string{"pricing"}}, stackOf("pricing"), stackOf("stock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p, b)
+	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for _, tc := range []struct {
+		function string
+		inline   bool
+	}{{"pricing.add", true}, {"stock.add", false}} {
+		var out meshtest.AddOut
+		if err := c.Call(context.Background(), tc.function, meshtest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
+			t.Fatalf("%s: %v %+v", tc.function, err, out)
+		}
+		if onCaller := strings.Contains(<-stacks, "client.(*Client).Call("); onCaller != tc.inline {
+			t.Errorf("%s ran on its caller's goroutine: %v, want %v", tc.function, onCaller, tc.inline)
+		}
+	}
+	if n := b.requests.Load(); n != 0 {
+		t.Fatalf("%d requests went over the bus, want 0", n)
+	}
+}
+
+// A process asked to run inline a service it does not host refuses to
+// start, naming it.
+func TestInlineServiceNotHostedRefused(t *testing.T) {
+	_, err := placement.New(placement.Config{Local: []string{"fast"}, Inline: []string{"slow"}}, inlineService(nil), handlers.NewService("slow", handlers.Config{AllowUnauthenticated: true}))
+	if err == nil || !strings.Contains(err.Error(), "asked to run slow inline, which this process does not host (it hosts: fast)") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestResolveInline(t *testing.T) {
+	t.Setenv(placement.EnvInline, "")
+	if got := placement.ResolveInline(""); got != nil {
+		t.Errorf("nothing set: %v, want nil", got)
+	}
+	t.Setenv(placement.EnvInline, "pricing, mail")
+	if got := placement.ResolveInline(""); !slices.Equal(got, []string{"pricing", "mail"}) {
+		t.Errorf("from %s: %v", placement.EnvInline, got)
+	}
+	if got := placement.ResolveInline("stock"); !slices.Equal(got, []string{"stock"}) {
+		t.Errorf("the flag before the variable: %v", got)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -38,12 +39,22 @@ const EnvLocal = "FNMESH_LOCAL"
 // FNMESH_LOCAL is set.
 const EnvLocalFile = "FNMESH_LOCAL_FILE"
 
+// EnvInline lists hosted services whose co-located calls run on their
+// caller's goroutine, when no flag says it: FNMESH_INLINE=pricing.
+const EnvInline = "FNMESH_INLINE"
+
 // Config configures a Process.
 type Config struct {
 	// Local lists the services this process hosts. Default nil: every
 	// service given to New. An empty, non-nil list hosts none (a pure
 	// caller).
 	Local []string
+	// Inline lists hosted services whose co-located calls all run on
+	// their caller's goroutine, as if each function were registered with
+	// handlers.Inline: a plain function call, whose caller waits for the
+	// function to return (docs/PLACEMENT.md says what that gives up).
+	// Default none: only functions registered Inline run so.
+	Inline []string
 }
 
 // Process is the set of services a program registers and the subset it
@@ -52,6 +63,7 @@ type Process struct {
 	registered map[string]*handlers.Service
 	hosted     map[string]*handlers.Service // read-only after New
 	names      []string                     // hosted, sorted
+	inline     map[string]bool              // Config.Inline; read-only after New
 }
 
 var _ client.LocalServices = (*Process)(nil)
@@ -89,6 +101,17 @@ func New(cfg Config, services ...*handlers.Service) (*Process, error) {
 		return nil, fmt.Errorf("placement: asked to host %s, which this program does not register (it registers: %s)",
 			strings.Join(unknown, ", "), strings.Join(p.Registered(), ", "))
 	}
+	p.inline = map[string]bool{}
+	for _, name := range cfg.Inline {
+		if p.hosted[name] == nil {
+			unknown = append(unknown, name)
+		}
+		p.inline[name] = true
+	}
+	if len(unknown) > 0 {
+		return nil, fmt.Errorf("placement: asked to run %s inline, which this process does not host (it hosts: %s)",
+			strings.Join(unknown, ", "), strings.Join(slices.Sorted(maps.Keys(p.hosted)), ", "))
+	}
 	for name := range p.hosted {
 		p.names = append(p.names, name)
 	}
@@ -121,6 +144,9 @@ func (p *Process) Dispatch(ctx context.Context, service string, req *bus.Request
 	if s == nil {
 		return handlers.ErrNotServedHere
 	}
+	if p.inline[service] {
+		return s.DispatchInline(ctx, req, deliver)
+	}
 	return s.Dispatch(ctx, req, deliver)
 }
 
@@ -129,7 +155,7 @@ func (p *Process) Dispatch(ctx context.Context, service string, req *bus.Request
 // for it among the calls waiting for a reply.
 func (p *Process) Inline(service, function string) bool {
 	s := p.hosted[service]
-	return s != nil && s.Inline(function)
+	return s != nil && (p.inline[service] || s.Inline(function))
 }
 
 // Run runs one replica of each hosted service on b until ctx ends, then
@@ -164,6 +190,19 @@ func (p *Process) Started(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// ResolveInline returns the services whose co-located calls run on their
+// caller's goroutine (Config.Inline) from a flag's value (e.g. --inline
+// pricing), else FNMESH_INLINE. Nil when neither is set.
+func ResolveInline(flagValue string) []string {
+	if flagValue == "" {
+		flagValue = os.Getenv(EnvInline)
+	}
+	if flagValue == "" {
+		return nil
+	}
+	return ParseList(flagValue)
 }
 
 // ParseList parses a comma- or space-separated list of service names.

@@ -3,7 +3,9 @@
 // with inventory, and sends a receipt with mail. Which of the four
 // services a process hosts comes from --local (or FNMESH_LOCAL, or
 // --local-file); calls between services hosted in the same process run
-// in-process, the others go through Redis. The same binary runs
+// in-process, the others go through Redis (--inline, or FNMESH_INLINE,
+// runs a hosted service's co-located calls on their caller's goroutine).
+// The same binary runs
 //
 //	one process:         shop
 //	one per service:     shop --local checkout & shop --local pricing & ...
@@ -142,6 +144,7 @@ func main() {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "local", EnvVars: []string{placement.EnvLocal}, Usage: "services this process hosts, e.g. checkout,pricing (default: all four)"},
 			&cli.StringFlag{Name: "local-file", EnvVars: []string{placement.EnvLocalFile}, Usage: "file listing the services this process hosts"},
+			&cli.StringFlag{Name: "inline", EnvVars: []string{placement.EnvInline}, Usage: "hosted services whose co-located calls run on their caller's goroutine, e.g. pricing"},
 			&cli.BoolFlag{Name: "insecure", Usage: "run without a token check (else HS256 with $FNMESH_JWT_SECRET)"},
 			&cli.IntFlag{Name: "concurrency", Value: 64, Usage: "requests each replica runs at once"},
 		}, redisflags.Flags("Redis URL (default redis://127.0.0.1:6379)")...),
@@ -175,7 +178,7 @@ func run(c *cli.Context) error {
 		return cli.Exit(err.Error(), 2)
 	}
 	var caller *client.Client
-	p, err := placement.New(placement.Config{Local: local}, Services(cfg, &caller)...)
+	p, err := placement.New(placement.Config{Local: local, Inline: placement.ResolveInline(c.String("inline"))}, Services(cfg, &caller)...)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
