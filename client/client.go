@@ -505,11 +505,13 @@ func (c *Client) transport(ctx context.Context, inv *Invocation) (json.RawMessag
 
 // roundTripVia publishes req, or hands it to local when a replica there
 // takes it, and waits for its reply. A reply carrying an error is
-// returned as that error.
+// returned as that error. inProcess reports that a replica in this
+// process took req and holds it no more (it copied it, or answered
+// before Dispatch returned).
 func (c *Client) roundTripVia(ctx context.Context, service string, req *bus.Request, function string, local LocalServices) (_ *bus.Reply, inProcess bool, _ error) {
 	if local != nil && c.inline != nil && c.inline.Inline(service, req.Function) {
-		if rep, ran, err := c.callInline(ctx, service, req, function, local); ran {
-			return rep, true, err
+		if rep, ran, done, err := c.callInline(ctx, service, req, function, local); ran {
+			return rep, done, err
 		}
 		// Not taken here: it waits in the bus like any call.
 		if err := c.admit.admit(ctx, service); err != nil {

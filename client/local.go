@@ -41,37 +41,37 @@ type inlineServices interface {
 
 // callInline runs a call of a function that runs on the caller's
 // goroutine. ran is false when no replica here took it: it goes over the
-// bus.
-func (c *Client) callInline(ctx context.Context, service string, req *bus.Request, function string, local LocalServices) (_ *bus.Reply, ran bool, _ error) {
+// bus. done is false when the replica may still hold req.
+func (c *Client) callInline(ctx context.Context, service string, req *bus.Request, function string, local LocalServices) (_ *bus.Reply, ran, done bool, _ error) {
 	if c.closed.Load() {
-		return nil, true, errClosed()
+		return nil, true, true, errClosed()
 	}
 	w := c.waiters.Get().(*waiter)
 	req.Failed = nil
 	if local.Dispatch(ctx, service, req, w.direct) != nil {
 		c.waiters.Put(w)
-		return nil, false, nil
+		return nil, false, true, nil
 	}
 	var rep *bus.Reply
 	select {
 	case rep = <-w.ch:
 	default:
 		// Not answered on this goroutine after all: the waiter may still
-		// get the reply, so it is not reused.
-		return nil, true, fnmesh.Errorf(fnmesh.CodeInternal, "%s: the in-process replica returned before answering", function)
+		// get the reply and the replica read req, so neither is reused.
+		return nil, true, false, fnmesh.Errorf(fnmesh.CodeInternal, "%s: the in-process replica returned before answering", function)
 	}
 	w.took.Store(false)
 	c.waiters.Put(w)
 	if c.closed.Load() {
-		return nil, true, errClosed() // as a call waiting for a reply when Close came
+		return nil, true, true, errClosed() // as a call waiting for a reply when Close came
 	}
 	if ctx.Err() != nil {
 		// Cancelled while it ran: the caller learns what it would have
 		// learnt waiting for a worker.
-		return nil, true, contextError(ctx, function)
+		return nil, true, true, contextError(ctx, function)
 	}
 	rep, err := replyOf(rep)
-	return rep, true, err
+	return rep, true, true, err
 }
 
 // local returns where inv runs in this process, or nil when it goes over
