@@ -53,10 +53,12 @@ func (b *BreakerConfig) setDefaults() {
 // keeps the state, behind a fast path. While the breaker is closed and
 // has counted no failure since its last success (clean), a call runs
 // without it: a success then changes nothing the breaker decides on (it
-// trips on failures in a row only), and gobreaker's two locked steps and
-// two clock reads per call were a tenth of a co-located call's CPU. A
-// failure is counted through gobreaker after the call; calls then take
-// its path until a success leaves it closed and clean again.
+// trips on failures in a row only), and gobreaker takes its lock twice
+// and reads the clock twice per call, a lock that calls on every core
+// queue on. A failure is counted through gobreaker after the call; calls
+// then take its path until a success leaves it closed and clean again.
+// (Of calls that end at the same time, a success may go uncounted after
+// a failure: the failures in a row are then counted from the failure.)
 type breaker struct {
 	cb    *gobreaker.CircuitBreaker[struct{}]
 	clean atomic.Bool
