@@ -147,11 +147,6 @@ func TestInterceptorKeepsItsInvocations(t *testing.T) {
 	handlers.Register(worker, "add", func(_ context.Context, in meshtest.AddIn) (meshtest.AddOut, error) {
 		return meshtest.AddOut{Sum: in.A + in.B}, nil
 	})
-	p, err := placement.New(placement.Config{}, inlineService(nil), worker)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, p, b)
 	var kept []*client.Invocation
 	var want []string
 	keep := func(next client.Invoker) client.Invoker {
@@ -161,11 +156,7 @@ func TestInterceptorKeepsItsInvocations(t *testing.T) {
 			return next(ctx, inv)
 		}
 	}
-	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Interceptors: []client.Interceptor{keep}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := placedClient(t, b, placement.Config{}, client.Config{Interceptors: []client.Interceptor{keep}}, inlineService(nil), worker)
 	for i := 0; i < 100; i++ {
 		function := []string{"fast.add", "slow.add"}[i%2]
 		var out meshtest.AddOut
@@ -196,16 +187,7 @@ func TestInlineByConfiguration(t *testing.T) {
 	}
 	b := &countingBus{Bus: bus.NewMemory()}
 	t.Cleanup(func() { b.Close() })
-	p, err := placement.New(placement.Config{Inline: []string{"pricing"}}, stackOf("pricing"), stackOf("stock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := placedClient(t, b, placement.Config{Inline: []string{"pricing"}}, client.Config{}, stackOf("pricing"), stackOf("stock"))
 	for _, tc := range []struct {
 		function string
 		inline   bool

@@ -59,13 +59,20 @@ func mailService(sent chan<- string) *handlers.Service {
 // localClient starts a process hosting svcs on b and returns a client
 // that calls them in-process (no breaker), closed when the test ends.
 func localClient(t *testing.T, b bus.Bus, svcs ...*handlers.Service) *client.Client {
+	return placedClient(t, b, placement.Config{}, client.Config{Breaker: client.BreakerConfig{Disabled: true}}, svcs...)
+}
+
+// placedClient places svcs by pcfg, runs them on b until the test ends,
+// and returns a client (ccfg, quiet) whose Local is that placement.
+func placedClient(t *testing.T, b bus.Bus, pcfg placement.Config, ccfg client.Config, svcs ...*handlers.Service) *client.Client {
 	t.Helper()
-	p, err := placement.New(placement.Config{}, svcs...)
+	p, err := placement.New(pcfg, svcs...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet, Breaker: client.BreakerConfig{Disabled: true}})
+	ccfg.Local, ccfg.Logger = p, meshtest.Quiet
+	c, err := client.New(b, ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,16 +246,7 @@ func TestNonPlainValuesAreCopied(t *testing.T) {
 		in[0] = "changed by the function"
 		return kept, nil
 	})
-	p, err := placement.New(placement.Config{}, svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := placedClient(t, b, placement.Config{}, client.Config{}, svc)
 	arg := []string{"mine"}
 	var out []string
 	if err := c.Call(context.Background(), "lists.mangle", arg, &out); err != nil {
@@ -273,16 +271,7 @@ func TestFullLocalReplicaFallsBackToTheBus(t *testing.T) {
 		<-release
 		return handlers.Info(ctx).Replica, nil
 	})
-	p, err := placement.New(placement.Config{}, svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, p, b)
-	c, err := client.New(b, client.Config{Local: p, Logger: meshtest.Quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := placedClient(t, b, placement.Config{}, client.Config{}, svc)
 	errs := make(chan error, 2)
 	go func() { errs <- c.Call(context.Background(), "slow.wait", struct{}{}, nil) }()
 	<-entered // the one in-process slot is taken
