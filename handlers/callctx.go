@@ -103,9 +103,12 @@ func (c *callContext) Done() <-chan struct{} {
 		return c.done
 	}
 	c.done = make(chan struct{})
-	if c.endedLocked() {
-		close(c.done)
+	if c.ended != running {
+		close(c.done) // ended before anyone asked for Done
 		return c.done
+	}
+	if c.endedLocked() {
+		return c.done // it ended just now: endLocked closed done
 	}
 	stopParent := context.AfterFunc(c.parent, func() { c.cancel(c.parent.Err()) })
 	stopCaller := func() bool { return false }

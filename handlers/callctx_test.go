@@ -25,6 +25,31 @@ func TestCallContext(t *testing.T) {
 			t.Fatal("Err is set but Done is open")
 		}
 	})
+	// Done asked for first, once the call has ended by a deadline, a
+	// parent or an inline call's caller that nobody noted yet: a closed
+	// channel, once (it was closed twice, a panic in the function).
+	t.Run("Done asked for first after the end", func(t *testing.T) {
+		ended, cancel := context.WithCancel(context.Background())
+		cancel()
+		for name, c := range map[string]*callContext{
+			"deadline": mk(context.Background(), time.Now().Add(-time.Millisecond), info),
+			"parent":   mk(ended, time.Now().Add(time.Hour), info),
+			"caller": func() *callContext {
+				c := mk(context.Background(), time.Now().Add(time.Hour), info)
+				c.caller = ended
+				return c
+			}(),
+		} {
+			select {
+			case <-c.Done():
+			default:
+				t.Fatalf("%s: Done is open", name)
+			}
+			if c.Err() == nil {
+				t.Fatalf("%s: Err is nil", name)
+			}
+		}
+	})
 	t.Run("Done closes at the deadline", func(t *testing.T) {
 		c := mk(context.Background(), time.Now().Add(20*time.Millisecond), info)
 		if c.Err() != nil {

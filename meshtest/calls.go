@@ -158,6 +158,33 @@ func testDeadlineTravels(t *testing.T, h *Harness) {
 	}
 }
 
+// A function that first looks at its context after its deadline passed
+// finds it ended, with the deadline's error (it panicked in Done, which
+// became internal).
+func testContextEndedBeforeFirstLook(t *testing.T, h *Harness) {
+	name := Name("late")
+	svc := openService(name)
+	saw := make(chan error, 1)
+	handlers.Register(svc, "work", func(ctx context.Context, _ struct{}) (int, error) {
+		dl, _ := ctx.Deadline()
+		time.Sleep(time.Until(dl) + 10*time.Millisecond) // works past its deadline, never looking
+		<-ctx.Done()
+		saw <- ctx.Err()
+		return 0, ctx.Err()
+	})
+	h.Start(svc)
+	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}})
+	WantCode(t, c.Call(context.Background(), fn(name, "work"), struct{}{}, nil, client.WithTimeout(100*time.Millisecond)), fnmesh.CodeDeadlineExceeded)
+	select {
+	case err := <-saw:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("the function's context ended with %v, want the deadline", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the function never got past its context's Done")
+	}
+}
+
 func testTimeoutWithNoReplica(t *testing.T, h *Harness) {
 	c := h.Client(client.Config{Breaker: client.BreakerConfig{Disabled: true}, SkipRegistryCheck: true}) // past the registry check, which says unavailable
 	// A service whose replicas are all gone: the call waits for one, to

@@ -64,6 +64,7 @@ func run(t *testing.T, newBus NewBus, colocated *Colocated) {
 		{"ReplicaRunsManyAtOnce", testReplicaRunsManyAtOnce},
 		{"DeadlineTravelsWithRequest", testDeadlineTravels},
 		{"TimeoutWithNoReplica", testTimeoutWithNoReplica},
+		{"ContextEndedBeforeFirstLook", testContextEndedBeforeFirstLook},
 		{"ExpiredRequestIsNotRun", testExpiredRequestIsNotRun},
 		{"CanceledContext", testCanceledContext},
 		{"CallsAreNotRetried", testCallsAreNotRetried},
