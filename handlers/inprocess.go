@@ -265,11 +265,18 @@ func (e *localEntry) wait(d time.Duration) bool {
 func (r *replica) serveLocal(j localJob) bool {
 	breq := j.req.wire
 	async := breq.ReplyTo == ""
-	result, value, err := r.runLocal(j.req, async, j.inline)
-	if errors.Is(err, errNotRun) {
-		return false
+	result, value, err := r.runLocal(j.req, async)
+	if errors.Is(err, errStopping) {
+		if j.inline {
+			// Its caller is still here, on this goroutine: it sends the
+			// request itself, having set up to wait for the bus's reply.
+			return false
+		}
+		if err = r.handBack(breq); errors.Is(err, errHandedBack) {
+			return true
+		}
 	}
-	if async || errors.Is(err, errHandedBack) {
+	if async {
 		return true
 	}
 	if j.inline && !breq.Deadline.IsZero() && time.Until(breq.Deadline) <= 0 {
@@ -299,7 +306,7 @@ func wireError(err error) *fnmesh.Error {
 // from the bus. A call returns its encoded result or error; a send is
 // retried and dead-lettered as over the bus. A call's result of a plain
 // type comes back as its Go value instead (plainType).
-func (r *replica) runLocal(req *Request, async, inline bool) ([]byte, any, error) {
+func (r *replica) runLocal(req *Request, async bool) ([]byte, any, error) {
 	breq := req.wire
 	if len(breq.Payload) > r.svc.cfg.MaxPayloadBytes {
 		return nil, nil, r.rejectLocal(breq, fnmesh.Errorf(fnmesh.CodeInvalidArgument,
@@ -328,13 +335,10 @@ func (r *replica) runLocal(req *Request, async, inline bool) ([]byte, any, error
 		return nil, nil, nil
 	}
 	if breq.IdempotencyKey != "" {
-		result, err := r.callOnceLocal(f, req, breq, inline)
+		result, err := r.callOnceLocal(f, req, breq)
 		return result, nil, err
 	}
 	out, err := r.callLocal(f, req)
-	if errors.Is(err, errStopping) {
-		return nil, nil, r.handBack(breq, inline)
-	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -355,21 +359,12 @@ func (r *replica) callLocal(f *function, req *Request) (any, error) {
 }
 
 // errHandedBack: the call went to the bus, its reply comes from there.
-// errNotRun: an inline call was cut short; its caller sends it on.
-var (
-	errHandedBack = errors.New("handed to the bus")
-	errNotRun     = errors.New("not run here")
-)
+var errHandedBack = errors.New("handed to the bus")
 
 // handBack sends a call the drain timeout cut short over the bus, as a
 // replica reading the bus hands its request back: another replica runs
-// it and answers the caller's inbox, where the caller waits. An inline
-// call's caller is still here, on this goroutine: it sends the request
-// itself, having set up to wait for the reply from the bus first.
-func (r *replica) handBack(breq *bus.Request, inline bool) error {
-	if inline {
-		return errNotRun
-	}
+// it and answers the caller's inbox, where the caller waits.
+func (r *replica) handBack(breq *bus.Request) error {
 	req := *breq
 	req.Value, req.Failed = nil, nil
 	if err := r.bus.SendRequest(context.WithoutCancel(r.hardCtx), r.svc.name, &req); err != nil {
@@ -394,12 +389,12 @@ func encodeLocal(out any) ([]byte, error) {
 // with other arguments), in the same store, so a key is shared with
 // requests that came over the bus. The key is settled before the caller
 // learns the outcome.
-func (r *replica) callOnceLocal(f *function, req *Request, breq *bus.Request, inline bool) ([]byte, error) {
+func (r *replica) callOnceLocal(f *function, req *Request, breq *bus.Request) ([]byte, error) {
 	req.idem = &idemRun{ctx: r.hardCtx, store: r.idem, owner: localOwner(breq), window: r.svc.cfg.IdempotencyWindow}
 	out, err := r.callLocal(f, req)
 	if errors.Is(err, errStopping) {
 		req.idem.settle(r.svc.name, r.log, false, nil) // the bus replica takes the key
-		return nil, r.handBack(breq, inline)
+		return nil, errStopping
 	}
 	if errors.Is(err, errIdemStore) {
 		// Over the bus the entry would be delivered again; here the
