@@ -88,14 +88,11 @@ func (a *admission) refresh(ctx context.Context, service string, v *backlogView)
 	defer cancel()
 	b, err := a.bus.Backlog(ctx, service)
 	defer v.refreshing.Store(false)
-	if err != nil {
-		// Keep the last view; the transport reports the outage itself.
-		if last := v.read.Load(); last != nil {
-			b = last.backlog
-		}
-		v.read.Store(&backlogRead{backlog: b, at: time.Now()})
-		return
+	if last := v.read.Load(); err != nil && last != nil {
+		b = last.backlog // keep the last view; the transport reports the outage itself
 	}
 	v.read.Store(&backlogRead{backlog: b, at: time.Now()})
-	v.added.Store(0)
+	if err == nil {
+		v.added.Store(0)
+	}
 }
