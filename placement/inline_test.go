@@ -95,14 +95,7 @@ func TestInlinePanicAndDeadline(t *testing.T) {
 	if late != 0 {
 		t.Fatalf("the late result %d reached the caller", late)
 	}
-
-	var out meshtest.AddOut
-	if err := c.Call(context.Background(), "fast.add", meshtest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
-		t.Fatalf("process stopped serving: %v", err)
-	}
-	if n := b.requests.Load(); n != 0 {
-		t.Fatalf("%d requests went over the bus, want 0", n)
-	}
+	servesInProcess(t, c, b, "fast.add")
 }
 
 type callerKey struct{}

@@ -80,6 +80,19 @@ func placedClient(t *testing.T, b bus.Bus, pcfg placement.Config, ccfg client.Co
 	return c
 }
 
+// servesInProcess checks that c's call of function (meshtest's add) is
+// answered, and that no request went over b.
+func servesInProcess(t *testing.T, c *client.Client, b *countingBus, function string) {
+	t.Helper()
+	var out meshtest.AddOut
+	if err := c.Call(context.Background(), function, meshtest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
+		t.Fatalf("process stopped serving: %v", err)
+	}
+	if n := b.requests.Load(); n != 0 {
+		t.Fatalf("%d requests went over the bus, want 0", n)
+	}
+}
+
 func start(t *testing.T, p *placement.Process, b bus.Bus) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -191,13 +204,7 @@ func TestPanicAndStuckFunctionInProcess(t *testing.T) {
 	if el := time.Since(began); el > 300*time.Millisecond {
 		t.Fatalf("caller waited %v for a function stuck past its 50ms deadline", el)
 	}
-	var out meshtest.AddOut
-	if err := c.Call(context.Background(), "math.add", meshtest.AddIn{A: 2, B: 3}, &out); err != nil || out.Sum != 5 {
-		t.Fatalf("process stopped serving: %v", err)
-	}
-	if n := b.requests.Load(); n != 0 {
-		t.Fatalf("%d requests went over the bus, want 0", n)
-	}
+	servesInProcess(t, c, b, "math.add")
 }
 
 func TestUnregisteredServiceRefusesToStart(t *testing.T) {
