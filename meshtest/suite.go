@@ -228,6 +228,7 @@ func (h *Harness) Start(svc *handlers.Service) {
 	select {
 	case <-svc.Started():
 	case err := <-errc:
+		errc <- nil // Run has returned: the cleanup must not wait for it again
 		h.T.Fatalf("service %s did not start: %v", svc.Name(), err)
 	case <-time.After(10 * time.Second):
 		h.T.Fatalf("service %s did not start in 10s", svc.Name())
