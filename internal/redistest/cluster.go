@@ -382,10 +382,14 @@ var (
 
 // SharedCluster returns the cluster that tests in this process share,
 // started on first use (3 masters, 3 replicas); Cleanup stops it. Tests
-// that change its topology start their own with StartCluster.
+// that change its topology start their own with StartCluster. No node of
+// it is meant to fail, so it waits 15 s before counting one as failing: a
+// master busy for seconds (making a test's 64 MB entry, on a loaded
+// machine) was taken for failed, and the cluster went down while other
+// tests started replicas on it.
 func SharedCluster() (*Cluster, error) {
 	clusterOnce.Do(func() {
-		shared, clusterErr = StartCluster(ClusterOptions{})
+		shared, clusterErr = StartCluster(ClusterOptions{NodeTimeout: 15 * time.Second})
 	})
 	return shared, clusterErr
 }
